@@ -1,0 +1,30 @@
+# Every target sets up its own virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ADDRESS ?= 127.0.0.1:8080
+
+.PHONY: venv serve test lint clean
+
+$(STAMP): setup.py pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "wsgi_longpoll needs Python 3.10 or newer"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/wsgi-longpoll serve --address $(ADDRESS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsgi_longpoll tests examples
+	$(BIN)/mypy --strict wsgi_longpoll
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

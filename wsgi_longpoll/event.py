@@ -1,0 +1,75 @@
+"""The event: the one data type that both the server and the client side use."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Event", "encode_json"]
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode *value* as compact JSON in UTF-8.
+
+    Non-ASCII text stays as UTF-8; a string that cannot be UTF-8 (a lone surrogate
+    that came in as a ``\\ud800`` escape) is written as an escape instead, so that
+    every accepted value can be written back unchanged.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event, as the protocol carries it.
+
+    :param timestamp: when it was published, in milliseconds since the epoch.
+    :param category: the category it was published to.
+    :param id: a UUID in canonical lower-case form, unique to this event.
+    :param data: the JSON value that was published (never ``None``).
+    """
+
+    timestamp: int
+    category: str
+    id: str
+    data: Any
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def to_json(self) -> bytes:
+        """The event's compact JSON form, in the protocol's key order; computed once."""
+        encoded = self._json
+        if encoded is None:
+            encoded = b'{"timestamp":%d,"category":%s,"data":%s,"id":"%s"}' % (
+                self.timestamp,
+                encode_json(self.category),
+                encode_json(self.data),
+                self.id.encode("ascii"),
+            )
+            object.__setattr__(self, "_json", encoded)
+        return encoded
+
+    @classmethod
+    def from_dict(cls, record: Any) -> Event:
+        """Build an event from its decoded JSON form.
+
+        :raises ValueError: if *record* is not an object with an integer ``timestamp``,
+            string ``category`` and ``id``, and a non-null ``data``.
+        """
+        if not isinstance(record, dict):
+            raise ValueError("an event must be a JSON object")
+        timestamp = record.get("timestamp")
+        category = record.get("category")
+        event_id = record.get("id")
+        data = record.get("data")
+        if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+            raise ValueError("an event's 'timestamp' must be an integer")
+        if not isinstance(category, str) or not category:
+            raise ValueError("an event's 'category' must be a non-empty string")
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError("an event's 'id' must be a non-empty string")
+        if data is None:
+            raise ValueError("an event's 'data' must not be null")
+        return cls(timestamp, category, event_id, data)

@@ -1,0 +1,332 @@
+"""The manager: per-category event buffers and the subscribers waiting on them.
+
+It knows nothing of HTTP. Code in the same process publishes with
+:meth:`LongpollManager.publish`; the middleware calls :meth:`LongpollManager.subscribe`
+for each long poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import gevent
+from gevent.hub import Waiter
+from gevent.monkey import get_original
+
+from .buffer import EventBuffer
+from .event import Event
+from .protocol import now_ms, validate_category
+
+if TYPE_CHECKING:
+    from gevent.hub import Hub
+
+__all__ = ["LongpollManager", "ManagerClosed", "Persister"]
+
+logger = logging.getLogger(__name__)
+
+# Real OS primitives even when the process is monkey-patched: publish may come from
+# any OS thread, and the lock is never held across a greenlet switch.
+_allocate_lock = get_original("_thread", "allocate_lock")
+_get_thread_ident = get_original("_thread", "get_ident")
+
+_DEFAULT_MAX_TIMEOUT = 110
+
+
+class ManagerClosed(RuntimeError):
+    """The manager was closed; it accepts no more events."""
+
+
+class Persister(Protocol):
+    """Where a manager keeps its events across restarts (see :mod:`wsgi_longpoll.persist`)."""
+
+    def load(self) -> Iterable[Event]:
+        """The stored events, in any order."""
+
+    def append(self, event: Event) -> None:
+        """Store *event*; called once for each published event, in publish order."""
+
+    def close(self) -> None:
+        """Write out everything appended and release the file."""
+
+
+class _Subscriber:
+    """One waiting long poll: the events delivered to it and how to wake it."""
+
+    __slots__ = ("pending", "waiter", "hub")
+
+    def __init__(self, hub: Hub) -> None:
+        self.pending: list[Event] = []
+        self.waiter = Waiter(hub)
+        self.hub = hub
+
+
+def _wake(subscribers: list[_Subscriber]) -> None:
+    # Runs in the subscribers' hub: a Waiter may only be switched from there.
+    for subscriber in subscribers:
+        subscriber.waiter.switch(None)
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    raw = getattr(connection, "_sock", connection)  # gevent's socket wraps a non-blocking one
+    try:
+        return raw.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class LongpollManager:
+    """Owns the event buffers of every category and the long polls waiting on them.
+
+    Options are golongpoll's, in snake case, with its defaults:
+
+    :param max_longpoll_timeout_seconds: the longest ``timeout`` a subscriber may ask
+        for; ``0`` means the default, 110.
+    :param max_event_buffer_size: how many events each category keeps; the oldest go first.
+    :param event_time_to_live_seconds: events older than this are never served and are
+        purged; ``None`` (or ``0``) keeps them for ever.
+    :param delete_event_after_first_retrieval: remove an event from its buffer once it has
+        been served, whether from the buffer or to the subscribers waiting when it came.
+    :param persister: stores every event and gives them back on start
+        (see :class:`wsgi_longpoll.persist.FilePersister`).
+
+    ``publish`` is safe from any thread or greenlet. A subscriber waits on the gevent hub
+    of its own thread. The manager starts no thread or greenlet of its own.
+    """
+
+    #: How often, at most, every category is swept for expired events.
+    sweep_interval_ms = 1000
+
+    def __init__(
+        self,
+        max_longpoll_timeout_seconds: int = _DEFAULT_MAX_TIMEOUT,
+        max_event_buffer_size: int = 250,
+        event_time_to_live_seconds: float | None = None,
+        delete_event_after_first_retrieval: bool = False,
+        *,
+        persister: Persister | None = None,
+    ) -> None:
+        if max_longpoll_timeout_seconds < 0:
+            raise ValueError("max_longpoll_timeout_seconds must be 0 (the default) or more")
+        if max_event_buffer_size < 1:
+            raise ValueError("max_event_buffer_size must be at least 1")
+        if event_time_to_live_seconds is not None and event_time_to_live_seconds < 0:
+            raise ValueError("event_time_to_live_seconds must be None, 0 (both: for ever) or more")
+        self.max_longpoll_timeout_seconds = (
+            max_longpoll_timeout_seconds or _DEFAULT_MAX_TIMEOUT
+        )
+        self.max_event_buffer_size = max_event_buffer_size
+        self.event_time_to_live_seconds = event_time_to_live_seconds or None
+        self.delete_event_after_first_retrieval = delete_event_after_first_retrieval
+        self._ttl_ms = (
+            None if self.event_time_to_live_seconds is None
+            else int(self.event_time_to_live_seconds * 1000)
+        )
+        self._lock = _allocate_lock()
+        self._buffers: dict[str, EventBuffer] = {}
+        self._waiters: dict[str, dict[_Subscriber, None]] = {}
+        self._last_timestamp = 0
+        self._next_sweep = 0
+        self._closed = False
+        self._persister = persister
+        if persister is not None:
+            self._restore(persister.load())
+
+    # -- publishing -------------------------------------------------------------------
+
+    def publish(self, category: str, data: Any) -> Event:
+        """Publish *data* to *category* and wake the subscribers waiting on it.
+
+        The event is in the buffer (and handed to the persister) when this returns.
+
+        :param category: 1 to 1024 bytes of UTF-8.
+        :param data: any JSON-serialisable value except ``None``.
+        :returns: the event, with its id and timestamp.
+        :raises ValueError: for an invalid category or ``None`` data.
+        :raises TypeError: if *data* cannot be encoded as JSON.
+        :raises ManagerClosed: once :meth:`close` has been called.
+        """
+        validate_category(category)
+        if data is None:
+            raise ValueError("data must not be None")
+        with self._lock:
+            if self._closed:
+                raise ManagerClosed("the manager is closed")
+            # Monotonic across every category: (timestamp, publish order) never disagree.
+            timestamp = max(now_ms(), self._last_timestamp)
+            self._last_timestamp = timestamp
+            event = Event(timestamp, category, str(uuid.uuid4()), data)
+            event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
+            waiters = self._waiters.get(category)
+            if not (waiters and self.delete_event_after_first_retrieval):
+                self._buffer(category).append(event)
+            if self._persister is not None:
+                self._persister.append(event)
+            woken = self._deliver(event, waiters) if waiters else None
+            self._maybe_sweep(timestamp)
+        if woken:
+            self._schedule_wake(woken)
+        return event
+
+    def _buffer(self, category: str) -> EventBuffer:
+        buffer = self._buffers.get(category)
+        if buffer is None:
+            buffer = self._buffers[category] = EventBuffer(self.max_event_buffer_size)
+        return buffer
+
+    @staticmethod
+    def _deliver(
+        event: Event, waiters: dict[_Subscriber, None]
+    ) -> dict[Hub, list[_Subscriber]]:
+        woken: dict[Hub, list[_Subscriber]] = {}
+        for subscriber in waiters:
+            subscriber.pending.append(event)
+            if len(subscriber.pending) == 1:
+                woken.setdefault(subscriber.hub, []).append(subscriber)
+        return woken
+
+    @staticmethod
+    def _schedule_wake(woken: dict[Hub, list[_Subscriber]]) -> None:
+        thread = _get_thread_ident()
+        for hub, subscribers in woken.items():
+            if hub.thread_ident == thread:
+                hub.loop.run_callback(_wake, subscribers)
+            else:
+                hub.loop.run_callback_threadsafe(_wake, subscribers)
+
+    # -- subscribing ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        category: str,
+        timeout: float,
+        since_time: int | None = None,
+        last_id: str | None = None,
+        *,
+        connection: socket.socket | None = None,
+    ) -> list[Event]:
+        """Wait up to *timeout* seconds for events in *category*; return them oldest first.
+
+        With *since_time*, buffered events after the cursor ``(since_time, last_id)``
+        are returned at once (see :meth:`EventBuffer.after`); without it only events
+        published from now on count. An empty list means the wait timed out, the
+        manager closed, or *connection* (the client's socket) was closed by the peer.
+        """
+        with self._lock:
+            self._maybe_sweep(now_ms())
+            if since_time is not None:
+                events = self._buffered_after(category, since_time, last_id)
+                if events:
+                    return events
+            if self._closed:
+                return []
+            subscriber = _Subscriber(gevent.get_hub())
+            self._waiters.setdefault(category, {})[subscriber] = None
+        try:
+            self._wait(subscriber, timeout, connection)
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(category)
+                if waiters is not None:
+                    waiters.pop(subscriber, None)
+                    if not waiters:
+                        del self._waiters[category]
+                events = subscriber.pending
+                subscriber.pending = []
+        return events
+
+    def _live_buffer(self, category: str) -> EventBuffer | None:
+        buffer = self._buffers.get(category)
+        if buffer is not None and self._ttl_ms is not None:
+            buffer.expire(now_ms() - self._ttl_ms)
+        return buffer
+
+    def _buffered_after(self, category: str, since_time: int, last_id: str | None) -> list[Event]:
+        buffer = self._live_buffer(category)
+        if buffer is None:
+            return []
+        if self.delete_event_after_first_retrieval:
+            return buffer.take_after(since_time, last_id)
+        return buffer.after(since_time, last_id)
+
+    @staticmethod
+    def _wait(subscriber: _Subscriber, timeout: float, connection: socket.socket | None) -> None:
+        loop = subscriber.hub.loop
+        switch = subscriber.waiter.switch
+        timer = loop.timer(max(timeout, 0.0))
+        timer.start(switch, None)
+        watcher = None
+        if connection is not None:
+            watcher = loop.io(connection.fileno(), 1)
+
+            def on_readable() -> None:
+                assert watcher is not None
+                watcher.stop()  # a pipelined request (data) or a hang-up: look once only
+                if _peer_closed(connection):
+                    switch(None)
+
+            watcher.start(on_readable)
+        try:
+            subscriber.waiter.get()
+        finally:
+            timer.close()
+            if watcher is not None:
+                watcher.close()
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    def _maybe_sweep(self, now: int) -> None:
+        if self._ttl_ms is None or now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval_ms
+        cutoff = now - self._ttl_ms
+        for category in list(self._buffers):
+            buffer = self._buffers[category]
+            buffer.expire(cutoff)
+            if not len(buffer):
+                del self._buffers[category]
+
+    def _restore(self, events: Iterable[Event]) -> None:
+        ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
+        cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
+        with self._lock:
+            for event in ordered:
+                if cutoff is None or event.timestamp >= cutoff:
+                    self._buffer(event.category).append(event)
+                self._last_timestamp = max(self._last_timestamp, event.timestamp)
+        logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))
+
+    def buffered_events(self, category: str) -> list[Event]:
+        """The events *category* holds now, oldest first (expired ones left out)."""
+        with self._lock:
+            self._maybe_sweep(now_ms())
+            buffer = self._live_buffer(category)
+            return [] if buffer is None else buffer.events()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Answer every waiting subscriber at once, refuse new events, close the persister.
+
+        Idempotent. Subscribers that come later are answered at once with what the
+        buffer holds, or with nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            woken: dict[Hub, list[_Subscriber]] = {}
+            for waiters in self._waiters.values():
+                for subscriber in waiters:
+                    woken.setdefault(subscriber.hub, []).append(subscriber)
+        self._schedule_wake(woken)
+        if self._persister is not None:
+            self._persister.close()

@@ -1,0 +1,206 @@
+"""The wire protocol: parse and validate requests, build response bodies.
+
+Pure functions, no I/O. The exact strings, limits and validation order are golongpoll
+v1.3.1's (see PROTOCOL.md), so that existing clients work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .event import Event
+
+__all__ = [
+    "MAX_CATEGORY_BYTES",
+    "ProtocolError",
+    "PublishBody",
+    "SubscribeQuery",
+    "error_body",
+    "events_body",
+    "now_ms",
+    "parse_publish_body",
+    "parse_subscribe_query",
+    "timeout_body",
+    "validate_category",
+]
+
+#: The longest category, in bytes of UTF-8.
+MAX_CATEGORY_BYTES = 1024
+
+#: ``strconv.Atoi`` / ``ParseInt`` accept an optional sign and ASCII digits, nothing else.
+_GO_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+#: The forms Go's ``uuid.Parse`` accepts: canonical, ``urn:uuid:``, braces, or 32 hex digits.
+_UUID = re.compile(
+    r"(?:urn:uuid:)?([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})"
+    r"|\{([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})\}"
+    r"|([0-9a-f]{8})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{12})",
+    re.IGNORECASE,
+)
+
+SUBSCRIBE_METHOD_ERROR = "Invalid HTTP Method. Only GET allowed."
+PUBLISH_METHOD_ERROR = "Invalid HTTP Method. Only POST allowed."
+CATEGORY_ERROR = "Invalid subscription category, must be 1-1024 characters long."
+SINCE_TIME_ERROR = "Invalid 'since_time' arg."
+LAST_ID_WITHOUT_SINCE_TIME_ERROR = "Must provide 'since_time' arg when providing 'last_id'."
+LAST_ID_ERROR = "Param 'last_id' was not a valid UUID."
+PUBLISH_BODY_ERROR = "Invalid POST body json."
+PUBLISH_CATEGORY_ERROR = "Invalid or missing 'category' arg, must be 1-1024 characters long."
+PUBLISH_DATA_ERROR = "Invalid or missing 'data' arg, must be non-nil."
+
+
+class ProtocolError(ValueError):
+    """A request that the protocol rejects; ``str(error)`` is the message for the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeQuery:
+    """A valid subscribe request.
+
+    :param category: the category to wait on.
+    :param timeout: seconds to hold the request.
+    :param since_time: epoch ms; events after it are wanted. ``None``: only new events.
+    :param last_id: the last event the client has seen (canonical UUID), or ``None``.
+    """
+
+    category: str
+    timeout: int
+    since_time: int | None
+    last_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishBody:
+    """A valid publish request body."""
+
+    category: str
+    data: Any
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def timeout_error(max_timeout: int) -> str:
+    return f"Invalid or missing 'timeout' arg.  Must be 1-{max_timeout}."
+
+
+def _parse_go_int(text: str) -> int | None:
+    if not _GO_INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
+
+
+def category_is_valid(category: str) -> bool:
+    """Whether *category* is 1 to 1024 bytes of UTF-8."""
+    return 0 < len(category.encode("utf-8", "surrogateescape")) <= MAX_CATEGORY_BYTES
+
+
+def validate_category(category: object) -> str:
+    """Return *category* if it is a valid category.
+
+    :raises ValueError: naming the rule it breaks.
+    """
+    if not isinstance(category, str):
+        raise TypeError(f"category must be a str, not {type(category).__name__}")
+    if not category_is_valid(category):
+        raise ValueError(f"category must be 1 to {MAX_CATEGORY_BYTES} bytes of UTF-8")
+    return category
+
+
+def canonical_uuid(text: str) -> str | None:
+    """*text* in canonical lower-case UUID form, or ``None`` if it is not a UUID."""
+    match = _UUID.fullmatch(text)
+    if match is None:
+        return None
+    return "-".join(part for part in match.groups() if part is not None).lower()
+
+
+def parse_subscribe_query(query_string: str, max_timeout: int) -> SubscribeQuery:
+    """Validate a subscribe request's query string, in golongpoll's order.
+
+    :param query_string: the raw ``QUERY_STRING``.
+    :param max_timeout: the longest ``timeout`` allowed.
+    :raises ProtocolError: with the message of the first rule broken.
+    """
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True, errors="surrogateescape"):
+        params.setdefault(name, value)
+
+    timeout = _parse_go_int(params.get("timeout", ""))
+    if timeout is None or not 1 <= timeout <= max_timeout:
+        raise ProtocolError(timeout_error(max_timeout))
+
+    category = params.get("category", "")
+    if not category_is_valid(category):
+        raise ProtocolError(CATEGORY_ERROR)
+
+    since_time: int | None = None
+    if "since_time" in params:
+        since_time = _parse_go_int(params["since_time"])
+        if since_time is None:
+            raise ProtocolError(SINCE_TIME_ERROR)
+
+    last_id: str | None = None
+    raw_last_id = params.get("last_id", "")
+    if raw_last_id:
+        if since_time is None:
+            raise ProtocolError(LAST_ID_WITHOUT_SINCE_TIME_ERROR)
+        last_id = canonical_uuid(raw_last_id)
+        if last_id is None:
+            raise ProtocolError(LAST_ID_ERROR)
+
+    return SubscribeQuery(category, timeout, since_time, last_id)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_publish_body(body: bytes) -> PublishBody:
+    """Validate a publish request body.
+
+    :raises ProtocolError: with the message of the first rule broken.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError(PUBLISH_BODY_ERROR) from None
+    if not isinstance(document, dict):
+        raise ProtocolError(PUBLISH_BODY_ERROR)
+    category = document.get("category", "")
+    if not isinstance(category, str):
+        raise ProtocolError(PUBLISH_BODY_ERROR)
+    if not category_is_valid(category):
+        raise ProtocolError(PUBLISH_CATEGORY_ERROR)
+    data = document.get("data")
+    if data is None:
+        raise ProtocolError(PUBLISH_DATA_ERROR)
+    return PublishBody(category, data)
+
+
+def error_body(message: str) -> bytes:
+    """``{"error": "<message>"}``, with golongpoll's space after the colon."""
+    return b'{"error": %s}' % json.dumps(message).encode("ascii")
+
+
+def events_body(events: Iterable[Event]) -> bytes:
+    """``{"events":[...]}``, oldest first, each event encoded once."""
+    return b'{"events":[' + b",".join(event.to_json() for event in events) + b"]}"
+
+
+def timeout_body(timestamp: int) -> bytes:
+    """The answer to a long poll that ended with no events."""
+    return b'{"timeout":"no events before timeout","timestamp":%d}' % timestamp
+
+
+PUBLISH_SUCCESS_BODY = b'{"success": true}'
