@@ -1,0 +1,158 @@
+"""The command line: ``wsgi-longpoll serve`` runs the standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from . import __version__
+from .server import FilePersistorInfo, Server, ServerInfo
+
+__all__ = ["main"]
+
+logger = logging.getLogger("wsgi_longpoll.cli")
+
+
+class _ShutdownRequested(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgi-longpoll",
+        description="HTTP long-polling pub/sub, golongpoll-compatible.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the standalone long-polling server",
+        description="Run the standalone long-polling server until SIGINT or SIGTERM, "
+        "which answer every waiting subscriber, flush the persistence file and exit 0.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    listen = serve.add_argument_group("listening (ServerInfo)")
+    listen.add_argument(
+        "--address", default="127.0.0.1:8080",
+        help="host:port to listen on; ':8080' listens on every interface, '[::1]:8080' on "
+        "IPv6 loopback, port 0 on any free port",
+    )
+    listen.add_argument(
+        "--timeout-seconds", type=int, default=110,
+        help="the longest long-poll 'timeout' a client may ask for (0 means 110)",
+    )
+    listen.add_argument("--subscription-uri", default="/events",
+                        help="path of the subscribe endpoint (GET)")
+    listen.add_argument("--publish-uri", default="/publish",
+                        help="path of the publish endpoint (POST); it is open to anyone "
+                        "who can reach the server")
+    listen.add_argument("--max-body-size", type=_positive_int, default=1024 * 1024,
+                        help="largest publish body accepted, in bytes (larger: 413)")
+    events = serve.add_argument_group("events (LongpollManager)")
+    events.add_argument("--buffer-size", type=_positive_int, default=250,
+                        help="events kept per category; the oldest go first")
+    events.add_argument("--ttl-seconds", type=_non_negative_float, default=0,
+                        help="events older than this are never served (0: kept for ever)")
+    events.add_argument("--delete-after-first-retrieval", action="store_true",
+                        help="remove an event from its buffer once it has been served")
+    persist = serve.add_argument_group("file persistence (FilePersistorInfo)")
+    persist.add_argument("--persist-file", metavar="FILE_NAME", default="",
+                         help="append events to FILE_NAME and read them back on start "
+                         "(off when not given)")
+    persist.add_argument("--write-buffer-size", type=_positive_int, default=4096,
+                         help="bytes buffered before a write to the file")
+    persist.add_argument("--write-flush-period-seconds", type=float, default=1.0,
+                         help="the longest an accepted event may sit unwritten")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
+                     help="seconds that requests in progress get to finish on shutdown")
+    ops.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                     help="level of the log written to standard error")
+    ops.add_argument("--no-access-log", dest="access_log", action="store_false",
+                     help="do not log each request")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = Server(
+        max_event_buffer_size=args.buffer_size,
+        event_time_to_live_seconds=args.ttl_seconds or None,
+        delete_event_after_first_retrieval=args.delete_after_first_retrieval,
+        max_body_size=args.max_body_size,
+        access_log=args.access_log,
+    )
+    persistence = FilePersistorInfo(
+        use=bool(args.persist_file),
+        file_name=args.persist_file,
+        write_buffer_size=args.write_buffer_size,
+        write_flush_period_seconds=args.write_flush_period_seconds,
+    )
+    info = ServerInfo(
+        address=args.address,
+        timeout_seconds=args.timeout_seconds,
+        subscription_uri=args.subscription_uri,
+        publish_uri=args.publish_uri,
+    )
+    try:
+        server.start(info, persistence)
+    except (OSError, ValueError) as error:
+        logger.error("cannot start: %s", error)
+        return 1
+
+    def request_shutdown(signum: int, frame: FrameType | None) -> None:
+        raise _ShutdownRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(
+        f"wsgi-longpoll: subscribe at http://{_display_host(args.address)}:{server.port}"
+        f"{args.subscription_uri}, publish at {args.publish_uri}; Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except _ShutdownRequested as reason:
+        logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop(args.shutdown_timeout)
+    logger.info("stopped")
+    return 0
+
+
+def _display_host(address: str) -> str:
+    host = address.rpartition(":")[0]
+    return host or "127.0.0.1"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
