@@ -85,12 +85,6 @@ class EventBuffer:
                 del self._seq_by_id[event.id]
         return taken
 
-    def discard_newest(self, event: Event) -> None:
-        """Remove *event* if it is the newest buffered event."""
-        if len(self) and self._events[-1] is event:
-            self._events.pop()
-            del self._seq_by_id[event.id]
-
     def _position_after(self, since_time: int, last_id: str | None) -> int:
         if last_id is None:
             return bisect_right(self._events, since_time, lo=self._start, key=_timestamp)

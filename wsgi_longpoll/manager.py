@@ -49,6 +49,16 @@ class Persister(Protocol):
     def append(self, event: Event) -> None:
         """Store *event*; called once for each published event, in publish order."""
 
+    @property
+    def wants_compaction(self) -> bool:
+        """Whether the store has grown enough to be rewritten by :meth:`compact`."""
+
+    def compact(self, events: list[Event]) -> None:
+        """Replace what is stored by exactly *events* (what the buffers hold), atomically.
+
+        Events appended afterwards follow them.
+        """
+
     def close(self) -> None:
         """Write out everything appended and release the file."""
 
@@ -132,6 +142,7 @@ class LongpollManager:
         self._waiters: dict[str, dict[_Subscriber, None]] = {}
         self._last_timestamp = 0
         self._next_sweep = 0
+        self._draining = False
         self._closed = False
         self._persister = persister
         if persister is not None:
@@ -167,6 +178,8 @@ class LongpollManager:
                 self._buffer(category).append(event)
             if self._persister is not None:
                 self._persister.append(event)
+                if self._persister.wants_compaction:
+                    self._persister.compact(self._all_buffered())
             woken = self._deliver(event, waiters) if waiters else None
             self._maybe_sweep(timestamp)
         if woken:
@@ -223,7 +236,7 @@ class LongpollManager:
                 events = self._buffered_after(category, since_time, last_id)
                 if events:
                     return events
-            if self._closed:
+            if self._draining:
                 return []
             subscriber = _Subscriber(gevent.get_hub())
             self._waiters.setdefault(category, {})[subscriber] = None
@@ -299,7 +312,15 @@ class LongpollManager:
                 if cutoff is None or event.timestamp >= cutoff:
                     self._buffer(event.category).append(event)
                 self._last_timestamp = max(self._last_timestamp, event.timestamp)
+            if self._persister is not None:
+                self._persister.compact(self._all_buffered())
         logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))
+
+    def _all_buffered(self) -> list[Event]:
+        """Every buffered event, oldest first (called with the lock held)."""
+        events = [event for buffer in self._buffers.values() for event in buffer.events()]
+        events.sort(key=lambda event: event.timestamp)  # stable: publish order within a ms
+        return events
 
     def buffered_events(self, category: str) -> list[Event]:
         """The events *category* holds now, oldest first (expired ones left out)."""
@@ -308,25 +329,38 @@ class LongpollManager:
             buffer = self._live_buffer(category)
             return [] if buffer is None else buffer.events()
 
+    def waiting_count(self, category: str | None = None) -> int:
+        """How many subscribers are waiting, in *category* or in all categories."""
+        with self._lock:
+            if category is not None:
+                return len(self._waiters.get(category, ()))
+            return sum(len(waiters) for waiters in self._waiters.values())
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def close(self) -> None:
-        """Answer every waiting subscriber at once, refuse new events, close the persister.
+    def drain(self) -> None:
+        """Answer every waiting subscriber now, and every later one at once.
 
-        Idempotent. Subscribers that come later are answered at once with what the
-        buffer holds, or with nothing.
+        Publishing still works, so that requests in progress can finish; a later
+        subscriber gets what the buffer holds after its cursor, or nothing.
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            self._draining = True
             woken: dict[Hub, list[_Subscriber]] = {}
             for waiters in self._waiters.values():
                 for subscriber in waiters:
                     woken.setdefault(subscriber.hub, []).append(subscriber)
         self._schedule_wake(woken)
+
+    def close(self) -> None:
+        """:meth:`drain`, then refuse new events and close the persister. Idempotent."""
+        self.drain()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         if self._persister is not None:
             self._persister.close()

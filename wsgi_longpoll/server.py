@@ -326,12 +326,13 @@ class Server:
         """Stop accepting, answer waiting subscribers, drain; runs in the server's hub."""
         wsgi_server.closing = True
         wsgi_server.close()
-        if self._manager is not None:
-            self._manager.close()
+        manager = self.manager
+        manager.drain()
         gevent.sleep(0)  # let the released subscribers write their answers
         wsgi_server.close_idle_connections()
         wsgi_server.pool.join(timeout=self._shutdown_timeout)
         wsgi_server.pool.kill(block=True, timeout=1)
+        manager.close()
 
     def stop(self, shutdown_timeout: float | datetime.timedelta = 10) -> None:
         """Stop the server; idempotent, and a no-op on a server never started.

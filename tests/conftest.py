@@ -1,0 +1,33 @@
+"""Fixtures shared by the test modules: a running standalone server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from wsgi_longpoll import Server, ServerInfo
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll *condition* until it is true; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A standalone server on a free port of 127.0.0.1, stopped after the test."""
+    server = Server(access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    yield server
+    server.stop(5)
+
+
+@pytest.fixture
+def base_url(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}"

@@ -1,0 +1,267 @@
+"""LongpollManager: publishing, waiting subscribers, options, threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from wsgi_longpoll import manager as manager_module
+from wsgi_longpoll.event import Event
+from wsgi_longpoll.manager import LongpollManager, ManagerClosed
+
+
+@pytest.fixture
+def manager() -> Iterator[LongpollManager]:
+    manager = LongpollManager()
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The manager's wall clock, in ms; tests move it by assigning ``clock[0]``."""
+    now = [1_000_000]
+    monkeypatch.setattr(manager_module, "now_ms", lambda: now[0])
+    return now
+
+
+def wait_for_waiters(manager: LongpollManager, count: int, category: str | None = None) -> None:
+    with gevent.Timeout(10):
+        while manager.waiting_count(category) < count:
+            gevent.sleep(0.001)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_longpoll_timeout_seconds": -1}, "max_longpoll_timeout_seconds"),
+        ({"max_event_buffer_size": 0}, "max_event_buffer_size"),
+        ({"event_time_to_live_seconds": -1}, "event_time_to_live_seconds"),
+    ],
+)
+def test_invalid_options_are_refused_by_name(options: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LongpollManager(**options)  # type: ignore[arg-type]
+
+
+def test_defaults_are_golongpolls() -> None:
+    manager = LongpollManager()
+    assert manager.max_longpoll_timeout_seconds == 110
+    assert manager.max_event_buffer_size == 250
+    assert manager.event_time_to_live_seconds is None
+    assert manager.delete_event_after_first_retrieval is False
+    assert LongpollManager(0).max_longpoll_timeout_seconds == 110
+
+
+@pytest.mark.parametrize(
+    ("category", "data", "error"),
+    [
+        ("", 1, ValueError),
+        ("x" * 1025, 1, ValueError),
+        (5, 1, TypeError),
+        ("c", None, ValueError),
+        ("c", object(), TypeError),
+        ("c", {"set": {1}}, TypeError),
+    ],
+)
+def test_publish_refuses_what_cannot_be_an_event(
+    manager: LongpollManager, category: object, data: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        manager.publish(category, data)  # type: ignore[arg-type]
+    assert manager.buffered_events("c") == []
+
+
+def test_publish_returns_the_buffered_event(manager: LongpollManager) -> None:
+    event = manager.publish("c", {"k": [1]})
+    assert isinstance(event, Event)
+    assert event.category == "c" and event.data == {"k": [1]}
+    assert str(__import__("uuid").UUID(event.id)) == event.id
+    assert manager.buffered_events("c") == [event]
+
+
+def test_subscribe_with_since_time_answers_at_once(manager: LongpollManager) -> None:
+    first = manager.publish("c", 1)
+    second = manager.publish("c", 2)
+    assert manager.subscribe("c", 5, since_time=0) == [first, second]
+    assert manager.subscribe("c", 5, since_time=first.timestamp, last_id=first.id) == [second]
+
+
+def test_subscribe_without_since_time_waits_for_new_events(manager: LongpollManager) -> None:
+    manager.publish("c", "old")
+    waiter = gevent.spawn(manager.subscribe, "c", 10)
+    wait_for_waiters(manager, 1)
+    new = manager.publish("c", "new")
+    assert waiter.get(timeout=10) == [new]
+    assert manager.waiting_count() == 0
+
+
+def test_waiter_gets_every_event_published_while_it_waited(manager: LongpollManager) -> None:
+    waiter = gevent.spawn(manager.subscribe, "c", 10)
+    wait_for_waiters(manager, 1)
+    published = [manager.publish("c", n) for n in range(5)]  # no switch in between
+    assert waiter.get(timeout=10) == published
+
+
+def test_waiters_in_other_categories_stay_asleep(manager: LongpollManager) -> None:
+    other = gevent.spawn(manager.subscribe, "other", 10)
+    mine = gevent.spawn(manager.subscribe, "c", 10)
+    wait_for_waiters(manager, 2)
+    event = manager.publish("c", 1)
+    assert mine.get(timeout=10) == [event]
+    assert not other.ready()
+    assert manager.waiting_count("other") == 1
+    other.kill()
+    assert manager.waiting_count() == 0
+
+
+def test_many_waiters_all_get_the_event(manager: LongpollManager) -> None:
+    waiters = [gevent.spawn(manager.subscribe, "c", 10) for _ in range(500)]
+    wait_for_waiters(manager, 500)
+    event = manager.publish("c", 1)
+    assert all(waiter.get(timeout=10) == [event] for waiter in waiters)
+
+
+def test_timeout_returns_no_events(manager: LongpollManager) -> None:
+    assert manager.subscribe("c", 0.05) == []
+    assert manager.waiting_count() == 0
+
+
+def test_timestamps_never_go_backwards(manager: LongpollManager, clock: list[int]) -> None:
+    first = manager.publish("a", 1)
+    clock[0] -= 5000  # the wall clock steps back
+    second = manager.publish("b", 2)
+    third = manager.publish("a", 3)
+    assert first.timestamp <= second.timestamp <= third.timestamp
+    # resuming from the first event finds the later one, despite the clock
+    assert manager.subscribe("a", 1, since_time=first.timestamp, last_id=first.id) == [third]
+
+
+def test_same_millisecond_events_resume_in_publish_order(
+    manager: LongpollManager, clock: list[int]
+) -> None:
+    events = [manager.publish("c", n) for n in range(10)]
+    assert len({event.timestamp for event in events}) == 1
+    for index, event in enumerate(events):
+        resumed = manager.subscribe("c", 1, since_time=event.timestamp, last_id=event.id)
+        assert resumed == events[index + 1 :] or index == 9
+
+
+def test_buffer_size_keeps_the_newest() -> None:
+    manager = LongpollManager(max_event_buffer_size=3)
+    events = [manager.publish("c", n) for n in range(5)]
+    assert manager.subscribe("c", 1, since_time=0) == events[2:]
+
+
+def test_expired_events_are_never_served_and_are_purged(clock: list[int]) -> None:
+    manager = LongpollManager(event_time_to_live_seconds=10)
+    old = manager.publish("old", 1)
+    clock[0] += 5_000
+    kept = manager.publish("kept", 2)
+    clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
+    assert manager.subscribe("old", 0.01, since_time=0) == []
+    assert manager.subscribe("kept", 1, since_time=0) == [kept]
+    assert "old" not in manager._buffers  # purged, not just hidden
+    assert old.timestamp < kept.timestamp
+
+
+def test_expired_categories_are_swept_without_being_asked_for(clock: list[int]) -> None:
+    manager = LongpollManager(event_time_to_live_seconds=1)
+    for n in range(100):
+        manager.publish(f"c{n}", n)
+    clock[0] += 2_000
+    manager.publish("fresh", 1)
+    assert list(manager._buffers) == ["fresh"]
+
+
+def test_delete_after_first_retrieval_from_the_buffer() -> None:
+    manager = LongpollManager(delete_event_after_first_retrieval=True)
+    event = manager.publish("c", 1)
+    assert manager.subscribe("c", 1, since_time=0) == [event]
+    assert manager.subscribe("c", 0.01, since_time=0) == []
+
+
+def test_delete_after_first_retrieval_serves_every_waiter_then_forgets() -> None:
+    manager = LongpollManager(delete_event_after_first_retrieval=True)
+    waiters = [gevent.spawn(manager.subscribe, "c", 10) for _ in range(3)]
+    wait_for_waiters(manager, 3)
+    event = manager.publish("c", 1)
+    assert [waiter.get(timeout=10) for waiter in waiters] == [[event]] * 3
+    assert manager.buffered_events("c") == []
+
+
+def test_close_answers_waiters_at_once_and_refuses_events() -> None:
+    manager = LongpollManager()
+    waiters = [gevent.spawn(manager.subscribe, "c", 60) for _ in range(10)]
+    wait_for_waiters(manager, 10)
+    manager.close()
+    assert [waiter.get(timeout=5) for waiter in waiters] == [[]] * 10
+    with pytest.raises(ManagerClosed):
+        manager.publish("c", 1)
+    assert manager.subscribe("c", 60) == []
+    manager.close()  # idempotent
+
+
+def test_publish_from_other_threads_wakes_greenlets(manager: LongpollManager) -> None:
+    waiter = gevent.spawn(manager.subscribe, "c", 10)
+    wait_for_waiters(manager, 1)
+    published: list[Event] = []
+    thread = threading.Thread(target=lambda: published.append(manager.publish("c", 1)))
+    thread.start()
+    assert waiter.get(timeout=10) == published
+    thread.join(5)
+
+
+def test_subscriber_in_another_thread_is_woken_by_this_one(manager: LongpollManager) -> None:
+    got: list[list[Event]] = []
+    thread = threading.Thread(target=lambda: got.append(manager.subscribe("c", 10)))
+    thread.start()
+    deadline = gevent.Timeout(10)
+    with deadline:
+        while manager.waiting_count() < 1:
+            gevent.sleep(0.001)
+    event = manager.publish("c", 1)
+    thread.join(10)
+    assert got == [[event]]
+
+
+def test_concurrent_publishers_and_resuming_subscribers_lose_nothing() -> None:
+    """Greenlets and OS threads publish; subscribers resume with since_time/last_id."""
+    manager = LongpollManager(max_event_buffer_size=10_000)
+    per_publisher = 200
+    publishers = 4
+
+    def publish_all(name: str) -> None:
+        for n in range(per_publisher):
+            manager.publish("c", f"{name}-{n}")
+            if n % 10 == 0:
+                gevent.sleep(0)
+
+    def follow() -> list[str]:
+        seen: list[str] = []
+        since_time, last_id = 0, None
+        while len(seen) < per_publisher * publishers:
+            events = manager.subscribe("c", 5, since_time=since_time, last_id=last_id)
+            assert events, "timed out before every event arrived"
+            seen.extend(event.data for event in events)
+            since_time, last_id = events[-1].timestamp, events[-1].id
+        return seen
+
+    followers = [gevent.spawn(follow) for _ in range(5)]
+    threads = [
+        threading.Thread(target=publish_all, args=(f"thread{n}",)) for n in range(publishers // 2)
+    ]
+    for thread in threads:
+        thread.start()
+    greenlets = [gevent.spawn(publish_all, f"greenlet{n}") for n in range(publishers // 2)]
+    gevent.joinall(greenlets, timeout=30, raise_error=True)
+    for thread in threads:
+        thread.join(30)
+    expected = manager.buffered_events("c")
+    assert len(expected) == per_publisher * publishers
+    for follower in followers:
+        seen = follower.get(timeout=30)
+        assert seen == [event.data for event in expected]  # all, once, in publish order
