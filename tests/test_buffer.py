@@ -51,7 +51,9 @@ def test_rejects_an_event_older_than_the_newest() -> None:
         (5, 3, [4]),  # last_id newer than since_time: it bounds
     ],
 )
-def test_after_the_cursor(since_time: int, last_index: int | str | None, expected: list[int]) -> None:
+def test_after_the_cursor(
+    since_time: int, last_index: int | str | None, expected: list[int]
+) -> None:
     buffer, events = filled(10, 10, 10, 20, 20, 20)
     if last_index is None:
         last_id = None

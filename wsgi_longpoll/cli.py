@@ -121,7 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
     def request_shutdown(signum: int, frame: FrameType | None) -> None:
         raise _ShutdownRequested(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, request_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, request_shutdown) for sig in signals}
     print(
         f"wsgi-longpoll: subscribe at http://{_display_host(args.address)}:{server.port}"
         f"{args.subscription_uri}, publish at {args.publish_uri}; Ctrl-C stops",

@@ -12,6 +12,7 @@ it with :mod:`requests` right after :meth:`Server.start`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import socket
@@ -113,10 +114,8 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
         connections = self.server.connections
         connections.add(self)
         try:
-            try:
+            with contextlib.suppress(OSError):  # not TCP
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # not TCP
-                pass
             super().handle()
         finally:
             connections.discard(self)
@@ -149,11 +148,9 @@ class _WSGIServer(WSGIServer):  # type: ignore[misc]
         for handler in list(self.connections):
             sock = getattr(handler, "socket", None)
             if not handler.busy and sock is not None:
-                try:
-                    # shutdown, not close: it wakes a read blocked in the handler's rfile.
+                # shutdown, not close: it wakes a read blocked in the handler's rfile.
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class Server:

@@ -1,0 +1,104 @@
+"""The command line: ``wsgi-longpoll serve`` in a real subprocess."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from wsgi_longpoll.cli import build_parser
+
+
+def start_serving(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """Run ``python -m wsgi_longpoll serve`` on a free port; return it and its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "127.0.0.1:0", *options],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # the banner names the port; it comes once the port is bound
+        match = re.search(r"subscribe at (http://[\d.]+:\d+)/", line)
+        if match:
+            return process, match.group(1)
+    process.kill()
+    pytest.fail("the server exited before it was ready")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process, base_url = start_serving("--no-access-log", "--timeout-seconds", "30")
+    yield process, base_url
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_answers_and_exits_0_on_signal(
+    served: tuple[subprocess.Popen[str], str], sig: signal.Signals
+) -> None:
+    process, base_url = served
+    assert requests.post(f"{base_url}/publish", json={"category": "c", "data": 1},
+                         timeout=10).status_code == 200
+    response = requests.get(f"{base_url}/events?timeout=30&category=c&since_time=1", timeout=10)
+    assert response.json()["events"][0]["data"] == 1
+    process.send_signal(sig)
+    assert process.wait(20) == 0
+
+
+def test_options_reach_the_server() -> None:
+    process, base_url = start_serving(
+        "--timeout-seconds", "7", "--subscription-uri", "/sub", "--publish-uri", "/pub",
+        "--buffer-size", "2", "--no-access-log",
+    )
+    try:
+        for n in range(3):
+            requests.post(f"{base_url}/pub", json={"category": "c", "data": n}, timeout=10)
+        events = requests.get(f"{base_url}/sub?timeout=7&category=c&since_time=1",
+                              timeout=10).json()["events"]
+        assert [event["data"] for event in events] == [1, 2]
+        error = requests.get(f"{base_url}/sub?timeout=8&category=c", timeout=10).json()
+        assert error == {"error": "Invalid or missing 'timeout' arg.  Must be 1-7."}
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+
+
+def test_unusable_address_exits_1_with_a_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "nonsense"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "invalid address 'nonsense'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--address", "--timeout-seconds", "--subscription-uri", "--publish-uri", "--buffer-size",
+     "--ttl-seconds", "--delete-after-first-retrieval", "--persist-file", "--write-buffer-size",
+     "--write-flush-period-seconds", "--max-body-size", "--shutdown-timeout", "--log-level",
+     "--no-access-log"],
+)
+def test_help_explains_each_option(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    assert option in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments", [["serve", "--buffer-size", "0"],
+                                       ["serve", "--ttl-seconds", "-1"], []])
+def test_bad_arguments_are_usage_errors(arguments: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(arguments)
+    assert exit_info.value.code == 2
+
+
+def test_default_address_is_loopback() -> None:
+    assert build_parser().parse_args(["serve"]).address == "127.0.0.1:8080"
