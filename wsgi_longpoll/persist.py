@@ -194,7 +194,7 @@ class FilePersister:
                 if not line.strip():
                     continue
                 try:
-                    events.append(Event.from_dict(json.loads(line)))
+                    events.append(Event.from_dict(json.loads(line.decode("utf-8"))))
                 except (ValueError, RecursionError) as error:  # JSON and UTF-8 errors too
                     skipped += 1
                     if skipped <= _LOGGED_BAD_LINES:
