@@ -125,12 +125,15 @@ class SubscriptionResponse:
         but 200.
     :param error: the message of a ``{"error": ...}`` answer of status 200 (an invalid
         request), else ``None``. Other statuses are not decoded: look at *status_code*.
+    :param timestamp: the server's clock (epoch milliseconds) in a long-poll timeout
+        answer, else ``None``.
     """
 
     header: Mapping[str, str]
     status_code: int
     events: list[Event] = field(default_factory=list)
     error: str | None = None
+    timestamp: int | None = None
 
 
 def subscription(
@@ -190,8 +193,8 @@ def subscription(
     )
     if response.status_code != 200:
         return SubscriptionResponse(response.headers, response.status_code)
-    events, error = _decode_subscription_body(response)
-    return SubscriptionResponse(response.headers, response.status_code, events, error)
+    events, error, timestamp = _decode_subscription_body(response)
+    return SubscriptionResponse(response.headers, response.status_code, events, error, timestamp)
 
 
 def publish(
@@ -336,7 +339,9 @@ def _timeout_seconds(timeout: float | datetime.timedelta) -> float | None:
     return None if seconds == 0 else float(seconds)
 
 
-def _decode_subscription_body(response: requests.Response) -> tuple[list[Event], str | None]:
+def _decode_subscription_body(
+    response: requests.Response,
+) -> tuple[list[Event], str | None, int | None]:
     try:
         body = json.loads(response.content)
     except ValueError as exc:
@@ -346,17 +351,20 @@ def _decode_subscription_body(response: requests.Response) -> tuple[list[Event],
     if "error" in body:
         if not isinstance(body["error"], str):
             raise _invalid(response, "has an 'error' that is not a string")
-        return [], body["error"]
+        return [], body["error"], None
     if "events" in body:
         records = body["events"]
         if not isinstance(records, list):
             raise _invalid(response, "has 'events' that is not a list")
         try:
-            return [Event.from_dict(record) for record in records], None
+            return [Event.from_dict(record) for record in records], None, None
         except ValueError as exc:
             raise _invalid(response, f"has an invalid event ({exc})") from exc
     if "timeout" in body:
-        return [], None
+        timestamp = body.get("timestamp")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int):
+            timestamp = None  # golongpoll always sends it; tolerate a server that does not
+        return [], None, timestamp
     raise _invalid(response, "has none of 'events', 'timeout' or 'error'")
 
 

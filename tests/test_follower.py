@@ -1,0 +1,545 @@
+"""Tests of the Follower: resume, dedupe, back off, stop; scripted and over real sockets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from conftest import wait_until
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+from werkzeug.wrappers import Request, Response
+
+from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
+from wsgi_longpoll.client import PublishRequest, publish
+from wsgi_longpoll.event import Event
+from wsgi_longpoll.follower import Backoff, Cursor, Follower, SubscriptionRejected
+
+URL = "http://127.0.0.1:9/events"  # never reached: the scripted tests use an adapter
+
+# --- a scripted transport: canned answers, and a record of every query sent ---------------
+
+Answer = bytes | int | Exception  # a 200 body, a bare status, or an exception to raise
+
+
+def events_body(*events: tuple[int, str]) -> bytes:
+    records = [{"timestamp": t, "category": "news", "data": f"{t}/{i}", "id": i} for t, i in events]
+    return json.dumps({"events": records}).encode()
+
+
+def timeout_body(timestamp: int) -> bytes:
+    return json.dumps({"timeout": "no events before timeout", "timestamp": timestamp}).encode()
+
+
+class ScriptedAdapter(BaseAdapter):
+    """Answers each request with the next scripted answer; stops the follower when done."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.sent: list[requests.PreparedRequest] = []
+        self.follower: Follower | None = None
+
+    @property
+    def queries(self) -> list[dict[str, str]]:
+        return [
+            {name: values[0] for name, values in parse_qs(urlsplit(r.url or "").query).items()}
+            for r in self.sent
+        ]
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(request)
+        if not self.answers:
+            assert self.follower is not None
+            self.follower.stop()
+            raise requests.ConnectionError("the script is over")
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        response = requests.Response()
+        response.status_code = 200 if isinstance(answer, bytes) else answer
+        response._content = answer if isinstance(answer, bytes) else b"{}"
+        response.headers = CaseInsensitiveDict({"Content-Type": "application/json"})
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClock:
+    """Stands in for the follower's pauses: records them and moves time on, never sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+        self.on_pause: Callable[[], None] | None = None
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+        if self.on_pause is not None:
+            self.on_pause()
+
+
+def scripted(
+    answers: list[Answer], clock: FakeClock | None = None, **options: Any
+) -> tuple[Follower, ScriptedAdapter]:
+    adapter = ScriptedAdapter(answers)
+    follower = Follower(
+        URL, "news", transport=adapter, sleep=(clock or FakeClock()).sleep, **options
+    )
+    adapter.follower = follower
+    return follower, adapter
+
+
+def ids(events: list[Event]) -> list[str]:
+    return [event.id for event in events]
+
+
+# --- Backoff and Cursor --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "ceiling"),
+    [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (10_000, 30.0)],
+    ids=["first", "second", "third", "sixth", "capped", "huge-exponent"],
+)
+def test_backoff_ceiling_grows_exponentially_up_to_the_maximum(
+    failures: int, ceiling: float
+) -> None:
+    assert Backoff().ceiling(failures) == ceiling
+
+
+def test_backoff_draws_the_pause_from_zero_to_the_ceiling() -> None:
+    draws = iter([0.0, 0.5, 0.999])
+    backoff = Backoff(initial_seconds=2, maximum_seconds=8, random=lambda: next(draws))
+    assert [backoff.delay(3), backoff.delay(3), backoff.delay(3)] == [0.0, 4.0, 8 * 0.999]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial_seconds": 0},
+        {"initial_seconds": 2, "maximum_seconds": 1},
+        {"multiplier": 0.5},
+        {"initial_seconds": float("nan")},
+    ],
+    ids=["zero-initial", "maximum-below-initial", "shrinking", "nan"],
+)
+def test_backoff_refuses_bad_settings(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**options)
+
+
+def test_cursor_round_trips_through_json() -> None:
+    cursor = Cursor(1795800310214, "0414d492-e103-4154-8986-3ecf755168eb")
+    assert Cursor.from_dict(json.loads(json.dumps(cursor.to_dict()))) == cursor
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, {}, {"since_time": "1"}, {"since_time": 1, "last_id": 2}, [1, "x"]],
+    ids=["none", "empty", "str-time", "int-id", "list"],
+)
+def test_cursor_from_dict_refuses_what_is_not_a_cursor(value: Any) -> None:
+    with pytest.raises(ValueError):
+        Cursor.from_dict(value)
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error"),
+    [
+        (("", "news"), {}, ValueError),
+        ((URL, ""), {}, ValueError),
+        ((URL, "news"), {"timeout_seconds": 0}, ValueError),
+        ((URL, "news"), {"timeout_seconds": 1.5}, TypeError),
+        ((URL, "news"), {"start": "yesterday"}, TypeError),
+        ((URL, "news"), {"start": True}, TypeError),
+        ((URL, "news"), {"transport": "a session"}, TypeError),
+    ],
+    ids=["no-url", "no-category", "zero-timeout", "float-timeout", "str-start", "bool-start",
+         "bad-transport"],
+)
+def test_follower_refuses_bad_arguments(
+    args: tuple[str, str], options: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        follower = Follower(*args, **options)
+        list(follower)  # a bad transport is found on the first poll
+
+
+# --- what each poll asks for, against a scripted server ------------------------------------
+
+
+def test_cursor_follows_the_last_event_and_survives_timeouts() -> None:
+    follower, adapter = scripted([
+        timeout_body(1000),                       # from now: nothing yet
+        events_body((1001, "a"), (1001, "b")),
+        timeout_body(5000),                       # keep the cursor, do not jump to 5000
+        events_body((1002, "c")),
+    ])
+    received = list(follower)
+    assert ids(received) == ["a", "b", "c"]
+    assert adapter.queries == [
+        {"category": "news", "timeout": "45"},
+        {"category": "news", "timeout": "45", "since_time": "999"},
+        {"category": "news", "timeout": "45", "since_time": "1001", "last_id": "b"},
+        {"category": "news", "timeout": "45", "since_time": "1001", "last_id": "b"},
+        {"category": "news", "timeout": "45", "since_time": "1002", "last_id": "c"},
+    ]
+    assert follower.cursor == Cursor(1002, "c")
+
+
+@pytest.mark.parametrize(
+    ("start", "first_query"),
+    [
+        (None, {}),
+        (0, {"since_time": "-1"}),
+        (1795800310214, {"since_time": "1795800310214"}),
+        (Cursor(1795800310214, "x"), {"since_time": "1795800310214", "last_id": "x"}),
+    ],
+    ids=["now", "everything", "timestamp", "saved-cursor"],
+)
+def test_start_sets_the_first_query(
+    start: Cursor | int | None, first_query: dict[str, str]
+) -> None:
+    follower, adapter = scripted([], start=start, timeout_seconds=30)
+    assert list(follower) == []
+    assert adapter.queries[0] == {"category": "news", "timeout": "30", **first_query}
+
+
+def test_events_the_server_sends_again_are_not_handed_out_twice() -> None:
+    # A server that lost last_id (evicted, restarted without persistence) answers with
+    # every event of the cursor's millisecond again, and an old server may even send
+    # older events.
+    follower, _ = scripted([
+        events_body((7, "a"), (7, "b")),
+        events_body((6, "z"), (7, "a"), (7, "b"), (7, "c"), (8, "d")),
+        events_body((8, "d"), (8, "e")),
+    ], start=Cursor(7, "x"))
+    assert ids(list(follower)) == ["a", "b", "c", "d", "e"]
+
+
+def test_timeouts_repoll_at_once_and_errors_back_off_with_jitter_then_reset() -> None:
+    clock = FakeClock()
+    follower, adapter = scripted(
+        [
+            timeout_body(10), timeout_body(20),
+            requests.ConnectionError("refused"), 503, b"not json", 502,
+            events_body((30, "a")),
+            timeout_body(40),
+            requests.Timeout("no answer"),
+            events_body((50, "b")),
+        ],
+        clock,
+        backoff=Backoff(initial_seconds=1, maximum_seconds=5, random=lambda: 0.75),
+    )
+    assert ids(list(follower)) == ["a", "b"]
+    # Four errors in a row: ceilings 1, 2, 4, then 5 (capped); then one after the reset.
+    assert clock.pauses == [0.75, 1.5, 3.0, 3.75, 0.75, 0.75]
+    assert len(adapter.sent) == 11
+
+
+def test_pauses_stay_within_the_full_jitter_bounds() -> None:
+    import random
+
+    clock = FakeClock()
+    backoff = Backoff(initial_seconds=0.25, maximum_seconds=4, random=random.Random(5).random)
+    follower, _ = scripted([requests.ConnectionError("down")] * 40, clock, backoff=backoff)
+    assert list(follower) == []
+    assert len(clock.pauses) == 41  # the 41st error is the end of the script
+    for failures, pause in enumerate(clock.pauses, start=1):
+        assert 0 <= pause <= min(4, 0.25 * 2 ** (failures - 1))
+    assert clock.now <= 0.25 + 0.5 + 1 + 2 + 4 * 37
+    assert max(clock.pauses[6:]) > 2  # the jitter spreads the capped pauses over [0, 4]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "message"),
+    [
+        (b'{"error": "Invalid subscription category, must be 1-1024 characters long."}',
+         200, "must be 1-1024"),
+        (401, 401, "HTTP 401"),
+        (404, 404, "HTTP 404"),
+    ],
+    ids=["error-answer", "unauthorized", "not-found"],
+)
+def test_answers_that_retrying_cannot_fix_end_the_iteration(
+    answer: Answer, status: int, message: str
+) -> None:
+    follower, adapter = scripted([answer, events_body((1, "never"))])
+    with pytest.raises(SubscriptionRejected, match=message) as caught:
+        list(follower)
+    assert caught.value.status_code == status
+    assert len(adapter.sent) == 1
+
+
+def test_stop_from_the_loop_body_leaves_the_rest_of_the_answer_for_later() -> None:
+    follower, _ = scripted([events_body((1, "a"), (1, "b"), (2, "c"))])
+    received = []
+    for event in follower:
+        received.append(event.id)
+        follower.stop()
+    assert received == ["a"]
+    assert follower.cursor == Cursor(1, "a")
+    assert list(follower) == []  # a stopped follower stays stopped
+
+
+def test_a_failing_callback_leaves_the_cursor_before_its_event() -> None:
+    answer = events_body((1, "a"), (1, "b"), (2, "c"))
+    follower, adapter = scripted([answer, answer])
+    handled: list[str] = []
+
+    def handle(event: Event) -> None:
+        if event.id == "b" and "b (failed)" not in handled:
+            handled.append("b (failed)")
+            raise RuntimeError("boom")
+        handled.append(event.id)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        follower.run(handle)
+    assert follower.cursor == Cursor(1, "a")
+    follower.run(handle)  # runs again, from the cursor, until the script is over
+    assert handled == ["a", "b (failed)", "b", "c"]
+    assert adapter.queries[1]["last_id"] == "a"
+
+
+def test_header_and_basic_auth_go_with_every_poll() -> None:
+    follower, adapter = scripted(
+        [timeout_body(1), timeout_body(2)],
+        header={"X-Trace": ["a", "b"]},
+        username="ann",
+        password="pässword",
+    )
+    list(follower)
+    for request in adapter.sent:
+        assert request.headers["X-Trace"] == "a, b"
+        assert request.headers["Authorization"] == "Basic YW5uOnDDpHNzd29yZA=="
+
+
+def test_a_follower_is_iterated_by_one_loop_at_a_time() -> None:
+    follower, _ = scripted([events_body((1, "a"))])
+    events = iter(follower)
+    next(events)
+    with pytest.raises(RuntimeError, match="already being iterated"):
+        next(iter(follower))
+
+
+# --- over real sockets ---------------------------------------------------------------------
+
+
+def collect(follower: Follower) -> tuple[list[Event], threading.Thread]:
+    received: list[Event] = []
+    thread = threading.Thread(target=follower.run, args=(received.append,), daemon=True)
+    thread.start()
+    return received, thread
+
+
+def test_follows_a_live_server_from_now(server: Server, base_url: str) -> None:
+    server.manager.publish("news", "before")
+    follower = Follower(f"{base_url}/events", "news", timeout_seconds=5)
+    received, thread = collect(follower)
+    wait_until(lambda: server.manager.waiting_count("news") == 1)
+    for n in range(3):
+        server.manager.publish("news", n)
+    wait_until(lambda: len(received) == 3)
+    follower.stop()
+    thread.join(5)
+    assert [event.data for event in received] == [0, 1, 2]
+
+
+def test_a_second_follower_goes_on_from_the_first_ones_cursor(
+    server: Server, base_url: str
+) -> None:
+    for n in range(10):
+        server.manager.publish("news", n)
+    with Follower(f"{base_url}/events", "news", start=0, timeout_seconds=5) as first:
+        seen = []
+        for event in first:
+            seen.append(event.data)
+            if len(seen) == 4:
+                break
+        saved = json.dumps(first.cursor.to_dict() if first.cursor else None)
+    second = Follower(
+        f"{base_url}/events", "news", start=Cursor.from_dict(json.loads(saved)), timeout_seconds=5
+    )
+    received, thread = collect(second)
+    wait_until(lambda: len(received) == 6)
+    second.stop()
+    thread.join(5)
+    assert seen + [event.data for event in received] == list(range(10))
+
+
+def test_a_user_session_is_used_and_left_open(server: Server, base_url: str) -> None:
+    seen_by_server: list[str] = []
+    session = requests.Session()
+    session.headers["User-Agent"] = "follower-test"
+    server.manager.publish("news", "x")
+
+    def hook(request: Request) -> bool:
+        seen_by_server.append(request.headers.get("User-Agent", ""))
+        return True
+
+    other = Server(access_log=False)
+    other.start(ServerInfo(address="127.0.0.1:0", handler_to_run_before_subscription=hook))
+    try:
+        other.manager.publish("news", "x")
+        follower = Follower(
+            f"http://127.0.0.1:{other.port}/events", "news", start=0, transport=session
+        )
+        assert next(iter(follower)).data == "x"
+        follower.stop()
+        assert seen_by_server == ["follower-test"]
+        assert session.get(f"http://127.0.0.1:{other.port}/nothing").status_code == 404
+    finally:
+        other.stop(5)
+        session.close()
+
+
+def test_stop_ends_a_60_second_poll_at_once() -> None:
+    server = Server(access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=60))
+    try:
+        follower = Follower(f"http://127.0.0.1:{server.port}/events", "news", timeout_seconds=60)
+        received, thread = collect(follower)
+        wait_until(lambda: server.manager.waiting_count("news") == 1)
+        started = time.monotonic()
+        follower.stop()
+        stop_returned = time.monotonic() - started
+        thread.join(5)
+        loop_ended = time.monotonic() - started
+        assert not thread.is_alive()
+        assert stop_returned < 1
+        assert loop_ended < 1
+        assert received == []
+    finally:
+        server.stop(5)
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("failed" in record.getMessage() for record in caplog.records)
+
+
+def test_stop_cuts_a_pause_after_an_error_short(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.follower")
+    with socket.socket() as probe:  # a port with nothing listening: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    follower = Follower(
+        f"http://127.0.0.1:{port}/events", "news",
+        backoff=Backoff(initial_seconds=60, maximum_seconds=60, random=lambda: 0.999),
+    )
+    received, thread = collect(follower)
+    wait_until(lambda: failures_logged(caplog) >= 1)
+    started = time.monotonic()
+    follower.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1
+
+
+def test_500_events_across_two_server_restarts_arrive_once_each_in_order(tmp_path: Path) -> None:
+    persistence = FilePersistorInfo(
+        use=True,
+        file_name=str(tmp_path / "events.jsonl"),
+        write_buffer_size=4096,
+        write_flush_period_seconds=0.05,
+    )
+    server = Server(max_event_buffer_size=1000, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10), persistence)
+    address = f"127.0.0.1:{server.port}"
+    follower = Follower(
+        f"http://{address}/events", "news", timeout_seconds=10,
+        backoff=Backoff(initial_seconds=0.05, maximum_seconds=0.2),
+    )
+    received, thread = collect(follower)
+    restarts = 0
+    try:
+        wait_until(lambda: server.manager.waiting_count("news") == 1)
+        with requests.Session() as session:
+            for n in range(500):
+                if n in (150, 350):
+                    server.stop(5)
+                    server.start(ServerInfo(address=address, timeout_seconds=10), persistence)
+                    restarts += 1
+                answer = publish(f"http://{address}/publish", 5, None,
+                                 PublishRequest("news", n), "", "", session)
+                assert answer.status_code == 200, answer.text
+        wait_until(lambda: len(received) >= 500, timeout=30)
+    finally:
+        follower.stop()
+        thread.join(5)
+        server.stop(5)
+    assert restarts == 2
+    assert [event.data for event in received] == list(range(500))
+    assert len({event.id for event in received}) == 500
+
+
+def test_follower_comes_back_after_the_server_was_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server is down long enough for the follower to fail and back off; the events
+    # published after it comes back are fetched with the cursor, none before them again.
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.follower")
+    persistence = FilePersistorInfo(use=True, file_name=str(tmp_path / "events.jsonl"))
+    server = Server(access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10), persistence)
+    address = f"127.0.0.1:{server.port}"
+    follower = Follower(
+        f"http://{address}/events", "news", timeout_seconds=10,
+        backoff=Backoff(initial_seconds=0.05, maximum_seconds=0.1),
+    )
+    received, thread = collect(follower)
+    try:
+        wait_until(lambda: server.manager.waiting_count("news") == 1)
+        server.manager.publish("news", "first")
+        wait_until(lambda: len(received) == 1)
+        server.stop(5)
+        wait_until(lambda: failures_logged(caplog) >= 2)
+        server.start(ServerInfo(address=address, timeout_seconds=10), persistence)
+        server.manager.publish("news", "second")
+        server.manager.publish("news", "third")
+        wait_until(lambda: len(received) == 3)
+    finally:
+        follower.stop()
+        thread.join(5)
+        server.stop(5)
+    assert [event.data for event in received] == ["first", "second", "third"]
+
+
+def test_transient_statuses_are_retried_against_a_real_server(
+    server: Server, base_url: str
+) -> None:
+    statuses = iter([503, 429])
+
+    def flaky(request: Request) -> bool | Response:
+        status = next(statuses, None)
+        return True if status is None else Response("busy", status=status)
+
+    flaky_server = Server(access_log=False)
+    flaky_server.start(
+        ServerInfo(address="127.0.0.1:0", handler_to_run_before_subscription=flaky)
+    )
+    clock = FakeClock()
+    try:
+        flaky_server.manager.publish("news", "hello")
+        follower = Follower(
+            f"http://127.0.0.1:{flaky_server.port}/events", "news", start=0,
+            sleep=clock.sleep, backoff=Backoff(random=lambda: 0.5),
+        )
+        assert next(iter(follower)).data == "hello"
+        follower.stop()
+    finally:
+        flaky_server.stop(5)
+    assert clock.pauses == [0.25, 0.5]
