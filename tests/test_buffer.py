@@ -17,8 +17,8 @@ def make_events(*timestamps: int) -> list[Event]:
 def filled(max_size: int, *timestamps: int) -> tuple[EventBuffer, list[Event]]:
     buffer = EventBuffer(max_size)
     events = make_events(*timestamps)
-    for event in events:
-        buffer.append(event)
+    for seq, event in enumerate(events, 1):
+        buffer.append(event, seq)
     return buffer, events
 
 
@@ -26,13 +26,13 @@ def test_keeps_the_newest_events_up_to_its_size() -> None:
     buffer, events = filled(3, 1, 2, 3, 4, 5)
     assert buffer.events() == events[2:]
     assert len(buffer) == 3
-    assert buffer.oldest() is events[2]
 
 
-def test_rejects_an_event_older_than_the_newest() -> None:
+@pytest.mark.parametrize(("timestamp", "seq"), [(4, 2), (5, 1)], ids=["older", "same-seq"])
+def test_rejects_an_event_out_of_order(timestamp: int, seq: int) -> None:
     buffer, _ = filled(3, 5)
-    with pytest.raises(ValueError, match="timestamp order"):
-        buffer.append(make_events(4)[0])
+    with pytest.raises(ValueError, match="order"):
+        buffer.append(make_events(timestamp)[0], seq)
 
 
 @pytest.mark.parametrize(
@@ -73,8 +73,8 @@ def test_an_evicted_last_id_counts_as_unknown() -> None:
 def test_cursor_search_stays_right_after_many_evictions() -> None:
     buffer = EventBuffer(10)
     events = make_events(*range(1000))
-    for event in events:
-        buffer.append(event)
+    for seq, event in enumerate(events, 1):
+        buffer.append(event, seq)
     assert buffer.events() == events[-10:]
     assert buffer.after(995, events[995].id) == events[996:]
     assert buffer.after(0, events[992].id) == events[993:]
@@ -87,11 +87,12 @@ def test_expire_drops_events_older_than_the_cutoff() -> None:
     assert buffer.after(0, events[0].id) == events[2:]
 
 
-def test_take_after_removes_what_it_returns() -> None:
+def test_drop_newest_removes_served_events() -> None:
     buffer, events = filled(10, 1, 2, 3, 4)
-    assert buffer.take_after(2) == events[2:]
+    buffer.drop_newest(2)
     assert buffer.events() == events[:2]
     assert buffer.after(0) == events[:2]
+    assert buffer.floor is None  # served, not lost: no gap
     later = make_events(5)[0]
-    buffer.append(later)
+    buffer.append(later, 10)
     assert buffer.after(1, events[0].id) == [events[1], later]

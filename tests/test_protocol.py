@@ -91,7 +91,9 @@ def test_timeout_error_names_the_servers_maximum() -> None:
 )
 def test_valid_subscribe_query(query: str, expected: tuple[object, ...]) -> None:
     parsed = parse_subscribe_query(query, 110)
-    assert (parsed.category, parsed.timeout, parsed.since_time, parsed.last_id) == expected
+    assert (parsed.categories, parsed.timeout, parsed.since_time, parsed.last_id) == (
+        (expected[0],), *expected[1:]
+    )
 
 
 @pytest.mark.parametrize(

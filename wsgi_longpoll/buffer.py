@@ -3,38 +3,48 @@
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import NamedTuple
 
 from .event import Event
 
-__all__ = ["EventBuffer"]
+__all__ = ["EventBuffer", "Floor"]
 
 
 def _timestamp(event: Event) -> int:
     return event.timestamp
 
 
+class Floor(NamedTuple):
+    """The newest event a buffer dropped for size or age: older cursors missed events."""
+
+    timestamp: int
+    seq: int
+    id: str
+
+
 class EventBuffer:
     """The events one category keeps, oldest first, at most *max_size* of them.
 
-    Events must be appended in non-decreasing timestamp order (the manager's clock
-    guarantees it), so a cursor is found by bisection on timestamps and by a
-    dictionary lookup of ids, never by scanning.
+    Each event comes with its publish sequence number (unique and increasing across
+    every buffer of a manager), and events arrive in non-decreasing timestamp order, so
+    a cursor is found by bisection and by a dictionary lookup of ids, never by scanning.
 
     :param max_size: how many events to keep; appending beyond it evicts the oldest.
     """
 
-    __slots__ = ("_events", "_start", "_first_seq", "_seq_by_id", "max_size")
+    __slots__ = ("_events", "_seqs", "_start", "_seq_by_id", "floor", "max_size")
 
     def __init__(self, max_size: int) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self.max_size = max_size
-        #: Events live in ``_events[_start:]``; the dead prefix is cut off in bulk.
+        #: Live events are ``_events[_start:]``; the dead prefix is cut off in bulk.
         self._events: list[Event] = []
+        self._seqs: list[int] = []
         self._start = 0
-        #: The sequence number of ``_events[_start]``; each event keeps its number.
-        self._first_seq = 0
         self._seq_by_id: dict[str, int] = {}
+        #: The newest event dropped for size or age, if any.
+        self.floor: Floor | None = None
 
     def __len__(self) -> int:
         return len(self._events) - self._start
@@ -43,17 +53,19 @@ class EventBuffer:
         """Every buffered event, oldest first."""
         return self._events[self._start :]
 
-    def oldest(self) -> Event | None:
-        """The oldest buffered event, if any."""
-        return self._events[self._start] if len(self) else None
+    def seq_of(self, event_id: str) -> int | None:
+        """The sequence number of the buffered event *event_id*, or ``None``."""
+        return self._seq_by_id.get(event_id)
 
-    def append(self, event: Event) -> None:
-        """Add *event* as the newest, evicting the oldest beyond ``max_size``."""
-        last = self._events[-1] if len(self) else None
-        if last is not None and event.timestamp < last.timestamp:
-            raise ValueError("events must be appended in timestamp order")
-        self._seq_by_id[event.id] = self._first_seq + len(self)
+    def append(self, event: Event, seq: int) -> None:
+        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``."""
+        if len(self) and (
+            event.timestamp < self._events[-1].timestamp or seq <= self._seqs[-1]
+        ):
+            raise ValueError("events must be appended in timestamp and sequence order")
+        self._seq_by_id[event.id] = seq
         self._events.append(event)
+        self._seqs.append(seq)
         if len(self) > self.max_size:
             self._drop_oldest(len(self) - self.max_size)
 
@@ -65,41 +77,66 @@ class EventBuffer:
             self._drop_oldest(count)
         return count
 
-    def after(self, since_time: int, last_id: str | None = None) -> list[Event]:
+    def after(
+        self, since_time: int, last_id: str | None = None, last_seq: int | None = None
+    ) -> list[Event]:
         """The events after the cursor ``(since_time, last_id)``, oldest first.
 
         Without *last_id*, the events with ``timestamp > since_time``. With it, the
-        events with ``timestamp >= since_time`` that come after the event *last_id*;
-        if *last_id* is not buffered (evicted, expired), every event with
-        ``timestamp >= since_time``.
+        events with ``timestamp >= since_time`` published after the event *last_id*; if
+        that event is unknown (evicted, expired), every event with
+        ``timestamp >= since_time``. *last_seq* gives the event's sequence number when
+        it lives in another category's buffer.
         """
-        return self._events[self._position_after(since_time, last_id) :]
+        return self._events[self._position_after(since_time, last_id, last_seq) :]
 
-    def take_after(self, since_time: int, last_id: str | None = None) -> list[Event]:
-        """Like :meth:`after`, and remove what it returns from the buffer."""
-        position = self._position_after(since_time, last_id)
-        taken = self._events[position:]
-        if taken:
-            del self._events[position:]
-            for event in taken:
-                del self._seq_by_id[event.id]
-        return taken
+    def drop_newest(self, count: int) -> None:
+        """Remove the *count* newest events (served, with delete after first retrieval)."""
+        if count <= 0:
+            return
+        position = len(self._events) - min(count, len(self))
+        for event in self._events[position:]:
+            del self._seq_by_id[event.id]
+        del self._events[position:]
+        del self._seqs[position:]
 
-    def _position_after(self, since_time: int, last_id: str | None) -> int:
+    def missed(self, since_time: int, last_id: str | None, last_seq: int | None) -> bool:
+        """Whether the cursor is older than an event this buffer dropped for size or age.
+
+        *last_seq* is the sequence number of *last_id* if some buffer still holds it.
+        """
+        floor = self.floor
+        if floor is None:
+            return False
+        if last_id is None:  # the client has seen everything up to since_time
+            return floor.timestamp > since_time
+        if last_seq is not None:  # the cursor is a known event
+            return floor.timestamp >= since_time and floor.seq > last_seq
+        # An unknown last_id: every event at since_time is resent, so only a dropped event
+        # after since_time, or one at since_time that is not last_id itself, went unseen.
+        return floor.timestamp > since_time or (
+            floor.timestamp == since_time and floor.id != last_id
+        )
+
+    def _position_after(self, since_time: int, last_id: str | None, last_seq: int | None) -> int:
         if last_id is None:
             return bisect_right(self._events, since_time, lo=self._start, key=_timestamp)
         position = bisect_left(self._events, since_time, lo=self._start, key=_timestamp)
-        seq = self._seq_by_id.get(last_id)
-        if seq is not None:
-            position = max(position, self._start + seq - self._first_seq + 1)
+        if last_seq is None:
+            last_seq = self._seq_by_id.get(last_id)
+        if last_seq is not None:
+            position = max(position, bisect_right(self._seqs, last_seq, lo=self._start))
         return position
 
     def _drop_oldest(self, count: int) -> None:
-        for event in self._events[self._start : self._start + count]:
+        end = self._start + count
+        for event in self._events[self._start : end]:
             del self._seq_by_id[event.id]
-        self._start += count
-        self._first_seq += count
+        newest = self._events[end - 1]
+        self.floor = Floor(newest.timestamp, self._seqs[end - 1], newest.id)
+        self._start = end
         # Cut the dead prefix off once it outweighs the live part: amortised O(1).
         if self._start > 64 and self._start * 2 > len(self._events):
             del self._events[: self._start]
+            del self._seqs[: self._start]
             self._start = 0

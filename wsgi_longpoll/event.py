@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "encode_json"]
+__all__ = ["Event", "Gap", "encode_json"]
 
 
 def encode_json(value: Any) -> bytes:
@@ -73,3 +73,44 @@ class Event:
         if data is None:
             raise ValueError("an event's 'data' must not be null")
         return cls(timestamp, category, event_id, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events of *category* that a subscriber had not seen were dropped (buffer size, age).
+
+    ``(since_time, last_id)`` is the oldest cursor the server can still resume without
+    loss: the newest event it dropped. The answer that carries the gap already starts
+    from the oldest event still buffered.
+    """
+
+    category: str
+    since_time: int
+    last_id: str
+
+    def to_json(self) -> bytes:
+        """The gap's compact JSON form."""
+        return b'{"category":%s,"since_time":%d,"last_id":"%s"}' % (
+            encode_json(self.category),
+            self.since_time,
+            self.last_id.encode("ascii"),
+        )
+
+    @classmethod
+    def from_dict(cls, record: Any) -> Gap:
+        """Build a gap from its decoded JSON form.
+
+        :raises ValueError: if *record* is not a gap object.
+        """
+        if not isinstance(record, dict):
+            raise ValueError("a gap must be a JSON object")
+        category = record.get("category")
+        since_time = record.get("since_time")
+        last_id = record.get("last_id")
+        if not isinstance(category, str) or not category:
+            raise ValueError("a gap's 'category' must be a non-empty string")
+        if not isinstance(since_time, int) or isinstance(since_time, bool):
+            raise ValueError("a gap's 'since_time' must be an integer")
+        if not isinstance(last_id, str) or not last_id:
+            raise ValueError("a gap's 'last_id' must be a non-empty string")
+        return cls(category, since_time, last_id)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
@@ -18,13 +20,13 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from .buffer import EventBuffer
-from .event import Event
+from .event import Event, Gap
 from .protocol import now_ms, validate_category
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-__all__ = ["LongpollManager", "ManagerClosed", "Persister"]
+__all__ = ["Delivery", "LongpollManager", "ManagerClosed", "Persister"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,17 @@ class Persister(Protocol):
 
     def close(self) -> None:
         """Write out everything appended and release the file."""
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What a subscribe call got: events oldest first, and the gaps before them.
+
+    No events means the wait timed out, the manager drained, or the client hung up.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
 
 
 class _Subscriber:
@@ -141,6 +154,8 @@ class LongpollManager:
         self._buffers: dict[str, EventBuffer] = {}
         self._waiters: dict[str, dict[_Subscriber, None]] = {}
         self._last_timestamp = 0
+        #: Publish order across every category: a cursor means the same in all of them.
+        self._last_seq = 0
         self._next_sweep = 0
         self._draining = False
         self._closed = False
@@ -170,12 +185,13 @@ class LongpollManager:
                 raise ManagerClosed("the manager is closed")
             # Monotonic across every category: (timestamp, publish order) never disagree.
             timestamp = max(now_ms(), self._last_timestamp)
-            self._last_timestamp = timestamp
             event = Event(timestamp, category, str(uuid.uuid4()), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
+            self._last_timestamp = timestamp
+            self._last_seq += 1
             waiters = self._waiters.get(category)
             if not (waiters and self.delete_event_after_first_retrieval):
-                self._buffer(category).append(event)
+                self._buffer(category).append(event, self._last_seq)
             if self._persister is not None:
                 self._persister.append(event)
                 if self._persister.wants_compaction:
@@ -216,42 +232,53 @@ class LongpollManager:
 
     def subscribe(
         self,
-        category: str,
+        categories: str | Sequence[str],
         timeout: float,
         since_time: int | None = None,
         last_id: str | None = None,
         *,
         connection: socket.socket | None = None,
-    ) -> list[Event]:
-        """Wait up to *timeout* seconds for events in *category*; return them oldest first.
+    ) -> Delivery:
+        """Wait up to *timeout* seconds for events in *categories*.
 
         With *since_time*, buffered events after the cursor ``(since_time, last_id)``
-        are returned at once (see :meth:`EventBuffer.after`); without it only events
-        published from now on count. An empty list means the wait timed out, the
-        manager closed, or *connection* (the client's socket) was closed by the peer.
+        are returned at once, oldest first across every category (see
+        :meth:`EventBuffer.after`), with a :class:`Gap` for each category that dropped
+        events the cursor had not seen; without it only events published from now on
+        count. No events means the wait timed out, the manager drained, or
+        *connection* (the client's socket) was closed by the peer.
+
+        :param categories: one category, or several.
         """
+        if isinstance(categories, str):
+            categories = (categories,)
         with self._lock:
             self._maybe_sweep(now_ms())
+            gaps: list[Gap] = []
             if since_time is not None:
-                events = self._buffered_after(category, since_time, last_id)
+                last_seq = self._seq_of(categories, last_id)
+                gaps = self._gaps(categories, since_time, last_id, last_seq)
+                events = self._buffered_after(categories, since_time, last_id, last_seq)
                 if events:
-                    return events
+                    return Delivery(events, gaps)
             if self._draining:
-                return []
+                return Delivery([], gaps)
             subscriber = _Subscriber(gevent.get_hub())
-            self._waiters.setdefault(category, {})[subscriber] = None
+            for category in categories:
+                self._waiters.setdefault(category, {})[subscriber] = None
         try:
             self._wait(subscriber, timeout, connection)
         finally:
             with self._lock:
-                waiters = self._waiters.get(category)
-                if waiters is not None:
-                    waiters.pop(subscriber, None)
-                    if not waiters:
-                        del self._waiters[category]
+                for category in categories:
+                    waiters = self._waiters.get(category)
+                    if waiters is not None:
+                        waiters.pop(subscriber, None)
+                        if not waiters:
+                            del self._waiters[category]
                 events = subscriber.pending
                 subscriber.pending = []
-        return events
+        return Delivery(events, gaps)
 
     def _live_buffer(self, category: str) -> EventBuffer | None:
         buffer = self._buffers.get(category)
@@ -259,13 +286,54 @@ class LongpollManager:
             buffer.expire(now_ms() - self._ttl_ms)
         return buffer
 
-    def _buffered_after(self, category: str, since_time: int, last_id: str | None) -> list[Event]:
-        buffer = self._live_buffer(category)
-        if buffer is None:
+    def _seq_of(self, categories: Sequence[str], last_id: str | None) -> int | None:
+        """The publish number of the event *last_id*, if one of *categories* holds it."""
+        if last_id is None:
+            return None
+        for category in categories:
+            buffer = self._live_buffer(category)
+            seq = None if buffer is None else buffer.seq_of(last_id)
+            if seq is not None:
+                return seq
+        return None
+
+    def _gaps(
+        self, categories: Sequence[str], since_time: int, last_id: str | None,
+        last_seq: int | None,
+    ) -> list[Gap]:
+        gaps = []
+        for category in categories:
+            buffer = self._live_buffer(category)
+            if buffer is not None and buffer.missed(since_time, last_id, last_seq):
+                assert buffer.floor is not None
+                gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
+        return gaps
+
+    def _buffered_after(
+        self, categories: Sequence[str], since_time: int, last_id: str | None,
+        last_seq: int | None,
+    ) -> list[Event]:
+        found: list[tuple[EventBuffer, list[Event]]] = []
+        for category in categories:
+            buffer = self._live_buffer(category)
+            if buffer is not None:
+                events = buffer.after(since_time, last_id, last_seq)
+                if events:
+                    found.append((buffer, events))
+        if not found:
             return []
+        if len(found) == 1:
+            result = found[0][1]
+        else:  # several categories: merge in publish order
+            numbered = [
+                (buffer.seq_of(event.id), event) for buffer, events in found for event in events
+            ]
+            numbered.sort(key=itemgetter(0))
+            result = [event for _, event in numbered]
         if self.delete_event_after_first_retrieval:
-            return buffer.take_after(since_time, last_id)
-        return buffer.after(since_time, last_id)
+            for buffer, events in found:
+                buffer.drop_newest(len(events))
+        return result
 
     @staticmethod
     def _wait(subscriber: _Subscriber, timeout: float, connection: socket.socket | None) -> None:
@@ -301,7 +369,7 @@ class LongpollManager:
         for category in list(self._buffers):
             buffer = self._buffers[category]
             buffer.expire(cutoff)
-            if not len(buffer):
+            if not len(buffer) and buffer.floor is None:
                 del self._buffers[category]
 
     def _restore(self, events: Iterable[Event]) -> None:
@@ -310,7 +378,8 @@ class LongpollManager:
         with self._lock:
             for event in ordered:
                 if cutoff is None or event.timestamp >= cutoff:
-                    self._buffer(event.category).append(event)
+                    self._last_seq += 1
+                    self._buffer(event.category).append(event, self._last_seq)
                 self._last_timestamp = max(self._last_timestamp, event.timestamp)
             if self._persister is not None:
                 self._persister.compact(self._all_buffered())
@@ -318,9 +387,13 @@ class LongpollManager:
 
     def _all_buffered(self) -> list[Event]:
         """Every buffered event, oldest first (called with the lock held)."""
-        events = [event for buffer in self._buffers.values() for event in buffer.events()]
-        events.sort(key=lambda event: event.timestamp)  # stable: publish order within a ms
-        return events
+        numbered = [
+            (buffer.seq_of(event.id), event)
+            for buffer in self._buffers.values()
+            for event in buffer.events()
+        ]
+        numbered.sort(key=itemgetter(0))
+        return [event for _, event in numbered]
 
     def buffered_events(self, category: str) -> list[Event]:
         """The events *category* holds now, oldest first (expired ones left out)."""

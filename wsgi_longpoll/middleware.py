@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from gevent.monkey import is_module_patched
 from werkzeug.wrappers import Request, Response
@@ -37,7 +37,7 @@ __all__ = ["Hook", "LongpollMiddleware"]
 logger = logging.getLogger(__name__)
 
 #: A before-hook: ``True`` goes on, ``False`` rejects with 403, a response is sent as is.
-Hook = Callable[[Request], Union[bool, Response]]
+Hook = Callable[[Request], bool | Response]
 
 _JSON_HEADERS = [
     ("Content-Type", "application/json"),
@@ -75,10 +75,14 @@ class LongpollMiddleware:
     :param before_publish: a :data:`Hook` run before each publish request; it may read
         the body, which the publish still sees.
     :param max_body_size: the largest publish body accepted, in bytes (larger: 413).
+    :param max_categories_per_request: how many categories one subscribe request may
+        name with the ``categories`` extension.
     """
 
     #: The default ``max_body_size``: 1 MiB.
     default_max_body_size = 1024 * 1024
+    #: The default ``max_categories_per_request``.
+    default_max_categories_per_request = 16
 
     def __init__(
         self,
@@ -90,11 +94,14 @@ class LongpollMiddleware:
         before_subscription: Hook | None = None,
         before_publish: Hook | None = None,
         max_body_size: int = default_max_body_size,
+        max_categories_per_request: int = default_max_categories_per_request,
     ) -> None:
         if subscription_path is not None and subscription_path == publish_path:
             raise ValueError("subscription_path and publish_path must differ")
         if max_body_size < 1:
             raise ValueError("max_body_size must be at least 1")
+        if max_categories_per_request < 1:
+            raise ValueError("max_categories_per_request must be at least 1")
         self.app = app
         self.manager = manager
         self.subscription_path = subscription_path
@@ -102,6 +109,7 @@ class LongpollMiddleware:
         self.before_subscription = before_subscription
         self.before_publish = before_publish
         self.max_body_size = max_body_size
+        self.max_categories_per_request = max_categories_per_request
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -154,7 +162,9 @@ class LongpollMiddleware:
                             error_body(SUBSCRIBE_METHOD_ERROR))
         try:
             query = parse_subscribe_query(
-                environ.get("QUERY_STRING", ""), self.manager.max_longpoll_timeout_seconds
+                environ.get("QUERY_STRING", ""),
+                self.manager.max_longpoll_timeout_seconds,
+                self.max_categories_per_request,
             )
         except ProtocolError as error:
             return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, error_body(str(error)))
@@ -163,11 +173,14 @@ class LongpollMiddleware:
             connection = environ.get(key)
             if connection is not None:
                 break
-        events = self.manager.subscribe(
-            query.category, query.timeout, query.since_time, query.last_id,
+        delivery = self.manager.subscribe(
+            query.categories, query.timeout, query.since_time, query.last_id,
             connection=connection,
         )
-        body = events_body(events) if events else timeout_body(now_ms())
+        if delivery.events:
+            body = events_body(delivery.events, delivery.gaps)
+        else:
+            body = timeout_body(now_ms(), delivery.gaps)
         return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, body)
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

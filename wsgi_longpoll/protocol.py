@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .event import Event
+from .event import Event, Gap
 
 __all__ = [
     "MAX_CATEGORY_BYTES",
@@ -64,13 +64,13 @@ class ProtocolError(ValueError):
 class SubscribeQuery:
     """A valid subscribe request.
 
-    :param category: the category to wait on.
+    :param categories: the categories to wait on: ``category``, then each ``categories``.
     :param timeout: seconds to hold the request.
     :param since_time: epoch ms; events after it are wanted. ``None``: only new events.
     :param last_id: the last event the client has seen (canonical UUID), or ``None``.
     """
 
-    category: str
+    categories: tuple[str, ...]
     timeout: int
     since_time: int | None
     last_id: str | None
@@ -87,6 +87,10 @@ class PublishBody:
 def now_ms() -> int:
     """The wall clock in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
+
+
+def too_many_categories_error(max_categories: int) -> str:
+    return f"Too many categories: at most {max_categories} in one request."
 
 
 def timeout_error(max_timeout: int) -> str:
@@ -125,24 +129,37 @@ def canonical_uuid(text: str) -> str | None:
     return "-".join(part for part in match.groups() if part is not None).lower()
 
 
-def parse_subscribe_query(query_string: str, max_timeout: int) -> SubscribeQuery:
+def parse_subscribe_query(
+    query_string: str, max_timeout: int, max_categories: int = 1
+) -> SubscribeQuery:
     """Validate a subscribe request's query string, in golongpoll's order.
+
+    golongpoll's ``category`` takes the first value given. The extension
+    ``categories`` may be repeated, each value one more category to wait on.
 
     :param query_string: the raw ``QUERY_STRING``.
     :param max_timeout: the longest ``timeout`` allowed.
+    :param max_categories: how many categories one request may name.
     :raises ProtocolError: with the message of the first rule broken.
     """
     params: dict[str, str] = {}
+    extra_categories: list[str] = []
     for name, value in parse_qsl(query_string, keep_blank_values=True, errors="surrogateescape"):
         params.setdefault(name, value)
+        if name == "categories":
+            extra_categories.append(value)
 
     timeout = _parse_go_int(params.get("timeout", ""))
     if timeout is None or not 1 <= timeout <= max_timeout:
         raise ProtocolError(timeout_error(max_timeout))
 
-    category = params.get("category", "")
-    if not category_is_valid(category):
+    if "category" in params or not extra_categories:
+        extra_categories.insert(0, params.get("category", ""))
+    if not all(category_is_valid(category) for category in extra_categories):
         raise ProtocolError(CATEGORY_ERROR)
+    categories = tuple(dict.fromkeys(extra_categories))  # without repeats, in order
+    if len(categories) > max_categories:
+        raise ProtocolError(too_many_categories_error(max_categories))
 
     since_time: int | None = None
     if "since_time" in params:
@@ -159,7 +176,7 @@ def parse_subscribe_query(query_string: str, max_timeout: int) -> SubscribeQuery
         if last_id is None:
             raise ProtocolError(LAST_ID_ERROR)
 
-    return SubscribeQuery(category, timeout, since_time, last_id)
+    return SubscribeQuery(categories, timeout, since_time, last_id)
 
 
 def _reject_constant(name: str) -> Any:
@@ -193,14 +210,26 @@ def error_body(message: str) -> bytes:
     return b'{"error": %s}' % json.dumps(message).encode("ascii")
 
 
-def events_body(events: Iterable[Event]) -> bytes:
-    """``{"events":[...]}``, oldest first, each event encoded once."""
-    return b'{"events":[' + b",".join(event.to_json() for event in events) + b"]}"
+def _gaps_member(gaps: Sequence[Gap]) -> bytes:
+    if not gaps:
+        return b""
+    return b',"gaps":[' + b",".join(gap.to_json() for gap in gaps) + b"]"
 
 
-def timeout_body(timestamp: int) -> bytes:
-    """The answer to a long poll that ended with no events."""
-    return b'{"timeout":"no events before timeout","timestamp":%d}' % timestamp
+def events_body(events: Iterable[Event], gaps: Sequence[Gap] = ()) -> bytes:
+    """``{"events":[...]}``, oldest first, each event encoded once; then any gaps."""
+    return (
+        b'{"events":[' + b",".join(event.to_json() for event in events) + b"]"
+        + _gaps_member(gaps) + b"}"
+    )
+
+
+def timeout_body(timestamp: int, gaps: Sequence[Gap] = ()) -> bytes:
+    """The answer to a long poll that ended with no events; then any gaps."""
+    return (
+        b'{"timeout":"no events before timeout","timestamp":%d' % timestamp
+        + _gaps_member(gaps) + b"}"
+    )
 
 
 PUBLISH_SUCCESS_BODY = b'{"success": true}'

@@ -1,0 +1,274 @@
+"""Protocol extensions: several categories in one subscribe, and the gap signal."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+import requests
+from webtest import TestApp
+
+from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server
+from wsgi_longpoll import manager as manager_module
+from wsgi_longpoll.event import Event, Gap
+from wsgi_longpoll.protocol import ProtocolError, parse_subscribe_query
+
+
+def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("404 Not Found", [])
+    return [b""]
+
+
+def make_app(manager: LongpollManager, **options: Any) -> TestApp:
+    return TestApp(LongpollMiddleware(not_found, manager, **options))
+
+
+# -- several categories -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "categories"),
+    [
+        ("timeout=5&category=a", ("a",)),
+        ("timeout=5&category=a&categories=b&categories=c", ("a", "b", "c")),
+        ("timeout=5&categories=b&categories=c", ("b", "c")),
+        ("timeout=5&categories=b&category=a", ("a", "b")),
+        ("timeout=5&category=a&categories=a&categories=b", ("a", "b")),
+    ],
+)
+def test_categories_parameter(query: str, categories: tuple[str, ...]) -> None:
+    assert parse_subscribe_query(query, 110, 16).categories == categories
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "timeout=5&categories=",
+        "timeout=5&category=a&categories=",
+        "timeout=5&category=&categories=b",
+        "timeout=5&categories=" + "x" * 1025,
+    ],
+)
+def test_every_named_category_must_be_valid(query: str) -> None:
+    with pytest.raises(ProtocolError, match="Invalid subscription category"):
+        parse_subscribe_query(query, 110, 16)
+
+
+def test_too_many_categories_is_a_clear_error() -> None:
+    app = make_app(LongpollManager(), max_categories_per_request=3)
+    query = "timeout=1&category=a&categories=b&categories=c&categories=d"
+    response = app.get("/events?" + query)
+    assert response.json == {"error": "Too many categories: at most 3 in one request."}
+    assert "timeout" in app.get("/events?timeout=1&category=a&categories=b&categories=c").json
+
+
+def test_one_category_is_the_default_limit_of_the_parser() -> None:
+    with pytest.raises(ProtocolError, match="at most 1"):
+        parse_subscribe_query("timeout=5&category=a&categories=b", 110)
+
+
+def test_waiter_on_several_categories_wakes_for_any_of_them() -> None:
+    manager = LongpollManager()
+    app = make_app(manager)
+    manager.publish("b", "old")
+    events = app.get("/events?timeout=5&category=a&categories=b&since_time=1").json["events"]
+    assert [event["data"] for event in events] == ["old"]
+
+
+def test_multi_category_answer_mixes_categories_in_publish_order() -> None:
+    manager = LongpollManager()
+    published = [manager.publish(category, n) for n, category in enumerate("abcabcabc")]
+    delivery = manager.subscribe(["a", "b", "c"], 1, since_time=0)
+    assert delivery.events == published
+    middle = published[4]
+    resumed = manager.subscribe(["a", "b", "c"], 1, since_time=middle.timestamp,
+                                last_id=middle.id)
+    assert resumed.events == published[5:]
+    # the cursor's event is looked up in the categories asked for
+    subset = manager.subscribe(["a", "c"], 1, since_time=published[5].timestamp,
+                               last_id=published[5].id)
+    assert subset.events == [event for event in published[6:] if event.category != "b"]
+
+
+def test_multi_category_subscriber_gets_every_event_once_over_http(server: Server) -> None:
+    """3 categories published concurrently; one cursor resumes all of them."""
+    base = f"http://127.0.0.1:{server.port}"
+    per_category = 60
+
+    def publish(category: str) -> None:
+        with requests.Session() as session:
+            for n in range(per_category):
+                session.post(f"{base}/publish", json={"category": category, "data": n}, timeout=10)
+
+    seen: list[tuple[str, int]] = []
+
+    def follow() -> None:
+        cursor: dict[str, Any] = {"since_time": 1}
+        with requests.Session() as session:
+            while len(seen) < 3 * per_category:
+                params = {"timeout": 10, "category": "x", "categories": ["y", "z"], **cursor}
+                events = session.get(f"{base}/events", params=params, timeout=30).json()["events"]
+                seen.extend((event["category"], event["data"]) for event in events)
+                cursor = {"since_time": events[-1]["timestamp"], "last_id": events[-1]["id"]}
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    publishers = [threading.Thread(target=publish, args=(category,)) for category in "xyz"]
+    for thread in publishers:
+        thread.start()
+    for thread in publishers:
+        thread.join(60)
+    follower.join(60)
+    published = [
+        (event.category, event.data)
+        for event in sorted(
+            (e for c in "xyz" for e in server.manager.buffered_events(c)),
+            key=lambda e: server.manager._buffers[e.category].seq_of(e.id) or 0,
+        )
+    ]
+    assert len(published) == 3 * per_category
+    assert seen == published  # every event, once, in publish order
+
+
+# -- golongpoll-style requests see no change -------------------------------------------
+
+
+def test_single_category_answers_are_golongpolls_bytes() -> None:
+    manager = LongpollManager(max_event_buffer_size=5)
+    app = make_app(manager)
+    events = [manager.publish("c", {"n": n}) for n in range(3)]
+    body = app.get("/events?timeout=1&category=c&since_time=1").body
+    assert body == b'{"events":[' + b",".join(event.to_json() for event in events) + b"]}"
+    json.loads(body)
+    resumed = app.get(
+        f"/events?timeout=1&category=c&since_time={events[0].timestamp}&last_id={events[0].id}"
+    ).body
+    assert resumed == b'{"events":[' + events[1].to_json() + b"," + events[2].to_json() + b"]}"
+    timeout = app.get(f"/events?timeout=1&category=c&since_time={events[2].timestamp}"
+                      f"&last_id={events[2].id}").json
+    assert list(timeout) == ["timeout", "timestamp"]
+
+
+# -- the gap signal ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    now = [5_000_000]
+    monkeypatch.setattr(manager_module, "now_ms", lambda: now[0])
+    return now
+
+
+def publish_ticking(manager: LongpollManager, clock: list[int], count: int) -> list[Event]:
+    events = []
+    for n in range(count):
+        clock[0] += 1
+        events.append(manager.publish("c", n))
+    return events
+
+
+def test_gap_when_unseen_events_were_evicted_for_size(clock: list[int]) -> None:
+    manager = LongpollManager(max_event_buffer_size=3)
+    events = publish_ticking(manager, clock, 6)  # events 0-2 evicted
+    delivery = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[0].id)
+    assert delivery.events == events[3:]
+    assert delivery.gaps == [Gap("c", events[2].timestamp, events[2].id)]
+
+
+@pytest.mark.parametrize(
+    ("cursor_index", "with_last_id", "gap"),
+    [
+        (2, True, False),  # the newest evicted event was seen: nothing missed
+        (3, True, False),  # a buffered cursor
+        (1, True, True),  # event 2 was evicted unseen
+        (2, False, False),  # since_time alone: everything at or before it was seen
+        (1, False, True),
+    ],
+)
+def test_gap_appears_exactly_when_an_unseen_event_was_evicted(
+    clock: list[int], cursor_index: int, with_last_id: bool, gap: bool
+) -> None:
+    manager = LongpollManager(max_event_buffer_size=3)
+    events = publish_ticking(manager, clock, 6)
+    cursor = events[cursor_index]
+    delivery = manager.subscribe(
+        "c", 1, since_time=cursor.timestamp, last_id=cursor.id if with_last_id else None
+    )
+    assert bool(delivery.gaps) is gap
+
+
+def test_gap_in_the_same_millisecond(clock: list[int]) -> None:
+    manager = LongpollManager(max_event_buffer_size=2)
+    events = [manager.publish("c", n) for n in range(4)]  # one ms; 0 and 1 evicted
+    seen_evicted = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[1].id)
+    assert seen_evicted.gaps == [] and seen_evicted.events == events[2:]
+    missed = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[0].id)
+    assert missed.gaps == [Gap("c", events[1].timestamp, events[1].id)]
+
+
+def test_gap_when_unseen_events_expired(clock: list[int]) -> None:
+    manager = LongpollManager(event_time_to_live_seconds=10)
+    old = publish_ticking(manager, clock, 3)
+    clock[0] += 20_000
+    fresh = manager.publish("c", "fresh")
+    delivery = manager.subscribe("c", 1, since_time=old[0].timestamp, last_id=old[0].id)
+    assert delivery.events == [fresh]
+    assert delivery.gaps == [Gap("c", old[2].timestamp, old[2].id)]
+
+
+def test_gap_is_reported_even_when_every_event_expired(clock: list[int]) -> None:
+    manager = LongpollManager(event_time_to_live_seconds=10)
+    old = publish_ticking(manager, clock, 2)
+    clock[0] += 20_000
+    delivery = manager.subscribe("c", 0.01, since_time=old[0].timestamp, last_id=old[0].id)
+    assert delivery.events == []
+    assert delivery.gaps == [Gap("c", old[1].timestamp, old[1].id)]
+    resumed = manager.subscribe("c", 0.01, since_time=old[1].timestamp, last_id=old[1].id)
+    assert resumed.gaps == []  # the gap's cursor resumes without a gap
+
+
+def test_no_gap_without_since_time_nor_without_eviction(clock: list[int]) -> None:
+    manager = LongpollManager(max_event_buffer_size=3)
+    assert manager.subscribe("c", 0.01).gaps == []
+    events = publish_ticking(manager, clock, 3)
+    assert manager.subscribe("c", 1, since_time=1).gaps == []  # nothing evicted yet
+    publish_ticking(manager, clock, 3)
+    assert manager.subscribe("c", 0.01).gaps == []  # first subscribe: no cursor
+    delete_mode = LongpollManager(delete_event_after_first_retrieval=True)
+    served = delete_mode.publish("c", 1)
+    assert delete_mode.subscribe("c", 1, since_time=0).events == [served]
+    assert delete_mode.subscribe("c", 0.01, since_time=0).gaps == []  # served is not lost
+    assert events
+
+
+def test_gaps_over_http_name_each_category(clock: list[int]) -> None:
+    manager = LongpollManager(max_event_buffer_size=1)
+    app = make_app(manager)
+    clock[0] += 1
+    a0 = manager.publish("a", 0)
+    clock[0] += 1
+    manager.publish("a", 1)
+    clock[0] += 1
+    b0 = manager.publish("b", 0)
+    clock[0] += 1
+    b1 = manager.publish("b", 1)
+    body = app.get(f"/events?timeout=1&category=a&categories=b&since_time={a0.timestamp - 1}").json
+    assert [event["data"] for event in body["events"]] == [1, 1]
+    assert body["gaps"] == [
+        {"category": "a", "since_time": a0.timestamp, "last_id": a0.id},
+        {"category": "b", "since_time": b0.timestamp, "last_id": b0.id},
+    ]
+    assert list(body) == ["events", "gaps"]
+    assert b1.data == 1
+
+
+def test_gap_rides_on_a_timeout_answer() -> None:
+    gap = Gap("c", 5, "0414d492-e103-4154-8986-3ecf755168eb")
+    from wsgi_longpoll.protocol import timeout_body
+
+    assert json.loads(timeout_body(9, [gap])) == {
+        "timeout": "no events before timeout", "timestamp": 9,
+        "gaps": [{"category": "c", "since_time": 5, "last_id": gap.last_id}],
+    }
