@@ -87,7 +87,8 @@ def test_subscribe_with_since_time_answers_at_once(manager: LongpollManager) -> 
     first = manager.publish("c", 1)
     second = manager.publish("c", 2)
     assert manager.subscribe("c", 5, since_time=0).events == [first, second]
-    assert manager.subscribe("c", 5, since_time=first.timestamp, last_id=first.id).events == [second]
+    resumed = manager.subscribe("c", 5, since_time=first.timestamp, last_id=first.id)
+    assert resumed.events == [second]
 
 
 def test_subscribe_without_since_time_waits_for_new_events(manager: LongpollManager) -> None:
@@ -265,3 +266,26 @@ def test_concurrent_publishers_and_resuming_subscribers_lose_nothing() -> None:
     for follower in followers:
         seen = follower.get(timeout=30)
         assert seen == [event.data for event in expected]  # all, once, in publish order
+
+
+def test_stats_count_what_happened() -> None:
+    manager = LongpollManager(max_event_buffer_size=2)
+    assert manager.stats().events_published == 0
+    for n in range(3):
+        manager.publish("a", n)
+    manager.publish("b", 1)
+    waiters = [gevent.spawn(lambda: manager.subscribe(["a", "b"], 10).events) for _ in range(2)]
+    wait_for_waiters(manager, 2, "a")
+    stats = manager.stats()
+    assert (stats.categories, stats.buffered_events, stats.waiting_subscribers) == (2, 3, 2)
+    manager.publish("b", 2)
+    gevent.joinall(waiters, timeout=10)
+    assert manager.subscribe("a", 1, since_time=0).events  # 2 more delivered
+    manager.close()
+    with pytest.raises(ManagerClosed):
+        manager.publish("a", 9)
+    stats = manager.stats()
+    assert stats.events_published == 5
+    assert stats.events_delivered == 2 + 2
+    assert stats.publish_errors == 1
+    assert stats.waiting_subscribers == 0

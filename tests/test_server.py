@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-
 from conftest import wait_until
+
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
 from wsgi_longpoll.server import parse_address
 

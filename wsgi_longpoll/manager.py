@@ -26,7 +26,7 @@ from .protocol import now_ms, validate_category
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-__all__ = ["Delivery", "LongpollManager", "ManagerClosed", "Persister"]
+__all__ = ["Delivery", "LongpollManager", "ManagerClosed", "ManagerStats", "Persister"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,24 @@ class Delivery:
 
     events: list[Event] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStats:
+    """A snapshot of a manager's counters (see :meth:`LongpollManager.stats`)."""
+
+    #: Categories that hold events (or remember dropped ones, for the gap signal).
+    categories: int
+    #: Events held in every buffer.
+    buffered_events: int
+    #: Subscribers waiting now.
+    waiting_subscribers: int
+    #: Events accepted by :meth:`LongpollManager.publish` since the manager was made.
+    events_published: int
+    #: Events handed to subscribers (one event to ten subscribers counts ten).
+    events_delivered: int
+    #: Publish calls that failed after validation (closed manager, storage errors).
+    publish_errors: int
 
 
 class _Subscriber:
@@ -156,6 +174,9 @@ class LongpollManager:
         self._last_timestamp = 0
         #: Publish order across every category: a cursor means the same in all of them.
         self._last_seq = 0
+        self._events_published = 0
+        self._events_delivered = 0
+        self._publish_errors = 0
         self._next_sweep = 0
         self._draining = False
         self._closed = False
@@ -182,6 +203,7 @@ class LongpollManager:
             raise ValueError("data must not be None")
         with self._lock:
             if self._closed:
+                self._publish_errors += 1
                 raise ManagerClosed("the manager is closed")
             # Monotonic across every category: (timestamp, publish order) never disagree.
             timestamp = max(now_ms(), self._last_timestamp)
@@ -189,6 +211,7 @@ class LongpollManager:
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
             self._last_timestamp = timestamp
             self._last_seq += 1
+            self._events_published += 1
             waiters = self._waiters.get(category)
             if not (waiters and self.delete_event_after_first_retrieval):
                 self._buffer(category).append(event, self._last_seq)
@@ -260,6 +283,7 @@ class LongpollManager:
                 gaps = self._gaps(categories, since_time, last_id, last_seq)
                 events = self._buffered_after(categories, since_time, last_id, last_seq)
                 if events:
+                    self._events_delivered += len(events)
                     return Delivery(events, gaps)
             if self._draining:
                 return Delivery([], gaps)
@@ -278,6 +302,7 @@ class LongpollManager:
                             del self._waiters[category]
                 events = subscriber.pending
                 subscriber.pending = []
+                self._events_delivered += len(events)
         return Delivery(events, gaps)
 
     def _live_buffer(self, category: str) -> EventBuffer | None:
@@ -408,6 +433,20 @@ class LongpollManager:
             if category is not None:
                 return len(self._waiters.get(category, ()))
             return sum(len(waiters) for waiters in self._waiters.values())
+
+    def stats(self) -> ManagerStats:
+        """A consistent snapshot of the manager's counters."""
+        with self._lock:
+            return ManagerStats(
+                categories=len(self._buffers),
+                buffered_events=sum(len(buffer) for buffer in self._buffers.values()),
+                waiting_subscribers=len(
+                    {subscriber for waiters in self._waiters.values() for subscriber in waiters}
+                ),
+                events_published=self._events_published,
+                events_delivered=self._events_delivered,
+                publish_errors=self._publish_errors,
+            )
 
     @property
     def closed(self) -> bool:
