@@ -10,7 +10,7 @@ import pytest
 
 from wsgi_longpoll import manager as manager_module
 from wsgi_longpoll.event import Event
-from wsgi_longpoll.manager import LongpollManager, ManagerClosed
+from wsgi_longpoll.manager import CapacityExceeded, LongpollManager, ManagerClosed
 
 
 @pytest.fixture
@@ -176,6 +176,9 @@ def test_expired_categories_are_swept_without_being_asked_for(clock: list[int]) 
     clock[0] += 2_000
     manager.publish("fresh", 1)
     assert sum(len(buffer) for buffer in manager._buffers.values()) == 1
+    clock[0] += 2_000  # empty for a whole time to live: forgotten
+    manager.publish("fresh", 2)
+    assert list(manager._buffers) == ["fresh"]
 
 
 def test_delete_after_first_retrieval_from_the_buffer() -> None:
@@ -289,3 +292,29 @@ def test_stats_count_what_happened() -> None:
     assert stats.events_delivered == 2 + 2
     assert stats.publish_errors == 1
     assert stats.waiting_subscribers == 0
+
+
+def test_max_categories_refuses_a_new_category_not_an_old_one(clock: list[int]) -> None:
+    manager = LongpollManager(max_categories=2, event_time_to_live_seconds=5)
+    manager.publish("a", 1)
+    manager.publish("b", 1)
+    with pytest.raises(CapacityExceeded, match="max_categories"):
+        manager.publish("c", 1)
+    manager.publish("a", 2)  # an existing category is fine
+    assert manager.stats().publish_errors == 1
+    clock[0] += 6_000  # every event expired, but the categories remember it (gap signal)
+    with pytest.raises(CapacityExceeded):
+        manager.publish("c", 1)
+    clock[0] += 5_000  # empty for a whole time to live: forgotten, room is made
+    manager.publish("c", 1)
+
+
+def test_max_waiting_subscribers_refuses_one_more(manager: LongpollManager) -> None:
+    small = LongpollManager(max_waiting_subscribers=2)
+    waiters = [gevent.spawn(small.subscribe, "c", 10) for _ in range(2)]
+    wait_for_waiters(small, 2)
+    with pytest.raises(CapacityExceeded, match="max_waiting_subscribers"):
+        small.subscribe("c", 10)
+    small.publish("c", 1)
+    gevent.joinall(waiters, timeout=10)
+    assert small.subscribe("c", 0.01).events == []  # room again

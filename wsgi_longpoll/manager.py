@@ -26,7 +26,14 @@ from .protocol import now_ms, validate_category
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-__all__ = ["Delivery", "LongpollManager", "ManagerClosed", "ManagerStats", "Persister"]
+__all__ = [
+    "CapacityExceeded",
+    "Delivery",
+    "LongpollManager",
+    "ManagerClosed",
+    "ManagerStats",
+    "Persister",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,13 @@ _DEFAULT_MAX_TIMEOUT = 110
 
 class ManagerClosed(RuntimeError):
     """The manager was closed; it accepts no more events."""
+
+
+class CapacityExceeded(RuntimeError):
+    """A limit of the manager is reached (categories held, waiting subscribers).
+
+    Nothing was changed; the same call may succeed later.
+    """
 
 
 class Persister(Protocol):
@@ -135,6 +149,10 @@ class LongpollManager:
         been served, whether from the buffer or to the subscribers waiting when it came.
     :param persister: stores every event and gives them back on start
         (see :class:`wsgi_longpoll.persist.FilePersister`).
+    :param max_categories: how many categories may hold events at once; publishing to
+        one more raises :class:`CapacityExceeded`.
+    :param max_waiting_subscribers: how many subscribers may wait at once; one more
+        raises :class:`CapacityExceeded`.
 
     ``publish`` is safe from any thread or greenlet. A subscriber waits on the gevent hub
     of its own thread. The manager starts no thread or greenlet of its own.
@@ -142,6 +160,10 @@ class LongpollManager:
 
     #: How often, at most, every category is swept for expired events.
     sweep_interval_ms = 1000
+    #: The default ``max_categories``.
+    default_max_categories = 100_000
+    #: The default ``max_waiting_subscribers``.
+    default_max_waiting_subscribers = 50_000
 
     def __init__(
         self,
@@ -151,6 +173,8 @@ class LongpollManager:
         delete_event_after_first_retrieval: bool = False,
         *,
         persister: Persister | None = None,
+        max_categories: int = default_max_categories,
+        max_waiting_subscribers: int = default_max_waiting_subscribers,
     ) -> None:
         if max_longpoll_timeout_seconds < 0:
             raise ValueError("max_longpoll_timeout_seconds must be 0 (the default) or more")
@@ -158,6 +182,12 @@ class LongpollManager:
             raise ValueError("max_event_buffer_size must be at least 1")
         if event_time_to_live_seconds is not None and event_time_to_live_seconds < 0:
             raise ValueError("event_time_to_live_seconds must be None, 0 (both: for ever) or more")
+        if max_categories < 1:
+            raise ValueError("max_categories must be at least 1")
+        if max_waiting_subscribers < 1:
+            raise ValueError("max_waiting_subscribers must be at least 1")
+        self.max_categories = max_categories
+        self.max_waiting_subscribers = max_waiting_subscribers
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or _DEFAULT_MAX_TIMEOUT
         )
@@ -171,6 +201,7 @@ class LongpollManager:
         self._lock = _allocate_lock()
         self._buffers: dict[str, EventBuffer] = {}
         self._waiters: dict[str, dict[_Subscriber, None]] = {}
+        self._waiting = 0
         self._last_timestamp = 0
         #: Publish order across every category: a cursor means the same in all of them.
         self._last_seq = 0
@@ -206,6 +237,14 @@ class LongpollManager:
                 self._publish_errors += 1
                 raise ManagerClosed("the manager is closed")
             # Monotonic across every category: (timestamp, publish order) never disagree.
+            if category not in self._buffers and len(self._buffers) >= self.max_categories:
+                self._maybe_sweep(now_ms())  # expired categories may make room
+                if len(self._buffers) >= self.max_categories:
+                    self._publish_errors += 1
+                    raise CapacityExceeded(
+                        f"{self.max_categories} categories hold events already "
+                        "(max_categories)"
+                    )
             timestamp = max(now_ms(), self._last_timestamp)
             event = Event(timestamp, category, str(uuid.uuid4()), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
@@ -287,13 +326,20 @@ class LongpollManager:
                     return Delivery(events, gaps)
             if self._draining:
                 return Delivery([], gaps)
+            if self._waiting >= self.max_waiting_subscribers:
+                raise CapacityExceeded(
+                    f"{self.max_waiting_subscribers} subscribers are waiting already "
+                    "(max_waiting_subscribers)"
+                )
             subscriber = _Subscriber(gevent.get_hub())
+            self._waiting += 1
             for category in categories:
                 self._waiters.setdefault(category, {})[subscriber] = None
         try:
             self._wait(subscriber, timeout, connection)
         finally:
             with self._lock:
+                self._waiting -= 1
                 for category in categories:
                     waiters = self._waiters.get(category)
                     if waiters is not None:
@@ -391,10 +437,13 @@ class LongpollManager:
             return
         self._next_sweep = now + self.sweep_interval_ms
         cutoff = now - self._ttl_ms
+        forget = cutoff - self._ttl_ms
         for category in list(self._buffers):
             buffer = self._buffers[category]
             buffer.expire(cutoff)
-            if not len(buffer) and buffer.floor is None:
+            # An empty category is forgotten once it has been empty for a whole time to
+            # live; until then it remembers what it dropped, for the gap signal.
+            if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
                 del self._buffers[category]
 
     def _restore(self, events: Iterable[Event]) -> None:
@@ -432,7 +481,7 @@ class LongpollManager:
         with self._lock:
             if category is not None:
                 return len(self._waiters.get(category, ()))
-            return sum(len(waiters) for waiters in self._waiters.values())
+            return self._waiting
 
     def stats(self) -> ManagerStats:
         """A consistent snapshot of the manager's counters."""
@@ -440,9 +489,7 @@ class LongpollManager:
             return ManagerStats(
                 categories=len(self._buffers),
                 buffered_events=sum(len(buffer) for buffer in self._buffers.values()),
-                waiting_subscribers=len(
-                    {subscriber for waiters in self._waiters.values() for subscriber in waiters}
-                ),
+                waiting_subscribers=self._waiting,
                 events_published=self._events_published,
                 events_delivered=self._events_delivered,
                 publish_errors=self._publish_errors,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from gevent.monkey import is_module_patched
 from werkzeug.wrappers import Request, Response
 
-from .manager import LongpollManager, ManagerClosed
+from .manager import CapacityExceeded, LongpollManager, ManagerClosed
 from .protocol import (
     PUBLISH_BODY_ERROR,
     PUBLISH_METHOD_ERROR,
@@ -173,10 +173,13 @@ class LongpollMiddleware:
             connection = environ.get(key)
             if connection is not None:
                 break
-        delivery = self.manager.subscribe(
-            query.categories, query.timeout, query.since_time, query.last_id,
-            connection=connection,
-        )
+        try:
+            delivery = self.manager.subscribe(
+                query.categories, query.timeout, query.since_time, query.last_id,
+                connection=connection,
+            )
+        except CapacityExceeded as error:
+            return _busy(start_response, _SUBSCRIBE_HEADERS, error)
         if delivery.events:
             body = events_body(delivery.events, delivery.gaps)
         else:
@@ -214,6 +217,8 @@ class LongpollMiddleware:
         except ManagerClosed:
             return _respond(start_response, "503 Service Unavailable", _JSON_HEADERS,
                             error_body("The server is shutting down."))
+        except CapacityExceeded as error:
+            return _busy(start_response, _JSON_HEADERS, error)
         return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
 
 
@@ -242,6 +247,19 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
             raise _BodyTooLarge
         return body
     return b""
+
+
+def _busy(
+    start_response: StartResponse, headers: list[tuple[str, str]], error: CapacityExceeded
+) -> list[bytes]:
+    logger.warning("answering 503: %s", error)
+    return _respond(start_response, "503 Service Unavailable",
+                    [*headers, ("Retry-After", RETRY_AFTER_SECONDS)],
+                    error_body(f"The server is at capacity: {error}. Try again later."))
+
+
+#: What ``Retry-After`` says when the manager is at capacity.
+RETRY_AFTER_SECONDS = "1"
 
 
 def _respond(
