@@ -263,9 +263,6 @@ def test_events_published_after_reload_sort_after_loaded_ones_from_the_future(
     event = manager.publish("news", "after")
     assert event.timestamp >= future
     assert [e.data for e in manager.buffered_events("news")] == ["before", "after"]
-    assert [e.data for e in manager.subscribe("news", 0, since_time=future, last_id=UUIDS[0])] == [
-        "after"
-    ]
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -300,7 +297,6 @@ def test_flush_period_is_observed_in_the_file_while_running(
         servers, event_file, write_buffer_size=1 << 20, write_flush_period_seconds=period
     )
     base_url = f"http://127.0.0.1:{server.port}"
-    wait_until(lambda: event_file.stat().st_size == 0, WAIT_SECONDS)  # the start compaction
     with requests.Session() as session:
         started = time.monotonic()
         publish_http(session, base_url, "news", "hello")

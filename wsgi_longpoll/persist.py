@@ -167,8 +167,16 @@ class FilePersister:
             os.close(self._fd)
             raise
         self._compacted_bytes = 0
-        self._queue: Any = _SimpleQueue()
-        self._close_lock = _allocate_lock()
+        # Handed from append to the writer under _lock: encoded events and commands, in
+        # order. The writer wakes on _wakeups only when it must: the first event when it
+        # has no deadline set, a full buffer, a command.
+        self._lock = _allocate_lock()
+        self._pending: list[bytes | _Command] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0  # when the first of the pending events came
+        self._wake_sent = False
+        self._writer_has_deadline = False
+        self._wakeups: Any = _SimpleQueue()
         self._closed = False
         self._finished = _allocate_lock()  # held while the writer thread runs
         self._finished.acquire()
@@ -213,11 +221,22 @@ class FilePersister:
 
         :raises RuntimeError: once the persister is closed.
         """
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
         data = event.to_json()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            if not self._pending_bytes:
+                self._pending_since = monotonic()
+            self._pending.append(data)
+            self._pending_bytes += len(data) + 1
+            wake = not self._wake_sent and (
+                not self._writer_has_deadline or self._pending_bytes >= self.write_buffer_size
+            )
+            if wake:
+                self._wake_sent = True
         self._appended_bytes += len(data) + 1
-        self._queue.put((monotonic(), data))
+        if wake:
+            self._wakeups.put(None)
 
     @property
     def wants_compaction(self) -> bool:
@@ -234,11 +253,9 @@ class FilePersister:
         file. If the rewrite fails, the old file is kept and appended to, and the
         failure is logged.
         """
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
         self._compacted_bytes = sum(len(event.to_json()) + 1 for event in events)
         self._appended_bytes = 0
-        self._queue.put(_Command("compact", events))
+        self._send(_Command("compact", events))
 
     def flush(self) -> None:
         """Block until everything appended so far is written (and synced with *fsync*).
@@ -246,23 +263,23 @@ class FilePersister:
         It blocks the calling OS thread, hub included: call it from a script or a test,
         not from a request handler. A no-op once closed.
         """
-        if self._closed:
-            return
         command = _Command("flush")
-        self._queue.put(command)
-        self._wait(command)
+        with contextlib.suppress(RuntimeError):  # closed: everything is written already
+            self._send(command)
+            self._wait(command)
 
     def close(self) -> None:
         """Write out everything appended, sync it with *fsync*, and close the file.
 
         Idempotent. It blocks the calling OS thread until the writer thread has ended.
         """
-        with self._close_lock:
+        with self._lock:
             if self._closed:
                 return
+            self._pending.append(_Command("close"))
             self._closed = True
+        self._wakeups.put(None)
         _open_persisters.discard(self)
-        self._queue.put(_Command("close"))
         self._finished.acquire()  # released when the writer thread ends, whatever happens
         self._finished.release()
 
@@ -272,6 +289,15 @@ class FilePersister:
         return self._closed
 
     # -- the writer thread --------------------------------------------------------------
+
+    def _send(self, command: _Command) -> None:
+        """Queue *command* after everything appended so far, and wake the writer."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            self._pending.append(command)
+            self._wake_sent = True
+        self._wakeups.put(None)
 
     def _wait(self, command: _Command) -> None:
         # Wait for the command, or for the writer thread to end (it failed).
@@ -290,65 +316,73 @@ class FilePersister:
             self._finished.release()
 
     def _write_loop(self) -> None:
-        pending = bytearray()
+        buffer = bytearray()  # taken from the appenders, not yet written
         # When what is not yet flushed (written, and synced with fsync) must be.
         deadline: float | None = None
         retry_at = 0.0  # after a failed write, when to try again
         target = self.write_flush_period_seconds * (1 - _DEADLINE_HEADROOM)
-        get = self._queue.get
         while True:
             timeout = None if deadline is None else max(deadline - monotonic(), 0.0)
-            try:
-                item = get(timeout=timeout)
-            except _Empty:
-                item = None
-            if type(item) is tuple:
-                appended_at, data = item
-                if deadline is None:
-                    deadline = appended_at + target
-                pending += b"\n"
-                pending += data
-                if len(pending) >= self.write_buffer_size and monotonic() >= retry_at:
-                    if self._write(pending, sync=False):
-                        if not self.fsync:
-                            deadline = None
-                    else:
-                        retry_at = monotonic() + self.write_flush_period_seconds
-            elif item is not None:
+            with contextlib.suppress(_Empty):
+                self._wakeups.get(timeout=timeout)
+            with self._lock:
+                batch, self._pending = self._pending, []
+                had_events = self._pending_bytes > 0
+                since = self._pending_since
+                self._pending_bytes = 0
+                self._wake_sent = False
+            if had_events and deadline is None:
+                deadline = since + target
+            for item in batch:
+                if type(item) is bytes:
+                    buffer += b"\n"
+                    buffer += item
+                    continue
                 assert isinstance(item, _Command)
-                if self._write(pending, sync=self.fsync):
+                if self._write(buffer, sync=self.fsync):
                     deadline = None
                 if item.kind == "compact":
                     assert item.events is not None
                     if self._compact(item.events):
                         # The new file holds every event the buffers keep, including any
-                        # that a failed write left pending: the rest was evicted.
-                        pending.clear()
+                        # that a failed write left behind: the rest was evicted.
+                        buffer.clear()
                         deadline = None
                     item.events = None
                 item.done.release()
                 if item.kind == "close":
-                    if pending:
+                    if buffer:
                         logger.error(
                             "%s: closed with %d bytes that could not be written",
-                            self, len(pending),
+                            self, len(buffer),
                         )
                     return
-            if deadline is not None and monotonic() >= deadline:
-                if self._write(pending, sync=self.fsync):
+            now = monotonic()
+            if len(buffer) >= self.write_buffer_size and now >= retry_at:
+                if self._write(buffer, sync=False):
+                    if not self.fsync:
+                        deadline = None
+                else:
+                    retry_at = now + self.write_flush_period_seconds
+            if deadline is not None and now >= deadline:
+                if self._write(buffer, sync=self.fsync):
                     deadline = None
                 else:
-                    deadline = monotonic() + self.write_flush_period_seconds
+                    deadline = now + self.write_flush_period_seconds
+            with self._lock:
+                if deadline is None and self._pending_bytes:
+                    deadline = self._pending_since + target  # came while this batch was written
+                self._writer_has_deadline = deadline is not None
 
-    def _write(self, pending: bytearray, *, sync: bool) -> bool:
-        """Write *pending* out (and sync the file); log and return ``False`` on failure."""
+    def _write(self, buffer: bytearray, *, sync: bool) -> bool:
+        """Write *buffer* out (and sync the file); log and return ``False`` on failure."""
         try:
-            _write_out(self._fd, pending)
+            _write_out(self._fd, buffer)
             if sync:
                 os.fsync(self._fd)
         except OSError:
             logger.exception(
-                "%s: cannot write %d bytes; they are kept and retried", self, len(pending)
+                "%s: cannot write %d bytes; they are kept and retried", self, len(buffer)
             )
             return False
         return True
