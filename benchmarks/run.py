@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                   "generator, which saturates near 10,000 requests/s", file=sys.stderr)
     print(f"run.py: requests/s measured with {args.loadgen}", file=sys.stderr)
 
+    commit = _commit()  # once: others may commit while the benchmark runs
     runs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         if args.url:
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             first_name = args.name or "server"
         else:
             first = stack.enter_context(our_server(args.out / "server.log"))
-            first_name = args.name or f"wsgi_longpoll {_commit()}"
+            first_name = args.name or f"wsgi_longpoll {commit}"
         runs[first_name] = measure(first, args, first_name)
     if args.compare_url:
         second = Target.from_url(args.compare_url, args.subscribe_path, args.publish_path,
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     rendered = table(runs)
     print(rendered)
     document = {
-        "commit": _commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
