@@ -1,0 +1,409 @@
+"""The browser client and the chat demo in a real headless Chromium, driven by Selenium.
+
+They need Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and
+skip, saying so, where they are missing. Every server is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.wrappers import Request, Response
+
+from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
+from wsgi_longpoll.client import PublishRequest, publish
+from wsgi_longpoll.demo import DemoApp
+from wsgi_longpoll.follower import Cursor
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="the browser tests need Chromium and its driver: "
+    "apt-get install chromium chromium-driver",
+)
+
+#: How long a page may take to show what the test waits for.
+WAIT_SECONDS = 20
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """A headless Chromium with a fresh profile, quit after the test."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        # Two windows both stay "in front": no timer throttling of the one not focused.
+        "--disable-background-timer-throttling",
+        "--disable-backgrounding-occluded-windows",
+        "--disable-renderer-backgrounding",
+        "--window-size=900,760",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
+    driver.set_script_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class DemoServer:
+    """The standalone server with the chat demo, persisting to a file, restartable."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.persistence = FilePersistorInfo(
+            use=True,
+            file_name=str(tmp_path / "events.jsonl"),
+            write_flush_period_seconds=0.05,
+        )
+        self.server = Server(app=DemoApp(timeout_seconds=25), access_log=False)
+        self.server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30), self.persistence)
+        self.address = f"127.0.0.1:{self.server.port}"
+        self.url = f"http://{self.address}"
+
+    def restart(self, *, down_for: Callable[[], None] | None = None) -> None:
+        """Stop; run *down_for* while the port is free; start again on the same address."""
+        self.server.stop(5)
+        if down_for is not None:
+            down_for()
+        self.server.start(ServerInfo(address=self.address, timeout_seconds=30), self.persistence)
+
+    def publish(self, data: Any, category: str = "chat") -> None:
+        answer = publish(f"{self.url}/publish", 5, None, PublishRequest(category, data), "", "",
+                         None)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoServer]:
+    server = DemoServer(tmp_path)
+    yield server
+    server.server.stop(5)
+
+
+def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
+    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05).until(
+        condition, f"the page did not show {what} within {WAIT_SECONDS} s"
+    )
+
+
+def messages(driver: WebDriver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#messages li .text")]
+
+
+def message_ids(driver: WebDriver) -> list[str]:
+    return [
+        str(item.get_attribute("data-id"))
+        for item in driver.find_elements(By.CSS_SELECTOR, "#messages li")
+    ]
+
+
+def state(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "state").get_attribute("data-state"))
+
+
+def open_chat(driver: WebDriver, url: str) -> None:
+    driver.get(url + "/")
+    wait_for(driver, lambda d: state(d) == "connected", "the state 'connected'")
+
+
+def send(driver: WebDriver, name: str, text: str) -> None:
+    name_input = driver.find_element(By.ID, "name")
+    name_input.clear()
+    name_input.send_keys(name)
+    driver.find_element(By.ID, "message").send_keys(text)
+    driver.find_element(By.ID, "send").click()
+
+
+def run_async(driver: WebDriver, body: str, *args: Any) -> Any:
+    """Run *body* as an async function in the page (``args`` is its ``arguments``)."""
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const args = Array.from(arguments).slice(0, -1);"
+        f"(async (...args) => {{ {body} }})(...args)"
+        ".then(done, (e) => done({error: String(e && e.stack || e)}));",
+        *args,
+    )
+    if isinstance(result, dict) and "error" in result:
+        pytest.fail(f"the page's script failed: {result['error']}")
+    return result
+
+
+def test_two_pages_see_each_others_messages_at_once(
+    browser: WebDriver, demo: DemoServer, tmp_path: Path
+) -> None:
+    open_chat(browser, demo.url)
+    alice = browser.current_window_handle
+    browser.switch_to.new_window("window")
+    open_chat(browser, demo.url)
+    bob = browser.current_window_handle
+
+    browser.switch_to.window(alice)
+    send(browser, "alice", "hello from alice")
+    browser.switch_to.window(bob)
+    wait_for(browser, lambda d: messages(d) == ["hello from alice"], "alice's message")
+    send(browser, "bob", "hi alice, bob here")
+    browser.switch_to.window(alice)
+    wait_for(browser, lambda d: len(messages(d)) == 2, "bob's answer")
+
+    assert messages(browser) == ["hello from alice", "hi alice, bob here"]
+    alice_ids = message_ids(browser)
+    browser.switch_to.window(bob)
+    assert message_ids(browser) == alice_ids
+    assert state(browser) == "connected"
+    assert browser.find_element(By.ID, "message").get_attribute("value") == ""
+
+    browser.switch_to.window(alice)
+    screenshot = tmp_path / "chat-two-windows.png"
+    assert browser.save_screenshot(str(screenshot))
+    print(f"\nscreenshot of alice's window after the exchange: {screenshot}")
+
+
+def test_a_page_resumes_without_loss_after_the_server_restarts(
+    browser: WebDriver, demo: DemoServer, tmp_path: Path
+) -> None:
+    for n in range(5):
+        demo.publish({"name": "feed", "text": f"message {n}"})
+    open_chat(browser, demo.url)
+    wait_for(browser, lambda d: len(messages(d)) == 5, "the first five messages")
+
+    def until_the_page_notices() -> None:
+        wait_for(browser, lambda d: state(d) == "reconnecting", "the state 'reconnecting'")
+
+    demo.restart(down_for=until_the_page_notices)
+    # The page is backing off: these are published before it polls again, and it must
+    # fetch them with its cursor; the first five (restored from the file) not again.
+    for n in range(5, 10):
+        demo.publish({"name": "feed", "text": f"message {n}"})
+    wait_for(browser, lambda d: len(messages(d)) >= 10, "the five messages sent while it was away")
+    wait_for(browser, lambda d: state(d) == "connected", "the state 'connected'")
+
+    assert messages(browser) == [f"message {n}" for n in range(10)]
+    assert len(set(message_ids(browser))) == 10
+    screenshot = tmp_path / "chat-after-restart.png"
+    assert browser.save_screenshot(str(screenshot))
+    print(f"\nscreenshot after the server restart: {screenshot}")
+
+
+class RequestCounter:
+    """A subscribe hook that answers 503 and notes when each request came."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Response:
+        with self.lock:
+            self.arrivals.append(time.monotonic())
+        return Response('{"error": "down for maintenance"}', status=503,
+                        content_type="application/json")
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrivals)
+
+
+def outage(address: str, counter: RequestCounter) -> Server:
+    """A server on *address* that answers every subscribe with 503."""
+    down = Server(access_log=False)
+    down.start(ServerInfo(address=address, handler_to_run_before_subscription=counter))
+    return down
+
+
+def test_the_demo_backs_off_while_the_server_is_down(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    open_chat(browser, demo.url)
+    counter = RequestCounter()
+    observed_for = 4.0
+
+    def down_for() -> None:
+        down = outage(demo.address, counter)
+        try:
+            wait_for(browser, lambda d: counter.count >= 2, "a retry")
+            time.sleep(observed_for)  # the observation window: count what comes in it
+            seen = counter.count
+        finally:
+            down.stop(5)
+        # Default backoff: pauses drawn from [0, 0.5], [0, 1], [0, 2], ... seconds. A client
+        # without backoff would send hundreds of requests in this window.
+        assert seen <= 12, f"{seen} polls while the server was down: a request storm"
+
+    demo.restart(down_for=down_for)
+    demo.publish({"name": "ops", "text": "back up"})
+    wait_for(browser, lambda d: messages(d) == ["back up"], "the message sent after the outage")
+    assert state(browser) == "connected"
+
+
+def test_pauses_grow_exponentially_and_stop_ends_the_retries(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    # The client's own backoff with its random draw pinned to 1: pauses of exactly 0.2,
+    # 0.4, 0.8, 1.6 s. The server sees the gaps between polls; they can only be longer.
+    browser.get(demo.url + "/no-page-here")
+    run_async(browser, """
+        const { LongpollClient } = await import("/static/longpoll.js");
+        window.states = [];
+        window.client = new LongpollClient({
+          subscribeUrl: "/events", category: "chat", timeoutSeconds: 5,
+          backoff: { initialMs: 200, maximumMs: 10000, random: () => 1 },
+          onState: (state) => window.states.push(state),
+        });
+        window.client.start();
+    """)
+    wait_for(browser, lambda d: d.execute_script("return window.client.state") == "connected",
+             "the client connected")
+    counter = RequestCounter()
+
+    def down_for() -> None:
+        down = outage(demo.address, counter)
+        try:
+            wait_for(browser, lambda d: counter.count >= 4, "four polls during the outage")
+            browser.execute_script("window.client.stop()")
+            stopped_at = counter.count
+            time.sleep(2.0)  # longer than the pause of 1.6 s that stop() cut short
+            assert counter.count == stopped_at, "the client polled after stop()"
+        finally:
+            down.stop(5)
+
+    demo.restart(down_for=down_for)
+    arrivals = counter.arrivals
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    assert len(gaps) >= 3
+    for gap, pause in zip(gaps[:3], [0.2, 0.4, 0.8], strict=True):
+        assert gap >= pause * 0.9, f"polls {gaps} came faster than the pauses 0.2, 0.4, 0.8 s"
+    states = browser.execute_script("return window.states")
+    assert states[:3] == ["connecting", "connected", "reconnecting"]
+    assert states[-1] == "stopped"
+
+
+def test_both_script_forms_and_a_reload_resume_from_the_stored_cursor(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    for n in range(3):
+        demo.publish(n, "feed")
+    follow = """
+        const [LongpollClient, storageKey] = args;
+        window.got = [];
+        window.client = new LongpollClient({
+          subscribeUrl: "/events", category: "feed", timeoutSeconds: 5,
+          cursor: 0, storageKey,
+          onEvent: (event) => window.got.push(event),
+        });
+        window.client.start();
+    """
+    page = demo.url + "/no-page-here"  # any page of the origin will do
+
+    # First visit: the plain script, window.WsgiLongpoll.
+    browser.get(page)
+    run_async(browser, """
+        await new Promise((resolve, reject) => {
+          const script = document.createElement("script");
+          script.src = "/static/longpoll.global.js";
+          script.onload = resolve;
+          script.onerror = reject;
+          document.head.append(script);
+        });
+    """)
+    browser.execute_script(
+        f"const args = [window.WsgiLongpoll.LongpollClient, 'feed-cursor']; {follow}"
+    )
+    wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 3, "three events")
+    first = browser.execute_script("return window.got")
+    browser.execute_script("window.client.stop()")
+
+    # Published while the page is being reloaded.
+    demo.publish(3, "feed")
+    demo.publish(4, "feed")
+
+    # Second visit: the ES module, the same storage key.
+    browser.get(page)
+    run_async(browser, f"""
+        const module = await import("/static/longpoll.js");
+        args = [module.LongpollClient, "feed-cursor"];
+        {follow}
+    """)
+    wait_for(browser, lambda d: len(d.execute_script("return window.got")) >= 2, "two events")
+    second = browser.execute_script("return window.got")
+    saved = json.loads(browser.execute_script("return localStorage.getItem('feed-cursor')"))
+
+    assert [event["data"] for event in first] == [0, 1, 2]
+    assert [event["data"] for event in second] == [3, 4]
+    assert Cursor.from_dict(saved) == Cursor(second[-1]["timestamp"], second[-1]["id"])
+
+
+def test_basic_auth_and_headers_reach_the_server_and_a_refusal_stops_the_client(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    def require_credentials(request: Request) -> bool | Response:
+        authorization = request.authorization
+        if (
+            authorization is None
+            or (authorization.username, authorization.password) != ("ann", "pässword")
+            or request.headers.get("X-Client") != "test"
+        ):
+            return Response("who are you?", status=401)
+        return True
+
+    server = Server(app=DemoApp(), access_log=False)
+    server.start(ServerInfo(
+        address="127.0.0.1:0",
+        handler_to_run_before_subscription=require_credentials,
+        handler_to_run_before_publish=require_credentials,
+    ))
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        result = run_async(browser, """
+            const { LongpollClient, SubscriptionRejected } = await import("/static/longpoll.js");
+            const stranger = new LongpollClient({ subscribeUrl: "/events", category: "c" });
+            const refused = await new Promise((resolve) => {
+              stranger.onError = (error) => resolve({
+                rejected: error instanceof SubscriptionRejected, status: error.status,
+              });
+              stranger.start();
+            });
+            const friend = new LongpollClient({
+              subscribeUrl: "/events", publishUrl: "/publish", category: "c", cursor: 0,
+              timeoutSeconds: 5, username: "ann", password: "pässword",
+              headers: { "X-Client": "test" },
+            });
+            const received = new Promise((resolve) => { friend.onEvent = resolve; });
+            friend.start();
+            await friend.publish({ hello: "world" });
+            const event = await received;
+            friend.stop();
+            return { refused, strangerState: stranger.state, data: event.data };
+        """)
+    finally:
+        server.stop(5)
+    assert result == {
+        "refused": {"rejected": True, "status": 401},
+        "strangerState": "stopped",
+        "data": {"hello": "world"},
+    }
+

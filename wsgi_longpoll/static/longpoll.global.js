@@ -1,0 +1,427 @@
+/*
+ * wsgi_longpoll browser client: follow a category of a golongpoll-compatible server.
+ *
+ * One dependency-free file, two ways to load it:
+ *   <script src="/static/longpoll.global.js"></script>   (defines window.WsgiLongpoll)
+ *   import { LongpollClient } from "/static/longpoll.js"; (an ES module over this file)
+ *
+ *   const client = new WsgiLongpoll.LongpollClient({
+ *     subscribeUrl: "/events", publishUrl: "/publish", category: "chat",
+ *     onEvent: (event) => console.log(event.data),
+ *   });
+ *   client.start();
+ *   await client.publish({ text: "hello" });
+ *   client.stop();
+ *
+ * It speaks the wire protocol of golongpoll v1.3.1 (PROTOCOL.md): each poll asks for the
+ * events after the last one received (since_time + last_id), so none is lost between two
+ * polls or while the server restarts, and none is handed out twice. Errors are followed by
+ * a pause with exponential backoff and full jitter; a long-poll timeout by the next poll at
+ * once. With `storageKey`, the cursor is kept in localStorage, so a reloaded page goes on
+ * where it left off.
+ */
+(function (root) {
+  "use strict";
+
+  const VERSION = "0.1.0";
+  const RETRYABLE_STATUSES = [408, 425, 429, 500, 502, 503, 504];
+  // Seconds a poll may take beyond the timeout it asks for before it is given up.
+  const TIMEOUT_MARGIN_SECONDS = 10;
+  // The first poll after start() or after an error asks for this timeout, so that the
+  // client learns quickly that it is connected (a long poll says nothing until it ends).
+  const PROBE_TIMEOUT_SECONDS = 1;
+
+  /** The server refused the subscription in a way that trying again cannot fix. */
+  class SubscriptionRejected extends Error {
+    constructor(message, status, serverError) {
+      super(message);
+      this.name = "SubscriptionRejected";
+      this.status = status;
+      this.serverError = serverError === undefined ? null : serverError;
+    }
+  }
+
+  /** A publish was not accepted; `status` is the HTTP status (0: no answer). */
+  class PublishError extends Error {
+    constructor(message, status, serverError) {
+      super(message);
+      this.name = "PublishError";
+      this.status = status;
+      this.serverError = serverError === undefined ? null : serverError;
+    }
+  }
+
+  /** An answer that says "try again later"; handled inside the client. */
+  class RetryableError extends Error {
+    constructor(message) {
+      super(message);
+      this.name = "RetryableError";
+    }
+  }
+
+  /**
+   * Pauses after errors: after the n-th error in a row, a pause drawn uniformly from
+   * [0, min(maximumMs, initialMs * multiplier ** (n - 1))] ("full jitter").
+   */
+  class Backoff {
+    constructor(options) {
+      const o = options || {};
+      this.initialMs = o.initialMs === undefined ? 500 : o.initialMs;
+      this.maximumMs = o.maximumMs === undefined ? 30000 : o.maximumMs;
+      this.multiplier = o.multiplier === undefined ? 2 : o.multiplier;
+      this.random = o.random || Math.random;
+      if (!(this.initialMs > 0)) throw new RangeError("initialMs must be above 0");
+      if (!(this.maximumMs >= this.initialMs)) {
+        throw new RangeError("maximumMs must be at least initialMs");
+      }
+      if (!(this.multiplier >= 1)) throw new RangeError("multiplier must be at least 1");
+    }
+
+    ceiling(failures) {
+      return Math.min(this.maximumMs, this.initialMs * Math.pow(this.multiplier, failures - 1));
+    }
+
+    delay(failures) {
+      return this.random() * this.ceiling(failures);
+    }
+  }
+
+  function basicAuthorization(username, password) {
+    // UTF-8, as the Python client and Go send it.
+    const bytes = new TextEncoder().encode(username + ":" + password);
+    let binary = "";
+    for (const byte of bytes) binary += String.fromCharCode(byte);
+    return "Basic " + btoa(binary);
+  }
+
+  function resolveUrl(url) {
+    const base = root.location ? root.location.href : undefined;
+    return new URL(url, base);
+  }
+
+  function normalizeCursor(cursor) {
+    if (cursor === null || cursor === undefined) return null;
+    if (typeof cursor === "number") cursor = { sinceTime: cursor };
+    if (typeof cursor !== "object" || !Number.isInteger(cursor.sinceTime)) {
+      throw new TypeError("cursor must be null, an integer or {sinceTime, lastId}");
+    }
+    return { sinceTime: cursor.sinceTime, lastId: cursor.lastId ? String(cursor.lastId) : "" };
+  }
+
+  /**
+   * Follows one category and publishes to it.
+   *
+   * Options:
+   *   subscribeUrl   the subscription endpoint (required), e.g. "/events"
+   *   category       the category to follow (required)
+   *   publishUrl     the publish endpoint, for publish()
+   *   timeoutSeconds long-poll timeout asked of the server (default 45; server max 110)
+   *   cursor         where to start: null = from now (default), an integer = after that
+   *                  epoch-ms time (0: everything still buffered), or {sinceTime, lastId}
+   *   storageKey     keep the cursor in `storage` under this key and start from it
+   *   storage        a Storage (default: localStorage when storageKey is given)
+   *   username, password  basic auth, sent when both are non-empty
+   *   headers        extra request headers, an object
+   *   credentials    fetch's credentials mode (default "same-origin")
+   *   backoff        a Backoff or its options {initialMs, maximumMs, multiplier, random}
+   *   onEvent(event)          each event {timestamp, category, data, id}, once, in order
+   *   onState(state, detail)  "connecting", "connected", "reconnecting", "stopped"
+   *   onError(error, delayMs) each failed poll (delayMs: the pause before the next), or
+   *                           a SubscriptionRejected that stopped the client (delayMs null)
+   *   fetch          the fetch function to use (default: the global fetch)
+   */
+  class LongpollClient {
+    constructor(options) {
+      const o = options || {};
+      if (!o.subscribeUrl) throw new TypeError("subscribeUrl is required");
+      if (typeof o.category !== "string" || o.category === "") {
+        throw new TypeError("category must be a non-empty string");
+      }
+      this.subscribeUrl = o.subscribeUrl;
+      this.publishUrl = o.publishUrl || null;
+      this.category = o.category;
+      this.timeoutSeconds = o.timeoutSeconds === undefined ? 45 : o.timeoutSeconds;
+      if (!Number.isInteger(this.timeoutSeconds) || this.timeoutSeconds < 1) {
+        throw new RangeError("timeoutSeconds must be an integer of at least 1");
+      }
+      this.username = o.username || "";
+      this.password = o.password || "";
+      this.headers = Object.assign({}, o.headers || {});
+      this.credentials = o.credentials || "same-origin";
+      this.backoff = o.backoff instanceof Backoff ? o.backoff : new Backoff(o.backoff);
+      this.onEvent = o.onEvent || function () {};
+      this.onState = o.onState || function () {};
+      this.onError = o.onError || function (error) {
+        if (root.console) root.console.warn("wsgi_longpoll:", error && error.message);
+      };
+      this._fetch = o.fetch || root.fetch.bind(root);
+      this.storageKey = o.storageKey || null;
+      this.storage = o.storage || (this.storageKey ? root.localStorage : null);
+
+      this._cursor = normalizeCursor(o.cursor);
+      const stored = this._loadCursor();
+      if (stored) this._cursor = stored;
+      this._idsAtCursorTime = new Set(this._cursor && this._cursor.lastId ? [this._cursor.lastId] : []);
+      this._state = "idle";
+      this._running = false;
+      this._generation = 0; // a stopped loop must not go on when start() is called again
+      this._controller = null;
+      this._wake = null;
+    }
+
+    /** {sinceTime, lastId} just after the last event handed out, or null. */
+    get cursor() {
+      return this._cursor ? Object.assign({}, this._cursor) : null;
+    }
+
+    /** "idle", "connecting", "connected", "reconnecting" or "stopped". */
+    get state() {
+      return this._state;
+    }
+
+    /** Start following; returns at once. Calling it on a running client does nothing. */
+    start() {
+      if (this._running) return;
+      this._running = true;
+      this._generation += 1;
+      this._setState("connecting");
+      this._loop(this._generation).catch((error) => this._report(error, null));
+    }
+
+    /** Stop following: the poll in progress is aborted and no event is handed out after. */
+    stop() {
+      if (!this._running) return;
+      this._running = false;
+      if (this._controller) this._controller.abort();
+      if (this._wake) this._wake();
+      this._setState("stopped");
+    }
+
+    /**
+     * Publish `data` (any JSON value but null) to `category` (default: the followed one).
+     * Resolves to the server's answer ({success: true}); rejects with a PublishError.
+     */
+    async publish(data, category) {
+      if (!this.publishUrl) throw new TypeError("publishUrl was not given");
+      if (data === null || data === undefined) throw new TypeError("data must not be null");
+      const target = category === undefined ? this.category : category;
+      let response;
+      try {
+        response = await this._fetch(resolveUrl(this.publishUrl).href, {
+          method: "POST",
+          headers: Object.assign({ "Content-Type": "application/json" }, this._requestHeaders()),
+          body: JSON.stringify({ category: target, data: data }),
+          credentials: this.credentials,
+          cache: "no-store",
+        });
+      } catch (error) {
+        throw new PublishError("publish failed: " + error.message, 0);
+      }
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (error) {
+        body = null;
+      }
+      if (response.status !== 200 || !body || body.success !== true) {
+        const serverError = body && typeof body.error === "string" ? body.error : null;
+        throw new PublishError(
+          "publish answered HTTP " + response.status + (serverError ? ": " + serverError : ""),
+          response.status, serverError);
+      }
+      return body;
+    }
+
+    _requestHeaders() {
+      const headers = Object.assign({}, this.headers);
+      if (this.username && this.password) {
+        headers.Authorization = basicAuthorization(this.username, this.password);
+      }
+      return headers;
+    }
+
+    _subscriptionUrl(timeoutSeconds) {
+      const url = resolveUrl(this.subscribeUrl);
+      url.searchParams.set("category", this.category);
+      url.searchParams.set("timeout", String(timeoutSeconds));
+      if (this._cursor) {
+        url.searchParams.set("since_time", String(this._cursor.sinceTime));
+        if (this._cursor.lastId) url.searchParams.set("last_id", this._cursor.lastId);
+      }
+      return url.href;
+    }
+
+    _current(generation) {
+      return this._running && this._generation === generation;
+    }
+
+    async _loop(generation) {
+      let failures = 0;
+      let probe = true;
+      while (this._current(generation)) {
+        let answer;
+        try {
+          answer = await this._poll(probe ? PROBE_TIMEOUT_SECONDS : this.timeoutSeconds);
+        } catch (error) {
+          if (!this._current(generation)) return;
+          if (error instanceof SubscriptionRejected) {
+            this.stop();
+            this._report(error, null);
+            return;
+          }
+          failures += 1;
+          probe = true;
+          const delayMs = this.backoff.delay(failures);
+          this._setState("reconnecting", { failures: failures, delayMs: delayMs, error: error });
+          this._report(error, delayMs);
+          await this._pause(delayMs);
+          continue;
+        }
+        if (!this._current(generation)) return;
+        failures = 0;
+        probe = false;
+        this._setState("connected");
+        if (answer.events) {
+          this._deliver(answer.events, generation);
+        } else if (!this._cursor && Number.isInteger(answer.timestamp)) {
+          // Started "from now" and nothing came: keep our place at the server's clock, so
+          // that nothing published between this poll and the next is missed. With a
+          // cursor, keep it: jumping to the server's time could skip an event of the same
+          // millisecond.
+          this._cursor = { sinceTime: answer.timestamp - 1, lastId: "" };
+          this._idsAtCursorTime = new Set();
+          this._saveCursor();
+        }
+      }
+    }
+
+    async _poll(timeoutSeconds) {
+      const controller = new AbortController();
+      this._controller = controller;
+      // fetch has no read timeout: give up on a poll the server should have answered.
+      const watchdog = setTimeout(() => controller.abort(),
+        (timeoutSeconds + TIMEOUT_MARGIN_SECONDS) * 1000);
+      try {
+        let response;
+        try {
+          response = await this._fetch(this._subscriptionUrl(timeoutSeconds), {
+            method: "GET",
+            headers: this._requestHeaders(),
+            credentials: this.credentials,
+            cache: "no-store",
+            signal: controller.signal,
+          });
+        } catch (error) {
+          throw new RetryableError("no answer: " + error.message);
+        }
+        if (response.status !== 200) {
+          if (RETRYABLE_STATUSES.indexOf(response.status) >= 0) {
+            throw new RetryableError("HTTP " + response.status);
+          }
+          throw new SubscriptionRejected("the subscription was answered HTTP " + response.status,
+            response.status);
+        }
+        let body;
+        try {
+          body = await response.json();
+        } catch (error) {
+          throw new RetryableError("an answer that is not JSON: " + error.message);
+        }
+        if (body && typeof body.error === "string") {
+          throw new SubscriptionRejected("the server rejected the subscription: " + body.error,
+            200, body.error);
+        }
+        if (body && Array.isArray(body.events)) return { events: body.events };
+        if (body && "timeout" in body) return { events: null, timestamp: body.timestamp };
+        throw new RetryableError("an answer that is not the protocol's");
+      } finally {
+        clearTimeout(watchdog);
+        if (this._controller === controller) this._controller = null;
+      }
+    }
+
+    _deliver(events, generation) {
+      for (const event of events) {
+        if (!this._current(generation)) return;
+        const cursor = this._cursor;
+        if (cursor && (event.timestamp < cursor.sinceTime ||
+            (event.timestamp === cursor.sinceTime && this._idsAtCursorTime.has(event.id)))) {
+          continue; // already handed out (a server that no longer knows last_id resends)
+        }
+        if (!cursor || event.timestamp !== cursor.sinceTime) this._idsAtCursorTime = new Set();
+        this._idsAtCursorTime.add(event.id);
+        this._cursor = { sinceTime: event.timestamp, lastId: event.id };
+        this._saveCursor();
+        try {
+          this.onEvent(event);
+        } catch (error) {
+          this._report(error, null);
+        }
+      }
+    }
+
+    _pause(delayMs) {
+      return new Promise((resolve) => {
+        const timer = setTimeout(done, delayMs);
+        const client = this;
+        function done() {
+          clearTimeout(timer);
+          client._wake = null;
+          resolve();
+        }
+        this._wake = done;
+      });
+    }
+
+    _setState(state, detail) {
+      if (this._state === state && state !== "reconnecting") return;
+      this._state = state;
+      this._call(this.onState, state, detail || null);
+    }
+
+    _report(error, delayMs) {
+      this._call(this.onError, error, delayMs);
+    }
+
+    _call(callback, a, b) {
+      try {
+        callback(a, b);
+      } catch (error) {
+        // A broken callback must not stop the client; let the page's error handler see it.
+        setTimeout(() => { throw error; }, 0);
+      }
+    }
+
+    _loadCursor() {
+      if (!this.storage || !this.storageKey) return null;
+      try {
+        const saved = JSON.parse(this.storage.getItem(this.storageKey));
+        if (saved && Number.isInteger(saved.since_time)) {
+          return { sinceTime: saved.since_time, lastId: saved.last_id || "" };
+        }
+      } catch (error) {
+        // Unreadable: start as if nothing were stored.
+      }
+      return null;
+    }
+
+    _saveCursor() {
+      if (!this.storage || !this.storageKey || !this._cursor) return;
+      // The Python Follower's Cursor.to_dict() form, so both can read it.
+      const saved = { since_time: this._cursor.sinceTime, last_id: this._cursor.lastId };
+      try {
+        this.storage.setItem(this.storageKey, JSON.stringify(saved));
+      } catch (error) {
+        // Storage full or forbidden: go on without it.
+      }
+    }
+  }
+
+  root.WsgiLongpoll = {
+    VERSION: VERSION,
+    Backoff: Backoff,
+    LongpollClient: LongpollClient,
+    PublishError: PublishError,
+    SubscriptionRejected: SubscriptionRejected,
+  };
+})(globalThis);
