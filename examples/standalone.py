@@ -1,0 +1,53 @@
+"""The seed's "Basic server" example: the standalone long-polling server.
+
+Run it from the repository root (Ctrl-C, or SIGTERM, stops it)::
+
+    python examples/standalone.py [address]    # address defaults to 127.0.0.1:8080
+
+then, in another terminal, ``python examples/client.py`` publishes an event and reads it
+back. The address takes Go's forms: ``":8080"`` listens on every interface,
+``"[::1]:8080"`` on IPv6 loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a service manager, a container) stops it like Ctrl-C
+
+
+def main(address: str = "127.0.0.1:8080") -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    server = Server()
+    server.start(
+        ServerInfo(
+            address=address,
+            timeout_seconds=120,
+            subscription_uri="/events",
+            publish_uri="/publish",
+        ),
+        FilePersistorInfo(use=False),
+        None,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # Answers every waiting subscriber at once, then gives requests in progress up
+        # to 10 seconds to finish.
+        server.stop(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:2]))
