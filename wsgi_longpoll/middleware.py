@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from gevent.monkey import is_module_patched
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
 from .manager import CapacityExceeded, LongpollManager, ManagerClosed
@@ -77,6 +79,10 @@ class LongpollMiddleware:
     :param max_body_size: the largest publish body accepted, in bytes (larger: 413).
     :param max_categories_per_request: how many categories one subscribe request may
         name with the ``categories`` extension.
+    :param client_script_path: serve the browser client, an ES module, at this path (e.g.
+        ``"/longpoll.js"``) and its plain-script form as ``longpoll.global.js`` in the same
+        directory, to GET and HEAD, with ``ETag`` and an hour's ``Cache-Control``; ``None``
+        serves neither.
     """
 
     #: The default ``max_body_size``: 1 MiB.
@@ -95,6 +101,7 @@ class LongpollMiddleware:
         before_publish: Hook | None = None,
         max_body_size: int = default_max_body_size,
         max_categories_per_request: int = default_max_categories_per_request,
+        client_script_path: str | None = None,
     ) -> None:
         if subscription_path is not None and subscription_path == publish_path:
             raise ValueError("subscription_path and publish_path must differ")
@@ -110,6 +117,15 @@ class LongpollMiddleware:
         self.before_publish = before_publish
         self.max_body_size = max_body_size
         self.max_categories_per_request = max_categories_per_request
+        self.client_script_path = client_script_path
+        self._client_scripts: dict[str, str] = {}
+        if client_script_path is not None:
+            self._client_scripts = _client_script_files(client_script_path)
+            if {subscription_path, publish_path} & set(self._client_scripts):
+                raise ValueError("client_script_path must differ from the long-poll paths")
+            self._client_script_app = SharedDataMiddleware(
+                _not_found, {"/": ("wsgi_longpoll", "static")}, cache_timeout=3600
+            )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -119,6 +135,11 @@ class LongpollMiddleware:
         elif path == self.publish_path:
             headers = _JSON_HEADERS
             handler = self._publish
+        elif path in self._client_scripts:
+            if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+                return MethodNotAllowed(["GET", "HEAD"])(environ, start_response)
+            file_environ = {**environ, "PATH_INFO": "/" + self._client_scripts[path]}
+            return self._client_script_app(file_environ, start_response)
         else:
             return self.app(environ, start_response)
         if environ.get("wsgi.multithread") and not is_module_patched("threading"):
@@ -220,6 +241,22 @@ class LongpollMiddleware:
         except CapacityExceeded as error:
             return _busy(start_response, _JSON_HEADERS, error)
         return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
+
+
+def _client_script_files(module_path: str) -> dict[str, str]:
+    """URL path -> file in ``wsgi_longpoll/static`` of the browser client's two forms."""
+    directory, _, name = module_path.rpartition("/")
+    plain_path = f"{directory}/longpoll.global.js"
+    if not module_path.startswith("/") or not name.endswith(".js") or module_path == plain_path:
+        raise ValueError(
+            f"client_script_path must be a path ending in .js other than "
+            f"longpoll.global.js, e.g. '/longpoll.js', not {module_path!r}"
+        )
+    return {module_path: "longpoll.js", plain_path: "longpoll.global.js"}
+
+
+def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    return NotFound()(environ, start_response)
 
 
 class _BodyTooLarge(Exception):

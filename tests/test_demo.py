@@ -1,0 +1,129 @@
+"""The chat demo app and the middleware's serving of the browser client (WebTest, no browser)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib.resources import files
+from typing import Any
+
+import pytest
+from webtest import TestApp
+
+from wsgi_longpoll import LongpollManager, LongpollMiddleware
+from wsgi_longpoll.demo import DemoApp
+
+STATIC = files("wsgi_longpoll") / "static"
+
+
+def fallback(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"the wrapped app"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "file"),
+    [
+        ("/static/longpoll.js", "text/javascript", "longpoll.js"),
+        ("/static/longpoll.global.js", "text/javascript", "longpoll.global.js"),
+        ("/static/demo/demo.js", "text/javascript", "demo/demo.js"),
+        ("/static/demo/demo.css", "text/css", "demo/demo.css"),
+    ],
+    ids=["module", "plain-script", "page-script", "stylesheet"],
+)
+def test_demo_serves_the_static_files(path: str, content_type: str, file: str) -> None:
+    response = TestApp(DemoApp()).get(path)
+    assert response.content_type in (content_type, "application/javascript")
+    assert response.body == (STATIC / file).read_bytes()
+    assert response.headers["Cache-Control"] == "max-age=3600, public"
+    again = TestApp(DemoApp()).get(path, headers={"If-None-Match": response.headers["ETag"]},
+                                   status=304)
+    assert again.body == b""
+
+
+def test_demo_page_points_at_the_servers_endpoints() -> None:
+    app = DemoApp("/lp/sub", "/lp/pub", category='a"<b', timeout_seconds=20)
+    page = TestApp(app).get("/").text
+    assert (
+        'data-subscribe-url="/lp/sub" data-publish-url="/lp/pub" data-category="a&quot;&lt;b"'
+        in page
+    )
+    assert 'data-timeout-seconds="20"' in page
+    assert '<script type="module" src="/static/demo/demo.js">' in page
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/", 405),
+        ("DELETE", "/static/longpoll.js", 405),
+        ("GET", "/static/missing.js", 404),
+        ("GET", "/static/../demo.py", 404),
+        ("GET", "/elsewhere", 404),
+    ],
+    ids=["post-page", "delete-static", "missing", "outside-static", "other-path"],
+)
+def test_demo_refuses_what_it_does_not_serve(method: str, path: str, status: int) -> None:
+    TestApp(DemoApp()).request(path, method=method, status=status)
+
+
+def test_demo_passes_other_paths_to_the_app_given() -> None:
+    assert TestApp(DemoApp(app=fallback)).get("/elsewhere").text == "the wrapped app"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"category": ""}, {"timeout_seconds": 0}],
+    ids=["empty-category", "zero-timeout"],
+)
+def test_demo_refuses_bad_options(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        DemoApp(**options)
+
+
+def middleware(**options: Any) -> TestApp:
+    return TestApp(LongpollMiddleware(fallback, LongpollManager(), **options))
+
+
+@pytest.mark.parametrize(
+    ("client_script_path", "module", "plain"),
+    [
+        ("/longpoll.js", "/longpoll.js", "/longpoll.global.js"),
+        ("/assets/lp.js", "/assets/lp.js", "/assets/longpoll.global.js"),
+    ],
+    ids=["root", "directory"],
+)
+def test_middleware_serves_both_forms_of_the_client(
+    client_script_path: str, module: str, plain: str
+) -> None:
+    app = middleware(client_script_path=client_script_path)
+    module_answer = app.get(module)
+    plain_answer = app.get(plain)
+    assert module_answer.body == (STATIC / "longpoll.js").read_bytes()
+    assert plain_answer.body == (STATIC / "longpoll.global.js").read_bytes()
+    for answer in (module_answer, plain_answer):
+        assert answer.content_type in ("text/javascript", "application/javascript")
+        assert answer.headers["Cache-Control"] == "max-age=3600, public"
+        assert "ETag" in answer.headers
+    app.get(module, headers={"If-None-Match": module_answer.headers["ETag"]}, status=304)
+    assert app.head(module).headers["Content-Length"] == str(len(module_answer.body))
+    assert app.post(module, status=405).headers["Allow"] == "GET, HEAD"
+
+
+def test_middleware_serves_no_client_unless_asked() -> None:
+    assert middleware().get("/longpoll.js").text == "the wrapped app"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"client_script_path": "longpoll.js"},
+        {"client_script_path": "/longpoll"},
+        {"client_script_path": "/longpoll.global.js"},
+        {"client_script_path": "/feed.js", "subscription_path": "/feed.js"},
+        {"client_script_path": "/lp.js", "publish_path": "/longpoll.global.js"},
+    ],
+    ids=["relative", "no-js-suffix", "plain-script-name", "subscription-path", "publish-path"],
+)
+def test_middleware_refuses_a_bad_client_script_path(options: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        LongpollMiddleware(fallback, LongpollManager(), **options)
