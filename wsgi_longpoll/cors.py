@@ -1,0 +1,188 @@
+"""CORS: let pages on other origins use the long-poll endpoints from a browser.
+
+Nothing is shared across origins unless an origin is on the allow-list. Preflight
+requests (``OPTIONS`` with ``Access-Control-Request-Method``) are answered here; other
+requests go to the wrapped application, and the answers of allowed origins get the
+``Access-Control-*`` headers a browser needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from .protocol import error_body
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["CORSMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+
+
+def _normalize_origin(origin: str) -> str:
+    if origin == "*":
+        return origin
+    normalized = origin.strip().lower()
+    if not _ORIGIN.fullmatch(normalized):
+        raise ValueError(
+            f"invalid origin {origin!r}: expected scheme://host[:port] with no path, "
+            "e.g. 'https://app.example.com', or '*'"
+        )
+    return normalized
+
+
+def _header_list(names: Iterable[str]) -> str:
+    return ", ".join(dict.fromkeys(name.strip() for name in names if name.strip()))
+
+
+class CORSMiddleware:
+    """Adds CORS headers for an allow-list of origins and answers their preflights.
+
+    A request whose ``Origin`` is not on the list gets no CORS headers, so the browser
+    keeps the answer from the page; a preflight from such an origin gets 403. Wrap the
+    :class:`~wsgi_longpoll.middleware.LongpollMiddleware` (or the whole application):
+
+    .. code-block:: python
+
+        app.wsgi_app = CORSMiddleware(
+            LongpollMiddleware(app.wsgi_app, manager), ["https://app.example.com"]
+        )
+
+    :param app: the WSGI application to wrap.
+    :param allowed_origins: origins (``scheme://host[:port]``) allowed to read the answers,
+        or ``["*"]`` for any origin (not together with credentials).
+    :param allow_credentials: let the browser send cookies and HTTP authentication
+        (``fetch(..., {credentials: "include"})``); off by default.
+    :param allow_methods: the methods a cross-origin page may use.
+    :param allow_headers: the request headers a cross-origin page may send
+        (``Authorization`` carries a bearer token or basic credentials).
+    :param expose_headers: the response headers a cross-origin page may read.
+    :param max_age: seconds a browser may cache a preflight answer.
+    :param paths: the ``PATH_INFO`` values CORS applies to; ``None``: every path.
+    :raises ValueError: for an invalid origin, ``"*"`` with credentials, or a negative
+        *max_age*.
+    """
+
+    #: The default ``allow_methods``.
+    default_allow_methods = ("GET", "POST")
+    #: The default ``allow_headers``: what the browser client sends.
+    default_allow_headers = ("Authorization", "Content-Type")
+    #: The default ``expose_headers``: ``Retry-After`` comes with a 503 at capacity.
+    default_expose_headers = ("Retry-After",)
+    #: The default ``max_age``: ten minutes.
+    default_max_age = 600
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        allowed_origins: Iterable[str],
+        *,
+        allow_credentials: bool = False,
+        allow_methods: Iterable[str] = default_allow_methods,
+        allow_headers: Iterable[str] = default_allow_headers,
+        expose_headers: Iterable[str] = default_expose_headers,
+        max_age: int = default_max_age,
+        paths: Iterable[str] | None = None,
+    ) -> None:
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins must be a list of origins, not one string")
+        origins = {_normalize_origin(origin) for origin in allowed_origins}
+        self.any_origin = "*" in origins
+        if self.any_origin and allow_credentials:
+            raise ValueError("allow_credentials needs a list of origins, not '*'")
+        if "null" in origins:
+            raise ValueError("the 'null' origin (sandboxed pages, files) cannot be allowed")
+        if max_age < 0:
+            raise ValueError("max_age must be 0 or more")
+        self.app = app
+        self.allowed_origins = frozenset(origins - {"*"})
+        self.allow_credentials = allow_credentials
+        self.allow_methods = _header_list(method.upper() for method in allow_methods)
+        self.allow_headers = _header_list(allow_headers)
+        self.expose_headers = _header_list(expose_headers)
+        self.max_age = max_age
+        self.paths = None if paths is None else frozenset(paths)
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a page on *origin* may read the answers."""
+        return self.any_origin or origin.lower() in self.allowed_origins
+
+    def _allow_origin_headers(self, origin: str) -> list[tuple[str, str]]:
+        if self.any_origin:
+            headers = [("Access-Control-Allow-Origin", "*")]
+        else:
+            headers = [("Access-Control-Allow-Origin", origin)]
+        if self.allow_credentials:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        return headers
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        origin = environ.get("HTTP_ORIGIN")
+        if self.paths is not None and environ.get("PATH_INFO", "") not in self.paths:
+            return self.app(environ, start_response)
+        vary = [] if self.any_origin else [("Vary", "Origin")]
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and origin is not None
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        ):
+            return self._preflight(origin, start_response, vary)
+        if origin is None or not self.origin_allowed(origin):
+            if not vary:
+                return self.app(environ, start_response)
+            return self.app(environ, _adding_headers(start_response, vary))
+        headers = [*vary, *self._allow_origin_headers(origin)]
+        if self.expose_headers:
+            headers.append(("Access-Control-Expose-Headers", self.expose_headers))
+        return self.app(environ, _adding_headers(start_response, headers))
+
+    def _preflight(
+        self, origin: str, start_response: StartResponse, vary: list[tuple[str, str]]
+    ) -> list[bytes]:
+        if not self.origin_allowed(origin):
+            logger.info("refused a CORS preflight from origin %r", origin)
+            body = error_body("Cross-origin requests from this origin are not allowed.")
+            start_response("403 Forbidden", [
+                *vary, ("Content-Type", "application/json"),
+                ("X-Content-Type-Options", "nosniff"), ("Content-Length", str(len(body))),
+            ])
+            return [body]
+        headers = [
+            *vary,
+            *self._allow_origin_headers(origin),
+            ("Access-Control-Allow-Methods", self.allow_methods),
+            ("Access-Control-Max-Age", str(self.max_age)),
+            ("Content-Length", "0"),
+        ]
+        if self.allow_headers:
+            headers.append(("Access-Control-Allow-Headers", self.allow_headers))
+        start_response("204 No Content", headers)
+        return []
+
+
+def _adding_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    """*start_response*, adding the *extra* headers the application did not set itself."""
+
+    def start_response_with_headers(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        headers = list(headers)
+        present = {name.lower(): index for index, (name, _) in enumerate(headers)}
+        for name, value in extra:
+            index = present.get(name.lower())
+            if index is None:
+                headers.append((name, value))
+            elif name.lower() == "vary":
+                existing = headers[index][1]
+                if value.lower() not in (part.strip().lower() for part in existing.split(",")):
+                    headers[index] = (headers[index][0], f"{existing}, {value}")
+        return start_response(status, headers, exc_info)
+
+    return start_response_with_headers

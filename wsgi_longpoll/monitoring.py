@@ -1,0 +1,192 @@
+"""Monitoring endpoints: the manager's statistics (JSON, Prometheus) and a health check.
+
+Each endpoint is off until given a path. The statistics say how many categories,
+buffered events and waiting subscribers there are, how many events were published and
+delivered, how many publishes failed, and the uptime; the health check answers a load
+balancer with 200 while the manager takes events and 503 once it is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from werkzeug.wrappers import Request, Response
+
+from .manager import LongpollManager, ManagerStats
+from .middleware import Hook
+from .protocol import error_body
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["MonitoringMiddleware", "prometheus_text"]
+
+logger = logging.getLogger(__name__)
+
+_NO_CACHE = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-cache, no-store, must-revalidate"),
+]
+_JSON_HEADERS = [("Content-Type", "application/json"), *_NO_CACHE]
+#: The Prometheus text exposition format, version 0.0.4.
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Prometheus name, type and help of each statistic, in :class:`ManagerStats` order.
+_METRICS = (
+    ("categories", "wsgi_longpoll_categories", "gauge",
+     "Categories that hold events."),
+    ("buffered_events", "wsgi_longpoll_buffered_events", "gauge",
+     "Events held in every category's buffer."),
+    ("waiting_subscribers", "wsgi_longpoll_waiting_subscribers", "gauge",
+     "Subscribers waiting for events now."),
+    ("events_published", "wsgi_longpoll_events_published_total", "counter",
+     "Events accepted since the manager was made."),
+    ("events_delivered", "wsgi_longpoll_events_delivered_total", "counter",
+     "Events handed to subscribers (one event to ten subscribers counts ten)."),
+    ("publish_errors", "wsgi_longpoll_publish_errors_total", "counter",
+     "Publishes that failed after validation (closed manager, capacity, storage)."),
+)
+
+
+def _stats_document(
+    manager: LongpollManager, stats: ManagerStats, uptime: float
+) -> dict[str, object]:
+    return {
+        "categories": stats.categories,
+        "buffered_events": stats.buffered_events,
+        "waiting_subscribers": stats.waiting_subscribers,
+        "events_published": stats.events_published,
+        "events_delivered": stats.events_delivered,
+        "publish_errors": stats.publish_errors,
+        "uptime_seconds": round(uptime, 3),
+        "max_categories": manager.max_categories,
+        "max_waiting_subscribers": manager.max_waiting_subscribers,
+    }
+
+
+def prometheus_text(manager: LongpollManager, stats: ManagerStats, uptime: float) -> str:
+    """*stats* in the Prometheus text exposition format (version 0.0.4).
+
+    :param manager: whose limits are reported beside the statistics.
+    :param stats: a snapshot from :meth:`LongpollManager.stats`.
+    :param uptime: seconds since the service started.
+    """
+    lines = []
+    for field, name, kind, help_text in _METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                  f"{name} {getattr(stats, field)}"]
+    lines += [
+        "# HELP wsgi_longpoll_uptime_seconds Seconds since the service started.",
+        "# TYPE wsgi_longpoll_uptime_seconds gauge",
+        f"wsgi_longpoll_uptime_seconds {uptime:.3f}",
+        "# HELP wsgi_longpoll_max_categories Categories that may hold events at once.",
+        "# TYPE wsgi_longpoll_max_categories gauge",
+        f"wsgi_longpoll_max_categories {manager.max_categories}",
+        "# HELP wsgi_longpoll_max_waiting_subscribers Subscribers that may wait at once.",
+        "# TYPE wsgi_longpoll_max_waiting_subscribers gauge",
+        f"wsgi_longpoll_max_waiting_subscribers {manager.max_waiting_subscribers}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class MonitoringMiddleware:
+    """Answers a statistics, a metrics and a health path for a :class:`LongpollManager`.
+
+    Every other request goes to *app*. Each path is off (``None``) unless given; only
+    ``GET`` and ``HEAD`` are answered on them (others get 405).
+
+    - *stats_path*: the statistics as a JSON object (``categories``, ``buffered_events``,
+      ``waiting_subscribers``, ``events_published``, ``events_delivered``,
+      ``publish_errors``, ``uptime_seconds``, ``max_categories``,
+      ``max_waiting_subscribers``).
+    - *metrics_path*: the same in the Prometheus text format, names prefixed
+      ``wsgi_longpoll_`` (counters end in ``_total``).
+    - *health_path*: ``200 {"status": "ok"}`` while the manager takes events,
+      ``503 {"status": "closed"}`` (with ``Retry-After``) once it is closed.
+
+    The statistics tell an outsider how busy the service is: keep their paths behind the
+    proxy, or guard them with *before_stats* (e.g. :func:`wsgi_longpoll.auth.bearer_token`).
+
+    :param app: the WSGI application to wrap.
+    :param manager: the manager to report on.
+    :param stats_path: the path of the JSON statistics.
+    :param metrics_path: the path of the Prometheus metrics.
+    :param health_path: the path of the health check.
+    :param before_stats: a :data:`~wsgi_longpoll.middleware.Hook` run before the
+        statistics and the metrics are answered (not the health check).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        manager: LongpollManager,
+        *,
+        stats_path: str | None = None,
+        metrics_path: str | None = None,
+        health_path: str | None = None,
+        before_stats: Hook | None = None,
+    ) -> None:
+        paths = [path for path in (stats_path, metrics_path, health_path) if path is not None]
+        if len(set(paths)) != len(paths):
+            raise ValueError("stats_path, metrics_path and health_path must differ")
+        if not all(path.startswith("/") for path in paths):
+            raise ValueError("a monitoring path must start with '/'")
+        self.app = app
+        self.manager = manager
+        self.stats_path = stats_path
+        self.metrics_path = metrics_path
+        self.health_path = health_path
+        self.before_stats = before_stats
+        self._started = time.monotonic()
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since this middleware was made (for the standalone server: started)."""
+        return time.monotonic() - self._started
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in (self.stats_path, self.metrics_path, self.health_path):
+            return self.app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in ("GET", "HEAD"):
+            return _respond(environ, start_response, "405 Method Not Allowed",
+                            [*_JSON_HEADERS, ("Allow", "GET, HEAD")],
+                            error_body("Invalid HTTP Method. Only GET and HEAD allowed."))
+        if path == self.health_path:
+            return self._health(environ, start_response)
+        if self.before_stats is not None:
+            verdict = self.before_stats(Request(environ))
+            if isinstance(verdict, Response):
+                return verdict(environ, start_response)
+            if verdict is False:
+                return _respond(environ, start_response, "403 Forbidden", _JSON_HEADERS,
+                                error_body("Forbidden: rejected by the server's hook."))
+            if verdict is not True:
+                raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+        stats = self.manager.stats()
+        uptime = self.uptime
+        if path == self.stats_path:
+            body = json.dumps(_stats_document(self.manager, stats, uptime)).encode()
+            return _respond(environ, start_response, "200 OK", _JSON_HEADERS, body)
+        text = prometheus_text(self.manager, stats, uptime)
+        return _respond(environ, start_response, "200 OK",
+                        [("Content-Type", PROMETHEUS_CONTENT_TYPE), *_NO_CACHE], text.encode())
+
+    def _health(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        if self.manager.closed:
+            return _respond(environ, start_response, "503 Service Unavailable",
+                            [*_JSON_HEADERS, ("Retry-After", "1")], b'{"status": "closed"}')
+        return _respond(environ, start_response, "200 OK", _JSON_HEADERS, b'{"status": "ok"}')
+
+
+def _respond(
+    environ: WSGIEnvironment, start_response: StartResponse, status: str,
+    headers: list[tuple[str, str]], body: bytes,
+) -> list[bytes]:
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
