@@ -7,6 +7,8 @@ from importlib.resources import files
 from typing import Any
 
 import pytest
+import requests
+from test_cli import start_serving
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
@@ -127,3 +129,24 @@ def test_middleware_serves_no_client_unless_asked() -> None:
 def test_middleware_refuses_a_bad_client_script_path(options: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         LongpollMiddleware(fallback, LongpollManager(), **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "status"),
+    [((), 200), (("--no-demo",), 404)],
+    ids=["default", "no-demo"],
+)
+def test_serve_shows_the_chat_at_the_root(options: tuple[str, ...], status: int) -> None:
+    process, base_url = start_serving(
+        "--no-access-log", "--subscription-uri", "/sub", "--timeout-seconds", "30", *options
+    )
+    try:
+        page = requests.get(f"{base_url}/", timeout=10)
+        client = requests.get(f"{base_url}/static/longpoll.js", timeout=10)
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+    assert (page.status_code, client.status_code) == (status, status)
+    if status == 200:
+        assert 'data-subscribe-url="/sub"' in page.text
+        assert 'data-timeout-seconds="30"' in page.text

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
+from .demo import DemoApp
 from .server import FilePersistorInfo, Server, ServerInfo
 
 __all__ = ["main"]
@@ -89,16 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="level of the log written to standard error")
     ops.add_argument("--no-access-log", dest="access_log", action="store_false",
                      help="do not log each request")
+    ops.add_argument("--no-demo", dest="demo", action="store_false",
+                     help="do not serve the chat demo at / and the browser client under "
+                     "/static/ (every other path then answers 404)")
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
+    demo = None
+    if args.demo:
+        demo = DemoApp(
+            args.subscription_uri,
+            args.publish_uri,
+            timeout_seconds=min(45, args.timeout_seconds or 110),
+        )
     server = Server(
         max_event_buffer_size=args.buffer_size,
         event_time_to_live_seconds=args.ttl_seconds or None,
         delete_event_after_first_retrieval=args.delete_after_first_retrieval,
         max_body_size=args.max_body_size,
         access_log=args.access_log,
+        app=demo,
     )
     persistence = FilePersistorInfo(
         use=bool(args.persist_file),
@@ -129,6 +141,12 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if demo is not None:
+        print(
+            f"wsgi-longpoll: chat demo at http://{_display_host(args.address)}:{server.port}/",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         server.serve_forever()
     except _ShutdownRequested as reason:
