@@ -113,7 +113,8 @@ class FilePersister:
     :param write_buffer_size: bytes buffered before a write; more than 0.
     :param write_flush_period_seconds: the longest an appended event may wait before it
         is written; more than 0.
-    :param fsync: sync the file to the disk at each periodic write, not only at close.
+    :param fsync: sync the file to the disk at each periodic write and at close;
+        otherwise the operating system decides when written data reaches the disk.
     :param compact_bytes: the least growth, in bytes, that triggers a rewrite while
         running; more than 0.
     :raises ValueError: if an option is out of range (the message names it).
@@ -180,7 +181,11 @@ class FilePersister:
         self._closed = False
         self._finished = _allocate_lock()  # held while the writer thread runs
         self._finished.acquire()
-        _start_new_thread(self._run, ())
+        try:
+            _start_new_thread(self._run, ())
+        except BaseException:
+            os.close(self._fd)
+            raise
         _open_persisters.add(self)
 
     def __repr__(self) -> str:
