@@ -19,7 +19,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["wsgi_longpoll", "wsgi_longpoll.*"]),
-    package_data={"wsgi_longpoll": ["py.typed", "static/*"]},
+    package_data={"wsgi_longpoll": ["py.typed", "static/*.js", "static/demo/*"]},
     install_requires=[
         "gevent>=24.2",
         "werkzeug>=3.0",
@@ -32,6 +32,7 @@ setup(
             "webtest>=3.0",
             "flask>=3.0",
             "django>=4.2",
+            "selenium>=4.10",
         ],
         "dev": [
             "ruff>=0.5",
