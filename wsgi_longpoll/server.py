@@ -17,7 +17,7 @@ import datetime
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,10 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from werkzeug.exceptions import NotFound
 
+from .cors import CORSMiddleware
 from .manager import LongpollManager
 from .middleware import Hook, LongpollMiddleware
+from .monitoring import MonitoringMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -109,6 +111,30 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     """pywsgi's handler, plus what the server needs to stop quickly and detect hang-ups."""
 
     busy = False
+    #: The deadline for the request line and headers of the request being read, if any.
+    header_deadline: gevent.Timeout | None = None
+
+    def handle_one_request(self) -> Any:
+        # A client must send its request line and headers within header_timeout, counted
+        # from the end of the previous response (or the connection), so that one that
+        # dribbles them (slowloris) or idles on a keep-alive connection frees its greenlet.
+        # The deadline is lifted before the application runs: a long poll is not cut.
+        timeout = self.server.header_timeout
+        if timeout is None:
+            return super().handle_one_request()
+        deadline = self.header_deadline = gevent.Timeout(timeout)
+        deadline.start()
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as error:
+            if error is not deadline:
+                raise
+            logger.debug("closing the connection of %s: no complete request within %.1f s",
+                         self.client_address, timeout)
+            return None
+        finally:
+            deadline.close()
+            self.header_deadline = None
 
     def handle(self) -> None:
         connections = self.server.connections
@@ -121,6 +147,8 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
             connections.discard(self)
 
     def handle_one_response(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
         self.busy = True
         try:
             super().handle_one_response()
@@ -137,6 +165,8 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
 
 class _WSGIServer(WSGIServer):  # type: ignore[misc]
     handler_class = _Handler
+    #: Seconds a client has to send a request line and headers; ``None``: no limit.
+    header_timeout: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,6 +192,19 @@ class Server:
     :param delete_event_after_first_retrieval: remove events once served.
     :param max_body_size: the largest publish body accepted, in bytes.
     :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
+    :param max_categories: categories that may hold events at once (more: 503).
+    :param max_waiting_subscribers: subscribers that may wait at once (more: 503).
+    :param header_timeout: seconds a client has to send its request line and headers,
+        counted from the connection or the end of the previous response (so also the
+        longest a keep-alive connection may idle); ``None``: no limit.
+    :param cors_origins: origins whose pages may use the endpoints across origins
+        (see :class:`~wsgi_longpoll.cors.CORSMiddleware`); empty: none.
+    :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
+    :param stats_path: serve the statistics as JSON at this path
+        (see :class:`~wsgi_longpoll.monitoring.MonitoringMiddleware`); ``None``: off.
+    :param metrics_path: serve the statistics in the Prometheus text format here.
+    :param health_path: serve a health check for load balancers here.
+    :param before_stats: a hook run before the statistics and metrics are answered.
     :param app: the WSGI application that answers every other path (default: 404).
     """
 
@@ -173,12 +216,32 @@ class Server:
         delete_event_after_first_retrieval: bool = False,
         max_body_size: int = LongpollMiddleware.default_max_body_size,
         access_log: bool = True,
+        max_categories: int = LongpollManager.default_max_categories,
+        max_waiting_subscribers: int = LongpollManager.default_max_waiting_subscribers,
+        header_timeout: float | None = 30,
+        cors_origins: Iterable[str] = (),
+        cors_allow_credentials: bool = False,
+        stats_path: str | None = None,
+        metrics_path: str | None = None,
+        health_path: str | None = None,
+        before_stats: Hook | None = None,
         app: WSGIApplication | None = None,
     ) -> None:
         self._manager_options: dict[str, Any] = {
             "max_event_buffer_size": max_event_buffer_size,
             "event_time_to_live_seconds": event_time_to_live_seconds,
             "delete_event_after_first_retrieval": delete_event_after_first_retrieval,
+            "max_categories": max_categories,
+            "max_waiting_subscribers": max_waiting_subscribers,
+        }
+        if header_timeout is not None and not header_timeout > 0:
+            raise ValueError("header_timeout must be more than 0, or None")
+        self._header_timeout = header_timeout
+        self._cors_origins = list(cors_origins)
+        self._cors_allow_credentials = cors_allow_credentials
+        self._monitoring: dict[str, Any] = {
+            "stats_path": stats_path, "metrics_path": metrics_path,
+            "health_path": health_path, "before_stats": before_stats,
         }
         self._max_body_size = max_body_size
         self._access_log = access_log
@@ -248,15 +311,19 @@ class Server:
                     max_body_size=self._max_body_size,
                 )
 
+                application = self._wrap(middleware, manager, server_info)
+
                 def make_server() -> _WSGIServer:
                     # Built in the thread whose hub serves it: gevent objects belong to a hub.
-                    return _WSGIServer(
+                    wsgi_server = _WSGIServer(
                         (host, port),
-                        middleware,
+                        application,
                         spawn=Pool(),  # a pool lets stop() wait for, then end, the handlers
                         log=access_logger if self._access_log else None,
                         error_log=logger,
                     )
+                    wsgi_server.header_timeout = self._header_timeout
+                    return wsgi_server
 
                 if is_module_patched("threading"):
                     wsgi_server = make_server()
@@ -271,6 +338,22 @@ class Server:
             self._wsgi_server = wsgi_server
             self._stopped.clear()
             logger.info("serving long polls on %s (port %d)", server_info.address, self.port)
+
+    def _wrap(
+        self, middleware: LongpollMiddleware, manager: LongpollManager, info: ServerInfo
+    ) -> WSGIApplication:
+        """Put the monitoring and CORS middleware, when configured, around *middleware*."""
+        application: WSGIApplication = middleware
+        endpoints = ("stats_path", "metrics_path", "health_path")
+        if any(self._monitoring[name] is not None for name in endpoints):
+            application = MonitoringMiddleware(application, manager, **self._monitoring)
+        if self._cors_origins:
+            paths = [path for path in (info.subscription_uri, info.publish_uri) if path]
+            application = CORSMiddleware(
+                application, self._cors_origins,
+                allow_credentials=self._cors_allow_credentials, paths=paths,
+            )
+        return application
 
     def _start_thread(
         self,
