@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
+from .auth import bearer_token
 from .demo import DemoApp
+from .manager import LongpollManager
 from .server import FilePersistorInfo, Server, ServerInfo
 
 __all__ = ["main"]
 
 logger = logging.getLogger("wsgi_longpoll.cli")
+
+#: The environment variable read for the publish token when --publish-token is not given.
+PUBLISH_TOKEN_ENV = "WSGI_LONGPOLL_PUBLISH_TOKEN"
 
 
 class _ShutdownRequested(Exception):
@@ -64,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of the subscribe endpoint (GET)")
     listen.add_argument("--publish-uri", default="/publish",
                         help="path of the publish endpoint (POST); it is open to anyone "
-                        "who can reach the server")
+                        "who can reach the server unless --publish-token is given")
     listen.add_argument("--max-body-size", type=_positive_int, default=1024 * 1024,
                         help="largest publish body accepted, in bytes (larger: 413)")
     events = serve.add_argument_group("events (LongpollManager)")
@@ -82,7 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bytes buffered before a write to the file")
     persist.add_argument("--write-flush-period-seconds", type=float, default=1.0,
                          help="the longest an accepted event may sit unwritten")
+    limits = serve.add_argument_group("limits (each answered with a JSON error)")
+    limits.add_argument("--max-categories", type=_positive_int,
+                        default=LongpollManager.default_max_categories,
+                        help="categories that may hold events at once (more: 503)")
+    limits.add_argument("--max-waiting-subscribers", type=_positive_int,
+                        default=LongpollManager.default_max_waiting_subscribers,
+                        help="subscribers that may wait at once (more: 503)")
+    limits.add_argument("--header-timeout", type=_non_negative_float, default=30.0,
+                        help="seconds a client has to send its request line and headers, "
+                        "also the longest a keep-alive connection may idle (0: no limit)")
+    security = serve.add_argument_group("security and cross-origin use")
+    security.add_argument("--publish-token", metavar="TOKEN", default=None,
+                          help="require 'Authorization: Bearer TOKEN' to publish; better "
+                          f"given in the environment variable {PUBLISH_TOKEN_ENV}, which "
+                          "other users cannot see in the process list")
+    security.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
+                          help="let pages on ORIGIN (e.g. https://app.example.com, or '*') "
+                          "subscribe and publish across origins; repeat for several")
+    security.add_argument("--cors-allow-credentials", action="store_true",
+                          help="let those pages send cookies and HTTP authentication")
     ops = serve.add_argument_group("operations")
+    ops.add_argument("--stats-path", metavar="PATH", default=None,
+                     help="serve statistics as JSON at PATH, e.g. /stats (off when not given)")
+    ops.add_argument("--metrics-path", metavar="PATH", default=None,
+                     help="serve statistics in the Prometheus text format at PATH, "
+                     "e.g. /metrics (off when not given)")
+    ops.add_argument("--health-path", metavar="PATH", default=None,
+                     help="serve a health check for load balancers at PATH, e.g. /healthz "
+                     "(off when not given)")
     ops.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
                      help="seconds that requests in progress get to finish on shutdown")
     ops.add_argument("--log-level", default="INFO",
@@ -111,7 +145,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size,
         access_log=args.access_log,
         app=demo,
+        max_categories=args.max_categories,
+        max_waiting_subscribers=args.max_waiting_subscribers,
+        header_timeout=args.header_timeout or None,
+        cors_origins=args.cors_origin,
+        cors_allow_credentials=args.cors_allow_credentials,
+        stats_path=args.stats_path,
+        metrics_path=args.metrics_path,
+        health_path=args.health_path,
     )
+    token = args.publish_token or os.environ.get(PUBLISH_TOKEN_ENV, "")
     persistence = FilePersistorInfo(
         use=bool(args.persist_file),
         file_name=args.persist_file,
@@ -123,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout_seconds,
         subscription_uri=args.subscription_uri,
         publish_uri=args.publish_uri,
+        handler_to_run_before_publish=bearer_token(token) if token else None,
     )
     try:
         server.start(info, persistence)
