@@ -11,7 +11,7 @@ import requests
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server
-from wsgi_longpoll import manager as manager_module
+from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.protocol import ProtocolError, parse_subscribe_query
 
@@ -125,7 +125,7 @@ def test_multi_category_subscriber_gets_every_event_once_over_http(server: Serve
         (event.category, event.data)
         for event in sorted(
             (e for c in "xyz" for e in server.manager.buffered_events(c)),
-            key=lambda e: server.manager._buffers[e.category].seq_of(e.id) or 0,
+            key=lambda e: server.manager._engine.seq_of(e) or 0,
         )
     ]
     assert len(published) == 3 * per_category
@@ -157,7 +157,7 @@ def test_single_category_answers_are_golongpolls_bytes() -> None:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     now = [5_000_000]
-    monkeypatch.setattr(manager_module, "now_ms", lambda: now[0])
+    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
     return now
 
 

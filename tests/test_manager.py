@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from wsgi_longpoll import manager as manager_module
+from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.manager import CapacityExceeded, LongpollManager, ManagerClosed
 
@@ -24,7 +24,7 @@ def manager() -> Iterator[LongpollManager]:
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The manager's wall clock, in ms; tests move it by assigning ``clock[0]``."""
     now = [1_000_000]
-    monkeypatch.setattr(manager_module, "now_ms", lambda: now[0])
+    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
     return now
 
 
@@ -165,7 +165,7 @@ def test_expired_events_are_never_served_and_are_purged(clock: list[int]) -> Non
     clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
     assert manager.subscribe("old", 0.01, since_time=0).events == []
     assert manager.subscribe("kept", 1, since_time=0).events == [kept]
-    assert len(manager._buffers["old"]) == 0  # purged, not just hidden
+    assert len(manager._engine._buffers["old"]) == 0  # purged, not just hidden
     assert old.timestamp < kept.timestamp
 
 
@@ -175,10 +175,10 @@ def test_expired_categories_are_swept_without_being_asked_for(clock: list[int]) 
         manager.publish(f"c{n}", n)
     clock[0] += 2_000
     manager.publish("fresh", 1)
-    assert sum(len(buffer) for buffer in manager._buffers.values()) == 1
+    assert sum(len(buffer) for buffer in manager._engine._buffers.values()) == 1
     clock[0] += 2_000  # empty for a whole time to live: forgotten
     manager.publish("fresh", 2)
-    assert list(manager._buffers) == ["fresh"]
+    assert list(manager._engine._buffers) == ["fresh"]
 
 
 def test_delete_after_first_retrieval_from_the_buffer() -> None:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import logging
 import socket
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from .buffer import EventBuffer
+from .engine import CapacityExceeded, MemoryEngine, Persister, StorageUnavailable
 from .event import Event, Gap
-from .protocol import now_ms, validate_category
+from .protocol import validate_category
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
@@ -33,6 +31,7 @@ __all__ = [
     "ManagerClosed",
     "ManagerStats",
     "Persister",
+    "StorageUnavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,36 +46,6 @@ _DEFAULT_MAX_TIMEOUT = 110
 
 class ManagerClosed(RuntimeError):
     """The manager was closed; it accepts no more events."""
-
-
-class CapacityExceeded(RuntimeError):
-    """A limit of the manager is reached (categories held, waiting subscribers).
-
-    Nothing was changed; the same call may succeed later.
-    """
-
-
-class Persister(Protocol):
-    """Where a manager keeps its events across restarts (see :mod:`wsgi_longpoll.persist`)."""
-
-    def load(self) -> Iterable[Event]:
-        """The stored events, in any order."""
-
-    def append(self, event: Event) -> None:
-        """Store *event*; called once for each published event, in publish order."""
-
-    @property
-    def wants_compaction(self) -> bool:
-        """Whether the store has grown enough to be rewritten by :meth:`compact`."""
-
-    def compact(self, events: list[Event]) -> None:
-        """Replace what is stored by exactly *events* (what the buffers hold), atomically.
-
-        Events appended afterwards follow them.
-        """
-
-    def close(self) -> None:
-        """Write out everything appended and release the file."""
 
 
 @dataclass(slots=True)
@@ -135,8 +104,9 @@ def _peer_closed(connection: socket.socket) -> bool:
         return True
 
 
+
 class LongpollManager:
-    """Owns the event buffers of every category and the long polls waiting on them.
+    """Owns the long polls waiting for events, and the engine that stores the events.
 
     Options are golongpoll's, in snake case, with its defaults:
 
@@ -158,8 +128,6 @@ class LongpollManager:
     of its own thread. The manager starts no thread or greenlet of its own.
     """
 
-    #: How often, at most, every category is swept for expired events.
-    sweep_interval_ms = 1000
     #: The default ``max_categories``.
     default_max_categories = 100_000
     #: The default ``max_waiting_subscribers``.
@@ -194,26 +162,19 @@ class LongpollManager:
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.delete_event_after_first_retrieval = delete_event_after_first_retrieval
-        self._ttl_ms = (
-            None if self.event_time_to_live_seconds is None
-            else int(self.event_time_to_live_seconds * 1000)
-        )
         self._lock = _allocate_lock()
-        self._buffers: dict[str, EventBuffer] = {}
         self._waiters: dict[str, dict[_Subscriber, None]] = {}
         self._waiting = 0
-        self._last_timestamp = 0
-        #: Publish order across every category: a cursor means the same in all of them.
-        self._last_seq = 0
         self._events_published = 0
         self._events_delivered = 0
         self._publish_errors = 0
-        self._next_sweep = 0
         self._draining = False
         self._closed = False
-        self._persister = persister
-        if persister is not None:
-            self._restore(persister.load())
+        with self._lock:
+            self._engine = MemoryEngine(
+                max_event_buffer_size, self.event_time_to_live_seconds, max_categories,
+                persister,
+            )
 
     # -- publishing -------------------------------------------------------------------
 
@@ -228,6 +189,7 @@ class LongpollManager:
         :raises ValueError: for an invalid category or ``None`` data.
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ManagerClosed: once :meth:`close` has been called.
+        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
         """
         validate_category(category)
         if data is None:
@@ -236,39 +198,19 @@ class LongpollManager:
             if self._closed:
                 self._publish_errors += 1
                 raise ManagerClosed("the manager is closed")
-            # Monotonic across every category: (timestamp, publish order) never disagree.
-            if category not in self._buffers and len(self._buffers) >= self.max_categories:
-                self._maybe_sweep(now_ms())  # expired categories may make room
-                if len(self._buffers) >= self.max_categories:
-                    self._publish_errors += 1
-                    raise CapacityExceeded(
-                        f"{self.max_categories} categories hold events already "
-                        "(max_categories)"
-                    )
-            timestamp = max(now_ms(), self._last_timestamp)
-            event = Event(timestamp, category, str(uuid.uuid4()), data)
-            event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
-            self._last_timestamp = timestamp
-            self._last_seq += 1
-            self._events_published += 1
             waiters = self._waiters.get(category)
-            if not (waiters and self.delete_event_after_first_retrieval):
-                self._buffer(category).append(event, self._last_seq)
-            if self._persister is not None:
-                self._persister.append(event)
-                if self._persister.wants_compaction:
-                    self._persister.compact(self._all_buffered())
+            try:
+                event = self._engine.append(
+                    category, data, not (waiters and self.delete_event_after_first_retrieval)
+                )
+            except CapacityExceeded:
+                self._publish_errors += 1
+                raise
+            self._events_published += 1
             woken = self._deliver(event, waiters) if waiters else None
-            self._maybe_sweep(timestamp)
         if woken:
             self._schedule_wake(woken)
         return event
-
-    def _buffer(self, category: str) -> EventBuffer:
-        buffer = self._buffers.get(category)
-        if buffer is None:
-            buffer = self._buffers[category] = EventBuffer(self.max_event_buffer_size)
-        return buffer
 
     @staticmethod
     def _deliver(
@@ -311,100 +253,57 @@ class LongpollManager:
         *connection* (the client's socket) was closed by the peer.
 
         :param categories: one category, or several.
+        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
         """
         if isinstance(categories, str):
             categories = (categories,)
         with self._lock:
-            self._maybe_sweep(now_ms())
             gaps: list[Gap] = []
             if since_time is not None:
-                last_seq = self._seq_of(categories, last_id)
-                gaps = self._gaps(categories, since_time, last_id, last_seq)
-                events = self._buffered_after(categories, since_time, last_id, last_seq)
+                events, gaps = self._engine.read(
+                    categories, since_time, last_id, self.delete_event_after_first_retrieval
+                )
                 if events:
                     self._events_delivered += len(events)
                     return Delivery(events, gaps)
+            else:
+                self._engine.sweep()
             if self._draining:
                 return Delivery([], gaps)
-            if self._waiting >= self.max_waiting_subscribers:
-                raise CapacityExceeded(
-                    f"{self.max_waiting_subscribers} subscribers are waiting already "
-                    "(max_waiting_subscribers)"
-                )
-            subscriber = _Subscriber(gevent.get_hub())
-            self._waiting += 1
-            for category in categories:
-                self._waiters.setdefault(category, {})[subscriber] = None
+            subscriber = self._register(categories)
         try:
             self._wait(subscriber, timeout, connection)
         finally:
-            with self._lock:
-                self._waiting -= 1
-                for category in categories:
-                    waiters = self._waiters.get(category)
-                    if waiters is not None:
-                        waiters.pop(subscriber, None)
-                        if not waiters:
-                            del self._waiters[category]
-                events = subscriber.pending
-                subscriber.pending = []
-                self._events_delivered += len(events)
+            events = self._unregister(subscriber, categories)
         return Delivery(events, gaps)
 
-    def _live_buffer(self, category: str) -> EventBuffer | None:
-        buffer = self._buffers.get(category)
-        if buffer is not None and self._ttl_ms is not None:
-            buffer.expire(now_ms() - self._ttl_ms)
-        return buffer
-
-    def _seq_of(self, categories: Sequence[str], last_id: str | None) -> int | None:
-        """The publish number of the event *last_id*, if one of *categories* holds it."""
-        if last_id is None:
-            return None
+    def _register(self, categories: Sequence[str]) -> _Subscriber:
+        """Add a waiting subscriber to *categories* (called with the lock held)."""
+        if self._waiting >= self.max_waiting_subscribers:
+            raise CapacityExceeded(
+                f"{self.max_waiting_subscribers} subscribers are waiting already "
+                "(max_waiting_subscribers)"
+            )
+        subscriber = _Subscriber(gevent.get_hub())
+        self._waiting += 1
         for category in categories:
-            buffer = self._live_buffer(category)
-            seq = None if buffer is None else buffer.seq_of(last_id)
-            if seq is not None:
-                return seq
-        return None
+            self._waiters.setdefault(category, {})[subscriber] = None
+        return subscriber
 
-    def _gaps(
-        self, categories: Sequence[str], since_time: int, last_id: str | None,
-        last_seq: int | None,
-    ) -> list[Gap]:
-        gaps = []
-        for category in categories:
-            buffer = self._live_buffer(category)
-            if buffer is not None and buffer.missed(since_time, last_id, last_seq):
-                assert buffer.floor is not None
-                gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
-        return gaps
-
-    def _buffered_after(
-        self, categories: Sequence[str], since_time: int, last_id: str | None,
-        last_seq: int | None,
-    ) -> list[Event]:
-        found: list[tuple[EventBuffer, list[Event]]] = []
-        for category in categories:
-            buffer = self._live_buffer(category)
-            if buffer is not None:
-                events = buffer.after(since_time, last_id, last_seq)
-                if events:
-                    found.append((buffer, events))
-        if not found:
-            return []
-        if len(found) == 1:
-            result = found[0][1]
-        else:  # several categories: merge in publish order
-            numbered = [
-                (buffer.seq_of(event.id), event) for buffer, events in found for event in events
-            ]
-            numbered.sort(key=itemgetter(0))
-            result = [event for _, event in numbered]
-        if self.delete_event_after_first_retrieval:
-            for buffer, events in found:
-                buffer.drop_newest(len(events))
-        return result
+    def _unregister(self, subscriber: _Subscriber, categories: Sequence[str]) -> list[Event]:
+        """Remove *subscriber*; return the events delivered to it."""
+        with self._lock:
+            self._waiting -= 1
+            for category in categories:
+                waiters = self._waiters.get(category)
+                if waiters is not None:
+                    waiters.pop(subscriber, None)
+                    if not waiters:
+                        del self._waiters[category]
+            events = subscriber.pending
+            subscriber.pending = []
+            self._events_delivered += len(events)
+        return events
 
     @staticmethod
     def _wait(subscriber: _Subscriber, timeout: float, connection: socket.socket | None) -> None:
@@ -432,49 +331,10 @@ class LongpollManager:
 
     # -- housekeeping -----------------------------------------------------------------
 
-    def _maybe_sweep(self, now: int) -> None:
-        if self._ttl_ms is None or now < self._next_sweep:
-            return
-        self._next_sweep = now + self.sweep_interval_ms
-        cutoff = now - self._ttl_ms
-        forget = cutoff - self._ttl_ms
-        for category in list(self._buffers):
-            buffer = self._buffers[category]
-            buffer.expire(cutoff)
-            # An empty category is forgotten once it has been empty for a whole time to
-            # live; until then it remembers what it dropped, for the gap signal.
-            if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
-                del self._buffers[category]
-
-    def _restore(self, events: Iterable[Event]) -> None:
-        ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
-        cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
-        with self._lock:
-            for event in ordered:
-                if cutoff is None or event.timestamp >= cutoff:
-                    self._last_seq += 1
-                    self._buffer(event.category).append(event, self._last_seq)
-                self._last_timestamp = max(self._last_timestamp, event.timestamp)
-            if self._persister is not None:
-                self._persister.compact(self._all_buffered())
-        logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))
-
-    def _all_buffered(self) -> list[Event]:
-        """Every buffered event, oldest first (called with the lock held)."""
-        numbered = [
-            (buffer.seq_of(event.id), event)
-            for buffer in self._buffers.values()
-            for event in buffer.events()
-        ]
-        numbered.sort(key=itemgetter(0))
-        return [event for _, event in numbered]
-
     def buffered_events(self, category: str) -> list[Event]:
         """The events *category* holds now, oldest first (expired ones left out)."""
         with self._lock:
-            self._maybe_sweep(now_ms())
-            buffer = self._live_buffer(category)
-            return [] if buffer is None else buffer.events()
+            return self._engine.events(category)
 
     def waiting_count(self, category: str | None = None) -> int:
         """How many subscribers are waiting, in *category* or in all categories."""
@@ -486,9 +346,10 @@ class LongpollManager:
     def stats(self) -> ManagerStats:
         """A consistent snapshot of the manager's counters."""
         with self._lock:
+            categories, buffered = self._engine.counts()
             return ManagerStats(
-                categories=len(self._buffers),
-                buffered_events=sum(len(buffer) for buffer in self._buffers.values()),
+                categories=categories,
+                buffered_events=buffered,
                 waiting_subscribers=self._waiting,
                 events_published=self._events_published,
                 events_delivered=self._events_delivered,
@@ -515,11 +376,10 @@ class LongpollManager:
         self._schedule_wake(woken)
 
     def close(self) -> None:
-        """:meth:`drain`, then refuse new events and close the persister. Idempotent."""
+        """:meth:`drain`, then refuse new events and close the engine. Idempotent."""
         self.drain()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if self._persister is not None:
-            self._persister.close()
+        self._engine.close()
