@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -360,9 +361,30 @@ def test_failed_write_is_kept_and_retried(
     monkeypatch.setattr(persist, "_write_out", failing_once)
     with caplog.at_level(logging.ERROR, logger="wsgi_longpoll.persist"):
         published = [manager.publish("news", n).id for n in range(3)]
+        # The failed write is the buffer's or the flush's own; then it raises.
+        with contextlib.suppress(OSError):
+            persister.flush()
         persister.flush()
     assert "No space left on device" in caplog.text
     assert [r["id"] for r in records_in(event_file)] == published
+
+
+def test_flush_raises_when_the_disk_fails(
+    make_persister: Callable[..., FilePersister], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int, pending: bytearray) -> None:
+        if pending:
+            raise OSError(5, "Input/output error")
+
+    persister = make_persister(write_buffer_size=1 << 20, write_flush_period_seconds=3600)
+    persister.flush()
+    monkeypatch.setattr(persist, "_write_out", failing)
+    persister.append(Event(1000, "news", UUIDS[0], "lost?"))
+    with pytest.raises(OSError, match="Input/output error"):
+        persister.flush()
+    monkeypatch.undo()
+    persister.flush()
+    assert [e.data for e in persister.load()] == ["lost?"]
 
 
 def test_writer_is_a_real_thread_in_a_monkey_patched_process(event_file: Path) -> None:

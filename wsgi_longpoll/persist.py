@@ -77,11 +77,12 @@ def _fsync_directory(path: str) -> None:
 class _Command:
     """An order for the writer thread, with a lock released when it has been carried out."""
 
-    __slots__ = ("kind", "events", "done")
+    __slots__ = ("kind", "events", "done", "error")
 
     def __init__(self, kind: str, events: list[Event] | None = None) -> None:
         self.kind = kind
         self.events = events
+        self.error: OSError | None = None  # why the writes before it failed
         self.done = _allocate_lock()
         self.done.acquire()
 
@@ -267,11 +268,19 @@ class FilePersister:
 
         It blocks the calling OS thread, hub included: call it from a script or a test,
         not from a request handler. A no-op once closed.
+
+        :raises OSError: if the write failed; what was not written is kept, and
+            retried at the next flush period or call.
         """
         command = _Command("flush")
-        with contextlib.suppress(RuntimeError):  # closed: everything is written already
+        try:
             self._send(command)
-            self._wait(command)
+        except RuntimeError:  # closed: everything is written already
+            return
+        self._wait(command)
+        if command.error is not None:
+            error = command.error
+            raise OSError(error.errno, error.strerror, self.file_name)
 
     def close(self) -> None:
         """Write out everything appended, sync it with *fsync*, and close the file.
@@ -344,7 +353,8 @@ class FilePersister:
                     buffer += item
                     continue
                 assert isinstance(item, _Command)
-                if self._write(buffer, sync=self.fsync):
+                item.error = self._write(buffer, sync=self.fsync)
+                if item.error is None:
                     deadline = None
                 if item.kind == "compact":
                     assert item.events is not None
@@ -364,13 +374,13 @@ class FilePersister:
                     return
             now = monotonic()
             if len(buffer) >= self.write_buffer_size and now >= retry_at:
-                if self._write(buffer, sync=False):
+                if self._write(buffer, sync=False) is None:
                     if not self.fsync:
                         deadline = None
                 else:
                     retry_at = now + self.write_flush_period_seconds
             if deadline is not None and now >= deadline:
-                if self._write(buffer, sync=self.fsync):
+                if self._write(buffer, sync=self.fsync) is None:
                     deadline = None
                 else:
                     deadline = now + self.write_flush_period_seconds
@@ -379,18 +389,18 @@ class FilePersister:
                     deadline = self._pending_since + target  # came while this batch was written
                 self._writer_has_deadline = deadline is not None
 
-    def _write(self, buffer: bytearray, *, sync: bool) -> bool:
-        """Write *buffer* out (and sync the file); log and return ``False`` on failure."""
+    def _write(self, buffer: bytearray, *, sync: bool) -> OSError | None:
+        """Write *buffer* out (and sync the file); log and return the error on failure."""
         try:
             _write_out(self._fd, buffer)
             if sync:
                 os.fsync(self._fd)
-        except OSError:
+        except OSError as error:
             logger.exception(
                 "%s: cannot write %d bytes; they are kept and retried", self, len(buffer)
             )
-            return False
-        return True
+            return error
+        return None
 
     def _compact(self, events: list[Event]) -> bool:
         """Replace the file by one holding *events*; log and return ``False`` on failure."""
