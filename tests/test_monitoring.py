@@ -10,13 +10,12 @@ from typing import Any
 import gevent
 import pytest
 import requests
+from conftest import wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
 from wsgi_longpoll.auth import bearer_token
 from wsgi_longpoll.monitoring import MonitoringMiddleware
-
-from conftest import wait_until
 
 
 def other_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
