@@ -407,3 +407,50 @@ def test_basic_auth_and_headers_reach_the_server_and_a_refusal_stops_the_client(
         "data": {"hello": "world"},
     }
 
+
+
+def test_each_poll_asks_after_the_last_event_and_nothing_comes_twice(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    # A scripted fetch, as in test_follower.py: the exact queries, and what is handed out.
+    browser.get(demo.url + "/no-page-here")
+    result = run_async(browser, """
+        const { LongpollClient } = await import("/static/longpoll.js");
+        const ev = (timestamp, id) => ({ timestamp, category: "news", data: id, id });
+        const answers = [
+          { timeout: "no events before timeout", timestamp: 1000 },  // from now: nothing yet
+          { events: [ev(1001, "a"), ev(1001, "b"), ev(1001, "x")] },
+          { timeout: "no events before timeout", timestamp: 5000 },  // keep the cursor
+          { events: [ev(1001, "a"), ev(1001, "b")] },  // x lost: these again, at once
+          { events: [ev(1002, "c")] },
+        ];
+        const queries = [];
+        const got = [];
+        return await new Promise((resolve) => {
+          const client = new LongpollClient({
+            subscribeUrl: "/events", category: "news",
+            onEvent: (event) => got.push(event.id),
+            fetch: async (url) => {
+              const query = Object.fromEntries(new URL(url).searchParams);
+              queries.push(query);
+              if (!answers.length) {
+                client.stop();
+                resolve({ queries, got, cursor: client.cursor });
+                return new Promise(() => {});
+              }
+              return new Response(JSON.stringify(answers.shift()), { status: 200 });
+            },
+          });
+          client.start();
+        });
+    """)
+    assert result["got"] == ["a", "b", "x", "c"]
+    assert result["queries"] == [
+        {"category": "news", "timeout": "1"},
+        {"category": "news", "timeout": "45", "since_time": "999"},
+        {"category": "news", "timeout": "45", "since_time": "1001", "last_id": "x"},
+        {"category": "news", "timeout": "45", "since_time": "1001", "last_id": "x"},
+        {"category": "news", "timeout": "45", "since_time": "1001", "last_id": "b"},
+        {"category": "news", "timeout": "45", "since_time": "1002", "last_id": "c"},
+    ]
+    assert result["cursor"] == {"sinceTime": 1002, "lastId": "c"}

@@ -231,6 +231,18 @@ def test_events_the_server_sends_again_are_not_handed_out_twice() -> None:
     assert ids(list(follower)) == ["a", "b", "c", "d", "e"]
 
 
+def test_a_server_that_lost_last_id_is_asked_after_an_event_it_still_has() -> None:
+    # x was handed out, then lost in a restart; the server answers with a and b, which
+    # came before x in the same millisecond. Asking after x again would get them again.
+    follower, adapter = scripted([
+        events_body((7, "a"), (7, "b"), (7, "x")),
+        events_body((7, "a"), (7, "b")),
+        events_body((8, "c")),
+    ])
+    assert ids(list(follower)) == ["a", "b", "x", "c"]
+    assert [query.get("last_id") for query in adapter.queries[1:4]] == ["x", "b", "c"]
+
+
 def test_timeouts_repoll_at_once_and_errors_back_off_with_jitter_then_reset() -> None:
     clock = FakeClock()
     follower, adapter = scripted(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -349,7 +349,10 @@ class Follower:
             if not response.events:
                 self._after_timeout(response.timestamp)
                 continue
-            for event in self._unseen(response.events):
+            for event in response.events:
+                if self._handed_out(event):
+                    self._skip(event)
+                    continue
                 self._advance(event)
                 yield event
                 if self._stopping:
@@ -431,16 +434,24 @@ class Follower:
             self._cursor = Cursor(server_time - 1)
             self._ids_at_cursor_time = set()
 
-    def _unseen(self, events: Iterable[Event]) -> Iterator[Event]:
-        for event in events:
-            cursor = self._cursor
-            if cursor is not None and (
-                event.timestamp < cursor.since_time
-                or (event.timestamp == cursor.since_time and event.id in self._ids_at_cursor_time)
-            ):
-                logger.debug("skipping event %s: already handed out", event.id)
-                continue
-            yield event
+    def _handed_out(self, event: Event) -> bool:
+        cursor = self._cursor
+        return cursor is not None and (
+            event.timestamp < cursor.since_time
+            or (event.timestamp == cursor.since_time and event.id in self._ids_at_cursor_time)
+        )
+
+    def _skip(self, event: Event) -> None:
+        """Pass over *event*, handed out before, and move the cursor onto it if it can.
+
+        A server that no longer knows ``last_id`` (lost in a restart) answers at once with
+        the events of that millisecond it still has, all handed out before; the next poll
+        must name one of those, or the server would answer the same again and again.
+        """
+        logger.debug("skipping event %s: already handed out", event.id)
+        cursor = self._cursor
+        if cursor is not None and event.timestamp == cursor.since_time:
+            self._cursor = Cursor.after(event)
 
     def _advance(self, event: Event) -> None:
         cursor = self._cursor

@@ -346,7 +346,14 @@
         const cursor = this._cursor;
         if (cursor && (event.timestamp < cursor.sinceTime ||
             (event.timestamp === cursor.sinceTime && this._idsAtCursorTime.has(event.id)))) {
-          continue; // already handed out (a server that no longer knows last_id resends)
+          // Handed out before: a server that no longer knows last_id (lost in a restart)
+          // sends the events of that millisecond it still has. Name one of those in the
+          // next poll, or the server would answer the same again and again.
+          if (event.timestamp === cursor.sinceTime) {
+            this._cursor = { sinceTime: event.timestamp, lastId: event.id };
+            this._saveCursor();
+          }
+          continue;
         }
         if (!cursor || event.timestamp !== cursor.sinceTime) this._idsAtCursorTime = new Set();
         this._idsAtCursorTime.add(event.id);
