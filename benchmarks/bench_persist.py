@@ -108,6 +108,29 @@ def publish_rate(
     return events / elapsed, cpu / events * 1e6
 
 
+def append_cost_us(directory: Path, options: dict[str, Any], events: int) -> float:
+    """CPU µs per ``FilePersister.append``, the writer thread's work included."""
+    import uuid
+
+    from wsgi_longpoll.event import Event
+    from wsgi_longpoll.persist import FilePersister
+
+    batch = [Event(1_000_000 + n, f"category-{n % 10}", str(uuid.uuid4()),
+                   {"message": "hello world", "n": 0}) for n in range(events)]
+    for event in batch:
+        event.to_json()  # publish encodes each event before it reaches the persister
+    path = directory / "append.log"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    persister = FilePersister(path, **options)
+    persister.flush()
+    started = time.process_time()
+    for event in batch:
+        persister.append(event)
+    persister.close()
+    return (time.process_time() - started) / events * 1e6
+
+
 def run_inprocess(
     directory: Path, events: int, rounds: int
 ) -> dict[str, dict[str, float]]:
@@ -300,10 +323,19 @@ def main() -> None:
         report["inprocess"] = inprocess
         off = inprocess["off"]
         print(f"\nin-process publish, {args.events} events, median of {args.rounds}:")
+        append_costs = {
+            mode: statistics.median(
+                append_cost_us(directory, options, args.events) for _ in range(args.rounds)
+            )
+            for mode, options in MODES.items() if options is not None
+        }
+        report["append_cpu_us"] = append_costs
         for mode, figures in inprocess.items():
             rate, cpu = figures["events_per_s"], figures["cpu_us_per_event"]
             print(f"  {mode:24} {rate:>10,.0f} events/s {rate / off['events_per_s']:5.2f} x off"
                   f"   {cpu:5.1f} CPU µs/event {off['cpu_us_per_event'] / cpu:5.2f} x off")
+        print("  of which FilePersister.append and the writer thread: " + ", ".join(
+            f"{mode} {cost:.1f}" for mode, cost in append_costs.items()) + " CPU µs/event")
 
         if args.skip_http or shutil.which("wrk") is None:
             print("\nHTTP: skipped" + ("" if args.skip_http else " (wrk is not installed)"))

@@ -42,7 +42,7 @@ _LOGGED_BAD_LINES = 20
 
 #: The writer aims to write an event this fraction of the flush period early, so that
 #: a thread scheduled a little late still meets the period.
-_DEADLINE_HEADROOM = 0.1
+_DEADLINE_HEADROOM = 0.2
 
 #: Compaction writes the new file in pieces of this size.
 _COMPACTION_CHUNK = 1024 * 1024
