@@ -162,6 +162,11 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
         environ["wsgi_longpoll.connection"] = self.socket
         return environ
 
+    def log_request(self) -> None:
+        # pywsgi formats the access-log line even when the log is off: skip that work.
+        if self.server.access_log:
+            super().log_request()
+
 
 class _WSGIServer(WSGIServer):  # type: ignore[misc]
     handler_class = _Handler
@@ -170,6 +175,7 @@ class _WSGIServer(WSGIServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.access_log = kwargs.get("log", "default") is not None
         self.connections: set[_Handler] = set()
         self.closing = False
 
@@ -205,6 +211,10 @@ class Server:
     :param metrics_path: serve the statistics in the Prometheus text format here.
     :param health_path: serve a health check for load balancers here.
     :param before_stats: a hook run before the statistics and metrics are answered.
+    :param redis_url: keep the events in Redis at this URL, shared with every other
+        server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
+    :param redis_key_prefix: put before every Redis key, so that several applications
+        share one Redis.
     :param app: the WSGI application that answers every other path (default: 404).
     """
 
@@ -225,6 +235,8 @@ class Server:
         metrics_path: str | None = None,
         health_path: str | None = None,
         before_stats: Hook | None = None,
+        redis_url: str | None = None,
+        redis_key_prefix: str = "wsgi_longpoll:",
         app: WSGIApplication | None = None,
     ) -> None:
         self._manager_options: dict[str, Any] = {
@@ -233,6 +245,8 @@ class Server:
             "delete_event_after_first_retrieval": delete_event_after_first_retrieval,
             "max_categories": max_categories,
             "max_waiting_subscribers": max_waiting_subscribers,
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_key_prefix,
         }
         if header_timeout is not None and not header_timeout > 0:
             raise ValueError("header_timeout must be more than 0, or None")
