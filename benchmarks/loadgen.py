@@ -41,6 +41,7 @@ __all__ = [
     "publish_once",
     "raise_open_files_limit",
     "read_rss_kb",
+    "server_cpu_seconds",
 ]
 
 Progress = Callable[[str], None]
@@ -69,7 +70,8 @@ def read_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def _cpu_seconds(pid: int) -> float:
+def server_cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process *pid* has used, in seconds."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
@@ -359,10 +361,10 @@ def _wait_parked(target: Target, count: int, progress: Progress) -> None:
     time.sleep(1 + count / 5000)
     if target.pid is None:
         return
-    before = _cpu_seconds(target.pid)
+    before = server_cpu_seconds(target.pid)
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        after = _cpu_seconds(target.pid)
+        after = server_cpu_seconds(target.pid)
         if after - before < 0.02:
             return
         before = after
@@ -383,6 +385,9 @@ class FanoutResult:
     answered: int
     bad_answers: int
     publish_status: int | None
+    #: The server's CPU time (user + system) from the publish to the last answer, per
+    #: answer: steadier than the wall clock on a shared machine.
+    server_cpu_us_per_answer: float | None = None
 
 
 def fanout(target: Target, count: int, progress: Progress = _quiet,
@@ -413,6 +418,7 @@ def fanout(target: Target, count: int, progress: Progress = _quiet,
         answered = bad = 0
         marker_bytes = marker.encode()
         progress(f"publishing to {count:,} parked subscribers")
+        cpu_before = server_cpu_seconds(target.pid) if target.pid else None
         started = time.perf_counter()
         publisher.sendall(target.publish_request(category, marker))
         finished = started
@@ -443,6 +449,9 @@ def fanout(target: Target, count: int, progress: Progress = _quiet,
                     bad += 1
                 poller.unregister(fd)
                 sock.close()
+        cpu_per_answer = None
+        if cpu_before is not None and target.pid and answered:
+            cpu_per_answer = (server_cpu_seconds(target.pid) - cpu_before) / answered * 1e6
         publisher.close()
     finally:
         poller.close()
@@ -450,7 +459,7 @@ def fanout(target: Target, count: int, progress: Progress = _quiet,
             sock.close()
     bad += count - answered
     return FanoutResult(count, (finished - started) * 1000, rss_parked, rss_idle,
-                        answered, bad, publish_status)
+                        answered, bad, publish_status, cpu_per_answer)
 
 
 # -- delivery latency ------------------------------------------------------------------

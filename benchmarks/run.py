@@ -146,13 +146,20 @@ def measure_rates(target: Target, args: argparse.Namespace, label: str) -> dict[
         tool = "wrk" if use_wrk else "the Python load generator"
         report(f"{what} requests/s with {tool}, {args.connections} connections, "
                f"{args.duration:g} s")
+        cpu_before = loadgen.server_cpu_seconds(target.pid) if target.pid else None
         if use_wrk:
             rate = _wrk(url, args.connections, args.duration, script)
         else:
             rate = loadgen.keepalive_rate(target, request, args.connections, args.duration,
                                           report)
-        report(f"{what}: {rate.per_second:,.0f} requests/s ({rate.errors} errors)")
-        results[name] = dataclasses.asdict(rate) | {"per_second": rate.per_second}
+        cpu_us = None
+        if cpu_before is not None and target.pid and rate.requests:
+            cpu_us = ((loadgen.server_cpu_seconds(target.pid) - cpu_before)
+                      / rate.requests * 1e6)
+        report(f"{what}: {rate.per_second:,.0f} requests/s ({rate.errors} errors)"
+               + (f", server CPU {cpu_us:.0f} us/request" if cpu_us else ""))
+        results[name] = dataclasses.asdict(rate) | {"per_second": rate.per_second,
+                                                    "server_cpu_us": cpu_us}
     return results
 
 
@@ -220,10 +227,15 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
                          + (f", {found['errors']} errors" if found["errors"] else "") + ")")
         return cells
 
+    def cpu(name: str) -> list[str]:
+        return [_fmt((run.get(name) or {}).get("server_cpu_us"), " us") for run in runs.values()]
+
     rows.append(("publish requests/s", rate("publish_rps"),
                  f"{GOLONGPOLL_REFERENCE['publish_rps']:,}", TARGETS["publish_rps"]))
+    rows.append(("  server CPU per publish", cpu("publish_rps"), "", ""))
     rows.append(("immediate subscribe requests/s", rate("subscribe_rps"),
                  f"{GOLONGPOLL_REFERENCE['subscribe_rps']:,}", TARGETS["subscribe_rps"]))
+    rows.append(("  server CPU per immediate answer", cpu("subscribe_rps"), "", ""))
     counts = sorted({f["subscribers"] for run in runs.values() for f in run["fanout"]})
     for count in counts:
         cells, memory = [], []
@@ -240,6 +252,11 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         reference = GOLONGPOLL_REFERENCE["fanout_ms"].get(count)
         rows.append((f"fan-out to {count:,} parked", cells,
                      _fmt(reference, " ms"), TARGETS["fanout_10000"] if count == 10000 else ""))
+        per_answer = []
+        for run in runs.values():
+            found = next((f for f in run["fanout"] if f["subscribers"] == count), None)
+            per_answer.append(_fmt(found and found["server_cpu_us_per_answer"], " us"))
+        rows.append(("  server CPU per answer", per_answer, "", ""))
         reference = GOLONGPOLL_REFERENCE["rss_mb"].get(count)
         rows.append((f"RSS with {count:,} parked", memory, _fmt(reference, " MB"), ""))
     rows.append(("memory per parked subscriber",
