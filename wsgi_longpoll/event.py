@@ -15,11 +15,15 @@ def encode_json(value: Any) -> bytes:
     Non-ASCII text stays as UTF-8; a string that cannot be UTF-8 (a lone surrogate
     that came in as a ``\\ud800`` escape) is written as an escape instead, so that
     every accepted value can be written back unchanged.
+
+    :raises ValueError: for NaN and infinities, which JSON cannot hold.
     """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

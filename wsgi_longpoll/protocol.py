@@ -7,6 +7,7 @@ v1.3.1's (see PROTOCOL.md), so that existing clients work unchanged.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -100,6 +101,8 @@ def timeout_error(max_timeout: int) -> str:
 def _parse_go_int(text: str) -> int | None:
     if not _GO_INTEGER.fullmatch(text):
         return None
+    if len(text.lstrip("+-").lstrip("0")) > 19:  # out of int64; int() refuses > 4300 digits
+        return None
     value = int(text)
     return value if _INT64_MIN <= value <= _INT64_MAX else None
 
@@ -183,13 +186,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 would become inf, which JSON cannot hold: every subscriber would get an
+    # answer it cannot parse. golongpoll refuses it too (float64 overflow).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def parse_publish_body(body: bytes) -> PublishBody:
     """Validate a publish request body.
 
     :raises ProtocolError: with the message of the first rule broken.
     """
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        document = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (ValueError, RecursionError):
         raise ProtocolError(PUBLISH_BODY_ERROR) from None
     if not isinstance(document, dict):
