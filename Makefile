@@ -22,6 +22,12 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The property tests with many more examples and fresh randomness (make test runs a
+# bounded, fixed-seed number). FUZZ_ARGS="-x" and the like go to pytest.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	WSGI_LONGPOLL_FUZZ=long $(BIN)/python -m pytest tests/test_fuzz.py -o timeout=3600 $(FUZZ_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check wsgi_longpoll tests examples
 	$(BIN)/mypy --strict wsgi_longpoll

@@ -32,6 +32,7 @@ setup(
             "webtest>=3.0",
             "flask>=3.0",
             "django>=4.2",
+            "hypothesis>=6.100",
             "selenium>=4.10",
         ],
         "dev": [
