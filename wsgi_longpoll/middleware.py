@@ -216,7 +216,7 @@ class LongpollMiddleware:
                 return _respond(start_response, "413 Request Entity Too Large", _JSON_HEADERS,
                                 error_body(f"Request body too large: the limit is "
                                            f"{self.max_body_size} bytes."))
-            except ValueError:
+            except (ValueError, OSError):  # OSError: a truncated or badly chunked body
                 return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
                                 error_body(PUBLISH_BODY_ERROR))
             # The hook may read the body; give it (and anyone after it) a fresh copy.
@@ -268,6 +268,7 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
 
     :raises _BodyTooLarge: if the body is larger than *limit*.
     :raises ValueError: if ``CONTENT_LENGTH`` is not a number.
+    :raises OSError: if the client sends less than it announced, or bad chunked encoding.
     """
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH") or ""
