@@ -455,6 +455,16 @@ def test_django_rungevent_answers_waiting_polls_and_exits_0_on_signal(
         assert poll.answer()["timeout"] == "no events before timeout"
 
 
+
+def test_django_runserver_refuses_long_polls_but_serves_views(tmp_path: Path) -> None:
+    # runserver runs requests in threads: the middleware says so instead of misbehaving.
+    with running_script(tmp_path, str(MANAGE_PY), "runserver", "--noreload") as server:
+        refused = requests.get(f"{server.url}/events",
+                               params={"category": "notifications", "timeout": 5}, timeout=10)
+        assert refused.status_code == 500
+        assert "gevent" in refused.json()["error"]
+        assert requests.get(f"{server.url}/status/", timeout=10).json()["waiting"] == 0
+
 # -- gunicorn (examples/gunicorn.conf.py) --------------------------------------------------
 
 needs_gunicorn = pytest.mark.skipif(
