@@ -216,8 +216,14 @@ class LongpollMiddleware:
                 return _respond(start_response, "413 Request Entity Too Large", _JSON_HEADERS,
                                 error_body(f"Request body too large: the limit is "
                                            f"{self.max_body_size} bytes."))
-            except (ValueError, OSError):  # OSError: a truncated or badly chunked body
+            except ValueError:
                 return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
+                                error_body(PUBLISH_BODY_ERROR))
+            except OSError:  # a truncated or badly chunked body: where the next request
+                # would start is unknown, so the server must not read one (gevent's pywsgi
+                # and gunicorn close the connection on this header).
+                return _respond(start_response, "400 Bad Request",
+                                [*_JSON_HEADERS, ("Connection", "close")],
                                 error_body(PUBLISH_BODY_ERROR))
             # The hook may read the body; give it (and anyone after it) a fresh copy.
             environ["wsgi.input"] = io.BytesIO(body)
