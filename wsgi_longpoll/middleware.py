@@ -220,8 +220,8 @@ class LongpollMiddleware:
                 return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
                                 error_body(PUBLISH_BODY_ERROR))
             except OSError:  # a truncated or badly chunked body: where the next request
-                # would start is unknown, so the server must not read one (gevent's pywsgi
-                # and gunicorn close the connection on this header).
+                # would start is unknown, so ask the server to close the connection
+                # (gevent's pywsgi honours this header; gunicorn ignores it).
                 return _respond(start_response, "400 Bad Request",
                                 [*_JSON_HEADERS, ("Connection", "close")],
                                 error_body(PUBLISH_BODY_ERROR))
