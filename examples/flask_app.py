@@ -147,4 +147,7 @@ def serve(app: Flask, address: str = "127.0.0.1:5000", shutdown_timeout: float =
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(app, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:5000")
+    try:
+        serve(app, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:5000")
+    except (OSError, ValueError) as error:  # a bad address, or one already in use
+        sys.exit(f"cannot serve: {error}")

@@ -27,16 +27,20 @@ def main(address: str = "127.0.0.1:8080") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     server = Server()
-    server.start(
-        ServerInfo(
-            address=address,
-            timeout_seconds=120,
-            subscription_uri="/events",
-            publish_uri="/publish",
-        ),
-        FilePersistorInfo(use=False),
-        None,
-    )
+    try:
+        server.start(
+            ServerInfo(
+                address=address,
+                timeout_seconds=120,
+                subscription_uri="/events",
+                publish_uri="/publish",
+            ),
+            FilePersistorInfo(use=False),
+            None,
+        )
+    except (OSError, ValueError) as error:  # a bad address, or one already in use
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()

@@ -182,6 +182,23 @@ def test_standalone_serves_the_seed_endpoints_and_exits_0_on_signal(
         assert server.stop(signum) == 0, server.output()
 
 
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["examples/standalone.py"], "cannot start: invalid address",
+                     id="standalone"),
+        pytest.param(["examples/flask_app.py"], "cannot serve: invalid address", id="flask"),
+        pytest.param([str(MANAGE_PY), "rungevent"], "CommandError: invalid address",
+                     id="django"),
+    ],
+)
+def test_scripts_reject_a_bad_address_with_a_clear_error(args: list[str], message: str) -> None:
+    result = run_script(*args, "localhost")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
 def test_client_example_publishes_then_reads_the_event_back(tmp_path: Path) -> None:
     with running_script(tmp_path, "examples/standalone.py") as server:
         result = run_script("examples/client.py", server.url)
