@@ -211,6 +211,10 @@ class Server:
     :param metrics_path: serve the statistics in the Prometheus text format here.
     :param health_path: serve a health check for load balancers here.
     :param before_stats: a hook run before the statistics and metrics are answered.
+    :param redis_url: keep the events in Redis at this URL, shared with every other
+        server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
+    :param redis_key_prefix: put before every Redis key, so that several applications
+        share one Redis.
     :param app: the WSGI application that answers every other path (default: 404).
     """
 
@@ -231,6 +235,8 @@ class Server:
         metrics_path: str | None = None,
         health_path: str | None = None,
         before_stats: Hook | None = None,
+        redis_url: str | None = None,
+        redis_key_prefix: str = "wsgi_longpoll:",
         app: WSGIApplication | None = None,
     ) -> None:
         self._manager_options: dict[str, Any] = {
@@ -239,6 +245,8 @@ class Server:
             "delete_event_after_first_retrieval": delete_event_after_first_retrieval,
             "max_categories": max_categories,
             "max_waiting_subscribers": max_waiting_subscribers,
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_key_prefix,
         }
         if header_timeout is not None and not header_timeout > 0:
             raise ValueError("header_timeout must be more than 0, or None")
