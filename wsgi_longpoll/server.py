@@ -17,6 +17,7 @@ import datetime
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import is_module_patched
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 from werkzeug.exceptions import NotFound
 
 from .cors import CORSMiddleware
@@ -111,6 +112,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     """pywsgi's handler, plus what the server needs to stop quickly and detect hang-ups."""
 
     busy = False
+    provided_date: Any  # pywsgi's: the Date header the application gave, if any
     #: The deadline for the request line and headers of the request being read, if any.
     header_deadline: gevent.Timeout | None = None
 
@@ -166,6 +168,24 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
         # pywsgi formats the access-log line even when the log is off: skip that work.
         if self.server.access_log:
             super().log_request()
+
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:  # pywsgi would format the date for each response
+            self.response_headers.append((b"Date", _http_date()))
+            self.provided_date = True
+        super().finalize_headers()
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The current time as an HTTP ``Date`` value, formatted once a second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_date_time(second))
+    return _date_cache[1]
 
 
 class _WSGIServer(WSGIServer):  # type: ignore[misc]
