@@ -81,6 +81,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], Targe
         "--no-access-log", "--no-demo", "--log-level", "WARNING", "--stats-path", "/stats",
         "--timeout-seconds", str(args.poll_timeout),
         "--max-waiting-subscribers", str(max(50_000, args.subscribers * 2)),
+        "--buffer-size", str(args.buffer_size),
     ]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
@@ -154,15 +155,23 @@ def follow(target: Target, subscriber: Subscriber, args: argparse.Namespace, run
                 sock.close()
 
 
-def publish_steadily(target: Target, args: argparse.Namespace, run: Run, until: float) -> None:
-    """Publish ``args.rate`` events a second round-robin over the categories."""
+def publish_steadily(
+    target: Target, args: argparse.Namespace, run: Run, until: float, part: int = 0,
+    parts: int = 1,
+) -> None:
+    """Publish ``args.rate / parts`` events a second round-robin over this part's categories.
+
+    Each category belongs to one part, so that its events are published one at a time, in
+    the order of their ``seq``.
+    """
     sock = target.connect()
     buffer = bytearray()
-    interval = 1 / args.rate
+    interval = parts / args.rate
     next_at = time.monotonic()
+    categories = range(part, args.categories, parts)
     number = 0
     while time.monotonic() < until:
-        category = f"c{number % args.categories}"
+        category = f"c{categories[number % len(categories)]}"
         seqs = run.published.setdefault(category, [])
         seq = len(seqs)
         try:
@@ -181,6 +190,29 @@ def publish_steadily(target: Target, args: argparse.Namespace, run: Run, until: 
         if delay > 0:
             gevent.sleep(delay)
     sock.close()
+
+
+def publish_only(args: argparse.Namespace) -> int:
+    """The publisher process: publish for ``--seconds``, then print what was accepted."""
+    host, _, port = args.publish_only.rpartition(":")
+    target = Target(host, int(port))
+    run = Run()
+    until = time.monotonic() + args.seconds
+    parts = min(args.publishers, args.categories)
+    gevent.joinall([gevent.spawn(publish_steadily, target, args, run, until, part, parts)
+                    for part in range(parts)], raise_error=True)
+    json.dump({"published": run.published, "failures": run.publish_failures}, sys.stdout)
+    return 0
+
+
+def start_publisher(target: Target, args: argparse.Namespace) -> subprocess.Popen[str]:
+    """Publish from a process of its own, so that the subscribers' load does not slow it."""
+    command = [
+        sys.executable, __file__, "--publish-only", f"{target.host}:{target.port}",
+        "--seconds", str(args.seconds), "--rate", str(args.rate),
+        "--categories", str(args.categories), "--publishers", str(args.publishers),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
 def stats(target: Target) -> dict[str, Any]:
@@ -243,9 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-up-chance", type=float, default=0.3,
                         help="chance that a churning subscriber hangs up during a poll")
     parser.add_argument("--poll-timeout", type=int, default=30)
+    parser.add_argument("--buffer-size", type=int, default=10,
+                        help="events kept per category: small, so that the buffers are "
+                        "full (and memory should be flat) after the first minute")
+    parser.add_argument("--publishers", type=int, default=4,
+                        help="publishing connections, each with its share of the categories")
+    parser.add_argument("--publish-only", metavar="HOST:PORT", help=argparse.SUPPRESS)
     parser.add_argument("--sample-every", type=float, default=10, help="seconds")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    if args.publish_only:
+        return publish_only(args)
 
     raise_open_files_limit()
     process, target = start_server(args)
@@ -267,13 +307,18 @@ def main(argv: list[str] | None = None) -> int:
             gevent.sleep(0.5)
         started = time.monotonic()
         sample(target, run, started, subscribers)
-        publisher = gevent.spawn(publish_steadily, target, args, run, started + args.seconds)
-        while not publisher.ready():
-            publisher.join(timeout=args.sample_every)
+        publisher = start_publisher(target, args)
+        while publisher.poll() is None:
+            gevent.sleep(min(args.sample_every, max(0.1, started + args.seconds
+                                                    - time.monotonic() + 1)))
             if process.poll() is not None:
                 raise SystemExit("the server died")
             sample(target, run, started, subscribers)
-        publisher.get()
+        assert publisher.stdout is not None
+        report = json.loads(publisher.stdout.read())
+        if publisher.wait() != 0:
+            raise SystemExit("the publisher failed")
+        run.published, run.publish_failures = report["published"], report["failures"]
         # Let the stayers catch up with the last events (bounded), then stop everyone.
         catch_up = time.monotonic() + args.poll_timeout + 10
         while time.monotonic() < catch_up and any(
@@ -302,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib_end": run.samples[-1]["rss_mib"],
         "rss_mib_max": max(row["rss_mib"] for row in run.samples),
         "server_cpu_seconds": run.samples[-1]["server_cpu_seconds"],
+        "subscriber_client_cpu_seconds": round(sum(os.times()[:2]), 1),
         "server_stats_at_end": server_stats,
         "server_exit_status": process.returncode,
         **result,
