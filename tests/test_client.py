@@ -18,7 +18,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from wsgi_longpoll import client
+from wsgi_longpoll import Server, ServerInfo, client
 from wsgi_longpoll.client import (
     SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS,
     ClientError,
@@ -29,7 +29,7 @@ from wsgi_longpoll.client import (
     publish,
     subscription,
 )
-from wsgi_longpoll.event import Event
+from wsgi_longpoll.event import Event, Gap
 
 EVENTS_BODY = (
     b'{"events":['
@@ -586,3 +586,146 @@ def test_publish_validates_the_request_before_sending(
     with pytest.raises(ValueError, match=f"publish_request.{field_name}"):
         publish(server.base_url + "/publish", 10, None, request_, "", "", None)
     assert server.requests == []
+
+
+# --- the extensions: several categories in one request, and gaps --------------------------
+
+GAP = {
+    "category": "news",
+    "since_time": 1795800310100,
+    "last_id": "5d3f9e2a-1b7c-4d8e-9f0a-2b3c4d5e6f70",
+}
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected_query"),
+    [
+        pytest.param(
+            SubscriptionRequest("news", 30, categories=["sport", "weather"]),
+            [("category", "news"), ("categories", "sport"), ("categories", "weather"),
+             ("timeout", "30")],
+            id="category-and-categories",
+        ),
+        pytest.param(
+            SubscriptionRequest("", 30, categories=("sport", "weather")),
+            [("categories", "sport"), ("categories", "weather"), ("timeout", "30")],
+            id="empty-category-is-left-out",
+        ),
+        pytest.param(
+            SubscriptionRequest("news", 30, 1795800310214, "x", categories=["a b&c=d"]),
+            [("category", "news"), ("categories", "a b&c=d"), ("timeout", "30"),
+             ("since_time", "1795800310214"), ("last_id", "x")],
+            id="with-a-cursor-and-escaped",
+        ),
+        pytest.param(
+            SubscriptionRequest("", 30),
+            [("category", ""), ("timeout", "30")],
+            id="no-categories-sends-category-even-empty",
+        ),
+    ],
+)
+def test_subscription_sends_each_category_as_one_categories_parameter(
+    server: RecordingApp, request_: SubscriptionRequest, expected_query: list[tuple[str, str]]
+) -> None:
+    subscription(server.base_url + "/events", None, request_, "", "", None)
+
+    assert server.only_request.query == expected_query
+
+
+def test_no_categories_leaves_the_query_as_golongpolls(server: RecordingApp) -> None:
+    subscription(server.base_url + "/events", None, SubscriptionRequest("news", 30), "", "", None)
+    subscription(
+        server.base_url + "/events", None, SubscriptionRequest("news", 30, categories=[]), "", "",
+        None,
+    )
+
+    first, second = server.requests
+    assert first.query == second.query == [("category", "news"), ("timeout", "30")]
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        pytest.param("sport", "not a single str", id="a-bare-string"),
+        pytest.param(b"sport", "not a single bytes", id="bytes"),
+        pytest.param(["sport", 5], "must hold str", id="not-a-string-inside"),
+    ],
+)
+def test_bad_categories_raise_before_sending(
+    server: RecordingApp, categories: Any, message: str
+) -> None:
+    request = SubscriptionRequest("news", 30, categories=categories)
+
+    with pytest.raises(TypeError, match=message):
+        subscription(server.base_url + "/events", None, request, "", "", None)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "events", "timestamp"),
+    [
+        pytest.param(
+            EVENTS_BODY[:-1] + b',"gaps":[' + json.dumps(GAP).encode() + b"]}",
+            EVENTS, None, id="with-events",
+        ),
+        pytest.param(
+            TIMEOUT_BODY[:-1] + b',"gaps":[' + json.dumps(GAP).encode() + b"]}",
+            [], 1795800310167, id="with-a-timeout",
+        ),
+    ],
+)
+def test_gaps_are_decoded_from_events_and_timeout_answers(
+    server: RecordingApp, body: bytes, events: list[Event], timestamp: int | None
+) -> None:
+    server.body = body
+
+    response = send_subscription(server.base_url)
+
+    assert response.gaps == [Gap("news", 1795800310100, "5d3f9e2a-1b7c-4d8e-9f0a-2b3c4d5e6f70")]
+    assert (response.events, response.timestamp, response.error) == (events, timestamp, None)
+
+
+@pytest.mark.parametrize("body", [EVENTS_BODY, TIMEOUT_BODY, ERROR_BODY],
+                         ids=["events", "timeout", "error"])
+def test_an_answer_without_gaps_has_none(server: RecordingApp, body: bytes) -> None:
+    server.body = body
+
+    assert send_subscription(server.base_url).gaps == []
+
+
+@pytest.mark.parametrize(
+    "gaps",
+    [
+        pytest.param(b'"news"', id="not-a-list"),
+        pytest.param(b"[null]", id="null-gap"),
+        pytest.param(b'[{"category": "news", "since_time": "1", "last_id": "x"}]', id="str-time"),
+        pytest.param(b'[{"category": "", "since_time": 1, "last_id": "x"}]', id="no-category"),
+        pytest.param(b'[{"category": "news", "since_time": 1}]', id="no-last-id"),
+    ],
+)
+def test_an_invalid_gap_raises_invalid_response(server: RecordingApp, gaps: bytes) -> None:
+    server.body = EVENTS_BODY[:-1] + b',"gaps":' + gaps + b"}"
+
+    with pytest.raises(InvalidResponse, match="gap"):
+        send_subscription(server.base_url)
+
+
+def test_several_categories_and_gaps_against_the_real_server() -> None:
+    live = Server(max_event_buffer_size=2, access_log=False)
+    live.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    try:
+        url = f"http://127.0.0.1:{live.port}/events"
+        published = [live.manager.publish(category, n) for n, category in enumerate("abcab")]
+        # Two events a category: nothing is dropped yet. A cursor just after event 0
+        # gets the rest, in publish order across the three categories.
+        first = published[0]
+        request = SubscriptionRequest("a", 5, first.timestamp, first.id, categories=["b", "c"])
+        answer = subscription(url, None, request, "", "", None)
+        assert (answer.events, answer.gaps) == (published[1:], [])
+
+        newer = [live.manager.publish("a", n) for n in (5, 6)]  # drops 0 (seen) and 3
+        answer = subscription(url, None, request, "", "", None)
+        assert answer.events == published[1:3] + [published[4]] + newer
+        assert answer.gaps == [Gap("a", published[3].timestamp, published[3].id)]
+    finally:
+        live.stop(5)

@@ -1,4 +1,4 @@
-"""The client side, over :mod:`requests`: subscribe to a category and publish events.
+"""The client side, over :mod:`requests`: subscribe to categories and publish events.
 
 :func:`subscription` and :func:`publish` are the seed's Go ``Subscription`` and ``Publish``
 with the same parameters in the same order, so a Go caller maps them one to one. They speak
@@ -17,6 +17,12 @@ Where Go and :mod:`requests` differ, this module chose as follows:
   list-valued header); an empty sequence sends nothing.
 - A :mod:`requests` timeout limits the connect and each read from the socket, not the whole
   exchange as Go's ``http.Client.Timeout`` does.
+
+Two protocol extensions of this package's server (``docs/protocol.md``, "Extensions") are
+supported and change nothing on the wire unless used: :attr:`SubscriptionRequest.categories`
+waits on several categories with one request, and :attr:`SubscriptionResponse.gaps` says
+which categories dropped events the request's cursor had not seen. golongpoll servers ignore
+the first (they answer for ``category`` alone) and never send the second.
 
 Errors: a server's answer, whatever its status, is returned, never raised. Only what has no
 answer raises, with the :mod:`requests` exception that says why
@@ -42,7 +48,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.auth import HTTPBasicAuth
 
-from .event import Event, encode_json
+from .event import Event, Gap, encode_json
 
 __all__ = [
     "SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS",
@@ -95,12 +101,18 @@ class SubscriptionRequest:
         ``0`` leaves it out of the query: only events published from now on.
     :param last_id: the id of the last event seen at ``since_time``, so that events with
         that same timestamp are not missed. ``""`` leaves it out of the query.
+    :param categories: more categories to wait on in the same request (an extension of
+        this package's server), each sent as one ``categories`` parameter; the answer
+        mixes them in publish order and one cursor resumes all of them. Empty (the
+        default): the query is golongpoll's. With categories, an empty *category* is left
+        out of the query. A server allows 16 categories per request by default.
     """
 
     category: str
     timeout_seconds: int
     since_time: int = 0
     last_id: str = ""
+    categories: Sequence[str] = ()
 
 
 @dataclass(slots=True)
@@ -127,6 +139,12 @@ class SubscriptionResponse:
         request), else ``None``. Other statuses are not decoded: look at *status_code*.
     :param timestamp: the server's clock (epoch milliseconds) in a long-poll timeout
         answer, else ``None``.
+    :param gaps: one :class:`~wsgi_longpoll.event.Gap` for each category that dropped
+        events (for its buffer size or time to live) that the request's cursor had not
+        seen, from an events or a timeout answer; empty when the answer has none, as
+        always from golongpoll. The answer's events already start from the oldest event
+        still buffered: go on from the last event, or, if none came, from the gap's
+        cursor.
     """
 
     header: Mapping[str, str]
@@ -134,6 +152,7 @@ class SubscriptionResponse:
     events: list[Event] = field(default_factory=list)
     error: str | None = None
     timestamp: int | None = None
+    gaps: list[Gap] = field(default_factory=list)
 
 
 def subscription(
@@ -144,11 +163,12 @@ def subscription(
     password: str,
     transport: _Transport,
 ) -> SubscriptionResponse:
-    """Wait for events in a category with one long-poll request.
+    """Wait for events in a category (or several) with one long-poll request.
 
-    Sends ``GET raw_url?category=...&timeout=...`` (with ``since_time`` when it is not 0
-    and ``last_id`` when it is not empty) and waits until the server answers with events
-    or its timeout passes. The read timeout is ``request.timeout_seconds`` plus
+    Sends ``GET raw_url?category=...&timeout=...`` (with ``since_time`` when it is not 0,
+    ``last_id`` when it is not empty, and one ``categories`` for each of
+    ``request.categories``) and waits until the server answers with events or its
+    timeout passes. The read timeout is ``request.timeout_seconds`` plus
     :data:`SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS`, so the server's answer always comes first.
 
     To follow a category, call again with ``since_time`` and ``last_id`` set from the last
@@ -157,23 +177,27 @@ def subscription(
     :param raw_url: the subscription endpoint, e.g. ``"http://localhost:8080/events"``;
         an empty host (``"http://:8080/events"``) means this machine.
     :param header: extra request headers, or ``None``; see the module notes for lists.
-    :param request: the category, timeout and cursor.
+    :param request: the categories, timeout and cursor.
     :param username: basic-auth user name; basic auth is sent only when both it and
         *password* are non-empty.
     :param password: basic-auth password.
     :param transport: ``None``, a :class:`requests.Session` to reuse, or a
         :class:`requests.adapters.BaseAdapter` to send through.
     :return: the answer, whatever its status.
+    :raises TypeError: before sending, if ``request.categories`` is a string or holds
+        something else than strings.
     :raises InvalidResponse: if a 200 answer's body is not one the protocol defines.
     :raises requests.RequestException: if there is no answer: a bad URL
         (:class:`~requests.exceptions.InvalidURL` and kin, also :class:`ValueError`), a
         refused or broken connection (:class:`requests.ConnectionError`), or no answer
         within the timeouts (:class:`requests.Timeout`).
     """
-    params: list[tuple[str, str | int]] = [
-        ("category", request.category),
-        ("timeout", request.timeout_seconds),
-    ]
+    extra = _extra_categories(request.categories)
+    params: list[tuple[str, str | int]] = []
+    if request.category or not extra:
+        params.append(("category", request.category))
+    params.extend(("categories", category) for category in extra)
+    params.append(("timeout", request.timeout_seconds))
     if request.since_time != 0:
         params.append(("since_time", request.since_time))
     if request.last_id:
@@ -193,8 +217,10 @@ def subscription(
     )
     if response.status_code != 200:
         return SubscriptionResponse(response.headers, response.status_code)
-    events, error, timestamp = _decode_subscription_body(response)
-    return SubscriptionResponse(response.headers, response.status_code, events, error, timestamp)
+    events, error, timestamp, gaps = _decode_subscription_body(response)
+    return SubscriptionResponse(
+        response.headers, response.status_code, events, error, timestamp, gaps
+    )
 
 
 def publish(
@@ -339,9 +365,23 @@ def _timeout_seconds(timeout: float | datetime.timedelta) -> float | None:
     return None if seconds == 0 else float(seconds)
 
 
+def _extra_categories(categories: Sequence[str]) -> list[str]:
+    """*categories* as a list, checked: a lone string would be sent one letter at a time."""
+    if isinstance(categories, str | bytes):
+        raise TypeError(
+            f"categories must be a sequence of str, not a single {type(categories).__name__}"
+            f" ({categories!r}); write [{categories!r}]"
+        )
+    extra = list(categories)
+    for category in extra:
+        if not isinstance(category, str):
+            raise TypeError(f"categories must hold str, not {category!r}")
+    return extra
+
+
 def _decode_subscription_body(
     response: requests.Response,
-) -> tuple[list[Event], str | None, int | None]:
+) -> tuple[list[Event], str | None, int | None, list[Gap]]:
     try:
         body = json.loads(response.content)
     except ValueError as exc:
@@ -351,21 +391,34 @@ def _decode_subscription_body(
     if "error" in body:
         if not isinstance(body["error"], str):
             raise _invalid(response, "has an 'error' that is not a string")
-        return [], body["error"], None
+        return [], body["error"], None, []
     if "events" in body:
         records = body["events"]
         if not isinstance(records, list):
             raise _invalid(response, "has 'events' that is not a list")
         try:
-            return [Event.from_dict(record) for record in records], None, None
+            events = [Event.from_dict(record) for record in records]
         except ValueError as exc:
             raise _invalid(response, f"has an invalid event ({exc})") from exc
+        return events, None, None, _decode_gaps(response, body)
     if "timeout" in body:
         timestamp = body.get("timestamp")
         if isinstance(timestamp, bool) or not isinstance(timestamp, int):
             timestamp = None  # golongpoll always sends it; tolerate a server that does not
-        return [], None, timestamp
+        return [], None, timestamp, _decode_gaps(response, body)
     raise _invalid(response, "has none of 'events', 'timeout' or 'error'")
+
+
+def _decode_gaps(response: requests.Response, body: dict[str, Any]) -> list[Gap]:
+    records = body.get("gaps")
+    if records is None:
+        return []
+    if not isinstance(records, list):
+        raise _invalid(response, "has 'gaps' that is not a list")
+    try:
+        return [Gap.from_dict(record) for record in records]
+    except ValueError as exc:
+        raise _invalid(response, f"has an invalid gap ({exc})") from exc
 
 
 def _invalid(response: requests.Response, problem: str) -> InvalidResponse:
