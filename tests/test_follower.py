@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -20,9 +20,16 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll.client import PublishRequest, publish
-from wsgi_longpoll.event import Event
-from wsgi_longpoll.follower import Backoff, Cursor, Follower, SubscriptionRejected
+from wsgi_longpoll import engine as engine_module
+from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
+from wsgi_longpoll.event import Event, Gap
+from wsgi_longpoll.follower import (
+    Backoff,
+    Cursor,
+    Follower,
+    GapDetected,
+    SubscriptionRejected,
+)
 
 URL = "http://127.0.0.1:9/events"  # never reached: the scripted tests use an adapter
 
@@ -555,3 +562,374 @@ def test_transient_statuses_are_retried_against_a_real_server(
     finally:
         flaky_server.stop(5)
     assert clock.pauses == [0.25, 0.5]
+
+
+# --- several categories, and gaps: scripted ------------------------------------------------
+
+
+def gap_answer(body: bytes, *gaps: tuple[str, int, str]) -> bytes:
+    """*body* (an events or timeout answer) with a ``gaps`` field."""
+    answer = json.loads(body)
+    answer["gaps"] = [{"category": c, "since_time": t, "last_id": i} for c, t, i in gaps]
+    return json.dumps(answer).encode()
+
+
+def full_queries(adapter: ScriptedAdapter) -> list[list[tuple[str, str]]]:
+    return [parse_qsl(urlsplit(request.url or "").query) for request in adapter.sent]
+
+
+class GapRecorder:
+    """An on_gap callback: notes each report and how many events were handed out before."""
+
+    def __init__(self) -> None:
+        self.received: list[Event] = []
+        self.reports: list[tuple[int, GapDetected]] = []
+
+    def __call__(self, detected: GapDetected) -> None:
+        self.reports.append((len(self.received), detected))
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return [gap for _, detected in self.reports for gap in detected.gaps]
+
+
+def test_several_categories_go_in_one_query_with_one_cursor() -> None:
+    adapter = ScriptedAdapter([timeout_body(1000), events_body((1001, "a"))])
+    follower = Follower(URL, ["news", "sport", "news", "weather"], transport=adapter,
+                        sleep=FakeClock().sleep)
+    adapter.follower = follower
+    assert follower.categories == ("news", "sport", "weather")
+    assert follower.category == "news"
+    assert ids(list(follower)) == ["a"]
+    more = [("categories", "sport"), ("categories", "weather")]
+    assert full_queries(adapter) == [
+        [("category", "news"), *more, ("timeout", "45")],
+        [("category", "news"), *more, ("timeout", "45"), ("since_time", "999")],
+        [("category", "news"), *more, ("timeout", "45"), ("since_time", "1001"),
+         ("last_id", "a")],
+    ]
+
+
+def test_one_category_asks_exactly_as_before() -> None:
+    for category in ("news", ["news"], ("news", "news")):
+        adapter = ScriptedAdapter([])
+        follower = Follower(URL, category, transport=adapter, sleep=FakeClock().sleep)
+        adapter.follower = follower
+        list(follower)
+        assert full_queries(adapter) == [[("category", "news"), ("timeout", "45")]]
+
+
+@pytest.mark.parametrize(
+    ("category", "error", "message"),
+    [
+        ([], ValueError, "at least one category"),
+        (["news", ""], ValueError, "non-empty"),
+        (["news", 5], TypeError, "must be a str"),
+        (b"news", TypeError, "str or a sequence"),
+        (5, TypeError, "str or a sequence"),
+    ],
+    ids=["none", "an-empty-one", "not-a-str", "bytes", "int"],
+)
+def test_bad_categories_are_refused(category: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        Follower(URL, category)
+
+
+def test_a_gap_is_raised_after_the_events_of_its_answer_and_iteration_goes_on() -> None:
+    follower, adapter = scripted([
+        events_body((10, "a")),
+        gap_answer(events_body((20, "d"), (21, "e")), ("news", 15, "c")),
+        events_body((22, "f")),
+    ])
+    received: list[Event] = []
+    with pytest.raises(GapDetected, match="'news'") as caught:
+        for event in follower:
+            received.append(event)
+    assert ids(received) == ["a", "d", "e"]
+    assert caught.value.gaps == [Gap("news", 15, "c")]
+    assert caught.value.cursor == Cursor(10, "a")
+    assert follower.cursor == Cursor(21, "e")
+
+    assert ids(list(follower)) == ["f"]  # iterating again goes on after the gap
+    assert adapter.queries[2] == {"category": "news", "timeout": "45", "since_time": "21",
+                                  "last_id": "e"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "next_cursor"),
+    [
+        (gap_answer(timeout_body(99), ("news", 15, "c")), {"since_time": "15", "last_id": "c"}),
+        (gap_answer(timeout_body(99), ("news", 15, "c"), ("sport", 17, "s")),
+         {"since_time": "17", "last_id": "s"}),
+        # All of "sport" expired while "news" had an older event: after the gap.
+        (gap_answer(events_body((12, "b")), ("sport", 15, "c")),
+         {"since_time": "15", "last_id": "c"}),
+        # The same millisecond: which came first is unknown; stay after the event.
+        (gap_answer(events_body((15, "b")), ("sport", 15, "c")),
+         {"since_time": "15", "last_id": "b"}),
+    ],
+    ids=["timeout", "timeout-two-categories", "gap-after-the-events", "gap-at-the-last-event"],
+)
+def test_the_next_poll_asks_after_the_gap_when_nothing_newer_came(
+    answer: bytes, next_cursor: dict[str, str]
+) -> None:
+    recorder = GapRecorder()
+    follower, adapter = scripted([events_body((10, "a")), answer], on_gap=recorder)
+    list(follower)
+    assert adapter.queries[2] == {"category": "news", "timeout": "45", **next_cursor}
+    assert len(recorder.reports) == 1
+
+
+def test_a_gap_the_server_names_again_is_reported_once() -> None:
+    # In one millisecond the follower cannot move past the gap, and the server says so
+    # on each poll until a newer event is dropped.
+    recorder = GapRecorder()
+    follower, _ = scripted([
+        events_body((10, "a")),
+        gap_answer(events_body((15, "d")), ("news", 15, "c")),
+        gap_answer(timeout_body(99), ("news", 15, "c")),
+        gap_answer(events_body((16, "e")), ("news", 15, "c")),
+        gap_answer(events_body((30, "g")), ("news", 20, "f")),
+    ], on_gap=recorder)
+    for event in follower:
+        recorder.received.append(event)
+    assert ids(recorder.received) == ["a", "d", "e", "g"]
+    assert [(handed_out, detected.gaps) for handed_out, detected in recorder.reports] == [
+        (2, [Gap("news", 15, "c")]),
+        (4, [Gap("news", 20, "f")]),
+    ]
+    assert [detected.cursor for _, detected in recorder.reports] == [
+        Cursor(10, "a"), Cursor(16, "e")
+    ]
+
+
+@pytest.mark.parametrize(
+    "first_answer",
+    [
+        gap_answer(timeout_body(99), ("news", 5, "x")),
+        gap_answer(events_body((10, "a")), ("news", 7, "y")),
+    ],
+    ids=["timeout", "events"],
+)
+def test_a_follower_started_from_0_reports_no_gap_in_its_first_answer(
+    first_answer: bytes,
+) -> None:
+    # start=0 asks for everything the server still has: what it dropped was never wanted.
+    recorder = GapRecorder()
+    follower, adapter = scripted([
+        first_answer,
+        events_body((11, "b")),
+        gap_answer(events_body((20, "d")), ("news", 15, "c")),
+    ], start=0, on_gap=recorder)
+    for event in follower:
+        recorder.received.append(event)
+    assert recorder.gaps == [Gap("news", 15, "c")]
+    assert adapter.queries[0]["since_time"] == "-1"
+    assert adapter.queries[1]["since_time"] in ("5", "10")  # after the gap, or the event
+
+
+def test_stopping_before_the_last_event_leaves_the_gap_for_a_later_follower() -> None:
+    recorder = GapRecorder()
+    answer = gap_answer(events_body((20, "d"), (21, "e")), ("news", 15, "c"))
+    follower, _ = scripted([events_body((10, "a")), answer], on_gap=recorder)
+    for event in follower:
+        if event.id == "d":
+            follower.stop()
+    assert recorder.reports == []
+    assert follower.cursor == Cursor(20, "d")  # a later follower is told by the server
+
+
+def test_stopping_at_the_last_event_still_reports_the_gap() -> None:
+    recorder = GapRecorder()
+    answer = gap_answer(events_body((20, "d"), (21, "e")), ("news", 15, "c"))
+    follower, _ = scripted([events_body((10, "a")), answer], on_gap=recorder)
+    for event in follower:
+        if event.id == "e":
+            follower.stop()
+    assert recorder.gaps == [Gap("news", 15, "c")]
+
+
+def test_an_exception_from_on_gap_ends_the_iteration_past_the_gap() -> None:
+    def on_gap(detected: GapDetected) -> None:
+        raise RuntimeError("resync failed")
+
+    follower, _ = scripted([
+        gap_answer(events_body((20, "d")), ("news", 15, "c")),
+        events_body((21, "e")),
+    ], start=Cursor(10, "a"), on_gap=on_gap)
+    received: list[Event] = []
+    with pytest.raises(RuntimeError, match="resync failed"):
+        follower.run(received.append)
+    assert ids(received) == ["d"]
+    follower.run(received.append)
+    assert ids(received) == ["d", "e"]
+
+
+# --- several categories, and gaps: over a real server --------------------------------------
+
+
+class CountingSession(requests.Session):
+    """A session that keeps the query of every request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[list[tuple[str, str]]] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.queries.append(parse_qsl(urlsplit(request.url or "").query))
+        return super().send(request, **kwargs)
+
+
+def test_three_categories_published_concurrently_arrive_in_publish_order_once() -> None:
+    per_category = 100
+    server = Server(max_event_buffer_size=1000, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
+    url = f"http://127.0.0.1:{server.port}"
+    session = CountingSession()
+    follower = Follower(f"{url}/events", ["x", "y", "z"], timeout_seconds=10, transport=session)
+    received, thread = collect(follower)
+    try:
+        wait_until(lambda: server.manager.waiting_count("z") == 1)
+
+        def publish_all(category: str) -> None:
+            with requests.Session() as publisher:
+                for n in range(per_category):
+                    answer = publish(f"{url}/publish", 5, None, PublishRequest(category, n), "",
+                                     "", publisher)
+                    assert answer.status_code == 200, answer.text
+
+        publishers = [threading.Thread(target=publish_all, args=(c,)) for c in "xyz"]
+        for publisher in publishers:
+            publisher.start()
+        for publisher in publishers:
+            publisher.join(30)
+        wait_until(lambda: len(received) >= 3 * per_category, timeout=30)
+        # The server's own answer from the start: every event, in its publish order.
+        everything = subscription(
+            f"{url}/events", None, SubscriptionRequest("x", 1, -1, categories=["y", "z"]),
+            "", "", None,
+        ).events
+    finally:
+        follower.stop()
+        thread.join(5)
+        server.stop(5)
+    assert len(everything) == 3 * per_category
+    assert received == everything
+    assert len({event.id for event in received}) == len(received)
+    for category in "xyz":
+        assert [e.data for e in received if e.category == category] == list(range(per_category))
+    assert follower.cursor == Cursor.after(received[-1])
+    assert len(session.queries) >= 2
+    for query in session.queries:
+        assert query[:3] == [("category", "x"), ("categories", "y"), ("categories", "z")]
+
+
+class HeldFollower:
+    """A follower over *url* from 0 whose loop body holds on the first event until released.
+
+    While it is held it cannot poll, so what is published meanwhile may be dropped by the
+    server before the follower asks for it: it falls behind, on purpose.
+    """
+
+    def __init__(self, url: str, category: str = "c") -> None:
+        self.recorder = GapRecorder()
+        self.release = threading.Event()
+        self.follower = Follower(f"{url}/events", category, start=0, timeout_seconds=5,
+                                 on_gap=self.recorder)
+        self.thread = threading.Thread(target=self.follower.run, args=(self.handle,),
+                                       daemon=True)
+
+    def handle(self, event: Event) -> None:
+        self.recorder.received.append(event)
+        if len(self.recorder.received) == 1:
+            assert self.release.wait(10), "never released"
+
+    def __enter__(self) -> HeldFollower:
+        self.thread.start()
+        wait_until(lambda: len(self.recorder.received) == 1)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        self.follower.stop()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("published_while_held", "dropped_unseen"),
+    [(2, 0), (3, 0), (4, 1), (6, 3)],
+    ids=["nothing-dropped", "only-the-seen-one-dropped", "one-unseen-dropped",
+         "three-unseen-dropped"],
+)
+def test_a_gap_is_reported_exactly_when_unseen_events_were_dropped_for_buffer_size(
+    published_while_held: int, dropped_unseen: int
+) -> None:
+    server = Server(max_event_buffer_size=3, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
+    try:
+        first = server.manager.publish("c", 0)
+        with HeldFollower(f"http://127.0.0.1:{server.port}") as held:
+            later = [server.manager.publish("c", n) for n in range(1, published_while_held + 1)]
+            held.release.set()
+            wait_until(lambda: len(held.recorder.received) == 1 + min(3, len(later)))
+            # Then it keeps up: ten more, each after the previous one arrived, while every
+            # one of them pushes an event it has seen out of the buffer.
+            for n in range(10):
+                server.manager.publish("c", 100 + n)
+                wait_until(lambda n=n: held.recorder.received[-1].data == 100 + n)
+    finally:
+        server.stop(5)
+    kept = later[dropped_unseen:]
+    assert [event.data for event in held.recorder.received] == (
+        [first.data] + [event.data for event in kept] + list(range(100, 110))
+    )
+    if dropped_unseen:
+        newest_dropped = later[dropped_unseen - 1]
+        assert held.recorder.gaps == [Gap("c", newest_dropped.timestamp, newest_dropped.id)]
+        [(handed_out, detected)] = held.recorder.reports
+        assert handed_out == 1 + len(kept)  # after the events of the answer
+        assert detected.cursor == Cursor.after(first)
+    else:
+        assert held.recorder.reports == []
+
+
+@pytest.fixture
+def engine_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The in-memory engine's clock (event timestamps and time to live), moved by hand."""
+    now = [int(time.time() * 1000)]
+    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
+    return now
+
+
+@pytest.mark.parametrize(
+    ("published_before_expiry", "gap"),
+    [(0, False), (2, True)],
+    ids=["only-seen-events-expired", "unseen-events-expired"],
+)
+def test_a_gap_is_reported_exactly_when_unseen_events_expired(
+    engine_clock: list[int], published_before_expiry: int, gap: bool
+) -> None:
+    server = Server(event_time_to_live_seconds=10, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
+    try:
+        server.manager.publish("c", "first")
+        with HeldFollower(f"http://127.0.0.1:{server.port}") as held:
+            expired = []
+            for n in range(published_before_expiry):
+                engine_clock[0] += 1
+                expired.append(server.manager.publish("c", n))
+            engine_clock[0] += 15_000  # every event so far is older than 10 s
+            fresh = server.manager.publish("c", "fresh")
+            held.release.set()
+            wait_until(lambda: held.recorder.received[-1] == fresh)
+            engine_clock[0] += 1
+            server.manager.publish("c", "later")
+            wait_until(lambda: held.recorder.received[-1].data == "later")
+    finally:
+        server.stop(5)
+    assert [event.data for event in held.recorder.received] == ["first", "fresh", "later"]
+    if gap:
+        assert held.recorder.gaps == [Gap("c", expired[-1].timestamp, expired[-1].id)]
+        assert held.recorder.reports[0][0] == 2  # once "fresh" was handed out
+    else:
+        assert held.recorder.reports == []

@@ -1,4 +1,4 @@
-"""Follow a category for hours: resume after every answer, reconnect, back off, stop.
+"""Follow categories for hours: resume after every answer, reconnect, back off, stop.
 
 :func:`~wsgi_longpoll.client.subscription` sends one long poll. A :class:`Follower` sends
 them one after the other for as long as it runs and hands out each event once, in order:
@@ -24,6 +24,10 @@ pooling of your choice) mean exactly what they mean there. Each poll runs in a s
 daemon thread while the iterating thread waits for its answer or for :meth:`Follower.stop`,
 so ``stop`` ends the wait at once, whatever the long-poll timeout; the abandoned request
 ends by itself when the server answers it.
+
+Against this package's server (``docs/protocol.md``, "Extensions"), a follower may follow
+several categories with one cursor and one poll at a time, and it tells its user when the
+server dropped events it had not handed out yet (:class:`GapDetected`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -46,9 +50,9 @@ from .client import (
     _Transport,
     subscription,
 )
-from .event import Event
+from .event import Event, Gap
 
-__all__ = ["Backoff", "Cursor", "Follower", "SubscriptionRejected"]
+__all__ = ["Backoff", "Cursor", "Follower", "GapDetected", "SubscriptionRejected"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,32 @@ class SubscriptionRejected(ClientError):
         self.status_code = status_code
         #: The server's error message (of a 200 ``{"error": ...}`` answer), or ``None``.
         self.error = error
+
+
+class GapDetected(Exception):
+    """The server dropped events that the follower had not handed out yet.
+
+    A server keeps a limited number of events per category for a limited time; a
+    follower that falls behind (a slow loop, a long outage, a saved cursor that is too
+    old) asks for events that are gone. This package's server says so (golongpoll's never
+    does), and the follower reports it once, after handing out every event of the answer
+    that said so: it calls its *on_gap* callback with this exception, or, without one,
+    raises it from the iteration. Iterate again (or :meth:`Follower.run` again) to go on:
+    the follower's :attr:`~Follower.cursor` is already past the gap, so the gap is not
+    reported again.
+
+    :param message: what happened, in words.
+    :param gaps: one :class:`~wsgi_longpoll.event.Gap` per category that lost events.
+    :param cursor: the follower's cursor in the poll whose answer reported the gaps.
+    """
+
+    def __init__(self, message: str, gaps: Sequence[Gap], cursor: Cursor | None) -> None:
+        super().__init__(message)
+        #: The categories that lost events; in each, the events after :attr:`cursor` up to
+        #: and including the event ``(gap.since_time, gap.last_id)`` were dropped unseen.
+        self.gaps = list(gaps)
+        #: Where the follower was when it asked: nothing before it was lost.
+        self.cursor = cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +194,18 @@ class Backoff:
 
 
 class Follower:
-    """Every event of a category, in order and once, across reconnects and restarts.
+    """Every event of some categories, in order and once, across reconnects and restarts.
 
     Iterate over it (``for event in follower``), or hand it a callback with :meth:`run`;
     either blocks until :meth:`stop` is called, from another thread or from the loop's
     own body. Only one iteration may run at a time; a stopped follower stays stopped.
 
     :param url: the subscription endpoint, e.g. ``"http://localhost:8080/events"``.
-    :param category: the category to follow.
+    :param category: the category to follow, or a sequence of categories to follow with
+        one cursor (an extension of this package's server: each poll waits on all of
+        them, the events come in publish order across them; a golongpoll server follows
+        the first one only). Repeats are ignored. This package's server takes up to 16
+        categories per request by default and rejects more (:class:`SubscriptionRejected`).
     :param start: where to begin: ``None`` for the events published from now on, an
         ``int`` (epoch milliseconds) for the events published after that time (``0`` for
         everything the server still has), or a saved :class:`Cursor` to go on where an
@@ -186,6 +220,10 @@ class Follower:
         and closes it when stopped), a :class:`requests.Session` to use (never closed
         here), or a :class:`requests.adapters.BaseAdapter` to send through.
     :param backoff: the pauses after errors; :class:`Backoff` defaults when ``None``.
+    :param on_gap: called with a :class:`GapDetected` when the server dropped events the
+        follower had not handed out, once the events of the answer that said so are
+        handed out; ``None`` (the default) raises the :class:`GapDetected` from the
+        iteration instead. An exception from *on_gap* ends the iteration and propagates.
     :param sleep: called with the length of each pause instead of waiting for it (the
         default waits, and :meth:`stop` cuts the wait short). Tests pass a fake clock.
     """
@@ -197,7 +235,7 @@ class Follower:
     def __init__(
         self,
         url: str,
-        category: str,
+        category: str | Sequence[str],
         *,
         start: Cursor | int | None = None,
         timeout_seconds: int = default_timeout_seconds,
@@ -206,18 +244,22 @@ class Follower:
         password: str = "",
         transport: _Transport = None,
         backoff: Backoff | None = None,
+        on_gap: Callable[[GapDetected], object] | None = None,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a non-empty str, not {url!r}")
-        if not isinstance(category, str) or not category:
-            raise ValueError(f"category must be a non-empty str, not {category!r}")
+        categories = _categories(category)
         if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int):
             raise TypeError(f"timeout_seconds must be an int, not {timeout_seconds!r}")
         if timeout_seconds < 1:
             raise ValueError(f"timeout_seconds must be at least 1, not {timeout_seconds!r}")
         self.url = url
-        self.category = category
+        #: The categories followed, without repeats, in the order given.
+        self.categories = categories
+        #: The first of :attr:`categories` (the one a golongpoll server follows).
+        self.category = categories[0]
+        self.on_gap = on_gap
         self.timeout_seconds = timeout_seconds
         self.header = header
         self.username = username
@@ -239,13 +281,17 @@ class Follower:
             {self._cursor.last_id} if self._cursor is not None and self._cursor.last_id else set()
         )
         self._previous_cursor: Cursor | None = None  # before the last event handed out
+        # The gap last reported for each category: a server may name it again (a cursor it
+        # cannot pass, see _pass_gaps) and it must not be reported twice.
+        self._reported_gaps: dict[str, Gap] = {}
         self._condition = threading.Condition()
         self._stopping = False
         self._iterating = False
 
     @property
     def cursor(self) -> Cursor | None:
-        """Where the follower is: just after the last event handed out.
+        """Where the follower is: just after the last event handed out (or after the
+        newest event the server dropped, past a gap).
 
         ``None`` while it started from now and has handed out nothing. Save it, and give
         it as *start* to a later follower to go on from here.
@@ -261,9 +307,11 @@ class Follower:
         return self.events()
 
     def events(self) -> Generator[Event, None, None]:
-        """Yield each event of the category once, oldest first, until :meth:`stop`.
+        """Yield each event of the categories once, oldest first, until :meth:`stop`.
 
         :raises SubscriptionRejected: if the server refuses the subscription for good.
+        :raises GapDetected: without *on_gap*, when the server dropped events that were
+            not handed out; iterate again to go on after it.
         :raises RuntimeError: if the follower is already being iterated.
         """
         with self._condition:
@@ -282,7 +330,8 @@ class Follower:
 
         An exception from *callback* ends the run and propagates; :attr:`cursor` then
         points just before the event that failed, so a follower started from it (or
-        this one, run again) gets that event again.
+        this one, run again) gets that event again. Without *on_gap*, a
+        :class:`GapDetected` ends the run too; run again to go on after the gap.
         """
         events = self.events()
         try:
@@ -327,6 +376,7 @@ class Follower:
     def _follow(self) -> Iterator[Event]:
         failures = 0
         while not self._stopping:
+            asked = self._cursor
             try:
                 response = self._poll()
                 if response is None:
@@ -338,36 +388,49 @@ class Follower:
                 failures += 1
                 delay = self.backoff.delay(failures)
                 logger.warning(
-                    "polling %s for %r failed (%s, %d in a row); retrying in %.2f s",
-                    self.url, self.category, error, failures, delay,
+                    "polling %s for %s failed (%s, %d in a row); retrying in %.2f s",
+                    self.url, self._names, error, failures, delay,
                 )
                 self._pause(delay)
                 continue
             if failures:
-                logger.info("polling %s for %r works again", self.url, self.category)
+                logger.info("polling %s for %s works again", self.url, self._names)
                 failures = 0
-            if not response.events:
+            events = response.events
+            if not events:
                 self._after_timeout(response.timestamp)
-                continue
-            for event in response.events:
+            last = len(events) - 1
+            for index, event in enumerate(events):
                 if self._handed_out(event):
                     self._skip(event)
                     continue
                 self._advance(event)
                 yield event
-                if self._stopping:
+                if self._stopping and index < last:
+                    # The rest, and the answer's gaps, are left for a later follower. Past
+                    # the last event the gaps are reported even so: the cursor may be past
+                    # them, and a later follower would never hear of them.
                     return
+            if response.gaps:
+                self._pass_gaps(response.gaps, asked, came_empty=not events)
+
+    @property
+    def _names(self) -> str:
+        return ", ".join(repr(category) for category in self.categories)
 
     def _subscription_request(self) -> SubscriptionRequest:
         cursor = self._cursor
+        first, *more = self.categories
         if cursor is None:
-            return SubscriptionRequest(self.category, self.timeout_seconds)
+            return SubscriptionRequest(first, self.timeout_seconds, categories=more)
         since_time = cursor.since_time
         if since_time == 0 and not cursor.last_id:
             # subscription() leaves since_time=0 out of the query, which means "now";
             # -1 asks for the same events (timestamp > -1, that is >= 0).
             since_time = -1
-        return SubscriptionRequest(self.category, self.timeout_seconds, since_time, cursor.last_id)
+        return SubscriptionRequest(
+            first, self.timeout_seconds, since_time, cursor.last_id, categories=more
+        )
 
     def _poll(self) -> SubscriptionResponse | None:
         """One long poll, in a daemon thread; ``None`` if :meth:`stop` came first."""
@@ -404,7 +467,7 @@ class Follower:
         """Raise for an answer that is not events or a timeout."""
         if response.error is not None:
             raise SubscriptionRejected(
-                f"the server rejected the subscription to {self.category!r}: {response.error}",
+                f"the server rejected the subscription to {self._names}: {response.error}",
                 response.status_code,
                 response.error,
             )
@@ -413,7 +476,7 @@ class Follower:
             raise _Retryable(f"HTTP {status}")
         if status != 200:
             raise SubscriptionRejected(
-                f"the server answered HTTP {status} to the subscription to {self.category!r}",
+                f"the server answered HTTP {status} to the subscription to {self._names}",
                 status,
             )
 
@@ -433,6 +496,43 @@ class Follower:
         if self._cursor is None and server_time is not None:
             self._cursor = Cursor(server_time - 1)
             self._ids_at_cursor_time = set()
+
+    def _pass_gaps(self, gaps: list[Gap], asked: Cursor | None, *, came_empty: bool) -> None:
+        """Move the cursor past *gaps* where it safely can, and report the new ones.
+
+        Every event after the cursor that the server had was in the answer, so nothing it
+        publishes later comes before the newest event it dropped: when no event came, or
+        the gap is newer than the last one, the next poll asks after the gap. Otherwise
+        (the same millisecond, order unknown) the cursor stays, and the server may name
+        the same gap again; it is reported once.
+        """
+        newest = max(gaps, key=lambda gap: gap.since_time)
+        cursor = self._cursor
+        if cursor is None or newest.since_time > cursor.since_time or (
+            came_empty and newest.since_time == cursor.since_time
+        ):
+            if cursor is None or newest.since_time != cursor.since_time:
+                self._ids_at_cursor_time = set()
+            self._ids_at_cursor_time.add(newest.last_id)
+            self._cursor = Cursor(newest.since_time, newest.last_id)
+        fresh = [gap for gap in gaps if self._reported_gaps.get(gap.category) != gap]
+        self._reported_gaps.update((gap.category, gap) for gap in gaps)
+        if not fresh or asked == Cursor(0):
+            # Started from 0, "everything the server still has": nothing was missed.
+            return
+        names = ", ".join(
+            f"{gap.category!r} (up to {gap.since_time}/{gap.last_id})" for gap in fresh
+        )
+        detected = GapDetected(
+            f"the server dropped events of {names} before this follower got them "
+            "(its buffer size or time to live)",
+            fresh,
+            asked,
+        )
+        logger.info("%s; going on from %s", detected, self._cursor)
+        if self.on_gap is None:
+            raise detected
+        self.on_gap(detected)
 
     def _handed_out(self, event: Event) -> bool:
         cursor = self._cursor
@@ -469,6 +569,29 @@ class Follower:
         previous = self._cursor = self._previous_cursor
         if previous is not None and previous.last_id:
             self._ids_at_cursor_time.add(previous.last_id)
+
+
+def _categories(category: str | Sequence[str]) -> tuple[str, ...]:
+    """*category* as a tuple of categories without repeats; a clear error for bad ones."""
+    names: Iterable[object]
+    if isinstance(category, str):
+        names = (category,)
+    elif isinstance(category, bytes) or not isinstance(category, Iterable):
+        raise TypeError(
+            f"category must be a str or a sequence of str, not {type(category).__name__}"
+        )
+    else:
+        names = category
+    categories: dict[str, None] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"a category must be a str, not {name!r}")
+        if not name:
+            raise ValueError("a category must be a non-empty str, not ''")
+        categories[name] = None
+    if not categories:
+        raise ValueError("at least one category must be given")
+    return tuple(categories)
 
 
 class _Retryable(Exception):
