@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -23,8 +24,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll.client import PublishRequest, publish
+from wsgi_longpoll import engine as engine_module
+from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
 from wsgi_longpoll.demo import DemoApp
+from wsgi_longpoll.event import Event
 from wsgi_longpoll.follower import Cursor
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -454,3 +457,199 @@ def test_each_poll_asks_after_the_last_event_and_nothing_comes_twice(
         {"category": "news", "timeout": "45", "since_time": "1002", "last_id": "c"},
     ]
     assert result["cursor"] == {"sinceTime": 1002, "lastId": "c"}
+
+
+# --- several categories with one cursor, and the gap signal ---------------------------------
+
+
+def test_categories_go_in_one_query_and_a_gap_is_reported_once_after_its_events(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    # A scripted fetch: the exact queries, and the order of onEvent and onGap calls.
+    browser.get(demo.url + "/no-page-here")
+    result = run_async(browser, """
+        const { LongpollClient } = await import("/static/longpoll.js");
+        const ev = (timestamp, category, id) => ({ timestamp, category, data: id, id });
+        const gap = (category, since_time, last_id) => ({ category, since_time, last_id });
+        const answers = [
+          { events: [ev(10, "news", "a")] },
+          { events: [ev(20, "sport", "d"), ev(21, "news", "e")], gaps: [gap("news", 15, "c")] },
+          { timeout: "no events before timeout", timestamp: 99, gaps: [gap("sport", 30, "s")] },
+          { events: [ev(30, "news", "f")], gaps: [gap("news", 30, "g")] },
+          { timeout: "no events before timeout", timestamp: 99, gaps: [gap("news", 30, "g")] },
+        ];
+        const queries = [];
+        const log = [];
+        return await new Promise((resolve) => {
+          const client = new LongpollClient({
+            subscribeUrl: "/events", category: "news", categories: ["sport", "news", "weather"],
+            cursor: { sinceTime: 5, lastId: "x" },
+            onEvent: (event) => log.push(event.id),
+            onGap: (detail) => log.push(detail),
+            fetch: async (url) => {
+              queries.push(Array.from(new URL(url).searchParams));
+              if (!answers.length) {
+                client.stop();
+                resolve({ queries, log, cursor: client.cursor, categories: client.categories });
+                return new Promise(() => {});
+              }
+              return new Response(JSON.stringify(answers.shift()), { status: 200 });
+            },
+          });
+          client.start();
+        });
+    """)
+    assert result["categories"] == ["news", "sport", "weather"]
+    more = [["categories", "sport"], ["categories", "weather"]]
+    # After a gap in an answer without events, the next poll asks after the gap; with
+    # events of the same millisecond as the gap, after the last event.
+    cursors = [("5", "x"), ("10", "a"), ("21", "e"), ("30", "s"), ("30", "f"), ("30", "g")]
+    assert result["queries"] == [
+        [["category", "news"], *more, ["timeout", timeout], ["since_time", since],
+         ["last_id", last]]
+        for timeout, (since, last) in zip(["1"] + ["45"] * 5, cursors, strict=True)
+    ]
+    assert result["log"] == [
+        "a", "d", "e",
+        {"gaps": [{"category": "news", "sinceTime": 15, "lastId": "c"}],
+         "cursor": {"sinceTime": 10, "lastId": "a"}},
+        {"gaps": [{"category": "sport", "sinceTime": 30, "lastId": "s"}],
+         "cursor": {"sinceTime": 21, "lastId": "e"}},
+        "f",
+        {"gaps": [{"category": "news", "sinceTime": 30, "lastId": "g"}],
+         "cursor": {"sinceTime": 30, "lastId": "s"}},
+    ]  # the same gap named again by the last answer is not reported twice
+    assert result["cursor"] == {"sinceTime": 30, "lastId": "g"}
+
+
+FOLLOW_AND_LOG = """
+    const [categories, cursor] = args;
+    const { LongpollClient } = await import("/static/longpoll.js");
+    window.log = [];
+    window.client = new LongpollClient({
+      subscribeUrl: "/events", categories, cursor, timeoutSeconds: 5,
+      onEvent: (event) => window.log.push(event),
+      onGap: (detail) => window.log.push(detail),
+    });
+    window.client.start();
+"""
+
+
+def page_log(driver: WebDriver) -> list[dict[str, Any]]:
+    return list(driver.execute_script("return window.log"))
+
+
+def test_three_categories_published_concurrently_arrive_in_publish_order_once(
+    browser: WebDriver,
+) -> None:
+    per_category = 50
+    server = Server(app=DemoApp(), max_event_buffer_size=1000, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        browser.get(url + "/no-page-here")
+        run_async(browser, FOLLOW_AND_LOG, ["x", "y", "z"], None)
+        # Connected: it holds a cursor from the server's clock, so nothing is missed.
+        wait_for(browser, lambda d: d.execute_script("return window.client.state") == "connected",
+                 "the client connected")
+
+        def publish_all(category: str) -> None:
+            with requests.Session() as session:
+                for n in range(per_category):
+                    answer = publish(f"{url}/publish", 5, None, PublishRequest(category, n), "",
+                                     "", session)
+                    assert answer.status_code == 200, answer.text
+
+        publishers = [threading.Thread(target=publish_all, args=(c,)) for c in "xyz"]
+        for publisher in publishers:
+            publisher.start()
+        for publisher in publishers:
+            publisher.join(30)
+        wait_for(browser, lambda d: len(page_log(d)) >= 3 * per_category, "every event")
+        received = page_log(browser)
+        everything = subscription(
+            f"{url}/events", None, SubscriptionRequest("x", 1, -1, categories=["y", "z"]),
+            "", "", None,
+        ).events
+        cursor = browser.execute_script("window.client.stop(); return window.client.cursor")
+    finally:
+        server.stop(5)
+    assert len(everything) == 3 * per_category
+    assert [Event.from_dict(record) for record in received] == everything
+    assert cursor == {"sinceTime": everything[-1].timestamp, "lastId": everything[-1].id}
+
+
+@pytest.fixture
+def engine_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The in-memory engine's clock (event timestamps and time to live), moved by hand."""
+    now = [int(time.time() * 1000)]
+    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
+    return now
+
+
+@pytest.mark.parametrize(
+    ("cause", "published_while_stopped", "dropped_unseen"),
+    [
+        ("size", 2, 0),
+        ("size", 3, 0),  # only the event it had received is dropped
+        ("size", 4, 1),
+        ("size", 6, 3),
+        ("age", 0, 0),  # only the event it had received expires
+        ("age", 2, 2),
+    ],
+    ids=["size-nothing-dropped", "size-seen-dropped", "size-one-unseen", "size-three-unseen",
+         "age-seen-expired", "age-unseen-expired"],
+)
+def test_on_gap_is_called_exactly_when_unseen_events_were_dropped(
+    browser: WebDriver, engine_clock: list[int], cause: str, published_while_stopped: int,
+    dropped_unseen: int,
+) -> None:
+    # The page stops following after the first event (a tab put away, say) while events
+    # are published to "c"; started again, it goes on from its cursor.
+    options: dict[str, Any] = (
+        {"max_event_buffer_size": 3} if cause == "size" else {"event_time_to_live_seconds": 10}
+    )
+    server = Server(app=DemoApp(), access_log=False, **options)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
+
+    def publish_now(data: Any) -> Event:
+        engine_clock[0] += 1
+        return server.manager.publish("c", data)
+
+    try:
+        first = publish_now(0)
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        run_async(browser, FOLLOW_AND_LOG, ["other", "c"], 0)
+        wait_for(browser, lambda d: len(page_log(d)) == 1, "the first event")
+        browser.execute_script("window.client.stop()")
+
+        later = [publish_now(n) for n in range(1, published_while_stopped + 1)]
+        if cause == "age":
+            engine_clock[0] += 15_000  # everything so far is older than 10 s
+            later.append(publish_now("fresh"))
+            kept = later[-1:]
+        else:
+            kept = later[dropped_unseen:]
+        browser.execute_script("window.client.start()")
+        wait_for(browser, lambda d: len(page_log(d)) >= 1 + len(kept) + (dropped_unseen > 0),
+                 "the events kept")
+        # Then it keeps up: each event after the previous one arrived, while each pushes
+        # an event it has received out of the buffer (or out of its time to live).
+        for n in range(100, 105):
+            if cause == "age":
+                engine_clock[0] += 11_000
+            publish_now(n)
+            wait_for(browser, lambda d, n=n: page_log(d)[-1].get("data") == n, f"event {n}")
+        log = page_log(browser)
+        browser.execute_script("window.client.stop()")
+    finally:
+        server.stop(5)
+    expected: list[Any] = [first.data, *[event.data for event in kept]]
+    if dropped_unseen:
+        newest = later[dropped_unseen - 1]
+        expected.append({
+            "gaps": [{"category": "c", "sinceTime": newest.timestamp, "lastId": newest.id}],
+            "cursor": {"sinceTime": first.timestamp, "lastId": first.id},
+        })
+    expected.extend(range(100, 105))
+    assert [entry.get("data", entry) for entry in log] == expected

@@ -1,5 +1,5 @@
 /*
- * wsgi_longpoll browser client: follow a category of a golongpoll-compatible server.
+ * wsgi_longpoll browser client: follow categories of a golongpoll-compatible server.
  *
  * One dependency-free file, two ways to load it:
  *   <script src="/static/longpoll.global.js"></script>   (defines window.WsgiLongpoll)
@@ -19,6 +19,10 @@
  * a pause with exponential backoff and full jitter; a long-poll timeout by the next poll at
  * once. With `storageKey`, the cursor is kept in localStorage, so a reloaded page goes on
  * where it left off.
+ *
+ * Against wsgi_longpoll's own server it also speaks the protocol's extensions: several
+ * categories in one poll with one cursor (`categories`), and the gap signal (`onGap`) when
+ * the server dropped events the client had not received (its buffer size or time to live).
  */
 (function (root) {
   "use strict";
@@ -99,6 +103,32 @@
     return new URL(url, base);
   }
 
+  function normalizeCategories(category, categories) {
+    const names = [];
+    if (category !== undefined && category !== null) names.push(category);
+    if (categories !== undefined && categories !== null) {
+      if (typeof categories === "string" || typeof categories[Symbol.iterator] !== "function") {
+        throw new TypeError("categories must be an array of strings");
+      }
+      names.push(...categories);
+    }
+    const unique = [];
+    for (const name of names) {
+      if (typeof name !== "string" || name === "") {
+        throw new TypeError("each category must be a non-empty string");
+      }
+      if (unique.indexOf(name) < 0) unique.push(name);
+    }
+    if (!unique.length) throw new TypeError("category (or categories) is required");
+    return unique;
+  }
+
+  function isGap(gap) {
+    return gap !== null && typeof gap === "object" && typeof gap.category === "string" &&
+      gap.category !== "" && Number.isInteger(gap.since_time) &&
+      typeof gap.last_id === "string" && gap.last_id !== "";
+  }
+
   function normalizeCursor(cursor) {
     if (cursor === null || cursor === undefined) return null;
     if (typeof cursor === "number") cursor = { sinceTime: cursor };
@@ -109,11 +139,14 @@
   }
 
   /**
-   * Follows one category and publishes to it.
+   * Follows one category, or several with one cursor, and publishes.
    *
    * Options:
    *   subscribeUrl   the subscription endpoint (required), e.g. "/events"
-   *   category       the category to follow (required)
+   *   category       the category to follow (this or `categories` is required)
+   *   categories     more categories to follow in the same polls, an array (an extension
+   *                  of wsgi_longpoll's server; a golongpoll server follows `category`
+   *                  only). Events come in publish order across them; repeats are ignored.
    *   publishUrl     the publish endpoint, for publish()
    *   timeoutSeconds long-poll timeout asked of the server (default 45; server max 110)
    *   cursor         where to start: null = from now (default), an integer = after that
@@ -128,18 +161,22 @@
    *   onState(state, detail)  "connecting", "connected", "reconnecting", "stopped"
    *   onError(error, delayMs) each failed poll (delayMs: the pause before the next), or
    *                           a SubscriptionRejected that stopped the client (delayMs null)
+   *   onGap({gaps, cursor})   the server dropped events not yet received: gaps is
+   *                           [{category, sinceTime, lastId}] (the newest event dropped in
+   *                           each category), cursor where the client was when it asked.
+   *                           Called once, after onEvent for the events of the answer that
+   *                           said so; the client goes on after the gap. Default: a warning
+   *                           on the console.
    *   fetch          the fetch function to use (default: the global fetch)
    */
   class LongpollClient {
     constructor(options) {
       const o = options || {};
       if (!o.subscribeUrl) throw new TypeError("subscribeUrl is required");
-      if (typeof o.category !== "string" || o.category === "") {
-        throw new TypeError("category must be a non-empty string");
-      }
+      this.categories = normalizeCategories(o.category, o.categories);
       this.subscribeUrl = o.subscribeUrl;
       this.publishUrl = o.publishUrl || null;
-      this.category = o.category;
+      this.category = this.categories[0];
       this.timeoutSeconds = o.timeoutSeconds === undefined ? 45 : o.timeoutSeconds;
       if (!Number.isInteger(this.timeoutSeconds) || this.timeoutSeconds < 1) {
         throw new RangeError("timeoutSeconds must be an integer of at least 1");
@@ -154,6 +191,12 @@
       this.onError = o.onError || function (error) {
         if (root.console) root.console.warn("wsgi_longpoll:", error && error.message);
       };
+      this.onGap = o.onGap || function (detail) {
+        if (root.console) {
+          root.console.warn("wsgi_longpoll: the server dropped events not received yet in",
+            detail.gaps.map((gap) => gap.category).join(", "));
+        }
+      };
       this._fetch = o.fetch || root.fetch.bind(root);
       this.storageKey = o.storageKey || null;
       this.storage = o.storage || (this.storageKey ? root.localStorage : null);
@@ -162,6 +205,9 @@
       const stored = this._loadCursor();
       if (stored) this._cursor = stored;
       this._idsAtCursorTime = new Set(this._cursor && this._cursor.lastId ? [this._cursor.lastId] : []);
+      // The gap last reported in each category: the server may name it again (see
+      // _passGaps), and it is reported once.
+      this._reportedGaps = new Map();
       this._state = "idle";
       this._running = false;
       this._generation = 0; // a stopped loop must not go on when start() is called again
@@ -198,7 +244,7 @@
     }
 
     /**
-     * Publish `data` (any JSON value but null) to `category` (default: the followed one).
+     * Publish `data` (any JSON value but null) to `category` (default: the first followed).
      * Resolves to the server's answer ({success: true}); rejects with a PublishError.
      */
     async publish(data, category) {
@@ -242,7 +288,9 @@
 
     _subscriptionUrl(timeoutSeconds) {
       const url = resolveUrl(this.subscribeUrl);
-      url.searchParams.set("category", this.category);
+      url.searchParams.set("category", this.categories[0]);
+      url.searchParams.delete("categories");
+      for (const category of this.categories.slice(1)) url.searchParams.append("categories", category);
       url.searchParams.set("timeout", String(timeoutSeconds));
       if (this._cursor) {
         url.searchParams.set("since_time", String(this._cursor.sinceTime));
@@ -260,6 +308,7 @@
       let probe = true;
       while (this._current(generation)) {
         let answer;
+        const asked = this.cursor;
         try {
           answer = await this._poll(probe ? PROBE_TIMEOUT_SECONDS : this.timeoutSeconds);
         } catch (error) {
@@ -282,7 +331,8 @@
         probe = false;
         this._setState("connected");
         if (answer.events) {
-          this._deliver(answer.events, generation);
+          // Stopped before the last event: the rest and the gaps are left for later.
+          if (!this._deliver(answer.events, generation)) return;
         } else if (!this._cursor && Number.isInteger(answer.timestamp)) {
           // Started "from now" and nothing came: keep our place at the server's clock, so
           // that nothing published between this poll and the next is missed. With a
@@ -292,6 +342,47 @@
           this._idsAtCursorTime = new Set();
           this._saveCursor();
         }
+        if (answer.gaps.length) this._passGaps(answer.gaps, asked, !answer.events);
+      }
+    }
+
+    /**
+     * Move the cursor past `gaps` where it safely can, and report the new ones.
+     *
+     * Every event after the cursor that the server had was in the answer, so nothing it
+     * publishes later comes before the newest event it dropped: when no event came, or the
+     * gap is newer than the last one, the next poll asks after the gap. In the same
+     * millisecond (order unknown) the cursor stays, and the server may name the gap again.
+     */
+    _passGaps(gaps, asked, cameEmpty) {
+      let newest = gaps[0];
+      for (const gap of gaps) if (gap.since_time > newest.since_time) newest = gap;
+      const cursor = this._cursor;
+      if (!cursor || newest.since_time > cursor.sinceTime ||
+          (cameEmpty && newest.since_time === cursor.sinceTime)) {
+        if (!cursor || newest.since_time !== cursor.sinceTime) this._idsAtCursorTime = new Set();
+        this._idsAtCursorTime.add(newest.last_id);
+        this._cursor = { sinceTime: newest.since_time, lastId: newest.last_id };
+        this._saveCursor();
+      }
+      const fresh = [];
+      for (const gap of gaps) {
+        const key = gap.since_time + "/" + gap.last_id;
+        if (this._reportedGaps.get(gap.category) !== key) fresh.push(gap);
+        this._reportedGaps.set(gap.category, key);
+      }
+      // Started from 0, "everything the server still has": nothing was missed.
+      if (!fresh.length || (asked && asked.sinceTime === 0 && !asked.lastId)) return;
+      const detail = {
+        gaps: fresh.map((gap) => ({
+          category: gap.category, sinceTime: gap.since_time, lastId: gap.last_id,
+        })),
+        cursor: asked,
+      };
+      try {
+        this.onGap(detail);
+      } catch (error) {
+        this._report(error, null);
       }
     }
 
@@ -331,8 +422,14 @@
           throw new SubscriptionRejected("the server rejected the subscription: " + body.error,
             200, body.error);
         }
-        if (body && Array.isArray(body.events)) return { events: body.events };
-        if (body && "timeout" in body) return { events: null, timestamp: body.timestamp };
+        const gaps = body && body.gaps !== undefined ? body.gaps : [];
+        if (!Array.isArray(gaps) || !gaps.every(isGap)) {
+          throw new RetryableError("an answer with gaps that are not the protocol's");
+        }
+        if (body && Array.isArray(body.events)) return { events: body.events, gaps: gaps };
+        if (body && "timeout" in body) {
+          return { events: null, timestamp: body.timestamp, gaps: gaps };
+        }
         throw new RetryableError("an answer that is not the protocol's");
       } finally {
         clearTimeout(watchdog);
@@ -340,9 +437,10 @@
       }
     }
 
+    /** Hand out `events`; false if the client was stopped before the last one. */
     _deliver(events, generation) {
       for (const event of events) {
-        if (!this._current(generation)) return;
+        if (!this._current(generation)) return false;
         const cursor = this._cursor;
         if (cursor && (event.timestamp < cursor.sinceTime ||
             (event.timestamp === cursor.sinceTime && this._idsAtCursorTime.has(event.id)))) {
@@ -365,6 +463,7 @@
           this._report(error, null);
         }
       }
+      return true;
     }
 
     _pause(delayMs) {

@@ -35,6 +35,11 @@ const client = new LongpollClient({
     }
   },
   onError: (error) => console.warn("chat:", error.message),
+  // Away longer than the server keeps messages: say that some are missing here.
+  onGap: () => {
+    errorLine.textContent = "Some messages were sent while you were away and are gone.";
+    errorLine.hidden = false;
+  },
 });
 client.start();
 window.chatClient = client; // to play with in the console
