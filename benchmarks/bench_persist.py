@@ -153,22 +153,14 @@ def run_inprocess(
 def serve(port: int, file_name: str, mode: str) -> None:
     """Run the standalone server with persistence *mode* until killed (a subprocess)."""
     from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-    from wsgi_longpoll import server as server_module
-    from wsgi_longpoll.persist import FilePersister
 
     options = MODES[mode]
-    if options is not None and options.get("fsync"):
-        # FilePersistorInfo carries the seed's four fields only, so fsync is put in here.
-        def make_persister(info: Any) -> FilePersister:
-            return FilePersister(info.file_name, info.write_buffer_size,
-                                 info.write_flush_period_seconds, fsync=True)
-
-        server_module._make_persister = make_persister
     info = FilePersistorInfo(
         use=options is not None,
         file_name=file_name,
         write_buffer_size=(options or {}).get("write_buffer_size", 4096),
         write_flush_period_seconds=(options or {}).get("write_flush_period_seconds", 1.0),
+        fsync=bool((options or {}).get("fsync")),
     )
     server = Server(access_log=False)
     server.start(ServerInfo(address=f"127.0.0.1:{port}"), info)

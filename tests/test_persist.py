@@ -600,3 +600,15 @@ def test_sigkill_loses_at_most_the_last_flush_period(event_file: Path) -> None:
             process.kill()
             process.wait()
     assert records_in(event_file)[-1]["data"] == "after restart"
+
+
+def test_file_persistor_info_fsync_reaches_the_persister(tmp_path: Path) -> None:
+    from wsgi_longpoll.server import _make_persister
+
+    info = FilePersistorInfo(use=True, file_name=str(tmp_path / "events"), fsync=True)
+    persister = _make_persister(info)
+    try:
+        assert persister.fsync is True
+    finally:
+        persister.close()
+    assert _make_persister(FilePersistorInfo()) is None

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bytes buffered before a write to the file")
     persist.add_argument("--write-flush-period-seconds", type=float, default=1.0,
                          help="the longest an accepted event may sit unwritten")
+    persist.add_argument("--fsync", action="store_true",
+                         help="fsync the file at each flush: a power loss then loses no more "
+                         "than a crash does, at the cost of one disk sync per flush")
     shared = serve.add_argument_group("several processes and hosts (Redis)")
     shared.add_argument("--redis-url", metavar="URL", default=None,
                         help="keep the events in Redis Streams at URL (e.g. "
@@ -170,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         file_name=args.persist_file,
         write_buffer_size=args.write_buffer_size,
         write_flush_period_seconds=args.write_flush_period_seconds,
+        fsync=args.fsync,
     )
     info = ServerInfo(
         address=args.address,

@@ -72,12 +72,15 @@ class FilePersistorInfo:
     :param file_name: the file events are appended to and read back from on start.
     :param write_buffer_size: bytes buffered before a write.
     :param write_flush_period_seconds: the longest an accepted event may sit unwritten.
+    :param fsync: also ``fsync`` the file at each flush, so that a power loss loses no
+        more than a crash does (see docs/persistence.md for its cost).
     """
 
     use: bool = False
     file_name: str = ""
     write_buffer_size: int = 4096
     write_flush_period_seconds: float = 1
+    fsync: bool = False
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -490,4 +493,6 @@ def _make_persister(info: FilePersistorInfo | None) -> Any:
         return None
     from .persist import FilePersister
 
-    return FilePersister(info.file_name, info.write_buffer_size, info.write_flush_period_seconds)
+    return FilePersister(
+        info.file_name, info.write_buffer_size, info.write_flush_period_seconds, fsync=info.fsync
+    )
