@@ -292,7 +292,12 @@ def contains_non_finite(value: Any) -> bool:
 @example(body=b'{"category":"c","data":123456789012345678901234567890}')
 @example(body=b'{"category":"c","data":"\\u0000\\ud800"}')
 @example(body=b'{"category":"c","data":1e400}')
+@example(body=b'{"category":"\\ud800"}')
+@example(body=b'{"category":"\\ud800\\udc80","data":1}')
 @example(body=deeply_nested(100_000))
+@example(body=deeply_nested(510))
+@example(body=deeply_nested(511))
+@example(body=deeply_nested(1985))
 @example(body=b'{"category":"c","data":"' + b"x" * MAX_BODY + b'"}')
 def test_any_publish_body_gets_a_protocol_answer_and_accepted_events_are_unaltered(
     body: bytes,
@@ -321,6 +326,14 @@ def test_a_chunked_body_is_read_whole(body: bytes, chunk: int) -> None:
                                    **{"wsgi.input": io.BytesIO(body),
                                       "wsgi.input_terminated": True})
     check_publish_answer(app, manager, body, status, headers, answer)
+
+
+@pytest.mark.parametrize(("depth", "status"), [(511, 200), (512, 400), (1985, 400)],
+                         ids=["deepest-accepted", "one-deeper", "decodable-not-encodable"])
+def test_nesting_depth_is_bounded_whatever_the_stack(depth: int, status: int) -> None:
+    app, manager = make_app()
+    # The object holding "data" is level 1: data nested `depth` deep reaches depth + 1.
+    assert call(app, "POST", "/publish", body=deeply_nested(depth))[0] == status
 
 
 def test_infinite_numbers_are_refused_as_golongpoll_does() -> None:

@@ -109,7 +109,11 @@ def _parse_go_int(text: str) -> int | None:
 
 def category_is_valid(category: str) -> bool:
     """Whether *category* is 1 to 1024 bytes of UTF-8."""
-    return 0 < len(category.encode("utf-8", "surrogateescape")) <= MAX_CATEGORY_BYTES
+    try:  # a query string's undecodable bytes count one byte each, as they came
+        size = len(category.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        size = len(category.encode("utf-8", "surrogatepass"))
+    return 0 < size <= MAX_CATEGORY_BYTES
 
 
 def validate_category(category: object) -> str:
@@ -195,6 +199,28 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: The deepest nesting of arrays and objects in a publish body. Deeper values could be
+#: decoded but not always encoded again (Python's recursion limit): refused, whatever
+#: the stack depth at hand.
+MAX_NESTING_DEPTH = 512
+
+
+def _nesting_exceeds(document: Any, limit: int) -> bool:
+    stack = [(document, 1)]  # not recursive: that is the point
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_publish_body(body: bytes) -> PublishBody:
     """Validate a publish request body.
 
@@ -206,6 +232,10 @@ def parse_publish_body(body: bytes) -> PublishBody:
         )
     except (ValueError, RecursionError):
         raise ProtocolError(PUBLISH_BODY_ERROR) from None
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING_DEPTH and _nesting_exceeds(
+        document, MAX_NESTING_DEPTH
+    ):
+        raise ProtocolError(PUBLISH_BODY_ERROR)
     if not isinstance(document, dict):
         raise ProtocolError(PUBLISH_BODY_ERROR)
     category = document.get("category", "")
