@@ -56,7 +56,7 @@ def test_serve_answers_and_exits_0_on_signal(
 def test_options_reach_the_server() -> None:
     process, base_url = start_serving(
         "--timeout-seconds", "7", "--subscription-uri", "/sub", "--publish-uri", "/pub",
-        "--buffer-size", "2", "--no-access-log",
+        "--buffer-size", "2", "--no-access-log", "--max-categories-per-request", "2",
     )
     try:
         for n in range(3):
@@ -66,6 +66,9 @@ def test_options_reach_the_server() -> None:
         assert [event["data"] for event in events] == [1, 2]
         error = requests.get(f"{base_url}/sub?timeout=8&category=c", timeout=10).json()
         assert error == {"error": "Invalid or missing 'timeout' arg.  Must be 1-7."}
+        too_many = requests.get(f"{base_url}/sub?timeout=1&category=a&categories=b&categories=c",
+                                timeout=10).json()
+        assert too_many == {"error": "Too many categories: at most 2 in one request."}
     finally:
         process.terminate()
         assert process.wait(20) == 0

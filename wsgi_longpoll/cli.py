@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "who can reach the server unless --publish-token is given")
     listen.add_argument("--max-body-size", type=_positive_int, default=1024 * 1024,
                         help="largest publish body accepted, in bytes (larger: 413)")
+    listen.add_argument("--max-categories-per-request", type=_positive_int, default=16,
+                        help="how many categories one subscribe may name with the "
+                        "'categories' extension")
     events = serve.add_argument_group("events (LongpollManager)")
     events.add_argument("--buffer-size", type=_positive_int, default=250,
                         help="events kept per category; the oldest go first")
@@ -154,6 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
         event_time_to_live_seconds=args.ttl_seconds or None,
         delete_event_after_first_retrieval=args.delete_after_first_retrieval,
         max_body_size=args.max_body_size,
+        max_categories_per_request=args.max_categories_per_request,
         access_log=args.access_log,
         app=demo,
         max_categories=args.max_categories,

@@ -220,6 +220,8 @@ class Server:
         ``None`` keeps them for ever.
     :param delete_event_after_first_retrieval: remove events once served.
     :param max_body_size: the largest publish body accepted, in bytes.
+    :param max_categories_per_request: how many categories one subscribe may name (the
+        ``categories`` extension).
     :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
     :param max_categories: categories that may hold events at once (more: 503).
     :param max_waiting_subscribers: subscribers that may wait at once (more: 503).
@@ -248,6 +250,7 @@ class Server:
         event_time_to_live_seconds: float | None = None,
         delete_event_after_first_retrieval: bool = False,
         max_body_size: int = LongpollMiddleware.default_max_body_size,
+        max_categories_per_request: int = LongpollMiddleware.default_max_categories_per_request,
         access_log: bool = True,
         max_categories: int = LongpollManager.default_max_categories,
         max_waiting_subscribers: int = LongpollManager.default_max_waiting_subscribers,
@@ -280,7 +283,10 @@ class Server:
             "stats_path": stats_path, "metrics_path": metrics_path,
             "health_path": health_path, "before_stats": before_stats,
         }
-        self._max_body_size = max_body_size
+        self._middleware_options: dict[str, Any] = {
+            "max_body_size": max_body_size,
+            "max_categories_per_request": max_categories_per_request,
+        }
         self._access_log = access_log
         self._app: WSGIApplication = app or _not_found
         self._lock = threading.Lock()
@@ -345,7 +351,7 @@ class Server:
                     server_info.publish_uri,
                     before_subscription=server_info.handler_to_run_before_subscription,
                     before_publish=server_info.handler_to_run_before_publish,
-                    max_body_size=self._max_body_size,
+                    **self._middleware_options,
                 )
 
                 application = self._wrap(middleware, manager, server_info)
