@@ -6,7 +6,9 @@ gevent hub, raw HTTP/1.1 sockets), keeps ``--subscribers`` long polls parked acr
 them, for ``--seconds``. A ``--churn`` share of the subscribers hang up at random moments
 mid-poll and come back on a new connection, resuming from their cursor; the others stay.
 
-It reports the server's resident memory over time (flat after warm-up is the goal) and
+Before that, every category is filled through one buffer compaction cycle (the warm-up;
+``--prefill``). It reports the server's resident memory over time (flat after warm-up is
+the goal) and
 checks that every subscriber that stayed received every event of its category exactly
 once, in order. Figures, never pass/fail; the exit status is 0 unless the run itself
 broke (the server died, nothing could be published).
@@ -57,7 +59,7 @@ class Subscriber:
 
     category: str
     stays: bool
-    since_time: int = 1
+    since_time: int
     last_id: str | None = None
     received: list[int] = field(default_factory=list)  # the "seq" of each event, in order
     polls: int = 0
@@ -192,10 +194,27 @@ def publish_steadily(
     sock.close()
 
 
+def prefill(target: Target, args: argparse.Namespace, part: int, parts: int) -> None:
+    """Publish ``args.prefill`` events to each of this part's categories, as fast as it can."""
+    sock = target.connect()
+    buffer = bytearray()
+    for _ in range(args.prefill):
+        for number in range(part, args.categories, parts):
+            status, _ = exchange(sock, buffer, target.publish_request(f"c{number}", {"seq": -1}))
+            if status != 200:
+                raise SystemExit(f"prefill: HTTP {status}")
+    sock.close()
+
+
 def publish_only(args: argparse.Namespace) -> int:
     """The publisher process: publish for ``--seconds``, then print what was accepted."""
     host, _, port = args.publish_only.rpartition(":")
     target = Target(host, int(port))
+    if args.prefill:
+        parts = min(args.publishers, args.categories)
+        gevent.joinall([gevent.spawn(prefill, target, args, part, parts)
+                        for part in range(parts)], raise_error=True)
+        return 0
     run = Run()
     until = time.monotonic() + args.seconds
     parts = min(args.publishers, args.categories)
@@ -213,6 +232,21 @@ def start_publisher(target: Target, args: argparse.Namespace) -> subprocess.Pope
         "--categories", str(args.categories), "--publishers", str(args.publishers),
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def run_prefill(target: Target, args: argparse.Namespace) -> None:
+    """Fill every category's buffer through one compaction cycle before measuring.
+
+    A buffer drops its oldest events at once but compacts its list only once more than
+    64 (and more than its size) are dropped, so memory grows for the first
+    ``buffer_size + 65`` events of each category, then levels off: that is the warm-up.
+    """
+    command = [
+        sys.executable, __file__, "--publish-only", f"{target.host}:{target.port}",
+        "--prefill", str(args.prefill), "--categories", str(args.categories),
+        "--publishers", str(args.publishers),
+    ]
+    subprocess.run(command, check=True, timeout=3600)
 
 
 def stats(target: Target) -> dict[str, Any]:
@@ -280,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                         "full (and memory should be flat) after the first minute")
     parser.add_argument("--publishers", type=int, default=4,
                         help="publishing connections, each with its share of the categories")
+    parser.add_argument("--prefill", type=int, default=None,
+                        help="events published to each category before the subscribers "
+                        "park (default: buffer size + 66, one compaction cycle)")
     parser.add_argument("--publish-only", metavar="HOST:PORT", help=argparse.SUPPRESS)
     parser.add_argument("--sample-every", type=float, default=10, help="seconds")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
@@ -287,15 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish_only:
         return publish_only(args)
 
+    if args.prefill is None:
+        args.prefill = args.buffer_size + 66
     raise_open_files_limit()
     process, target = start_server(args)
     run = Run()
     rng = random.Random(7)
-    subscribers = [
-        Subscriber(f"c{n % args.categories}", stays=rng.random() >= args.churn)
-        for n in range(args.subscribers)
-    ]
     try:
+        prefill_started = time.monotonic()
+        print(f"prefill: {args.prefill} events in each of {args.categories} categories",
+              flush=True)
+        run_prefill(target, args)
+        assert target.pid is not None
+        print(f"prefill took {time.monotonic() - prefill_started:.0f} s; server rss "
+              f"{read_rss_kb(target.pid) / 1024:.1f} MiB", flush=True)
+        # Subscribers want what comes after the prefill (epoch ms; the server's clock is ours).
+        start_ms = time.time_ns() // 1_000_000
+        subscribers = [
+            Subscriber(f"c{n % args.categories}", stays=rng.random() >= args.churn,
+                       since_time=start_ms)
+            for n in range(args.subscribers)
+        ]
         print(f"server pid {process.pid} on port {target.port}; parking "
               f"{args.subscribers} subscribers on {args.categories} categories", flush=True)
         followers = [gevent.spawn(follow, target, subscriber, args, run)
@@ -308,16 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         sample(target, run, started, subscribers)
         publisher = start_publisher(target, args)
-        while publisher.poll() is None:
-            gevent.sleep(min(args.sample_every, max(0.1, started + args.seconds
-                                                    - time.monotonic() + 1)))
+        output = gevent.spawn(publisher.communicate)  # read as it writes: no full pipe
+        while not output.ready():
+            output.join(timeout=args.sample_every)
             if process.poll() is not None:
                 raise SystemExit("the server died")
             sample(target, run, started, subscribers)
-        assert publisher.stdout is not None
-        report = json.loads(publisher.stdout.read())
-        if publisher.wait() != 0:
+        if publisher.returncode != 0:
             raise SystemExit("the publisher failed")
+        report = json.loads(output.get()[0])
         run.published, run.publish_failures = report["published"], report["failures"]
         # Let the stayers catch up with the last events (bounded), then stop everyone.
         catch_up = time.monotonic() + args.poll_timeout + 10
