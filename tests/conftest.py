@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
+import requests
 
 from wsgi_longpoll import Server, ServerInfo
 
@@ -17,6 +19,23 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(0.005)
+
+
+def publish_concurrently(base_url: str, categories: Iterable[str], per_category: int) -> None:
+    """Publish 0 .. per_category - 1 to each category over HTTP, one thread per category."""
+
+    def publish_all(category: str) -> None:
+        with requests.Session() as session:
+            for n in range(per_category):
+                answer = session.post(f"{base_url}/publish",
+                                      json={"category": category, "data": n}, timeout=10)
+                assert answer.status_code == 200, answer.text
+
+    publishers = [threading.Thread(target=publish_all, args=(c,)) for c in categories]
+    for publisher in publishers:
+        publisher.start()
+    for publisher in publishers:
+        publisher.join(60)
 
 
 @pytest.fixture

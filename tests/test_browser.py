@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
+from conftest import publish_concurrently
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -553,18 +553,7 @@ def test_three_categories_published_concurrently_arrive_in_publish_order_once(
         wait_for(browser, lambda d: d.execute_script("return window.client.state") == "connected",
                  "the client connected")
 
-        def publish_all(category: str) -> None:
-            with requests.Session() as session:
-                for n in range(per_category):
-                    answer = publish(f"{url}/publish", 5, None, PublishRequest(category, n), "",
-                                     "", session)
-                    assert answer.status_code == 200, answer.text
-
-        publishers = [threading.Thread(target=publish_all, args=(c,)) for c in "xyz"]
-        for publisher in publishers:
-            publisher.start()
-        for publisher in publishers:
-            publisher.join(30)
+        publish_concurrently(url, "xyz", per_category)
         wait_for(browser, lambda d: len(page_log(d)) >= 3 * per_category, "every event")
         received = page_log(browser)
         everything = subscription(

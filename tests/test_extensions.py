@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import publish_concurrently
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server
@@ -97,11 +98,6 @@ def test_multi_category_subscriber_gets_every_event_once_over_http(server: Serve
     base = f"http://127.0.0.1:{server.port}"
     per_category = 60
 
-    def publish(category: str) -> None:
-        with requests.Session() as session:
-            for n in range(per_category):
-                session.post(f"{base}/publish", json={"category": category, "data": n}, timeout=10)
-
     seen: list[tuple[str, int]] = []
 
     def follow() -> None:
@@ -115,11 +111,7 @@ def test_multi_category_subscriber_gets_every_event_once_over_http(server: Serve
 
     follower = threading.Thread(target=follow)
     follower.start()
-    publishers = [threading.Thread(target=publish, args=(category,)) for category in "xyz"]
-    for thread in publishers:
-        thread.start()
-    for thread in publishers:
-        thread.join(60)
+    publish_concurrently(base, "xyz", per_category)
     follower.join(60)
     published = [
         (event.category, event.data)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 import requests
-from conftest import wait_until
+from conftest import publish_concurrently, wait_until
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from werkzeug.wrappers import Request, Response
@@ -791,18 +791,7 @@ def test_three_categories_published_concurrently_arrive_in_publish_order_once() 
     try:
         wait_until(lambda: server.manager.waiting_count("z") == 1)
 
-        def publish_all(category: str) -> None:
-            with requests.Session() as publisher:
-                for n in range(per_category):
-                    answer = publish(f"{url}/publish", 5, None, PublishRequest(category, n), "",
-                                     "", publisher)
-                    assert answer.status_code == 200, answer.text
-
-        publishers = [threading.Thread(target=publish_all, args=(c,)) for c in "xyz"]
-        for publisher in publishers:
-            publisher.start()
-        for publisher in publishers:
-            publisher.join(30)
+        publish_concurrently(url, "xyz", per_category)
         wait_until(lambda: len(received) >= 3 * per_category, timeout=30)
         # The server's own answer from the start: every event, in its publish order.
         everything = subscription(
