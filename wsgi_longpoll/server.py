@@ -144,12 +144,17 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     def handle(self) -> None:
         connections = self.server.connections
         connections.add(self)
+        rfile = self.rfile
         try:
             with contextlib.suppress(OSError):  # not TCP
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().handle()
         finally:
             connections.discard(self)
+            # pywsgi drops its file without closing it; closed later by the garbage
+            # collector, it would touch the hub that stop() has destroyed by then.
+            with contextlib.suppress(OSError):
+                rfile.close()
 
     def handle_one_response(self) -> None:
         if self.header_deadline is not None:
