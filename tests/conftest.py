@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from wsgi_longpoll import Server, ServerInfo
+from wsgi_longpoll import engine as engine_module
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -36,6 +37,14 @@ def publish_concurrently(base_url: str, categories: Iterable[str], per_category:
         publisher.start()
     for publisher in publishers:
         publisher.join(60)
+
+
+@pytest.fixture
+def engine_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The in-memory engine's clock in ms (timestamps, time to live); move ``engine_clock[0]``."""
+    now = [int(time.time() * 1000)]
+    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
+    return now
 
 
 @pytest.fixture

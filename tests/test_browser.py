@@ -24,7 +24,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
 from wsgi_longpoll.demo import DemoApp
 from wsgi_longpoll.event import Event
@@ -567,13 +566,6 @@ def test_three_categories_published_concurrently_arrive_in_publish_order_once(
     assert [Event.from_dict(record) for record in received] == everything
     assert cursor == {"sinceTime": everything[-1].timestamp, "lastId": everything[-1].id}
 
-
-@pytest.fixture
-def engine_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The in-memory engine's clock (event timestamps and time to live), moved by hand."""
-    now = [int(time.time() * 1000)]
-    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
-    return now
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from conftest import publish_concurrently
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server
-from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.protocol import ProtocolError, parse_subscribe_query
 
@@ -146,24 +145,18 @@ def test_single_category_answers_are_golongpolls_bytes() -> None:
 # -- the gap signal ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    now = [5_000_000]
-    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
-    return now
 
-
-def publish_ticking(manager: LongpollManager, clock: list[int], count: int) -> list[Event]:
+def publish_ticking(manager: LongpollManager, engine_clock: list[int], count: int) -> list[Event]:
     events = []
     for n in range(count):
-        clock[0] += 1
+        engine_clock[0] += 1
         events.append(manager.publish("c", n))
     return events
 
 
-def test_gap_when_unseen_events_were_evicted_for_size(clock: list[int]) -> None:
+def test_gap_when_unseen_events_were_evicted_for_size(engine_clock: list[int]) -> None:
     manager = LongpollManager(max_event_buffer_size=3)
-    events = publish_ticking(manager, clock, 6)  # events 0-2 evicted
+    events = publish_ticking(manager, engine_clock, 6)  # events 0-2 evicted
     delivery = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[0].id)
     assert delivery.events == events[3:]
     assert delivery.gaps == [Gap("c", events[2].timestamp, events[2].id)]
@@ -180,10 +173,10 @@ def test_gap_when_unseen_events_were_evicted_for_size(clock: list[int]) -> None:
     ],
 )
 def test_gap_appears_exactly_when_an_unseen_event_was_evicted(
-    clock: list[int], cursor_index: int, with_last_id: bool, gap: bool
+    engine_clock: list[int], cursor_index: int, with_last_id: bool, gap: bool
 ) -> None:
     manager = LongpollManager(max_event_buffer_size=3)
-    events = publish_ticking(manager, clock, 6)
+    events = publish_ticking(manager, engine_clock, 6)
     cursor = events[cursor_index]
     delivery = manager.subscribe(
         "c", 1, since_time=cursor.timestamp, last_id=cursor.id if with_last_id else None
@@ -191,7 +184,7 @@ def test_gap_appears_exactly_when_an_unseen_event_was_evicted(
     assert bool(delivery.gaps) is gap
 
 
-def test_gap_in_the_same_millisecond(clock: list[int]) -> None:
+def test_gap_in_the_same_millisecond(engine_clock: list[int]) -> None:
     manager = LongpollManager(max_event_buffer_size=2)
     events = [manager.publish("c", n) for n in range(4)]  # one ms; 0 and 1 evicted
     seen_evicted = manager.subscribe("c", 1, since_time=events[0].timestamp, last_id=events[1].id)
@@ -200,20 +193,20 @@ def test_gap_in_the_same_millisecond(clock: list[int]) -> None:
     assert missed.gaps == [Gap("c", events[1].timestamp, events[1].id)]
 
 
-def test_gap_when_unseen_events_expired(clock: list[int]) -> None:
+def test_gap_when_unseen_events_expired(engine_clock: list[int]) -> None:
     manager = LongpollManager(event_time_to_live_seconds=10)
-    old = publish_ticking(manager, clock, 3)
-    clock[0] += 20_000
+    old = publish_ticking(manager, engine_clock, 3)
+    engine_clock[0] += 20_000
     fresh = manager.publish("c", "fresh")
     delivery = manager.subscribe("c", 1, since_time=old[0].timestamp, last_id=old[0].id)
     assert delivery.events == [fresh]
     assert delivery.gaps == [Gap("c", old[2].timestamp, old[2].id)]
 
 
-def test_gap_is_reported_even_when_every_event_expired(clock: list[int]) -> None:
+def test_gap_is_reported_even_when_every_event_expired(engine_clock: list[int]) -> None:
     manager = LongpollManager(event_time_to_live_seconds=10)
-    old = publish_ticking(manager, clock, 2)
-    clock[0] += 20_000
+    old = publish_ticking(manager, engine_clock, 2)
+    engine_clock[0] += 20_000
     delivery = manager.subscribe("c", 0.01, since_time=old[0].timestamp, last_id=old[0].id)
     assert delivery.events == []
     assert delivery.gaps == [Gap("c", old[1].timestamp, old[1].id)]
@@ -221,12 +214,12 @@ def test_gap_is_reported_even_when_every_event_expired(clock: list[int]) -> None
     assert resumed.gaps == []  # the gap's cursor resumes without a gap
 
 
-def test_no_gap_without_since_time_nor_without_eviction(clock: list[int]) -> None:
+def test_no_gap_without_since_time_nor_without_eviction(engine_clock: list[int]) -> None:
     manager = LongpollManager(max_event_buffer_size=3)
     assert manager.subscribe("c", 0.01).gaps == []
-    events = publish_ticking(manager, clock, 3)
+    events = publish_ticking(manager, engine_clock, 3)
     assert manager.subscribe("c", 1, since_time=1).gaps == []  # nothing evicted yet
-    publish_ticking(manager, clock, 3)
+    publish_ticking(manager, engine_clock, 3)
     assert manager.subscribe("c", 0.01).gaps == []  # first subscribe: no cursor
     delete_mode = LongpollManager(delete_event_after_first_retrieval=True)
     served = delete_mode.publish("c", 1)
@@ -235,16 +228,16 @@ def test_no_gap_without_since_time_nor_without_eviction(clock: list[int]) -> Non
     assert events
 
 
-def test_gaps_over_http_name_each_category(clock: list[int]) -> None:
+def test_gaps_over_http_name_each_category(engine_clock: list[int]) -> None:
     manager = LongpollManager(max_event_buffer_size=1)
     app = make_app(manager)
-    clock[0] += 1
+    engine_clock[0] += 1
     a0 = manager.publish("a", 0)
-    clock[0] += 1
+    engine_clock[0] += 1
     manager.publish("a", 1)
-    clock[0] += 1
+    engine_clock[0] += 1
     b0 = manager.publish("b", 0)
-    clock[0] += 1
+    engine_clock[0] += 1
     b1 = manager.publish("b", 1)
     body = app.get(f"/events?timeout=1&category=a&categories=b&since_time={a0.timestamp - 1}").json
     assert [event["data"] for event in body["events"]] == [1, 1]

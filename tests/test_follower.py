@@ -20,7 +20,6 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.follower import (
@@ -881,13 +880,6 @@ def test_a_gap_is_reported_exactly_when_unseen_events_were_dropped_for_buffer_si
     else:
         assert held.recorder.reports == []
 
-
-@pytest.fixture
-def engine_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The in-memory engine's clock (event timestamps and time to live), moved by hand."""
-    now = [int(time.time() * 1000)]
-    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
-    return now
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from wsgi_longpoll import engine as engine_module
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.manager import CapacityExceeded, LongpollManager, ManagerClosed
 
@@ -19,13 +18,6 @@ def manager() -> Iterator[LongpollManager]:
     yield manager
     manager.close()
 
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The manager's wall clock, in ms; tests move it by assigning ``clock[0]``."""
-    now = [1_000_000]
-    monkeypatch.setattr(engine_module, "now_ms", lambda: now[0])
-    return now
 
 
 def wait_for_waiters(manager: LongpollManager, count: int, category: str | None = None) -> None:
@@ -131,9 +123,9 @@ def test_timeout_returns_no_events(manager: LongpollManager) -> None:
     assert manager.waiting_count() == 0
 
 
-def test_timestamps_never_go_backwards(manager: LongpollManager, clock: list[int]) -> None:
+def test_timestamps_never_go_backwards(manager: LongpollManager, engine_clock: list[int]) -> None:
     first = manager.publish("a", 1)
-    clock[0] -= 5000  # the wall clock steps back
+    engine_clock[0] -= 5000  # the wall clock steps back
     second = manager.publish("b", 2)
     third = manager.publish("a", 3)
     assert first.timestamp <= second.timestamp <= third.timestamp
@@ -142,7 +134,7 @@ def test_timestamps_never_go_backwards(manager: LongpollManager, clock: list[int
 
 
 def test_same_millisecond_events_resume_in_publish_order(
-    manager: LongpollManager, clock: list[int]
+    manager: LongpollManager, engine_clock: list[int]
 ) -> None:
     events = [manager.publish("c", n) for n in range(10)]
     assert len({event.timestamp for event in events}) == 1
@@ -157,26 +149,26 @@ def test_buffer_size_keeps_the_newest() -> None:
     assert manager.subscribe("c", 1, since_time=0).events == events[2:]
 
 
-def test_expired_events_are_never_served_and_are_purged(clock: list[int]) -> None:
+def test_expired_events_are_never_served_and_are_purged(engine_clock: list[int]) -> None:
     manager = LongpollManager(event_time_to_live_seconds=10)
     old = manager.publish("old", 1)
-    clock[0] += 5_000
+    engine_clock[0] += 5_000
     kept = manager.publish("kept", 2)
-    clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
+    engine_clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
     assert manager.subscribe("old", 0.01, since_time=0).events == []
     assert manager.subscribe("kept", 1, since_time=0).events == [kept]
     assert len(manager._engine._buffers["old"]) == 0  # purged, not just hidden
     assert old.timestamp < kept.timestamp
 
 
-def test_expired_categories_are_swept_without_being_asked_for(clock: list[int]) -> None:
+def test_expired_categories_are_swept_without_being_asked_for(engine_clock: list[int]) -> None:
     manager = LongpollManager(event_time_to_live_seconds=1)
     for n in range(100):
         manager.publish(f"c{n}", n)
-    clock[0] += 2_000
+    engine_clock[0] += 2_000
     manager.publish("fresh", 1)
     assert sum(len(buffer) for buffer in manager._engine._buffers.values()) == 1
-    clock[0] += 2_000  # empty for a whole time to live: forgotten
+    engine_clock[0] += 2_000  # empty for a whole time to live: forgotten
     manager.publish("fresh", 2)
     assert list(manager._engine._buffers) == ["fresh"]
 
@@ -294,7 +286,7 @@ def test_stats_count_what_happened() -> None:
     assert stats.waiting_subscribers == 0
 
 
-def test_max_categories_refuses_a_new_category_not_an_old_one(clock: list[int]) -> None:
+def test_max_categories_refuses_a_new_category_not_an_old_one(engine_clock: list[int]) -> None:
     manager = LongpollManager(max_categories=2, event_time_to_live_seconds=5)
     manager.publish("a", 1)
     manager.publish("b", 1)
@@ -302,10 +294,10 @@ def test_max_categories_refuses_a_new_category_not_an_old_one(clock: list[int]) 
         manager.publish("c", 1)
     manager.publish("a", 2)  # an existing category is fine
     assert manager.stats().publish_errors == 1
-    clock[0] += 6_000  # every event expired, but the categories remember it (gap signal)
+    engine_clock[0] += 6_000  # every event expired, but the categories remember it (gap signal)
     with pytest.raises(CapacityExceeded):
         manager.publish("c", 1)
-    clock[0] += 5_000  # empty for a whole time to live: forgotten, room is made
+    engine_clock[0] += 5_000  # empty for a whole time to live: forgotten, room is made
     manager.publish("c", 1)
 
 
