@@ -90,7 +90,7 @@ def publish_rate(
     steadier figure on a shared machine.
     """
     from wsgi_longpoll import LongpollManager
-    from wsgi_longpoll.persist import FilePersister
+    from wsgi_longpoll.engines.persist import FilePersister
 
     path = directory / "inprocess.log"
     with contextlib.suppress(FileNotFoundError):
@@ -113,7 +113,7 @@ def append_cost_us(directory: Path, options: dict[str, Any], events: int) -> flo
     import uuid
 
     from wsgi_longpoll.event import Event
-    from wsgi_longpoll.persist import FilePersister
+    from wsgi_longpoll.engines.persist import FilePersister
 
     batch = [Event(1_000_000 + n, f"category-{n % 10}", str(uuid.uuid4()),
                    {"message": "hello world", "n": 0}) for n in range(events)]

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from wsgi_longpoll import Server, ServerInfo
-from wsgi_longpoll import engine as engine_module
+from wsgi_longpoll.engines import memory as engine_module
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:

@@ -12,8 +12,8 @@ import requests
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.auth import basic_auth, bearer_token, hmac_signature
-from wsgi_longpoll.middleware import Hook
+from wsgi_longpoll.wsgi.auth import basic_auth, bearer_token, hmac_signature
+from wsgi_longpoll.wsgi.middleware import Hook
 
 
 def not_found(environ: object, start_response: object) -> list[bytes]:

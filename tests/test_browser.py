@@ -24,10 +24,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
-from wsgi_longpoll.demo import DemoApp
+from wsgi_longpoll.client.api import PublishRequest, SubscriptionRequest, publish, subscription
+from wsgi_longpoll.client.follower import Cursor
 from wsgi_longpoll.event import Event
-from wsgi_longpoll.follower import Cursor
+from wsgi_longpoll.wsgi.demo import DemoApp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

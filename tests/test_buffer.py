@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from wsgi_longpoll.buffer import EventBuffer
+from wsgi_longpoll.engines.buffer import EventBuffer
 from wsgi_longpoll.event import Event
 
 

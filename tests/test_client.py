@@ -1,4 +1,4 @@
-"""Tests for wsgi_longpoll.client, against a recording HTTP server on 127.0.0.1."""
+"""Tests for wsgi_longpoll.client.api, against a recording HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from wsgi_longpoll import Server, ServerInfo, client
-from wsgi_longpoll.client import (
+from wsgi_longpoll import Server, ServerInfo
+from wsgi_longpoll.client import api as client
+from wsgi_longpoll.client.api import (
     SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS,
     ClientError,
     InvalidResponse,

@@ -10,7 +10,7 @@ import requests
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.cors import CORSMiddleware
+from wsgi_longpoll.wsgi.cors import CORSMiddleware
 
 ALLOWED = "https://app.example.com"
 OTHER = "https://evil.example.net"

@@ -12,7 +12,7 @@ from test_cli import start_serving
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
-from wsgi_longpoll.demo import DemoApp
+from wsgi_longpoll.wsgi.demo import DemoApp
 
 STATIC = files("wsgi_longpoll") / "static"
 

@@ -20,15 +20,15 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
-from wsgi_longpoll.client import PublishRequest, SubscriptionRequest, publish, subscription
-from wsgi_longpoll.event import Event, Gap
-from wsgi_longpoll.follower import (
+from wsgi_longpoll.client.api import PublishRequest, SubscriptionRequest, publish, subscription
+from wsgi_longpoll.client.follower import (
     Backoff,
     Cursor,
     Follower,
     GapDetected,
     SubscriptionRejected,
 )
+from wsgi_longpoll.event import Event, Gap
 
 URL = "http://127.0.0.1:9/events"  # never reached: the scripted tests use an adapter
 
@@ -450,7 +450,7 @@ def failures_logged(caplog: pytest.LogCaptureFixture) -> int:
 
 
 def test_stop_cuts_a_pause_after_an_error_short(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.follower")
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.client.follower")
     with socket.socket() as probe:  # a port with nothing listening: connections are refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -509,7 +509,7 @@ def test_follower_comes_back_after_the_server_was_down(
 ) -> None:
     # The server is down long enough for the follower to fail and back off; the events
     # published after it comes back are fetched with the cursor, none before them again.
-    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.follower")
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.client.follower")
     persistence = FilePersistorInfo(use=True, file_name=str(tmp_path / "events.jsonl"))
     server = Server(access_log=False)
     server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10), persistence)

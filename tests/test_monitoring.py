@@ -14,8 +14,8 @@ from conftest import wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.auth import bearer_token
-from wsgi_longpoll.monitoring import MonitoringMiddleware
+from wsgi_longpoll.wsgi.auth import bearer_token
+from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 
 def other_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -1,4 +1,4 @@
-"""Tests for wsgi_longpoll.persist: the event file, its writer thread and its compaction."""
+"""Tests for wsgi_longpoll.engines.persist: the event file, its writer thread and its compaction."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import pytest
 import requests
 from conftest import wait_until
 
-from wsgi_longpoll import FilePersistorInfo, LongpollManager, Server, ServerInfo, persist
+from wsgi_longpoll import FilePersistorInfo, LongpollManager, Server, ServerInfo
+from wsgi_longpoll.engines import persist
+from wsgi_longpoll.engines.persist import FilePersister
 from wsgi_longpoll.event import Event
-from wsgi_longpoll.persist import FilePersister
 from wsgi_longpoll.protocol import now_ms
 
 #: The longest any test waits for a server or a file; every wait is bounded by it.
@@ -190,7 +191,7 @@ def test_golongpoll_file_with_corrupt_lines_loads_every_good_event(
         + record(1003, "sport", "third", UUIDS[2])  # line 9
         + b'\n{"timestamp":1004,"category":"news","da'  # line 10: torn tail
     )
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.persist"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.engines.persist"):
         events = make_persister().load()
     assert [(e.timestamp, e.category, e.id, e.data) for e in events] == [
         (1000, "news", UUIDS[0], "first"),
@@ -359,7 +360,7 @@ def test_failed_write_is_kept_and_retried(
     manager = LongpollManager(persister=persister)
     persister.flush()
     monkeypatch.setattr(persist, "_write_out", failing_once)
-    with caplog.at_level(logging.ERROR, logger="wsgi_longpoll.persist"):
+    with caplog.at_level(logging.ERROR, logger="wsgi_longpoll.engines.persist"):
         published = [manager.publish("news", n).id for n in range(3)]
         # The failed write is the buffer's or the flush's own; then it raises.
         with contextlib.suppress(OSError):
@@ -393,7 +394,7 @@ def test_writer_is_a_real_thread_in_a_monkey_patched_process(event_file: Path) -
 from gevent import monkey; monkey.patch_all()
 import os, time
 from wsgi_longpoll.event import Event
-from wsgi_longpoll.persist import FilePersister
+from wsgi_longpoll.engines.persist import FilePersister
 persister = FilePersister({str(event_file)!r}, 1, 0.01)
 persister.append(Event(1000, "news", "{UUIDS[0]}", "hello"))
 deadline = time.monotonic() + {WAIT_SECONDS}
@@ -410,7 +411,7 @@ print(os.stat({str(event_file)!r}).st_size)
 def test_exit_without_close_writes_everything(event_file: Path) -> None:
     script = f"""
 from wsgi_longpoll.event import Event
-from wsgi_longpoll.persist import FilePersister
+from wsgi_longpoll.engines.persist import FilePersister
 persister = FilePersister({str(event_file)!r}, 1 << 20, 3600)
 for n in range(50):
     persister.append(Event(1000 + n, "news", "{UUIDS[0][:-3]}%03d" % n, n))
@@ -501,7 +502,7 @@ def test_interrupted_compaction_leaves_a_loadable_file(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     persister = make_persister()
-    with caplog.at_level(logging.ERROR, logger="wsgi_longpoll.persist"):
+    with caplog.at_level(logging.ERROR, logger="wsgi_longpoll.engines.persist"):
         manager = LongpollManager(max_event_buffer_size=3, persister=persister)  # compacts
         manager.publish("news", "after")
         persister.flush()

@@ -29,11 +29,11 @@ from conftest import wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.engine import CapacityExceeded, StorageUnavailable
+from wsgi_longpoll.engines.memory import CapacityExceeded, StorageUnavailable
 from wsgi_longpoll.event import Gap
 
 redis = pytest.importorskip("redis")
-redis_engine = pytest.importorskip("wsgi_longpoll.redis_engine")
+redis_engine = pytest.importorskip("wsgi_longpoll.engines.redis")
 
 
 def _redis_executable() -> str | None:

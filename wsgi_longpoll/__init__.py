@@ -7,11 +7,17 @@ dataclasses) mirrors the Go package ``long_polling``; :class:`LongpollManager` a
 
 import logging
 
-from .client import PublishRequest, SubscriptionRequest, SubscriptionResponse, publish, subscription
+from .client.api import (
+    PublishRequest,
+    SubscriptionRequest,
+    SubscriptionResponse,
+    publish,
+    subscription,
+)
 from .event import Event
 from .manager import LongpollManager, ManagerClosed
-from .middleware import LongpollMiddleware
 from .server import FilePersistorInfo, Server, ServerInfo
+from .wsgi.middleware import LongpollMiddleware
 
 __version__ = "0.1.0.dev0"
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .auth import bearer_token
-from .demo import DemoApp
 from .manager import LongpollManager
 from .server import FilePersistorInfo, Server, ServerInfo
+from .wsgi.auth import bearer_token
+from .wsgi.demo import DemoApp
 
 __all__ = ["main"]
 

@@ -18,14 +18,14 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from .engine import CapacityExceeded, MemoryEngine, Persister, StorageUnavailable
+from .engines.memory import CapacityExceeded, MemoryEngine, Persister, StorageUnavailable
 from .event import Event, Gap
 from .protocol import validate_category
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-    from .redis_engine import Position, RedisEngine
+    from .engines.redis import Position, RedisEngine
 
 __all__ = [
     "CapacityExceeded",
@@ -129,7 +129,7 @@ class LongpollManager:
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
-        process (see :mod:`wsgi_longpoll.redis_engine` and ``docs/scaling.md``), so that
+        process (see :mod:`wsgi_longpoll.engines.redis` and ``docs/scaling.md``), so that
         every process and host pointed at it serves one event stream. Needs the
         ``redis`` extra; excludes *persister* (Redis's own AOF/RDB keeps the events)
         and *delete_event_after_first_retrieval*.
@@ -201,7 +201,7 @@ class LongpollManager:
                     "delete_event_after_first_retrieval does not work with redis_url"
                 )
             try:
-                from .redis_engine import RedisEngine
+                from .engines.redis import RedisEngine
             except ImportError as error:
                 raise ImportError(
                     "redis_url needs redis-py: pip install 'wsgi_longpoll[redis]'"

@@ -29,10 +29,10 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 from werkzeug.exceptions import NotFound
 
-from .cors import CORSMiddleware
 from .manager import LongpollManager
-from .middleware import Hook, LongpollMiddleware
-from .monitoring import MonitoringMiddleware
+from .wsgi.cors import CORSMiddleware
+from .wsgi.middleware import Hook, LongpollMiddleware
+from .wsgi.monitoring import MonitoringMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -502,7 +502,7 @@ class Server:
 def _make_persister(info: FilePersistorInfo | None) -> Any:
     if info is None or not info.use:
         return None
-    from .persist import FilePersister
+    from .engines.persist import FilePersister
 
     return FilePersister(
         info.file_name, info.write_buffer_size, info.write_flush_period_seconds, fsync=info.fsync

@@ -38,11 +38,11 @@ from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .engine import CapacityExceeded, StorageUnavailable
-from .event import Event, Gap, encode_json
+from ..event import Event, Gap, encode_json
+from .memory import CapacityExceeded, StorageUnavailable
 
 if TYPE_CHECKING:
-    from .manager import LongpollManager
+    from ..manager import LongpollManager
 
 __all__ = ["RedisEngine", "event_id", "stream_position"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
-from .event import Event
+from ..event import Event
 
 __all__ = ["FilePersister"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
-from .event import Event
+from ..event import Event
 
 __all__ = ["EventBuffer", "Floor"]
 

@@ -42,15 +42,15 @@ from typing import Any
 
 import requests
 
-from .client import (
+from ..event import Event, Gap
+from .api import (
     ClientError,
+    Header,
     SubscriptionRequest,
     SubscriptionResponse,
-    _Header,
-    _Transport,
+    Transport,
     subscription,
 )
-from .event import Event, Gap
 
 __all__ = ["Backoff", "Cursor", "Follower", "GapDetected", "SubscriptionRejected"]
 
@@ -239,10 +239,10 @@ class Follower:
         *,
         start: Cursor | int | None = None,
         timeout_seconds: int = default_timeout_seconds,
-        header: _Header | None = None,
+        header: Header | None = None,
         username: str = "",
         password: str = "",
-        transport: _Transport = None,
+        transport: Transport = None,
         backoff: Backoff | None = None,
         on_gap: Callable[[GapDetected], object] | None = None,
         sleep: Callable[[float], object] | None = None,
@@ -267,7 +267,7 @@ class Follower:
         self.backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
         self._owns_session = transport is None
-        self._transport: _Transport = requests.Session() if transport is None else transport
+        self._transport: Transport = requests.Session() if transport is None else transport
 
         if start is None or isinstance(start, Cursor):
             self._cursor = start

@@ -48,15 +48,17 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.auth import HTTPBasicAuth
 
-from .event import Event, Gap, encode_json
+from ..event import Event, Gap, encode_json
 
 __all__ = [
     "SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS",
     "ClientError",
+    "Header",
     "InvalidResponse",
     "PublishRequest",
     "SubscriptionRequest",
     "SubscriptionResponse",
+    "Transport",
     "publish",
     "subscription",
 ]
@@ -70,8 +72,11 @@ SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS = 10.0
 #: The host that an empty host (``http://:8080/events``, as Go allows) stands for.
 _LOCAL_HOST = "127.0.0.1"
 
-_Header = Mapping[str, str | Sequence[str]]
-_Transport = requests.Session | BaseAdapter | None
+#: Request headers: a name to one value or to several.
+Header = Mapping[str, str | Sequence[str]]
+#: Go's custom transport: a :class:`requests.Session` (reused), an adapter (mounted for
+#: the call), or ``None`` for a new session each call.
+Transport = requests.Session | BaseAdapter | None
 
 
 class ClientError(requests.RequestException):
@@ -157,11 +162,11 @@ class SubscriptionResponse:
 
 def subscription(
     raw_url: str,
-    header: _Header | None,
+    header: Header | None,
     request: SubscriptionRequest,
     username: str,
     password: str,
-    transport: _Transport,
+    transport: Transport,
 ) -> SubscriptionResponse:
     """Wait for events in a category (or several) with one long-poll request.
 
@@ -226,11 +231,11 @@ def subscription(
 def publish(
     raw_url: str,
     timeout: float | datetime.timedelta,
-    header: _Header | None,
+    header: Header | None,
     publish_request: PublishRequest,
     username: str,
     password: str,
-    transport: _Transport,
+    transport: Transport,
 ) -> requests.Response:
     """Publish one event.
 
@@ -286,7 +291,7 @@ def _send(
     fields: dict[str, str],
     username: str,
     password: str,
-    transport: _Transport,
+    transport: Transport,
     timeout: float | tuple[float, float] | None,
     params: list[tuple[str, str | int]] | None = None,
     body: bytes | None = None,
@@ -314,7 +319,7 @@ def _send(
 
 
 @contextmanager
-def _session_for(transport: _Transport) -> Iterator[requests.Session]:
+def _session_for(transport: Transport) -> Iterator[requests.Session]:
     if transport is None:
         with requests.Session() as session:
             yield session
@@ -334,7 +339,7 @@ def _session_for(transport: _Transport) -> Iterator[requests.Session]:
         )
 
 
-def _header_fields(header: _Header | None) -> dict[str, str]:
+def _header_fields(header: Header | None) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name, value in (header or {}).items():
         if isinstance(value, str):

@@ -16,8 +16,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
-from .manager import CapacityExceeded, LongpollManager, ManagerClosed, StorageUnavailable
-from .protocol import (
+from ..manager import CapacityExceeded, LongpollManager, ManagerClosed, StorageUnavailable
+from ..protocol import (
     PUBLISH_BODY_ERROR,
     PUBLISH_METHOD_ERROR,
     PUBLISH_SUCCESS_BODY,

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from werkzeug.wrappers import Request, Response
 
-from .manager import LongpollManager, ManagerStats
+from ..manager import LongpollManager, ManagerStats
+from ..protocol import error_body
 from .middleware import Hook
-from .protocol import error_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .protocol import error_body
+from ..protocol import error_body
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -3,7 +3,7 @@
 The :class:`~wsgi_longpoll.manager.LongpollManager` owns the subscribers that wait and
 wakes them; an engine owns the events. :class:`MemoryEngine`, the default, keeps them in
 one :class:`~wsgi_longpoll.buffer.EventBuffer` per category of this process.
-:class:`wsgi_longpoll.redis_engine.RedisEngine` keeps them in Redis Streams, shared by
+:class:`wsgi_longpoll.engines.redis.RedisEngine` keeps them in Redis Streams, shared by
 every process and host that points at the same Redis.
 
 Both give events one publish order across every category, so that one cursor
@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
+from ..event import Event, Gap
+from ..protocol import now_ms
 from .buffer import EventBuffer
-from .event import Event, Gap
-from .protocol import now_ms
 
 __all__ = [
     "CapacityExceeded",

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 
 from werkzeug.wrappers import Request, Response
 
+from ..protocol import error_body
 from .middleware import Hook
-from .protocol import error_body
 
 __all__ = ["basic_auth", "bearer_token", "hmac_signature"]
 

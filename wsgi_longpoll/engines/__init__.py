@@ -1,0 +1,1 @@
+"""Storage engines: where a manager keeps the events of each category."""
