@@ -157,7 +157,7 @@ def test_expired_events_are_never_served_and_are_purged(engine_clock: list[int])
     engine_clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
     assert manager.subscribe("old", 0.01, since_time=0).events == []
     assert manager.subscribe("kept", 1, since_time=0).events == [kept]
-    assert len(manager._engine._buffers["old"]) == 0  # purged, not just hidden
+    assert manager.stats().buffered_events == 1  # "old" purged, not just hidden
     assert old.timestamp < kept.timestamp
 
 
@@ -167,10 +167,10 @@ def test_expired_categories_are_swept_without_being_asked_for(engine_clock: list
         manager.publish(f"c{n}", n)
     engine_clock[0] += 2_000
     manager.publish("fresh", 1)
-    assert sum(len(buffer) for buffer in manager._engine._buffers.values()) == 1
+    assert manager.engine.counts() == (101, 1)  # empty categories remember their gaps
     engine_clock[0] += 2_000  # empty for a whole time to live: forgotten
     manager.publish("fresh", 2)
-    assert list(manager._engine._buffers) == ["fresh"]
+    assert manager.engine.counts() == (1, 1)  # the first "fresh" expired too
 
 
 def test_delete_after_first_retrieval_from_the_buffer() -> None:

@@ -90,6 +90,22 @@ class EventBuffer:
         """
         return self._events[self._position_after(since_time, last_id, last_seq) :]
 
+    def entries_after(
+        self, since_time: int, last_id: str | None = None, last_seq: int | None = None
+    ) -> list[tuple[tuple[int, int], Event]]:
+        """:meth:`after`, each event with its position ``(timestamp, seq)``."""
+        return self._entries(self._position_after(since_time, last_id, last_seq))
+
+    def entries_after_seq(self, seq: int) -> list[tuple[tuple[int, int], Event]]:
+        """The events published after number *seq*, each with its position."""
+        return self._entries(bisect_right(self._seqs, seq, lo=self._start))
+
+    def _entries(self, start: int) -> list[tuple[tuple[int, int], Event]]:
+        return [
+            ((event.timestamp, seq), event)
+            for seq, event in zip(self._seqs[start:], self._events[start:], strict=True)
+        ]
+
     def drop_newest(self, count: int) -> None:
         """Remove the *count* newest events (served, with delete after first retrieval)."""
         if count <= 0:
