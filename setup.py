@@ -45,6 +45,7 @@ setup(
             "ruff>=0.5",
             "mypy>=1.10",
             "types-requests",
+            "import-linter>=2.0",
         ],
     },
     entry_points={"console_scripts": ["wsgi-longpoll = wsgi_longpoll.cli:main"]},
