@@ -29,6 +29,7 @@ from webtest import TestApp
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
 from wsgi_longpoll.errors import CapacityExceeded, StorageUnavailable
 from wsgi_longpoll.event import Event, Gap
+from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 redis = pytest.importorskip("redis")
 redis_engine = pytest.importorskip("wsgi_longpoll.engines.redis")
@@ -244,6 +245,27 @@ def test_an_unreachable_redis_is_a_503_over_http() -> None:
         assert response.json() == {"error": "The event store is unavailable. Try again later."}
     finally:
         server.stop(5)
+
+
+def test_monitoring_says_so_while_redis_is_down(redis_server: RedisProcess, prefix: str) -> None:
+    manager = LongpollManager(redis_url=redis_server.url + "?socket_timeout=1",
+                              redis_key_prefix=prefix)
+    app = TestApp(MonitoringMiddleware(lambda environ, start_response: [], manager,
+                                       stats_path="/stats", health_path="/healthz"))
+    try:
+        assert app.get("/healthz").json == {"status": "ok"}
+        assert app.get("/stats").json["buffered_events"] == 0
+        redis_server.kill()
+        health = app.get("/healthz", status=503)
+        assert health.json["status"] == "unavailable"
+        assert "unavailable" in health.json["error"] and health.headers["Retry-After"]
+        stats = app.get("/stats", status=503)
+        assert stats.content_type == "application/json"
+        assert stats.json["error"].startswith("The statistics are unavailable: Redis at")
+        redis_server.start()
+        assert app.get("/healthz").json == {"status": "ok"}
+    finally:
+        manager.close()
 
 
 # -- real processes -----------------------------------------------------------------------

@@ -514,6 +514,17 @@ class LongpollManager:
                 publish_errors=self._publish_errors,
             )
 
+    def check(self) -> None:
+        """Make sure that events can be published now (for health checks).
+
+        :raises ManagerClosed: once :meth:`close` has been called.
+        :raises StorageUnavailable: if the engine cannot store events (Redis unreachable,
+            a persister whose writes fail).
+        """
+        if self._closed:
+            raise ManagerClosed("the manager is closed")
+        self.engine.check()
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""

@@ -115,6 +115,13 @@ class Engine(ABC):
         """``(categories that hold events, events held)``."""
 
     @abstractmethod
+    def check(self) -> None:
+        """Make sure that events can be stored now (for health checks).
+
+        :raises StorageUnavailable: naming what fails (Redis unreachable, a failed disk).
+        """
+
+    @abstractmethod
     def watch(self, categories: Sequence[str], after: Position) -> None:
         """Deliver the events of *categories* after *after* to the listener, now and as
         they come, until a matching :meth:`unwatch`. Watches are counted per category."""

@@ -51,6 +51,9 @@ class Persister(Protocol):
         Events appended afterwards follow them.
         """
 
+    def check(self) -> None:
+        """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` if writing fails now."""
+
     def close(self) -> None:
         """Write out everything appended and release the file."""
 
@@ -178,6 +181,10 @@ class MemoryEngine(Engine):
     def counts(self) -> tuple[int, int]:
         with self._lock:
             return len(self._buffers), sum(len(buffer) for buffer in self._buffers.values())
+
+    def check(self) -> None:
+        if self._persister is not None:
+            self._persister.check()
 
     def watch(self, categories: Sequence[str], after: Position) -> None:
         with self._lock:

@@ -373,6 +373,9 @@ class RedisEngine(Engine):
         )
         return int(reply[0]), int(reply[1])
 
+    def check(self) -> None:
+        self._call(self._client.ping)
+
     # -- the reader -------------------------------------------------------------------
 
     def watch(self, categories: Sequence[str], after: Position) -> None:
