@@ -168,8 +168,13 @@ class LongpollManager:
         and below.
     :param persister: stores every event and gives them back on start
         (see :class:`wsgi_longpoll.engines.persist.FilePersister`).
-    :param max_categories: how many categories may hold events at once; publishing to
-        one more raises :class:`CapacityExceeded`.
+    :param max_categories: how many categories may hold events at once; a new one pushes
+        out the category idle longest that nobody waits on (its subscribers get the gap
+        signal), and only when every category has waiting subscribers does publishing to
+        one more raise :class:`CapacityExceeded`.
+    :param max_buffered_bytes: the most bytes of events held across every category
+        (in memory; default 256 MiB); the oldest events of all go first, with the gap
+        signal. ``None``: no bound but the others.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
@@ -202,6 +207,7 @@ class LongpollManager:
         persister: Persister | None = None,
         max_categories: int = default_max_categories,
         max_waiting_subscribers: int = default_max_waiting_subscribers,
+        max_buffered_bytes: int | None = MemoryEngine.default_max_buffered_bytes,
         redis_url: str | None = None,
         redis_key_prefix: str = "wsgi_longpoll:",
     ) -> None:
@@ -223,17 +229,19 @@ class LongpollManager:
             engine = _build_engine(
                 max_event_buffer_size, event_time_to_live_seconds or None,
                 delete_event_after_first_retrieval, persister, max_categories,
-                redis_url, redis_key_prefix,
+                max_buffered_bytes, redis_url, redis_key_prefix,
             )
         elif (
             (max_event_buffer_size, event_time_to_live_seconds,
-             delete_event_after_first_retrieval, persister, max_categories, redis_url)
-            != (250, None, False, None, self.default_max_categories, None)
+             delete_event_after_first_retrieval, persister, max_categories,
+             max_buffered_bytes, redis_url)
+            != (250, None, False, None, self.default_max_categories,
+                MemoryEngine.default_max_buffered_bytes, None)
         ):
             raise ValueError(
                 "engine= excludes the engine's options (max_event_buffer_size, "
                 "event_time_to_live_seconds, delete_event_after_first_retrieval, persister, "
-                "max_categories, redis_url): give them to the engine"
+                "max_categories, max_buffered_bytes, redis_url): give them to the engine"
             )
         #: Where the events are kept.
         self.engine: Engine = engine
@@ -562,6 +570,7 @@ def _build_engine(
     delete_event_after_first_retrieval: bool,
     persister: Persister | None,
     max_categories: int,
+    max_buffered_bytes: int | None,
     redis_url: str | None,
     redis_key_prefix: str,
 ) -> Engine:
@@ -569,7 +578,7 @@ def _build_engine(
     if redis_url is None:
         return MemoryEngine(
             max_event_buffer_size, event_time_to_live_seconds, max_categories, persister,
-            delete_event_after_first_retrieval,
+            delete_event_after_first_retrieval, max_buffered_bytes,
         )
     if persister is not None:
         raise ValueError(

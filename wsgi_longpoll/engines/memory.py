@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ from ..errors import CapacityExceeded
 from ..event import Event, Gap
 from ..protocol import now_ms
 from .base import Engine, Listener, Position, ReadResult, merge_by_position
-from .buffer import EventBuffer
+from .buffer import EventBuffer, Floor, missed
 
 __all__ = ["MemoryEngine", "Persister"]
 
@@ -68,15 +69,23 @@ class MemoryEngine(Engine):
     :param max_event_buffer_size: events kept per category.
     :param event_time_to_live_seconds: events older than this are dropped; ``None`` keeps
         them.
-    :param max_categories: how many categories may hold events at once.
+    :param max_categories: how many categories may hold events at once. A new category
+        beyond it pushes out the category published to least recently that nobody waits
+        on (its subscribers resume with the gap signal); only when every category has
+        subscribers waiting is the publish refused (:class:`CapacityExceeded`).
     :param persister: stores every event and gives them back on start.
     :param delete_event_after_first_retrieval: an event served from a buffer is removed
         from it, and an event published to a watched category is handed to its watchers
         and not kept (golongpoll's option).
+    :param max_buffered_bytes: the most bytes of events (their JSON form) held across
+        every category; beyond it the oldest events of all go first, and subscribers who
+        had not seen them get the gap signal. ``None``: no bound but the others.
     """
 
     #: How often, at most, every category is swept for expired events, in ms.
     sweep_interval_ms = 1000
+    #: The default ``max_buffered_bytes``: 256 MiB.
+    default_max_buffered_bytes = 256 * 1024 * 1024
 
     def __init__(
         self,
@@ -85,11 +94,15 @@ class MemoryEngine(Engine):
         max_categories: int = 100_000,
         persister: Persister | None = None,
         delete_event_after_first_retrieval: bool = False,
+        max_buffered_bytes: int | None = default_max_buffered_bytes,
     ) -> None:
         if max_event_buffer_size < 1:
             raise ValueError("max_event_buffer_size must be at least 1")
         if max_categories < 1:
             raise ValueError("max_categories must be at least 1")
+        if max_buffered_bytes is not None and max_buffered_bytes < 1:
+            raise ValueError("max_buffered_bytes must be None or at least 1")
+        self.max_buffered_bytes = max_buffered_bytes
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
@@ -98,7 +111,17 @@ class MemoryEngine(Engine):
             None if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
         )
         self._lock = _RLock()
+        #: Least recently published to first.
         self._buffers: dict[str, EventBuffer] = {}
+        #: The newest event of each category pushed out by ``max_categories``, for the gap
+        #: signal; as many as ``max_categories`` at most, the oldest forgotten first.
+        self._forgotten: dict[str, Floor] = {}
+        #: Events and bytes held in every buffer.
+        self._held = 0
+        self._bytes = 0
+        #: ``(seq, category)`` of the events held, oldest first (and some gone since):
+        #: what ``max_buffered_bytes`` drops first.
+        self._order: deque[tuple[int, str]] = deque()
         self._watched: dict[str, int] = {}
         self._listener: Listener | None = None
         #: The position of the newest event: timestamps never go back, and the sequence
@@ -115,23 +138,25 @@ class MemoryEngine(Engine):
 
     def append(self, category: str, data: Any) -> Event:
         with self._lock:
-            if category not in self._buffers and len(self._buffers) >= self.max_categories:
-                self.sweep()  # expired categories may make room
-                if len(self._buffers) >= self.max_categories:
-                    raise CapacityExceeded(
-                        f"{self.max_categories} categories hold events already (max_categories)"
-                    )
             timestamp = max(now_ms(), self._last_timestamp)
             event = Event(timestamp, category, str(uuid.uuid4()), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
+            event = event.compact()  # and keep that form alone
+            if category not in self._buffers and len(self._buffers) >= self.max_categories:
+                self.sweep()  # expired categories may make room
+                if len(self._buffers) >= self.max_categories:
+                    self._push_out_idle_category()
+            buffer = self._buffers.pop(category, None)  # back in last: used most recently
             self._last_timestamp = timestamp
             self._last_seq += 1
             watched = category in self._watched
-            if not (watched and self.delete_event_after_first_retrieval):
-                buffer = self._buffers.get(category)
-                if buffer is None:
-                    buffer = self._buffers[category] = EventBuffer(self.max_event_buffer_size)
-                buffer.append(event, self._last_seq)
+            if buffer is None and not (watched and self.delete_event_after_first_retrieval):
+                buffer = EventBuffer(self.max_event_buffer_size)
+                buffer.floor = self._forgotten.pop(category, None)
+            if buffer is not None:
+                self._buffers[category] = buffer
+                if not (watched and self.delete_event_after_first_retrieval):
+                    self._store(buffer, event, self._last_seq)
             persister = self._persister
             if persister is not None:
                 persister.append(event)
@@ -141,6 +166,51 @@ class MemoryEngine(Engine):
             if watched and self._listener is not None:
                 self._listener([((timestamp, self._last_seq), event)])
             return event
+
+    def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        buffer.append(event, seq)
+        self._held += len(buffer) - held
+        self._bytes += buffer.size_bytes - size
+        self._order.append((seq, event.category))
+        if self.max_buffered_bytes is not None:
+            while self._bytes > self.max_buffered_bytes and self._order:
+                self._drop_oldest_of_all()
+        if len(self._order) > 2 * self._held + 1024:  # mostly gone: start again
+            self._order = deque(sorted(
+                (seq, category)
+                for category, buffer in self._buffers.items()
+                for (_, seq), _ in buffer.entries_after_seq(0)
+            ))
+
+    def _drop_oldest_of_all(self) -> None:
+        seq, category = self._order.popleft()
+        buffer = self._buffers.get(category)
+        if buffer is not None and buffer.oldest_seq() == seq:
+            held, size = len(buffer), buffer.size_bytes
+            buffer.drop_oldest(1)
+            self._held += len(buffer) - held
+            self._bytes += buffer.size_bytes - size
+
+    def _push_out_idle_category(self) -> None:
+        """Forget the category published to least recently that nobody watches."""
+        for category in self._buffers:
+            if category not in self._watched:
+                break
+        else:
+            raise CapacityExceeded(
+                f"{self.max_categories} categories hold events and have subscribers "
+                "waiting (max_categories)"
+            )
+        buffer = self._buffers.pop(category)
+        self._held -= len(buffer)
+        self._bytes -= buffer.size_bytes
+        newest = buffer.newest()
+        if newest is not None:
+            self._forgotten[category] = newest
+            if len(self._forgotten) > self.max_categories:
+                del self._forgotten[next(iter(self._forgotten))]
+        logger.debug("max_categories: pushed out %r, the category idle longest", category)
 
     def read(
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
@@ -157,7 +227,12 @@ class MemoryEngine(Engine):
                     last_seq = buffer.seq_of(last_id)
                     if last_seq is not None:
                         break
-            gaps = []
+            gaps = [
+                Gap(category, floor.timestamp, floor.id)
+                for category in categories
+                if (floor := self._forgotten.get(category)) is not None
+                and missed(floor, since_time, last_id, last_seq)
+            ]
             found: list[tuple[EventBuffer, list[tuple[Position, Event]]]] = []
             for category, buffer in buffers:
                 if buffer.missed(since_time, last_id, last_seq):
@@ -168,7 +243,7 @@ class MemoryEngine(Engine):
                     found.append((buffer, entries))
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
-                    buffer.drop_newest(len(entries))
+                    self._drop_newest(buffer, len(entries))
             merged = merge_by_position([entries for _, entries in found])
             position = now if since_time <= now[0] else (since_time, _LAST)
             return ReadResult([event for _, event in merged], gaps, position)
@@ -180,7 +255,12 @@ class MemoryEngine(Engine):
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
-            return len(self._buffers), sum(len(buffer) for buffer in self._buffers.values())
+            return len(self._buffers), self._held
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes of the events held (their JSON form), across every category."""
+        return self._bytes
 
     def check(self) -> None:
         if self._persister is not None:
@@ -200,7 +280,7 @@ class MemoryEngine(Engine):
                 return
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
-                    buffer.drop_newest(len(entries))
+                    self._drop_newest(buffer, len(entries))
             if self._listener is not None:
                 self._listener(merge_by_position([entries for _, entries in found]))
 
@@ -237,7 +317,7 @@ class MemoryEngine(Engine):
             forget = cutoff - self._ttl_ms
             for category in list(self._buffers):
                 buffer = self._buffers[category]
-                buffer.expire(cutoff)
+                self._expire(buffer, cutoff)
                 # An empty category is forgotten once it has been empty for a whole time
                 # to live; until then it remembers what it dropped, for the gap signal.
                 if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
@@ -259,9 +339,21 @@ class MemoryEngine(Engine):
             buffer = self._buffers.get(category)
             if buffer is not None:
                 if cutoff is not None:
-                    buffer.expire(cutoff)
+                    self._expire(buffer, cutoff)
                 buffers.append((category, buffer))
         return buffers
+
+    def _expire(self, buffer: EventBuffer, cutoff: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        if buffer.expire(cutoff):
+            self._held += len(buffer) - held
+            self._bytes += buffer.size_bytes - size
+
+    def _drop_newest(self, buffer: EventBuffer, count: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        buffer.drop_newest(count)
+        self._held += len(buffer) - held
+        self._bytes += buffer.size_bytes - size
 
     def _restore(self, events: Iterable[Event]) -> None:
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
@@ -274,7 +366,7 @@ class MemoryEngine(Engine):
                     buffer = self._buffers[event.category] = EventBuffer(
                         self.max_event_buffer_size
                     )
-                buffer.append(event, self._last_seq)
+                self._store(buffer, event.compact(), self._last_seq)
             self._last_timestamp = max(self._last_timestamp, event.timestamp)
         if self._persister is not None:
             self._persister.compact(self.all_events())
