@@ -184,6 +184,14 @@ def test_counts_categories_and_events(engine: Engine) -> None:
     assert engine.events("nothing") == []
 
 
+def test_an_idempotency_key_stores_a_retried_append_once(engine: Engine) -> None:
+    first = engine.append("a", "once", idempotency_key="key-1")
+    assert engine.append("a", "once", idempotency_key="key-1") == first
+    other = engine.append("b", "once", idempotency_key="key-1")  # keys are per category
+    fresh = engine.append("a", "twice", idempotency_key="key-2")
+    assert engine.read(["a", "b"], 0, None).events == [first, other, fresh]
+
+
 def test_refuses_values_json_cannot_hold(engine: Engine) -> None:
     with pytest.raises(TypeError):
         engine.append("a", object())

@@ -11,6 +11,7 @@ from webtest import TestApp
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
+from wsgi_longpoll.protocol import IDEMPOTENCY_KEY_ERROR
 
 SUBSCRIBE_HEADERS = {
     "Content-Type": "application/json",
@@ -267,6 +268,29 @@ def test_publish_after_the_manager_closed_is_503() -> None:
     manager.close()
     response = make_app(manager).post("/publish", b'{"category": "c", "data": 1}', status=503)
     assert "shutting down" in response.json["error"]
+
+
+def test_an_idempotency_key_makes_a_retried_publish_safe() -> None:
+    manager = LongpollManager()
+    app = make_app(manager)
+    for _ in range(3):
+        response = app.post("/publish", b'{"category": "c", "data": 1}',
+                            headers={"Idempotency-Key": "k-1"})
+        assert response.body == b'{"success": true}'
+    assert len(manager.buffered_events("c")) == 1
+    app.post("/publish", b'{"category": "c", "data": 1}', headers={"Idempotency-Key": "k-2"})
+    assert len(manager.buffered_events("c")) == 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "with space", "caf\u00e9"])
+def test_an_invalid_idempotency_key_is_refused(key: str) -> None:
+    manager = LongpollManager()
+    response = make_app(manager).post(
+        "/publish", b'{"category": "c", "data": 1}', headers={"Idempotency-Key": key},
+        status=400,
+    )
+    assert response.json == {"error": IDEMPOTENCY_KEY_ERROR}
+    assert manager.buffered_events("c") == []
 
 
 def test_capacity_limits_answer_503_with_retry_after() -> None:

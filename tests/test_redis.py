@@ -27,8 +27,9 @@ from conftest import RedisProcess, free_port, wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.errors import CapacityExceeded, StorageUnavailable
+from wsgi_longpoll.errors import OutcomeUnknown, StorageUnavailable
 from wsgi_longpoll.event import Event, Gap
+from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR
 from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 redis = pytest.importorskip("redis")
@@ -166,15 +167,19 @@ def test_key_prefixes_keep_applications_apart(
     assert mine.subscribe("c", 1, since_time=0).events == [event]
 
 
-def test_max_categories_counts_every_process(make_manager: Any) -> None:
+def test_max_categories_counts_every_process_and_pushes_out_the_idle_one(
+    make_manager: Any,
+) -> None:
     one, two = make_manager(max_categories=2), make_manager(max_categories=2)
-    one.publish("a", 1)
+    a = one.publish("a", 1)
     two.publish("b", 1)
-    with pytest.raises(CapacityExceeded, match="max_categories"):
-        one.publish("c", 1)
-    two.publish("a", 2)  # an existing category is fine
+    two.publish("b", 2)  # "a" is now the category published to least recently
+    one.publish("c", 1)
     stats = one.stats()
-    assert (stats.categories, stats.buffered_events, stats.publish_errors) == (2, 3, 1)
+    assert (stats.categories, stats.buffered_events, stats.publish_errors) == (2, 3, 0)
+    assert two.buffered_events("a") == []
+    delivery = two.subscribe("a", 0.1, since_time=a.timestamp - 1)
+    assert [(gap.category, gap.last_id) for gap in delivery.gaps] == [("a", a.id)]
 
 
 def test_publish_from_another_thread_wakes_a_greenlet(make_manager: Any) -> None:
@@ -222,11 +227,10 @@ def test_a_redis_that_never_answers_gives_clear_errors(silent_redis: str) -> Non
     manager = LongpollManager(redis_url=silent_redis)
     app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
     started = time.monotonic()
-    with pytest.raises(StorageUnavailable, match="unavailable"):
-        manager.publish("c", 1)
-    publish = app.post_json("/publish", {"category": "c", "data": 1}, status=503)
-    assert publish.json == {"error": "The event store is unavailable. Try again later."}
-    assert publish.headers["Retry-After"]
+    with pytest.raises(OutcomeUnknown, match="did not confirm the event in time"):
+        manager.publish("c", 1)  # sent, never answered: it may have been stored
+    publish = app.post_json("/publish", {"category": "c", "data": 1}, status=504)
+    assert publish.json == {"error": OUTCOME_UNKNOWN_ERROR}
     subscribe = app.get("/events?timeout=5&category=c&since_time=0", status=503)
     assert "unavailable" in subscribe.json["error"]
     assert time.monotonic() - started < 30  # bounded by the socket timeouts, not hung
@@ -264,6 +268,33 @@ def test_monitoring_says_so_while_redis_is_down(redis_server: RedisProcess, pref
         assert stats.json["error"].startswith("The statistics are unavailable: Redis at")
         redis_server.start()
         assert app.get("/healthz").json == {"status": "ok"}
+    finally:
+        manager.close()
+
+
+def test_a_publish_to_a_frozen_redis_is_unknown_and_a_retry_with_its_key_is_safe(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    """Issue 13, item 5: Redis stopped with SIGSTOP took the event and answered late."""
+    manager = LongpollManager(redis_url=redis_server.url + "?socket_timeout=0.5",
+                              redis_key_prefix=prefix)
+    app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
+    headers = {"Idempotency-Key": "order-1234"}
+    assert redis_server.process is not None
+    try:
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            frozen = app.post_json("/publish", {"category": "c", "data": "x"},
+                                   headers=headers, status=504)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert frozen.json == {"error": OUTCOME_UNKNOWN_ERROR}
+        # Redis carries out what it received; the publisher retries with the same key
+        app.post_json("/publish", {"category": "c", "data": "x"}, headers=headers)
+        app.post_json("/publish", {"category": "c", "data": "x"}, headers=headers)
+        assert [event.data for event in manager.buffered_events("c")] == ["x"]
+        app.post_json("/publish", {"category": "c", "data": "x"})  # no key: a new event
+        assert [event.data for event in manager.buffered_events("c")] == ["x", "x"]
     finally:
         manager.close()
 

@@ -6,7 +6,13 @@ catch by meaning (``except RuntimeError``) or by library (``except LongpollError
 
 from __future__ import annotations
 
-__all__ = ["CapacityExceeded", "LongpollError", "ManagerClosed", "StorageUnavailable"]
+__all__ = [
+    "CapacityExceeded",
+    "LongpollError",
+    "ManagerClosed",
+    "OutcomeUnknown",
+    "StorageUnavailable",
+]
 
 
 class LongpollError(Exception):
@@ -28,4 +34,11 @@ class StorageUnavailable(LongpollError, RuntimeError):
     """The engine cannot store or read events now (Redis unreachable, a failed disk).
 
     A publish that raises this was not acknowledged; it may be retried.
+    """
+
+
+class OutcomeUnknown(StorageUnavailable):
+    """The store took the event but did not confirm it in time: it may be published.
+
+    Retry with the same idempotency key to publish it at most once.
     """

@@ -22,7 +22,7 @@ from gevent.monkey import get_original
 
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
-from .errors import CapacityExceeded, ManagerClosed, StorageUnavailable
+from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
 from .event import Event, Gap
 from .protocol import validate_category
 
@@ -35,6 +35,7 @@ __all__ = [
     "LongpollManager",
     "ManagerClosed",
     "ManagerStats",
+    "OutcomeUnknown",
     "StorageUnavailable",
     "Subscriber",
 ]
@@ -277,13 +278,16 @@ class LongpollManager:
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish(self, category: str, data: Any) -> Event:
+    def publish(self, category: str, data: Any, *, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; the engine hands it to the waiting subscribers.
 
         The event is stored (and handed to the persister) when this returns.
 
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
+        :param idempotency_key: makes retries safe: a publish to the same category with
+            the same key within the engine's ``idempotency_window_seconds`` (5 minutes)
+            publishes nothing and returns the event the first one published.
         :returns: the event, with its id and timestamp.
         :raises ValueError: for an invalid category or ``None`` data.
         :raises TypeError: if *data* cannot be encoded as JSON.
@@ -291,6 +295,9 @@ class LongpollManager:
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
         :raises StorageUnavailable: if the engine could not store the event (Redis
             unreachable); the event was not published.
+        :raises OutcomeUnknown: (a :class:`StorageUnavailable`) if the engine did not
+            confirm in time: the event may be published; retry with the same
+            *idempotency_key* to publish it at most once.
         """
         validate_category(category)
         if data is None:
@@ -298,7 +305,7 @@ class LongpollManager:
         try:
             if self._closed:
                 raise ManagerClosed("the manager is closed")
-            event = self.engine.append(category, data)
+            event = self.engine.append(category, data, idempotency_key)
         except (ManagerClosed, CapacityExceeded, StorageUnavailable):
             with self._lock:
                 self._publish_errors += 1

@@ -84,17 +84,24 @@ class Engine(ABC):
     def bind(self, listener: Listener) -> None:
         """Hand live events to *listener* from now on (one listener per engine)."""
 
+    #: How long an idempotency key is remembered, in seconds.
+    idempotency_window_seconds: float = 300.0
+
     @abstractmethod
-    def append(self, category: str, data: Any) -> Event:
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         """Store a new event of *category* and return it, with its id and timestamp.
 
         The event is stored (or handed to the listener, when the engine does not keep
-        events that are served at once) when this returns.
+        events that are served at once) when this returns. With *idempotency_key*, an
+        append to the same category with the same key within
+        :attr:`idempotency_window_seconds` stores nothing and returns the event the first
+        one stored, so that a publisher can retry safely.
 
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ValueError: for a value JSON cannot hold (NaN, infinities).
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
         :raises StorageUnavailable: if the event could not be stored; it was not published.
+        :raises OutcomeUnknown: if the store did not confirm in time; it may be published.
         """
 
     @abstractmethod

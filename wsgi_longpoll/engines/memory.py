@@ -86,6 +86,8 @@ class MemoryEngine(Engine):
     sweep_interval_ms = 1000
     #: The default ``max_buffered_bytes``: 256 MiB.
     default_max_buffered_bytes = 256 * 1024 * 1024
+    #: How many idempotency keys are remembered at most (the oldest are forgotten first).
+    max_idempotency_keys = 100_000
 
     def __init__(
         self,
@@ -123,6 +125,8 @@ class MemoryEngine(Engine):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
         self._watched: dict[str, int] = {}
+        #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
+        self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
         self._listener: Listener | None = None
         #: The position of the newest event: timestamps never go back, and the sequence
         #: numbers every event across every category in publish order.
@@ -136,8 +140,12 @@ class MemoryEngine(Engine):
     def bind(self, listener: Listener) -> None:
         self._listener = listener
 
-    def append(self, category: str, data: Any) -> Event:
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         with self._lock:
+            if idempotency_key is not None:
+                known = self._remembered(category, idempotency_key)
+                if known is not None:
+                    return known
             timestamp = max(now_ms(), self._last_timestamp)
             event = Event(timestamp, category, str(uuid.uuid4()), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
@@ -165,7 +173,22 @@ class MemoryEngine(Engine):
             self.sweep(timestamp)
             if watched and self._listener is not None:
                 self._listener([((timestamp, self._last_seq), event)])
+            if idempotency_key is not None:
+                expires = timestamp + int(self.idempotency_window_seconds * 1000)
+                self._keys[category, idempotency_key] = (expires, event)
             return event
+
+    def _remembered(self, category: str, key: str) -> Event | None:
+        """The event stored with *key* in *category* within the window, if any."""
+        keys = self._keys
+        now = now_ms()
+        # Every key lives as long as the window: the oldest expire first.
+        while keys and (
+            next(iter(keys.values()))[0] < now or len(keys) > self.max_idempotency_keys
+        ):
+            del keys[next(iter(keys))]
+        known = keys.get((category, key))
+        return None if known is None else known[1]
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
         held, size = len(buffer), buffer.size_bytes

@@ -21,6 +21,7 @@ shared counter); Redis 6.2+ and Valkey are.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import CapacityExceeded, StorageUnavailable
+from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event, Gap, encode_json
 from .base import Engine, Listener, Position, ReadResult, merge_by_position
 
@@ -68,16 +69,31 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: counter hash, category set, stream, floor.
-# ARGV: category, data, buffer size, time to live in ms (0: none), max categories.
+# KEYS: counter hash, category set, stream, floor, idempotency key.
+# ARGV: category, data, buffer size, time to live in ms (0: none), max categories,
+#       prefix of the streams, prefix of the floors, idempotency window in ms.
 _PUBLISH = _EXPIRE + """
+local known = redis.call('GET', KEYS[5])
+if known then return known end
 local ttl = tonumber(ARGV[4])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   if ttl > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
   end
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-    return redis.error_reply('CAPACITY')
+    -- push out the category published to least recently; its floor keeps the gap signal
+    local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    local stream = ARGV[6] .. idle
+    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if #newest > 0 then
+      if ttl > 0 then
+        redis.call('SET', ARGV[7] .. idle, newest[1][1], 'PX', 2 * ttl)
+      else
+        redis.call('SET', ARGV[7] .. idle, newest[1][1])
+      end
+    end
+    redis.call('DEL', stream)
+    redis.call('ZREM', KEYS[2], idle)
   end
 end
 local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
@@ -99,6 +115,7 @@ local id = string.format('%d-%d', ms, seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', size, id, 'd', ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[3], 2 * ttl) end
 redis.call('ZADD', KEYS[2], clock, ARGV[1])
+redis.call('SET', KEYS[5], id, 'PX', ARGV[8])
 return id
 """
 
@@ -181,7 +198,8 @@ class RedisEngine(Engine):
     :param event_time_to_live_seconds: events older than this are trimmed (``MINID``)
         and never served; ``None`` keeps them.
     :param max_categories: how many categories may hold events at once, across every
-        process that shares the prefix.
+        process that shares the prefix; a new one beyond pushes out the category
+        published to least recently.
     """
 
     #: Seconds a Redis command may take before it fails with :class:`StorageUnavailable`.
@@ -214,6 +232,7 @@ class RedisEngine(Engine):
         self._categories_key = prefix + b"categories"
         self._stream_prefix = prefix + b"s:"
         self._floor_prefix = prefix + b"f:"
+        self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
         self._publish_script = self._client.register_script(_PUBLISH)
         self._read_script = self._client.register_script(_READ)
@@ -280,25 +299,41 @@ class RedisEngine(Engine):
         kwargs = self._client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
-    def append(self, category: str, data: Any) -> Event:
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; return once Redis has acknowledged the ``XADD``.
 
+        A new category beyond ``max_categories`` pushes out the category published to
+        least recently (its floor keeps the gap signal). Every append carries an
+        idempotency key (a fresh one when none is given), so that the client's own retry
+        of a command whose answer was lost cannot store the event twice.
+
         :raises TypeError: if *data* cannot be encoded as JSON.
-        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
-        :raises StorageUnavailable: if Redis cannot be reached or does not answer in time.
+        :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
+        :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
         encoded = encode_json(data)
+        if idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+        key = self._idempotency_prefix + hashlib.sha256(
+            category.encode("utf-8", "surrogateescape") + b"\0"
+            + idempotency_key.encode("utf-8", "surrogateescape")
+        ).hexdigest().encode("ascii")
         keys = [self._counter_key, self._categories_key, self.stream_key(category),
-                self._floor_key(category)]
+                self._floor_key(category), key]
         args = [category.encode("utf-8", "surrogateescape"), encoded,
-                self.max_event_buffer_size, self._ttl_ms, self.max_categories]
+                self.max_event_buffer_size, self._ttl_ms, self.max_categories,
+                self._stream_prefix, self._floor_prefix,
+                int(self.idempotency_window_seconds * 1000)]
         try:
             entry_id = self._call(self._publish_script, keys, args)
-        except redis.ResponseError as error:
-            if str(error).startswith("CAPACITY"):
-                raise CapacityExceeded(
-                    f"{self.max_categories} categories hold events already (max_categories)"
-                ) from None
+        except StorageUnavailable as error:
+            # Failing to connect is "not published"; a command sent and not answered, or
+            # a connection lost while waiting for the answer, may have been carried out.
+            if "connecting to" not in str(error.__cause__):
+                raise OutcomeUnknown(
+                    f"Redis at {self._safe_url()} did not confirm the event in time: it may "
+                    "have been published"
+                ) from error.__cause__
             raise
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), data)
