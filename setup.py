@@ -22,6 +22,7 @@ setup(
     package_data={"wsgi_longpoll": ["py.typed", "static/*.js", "static/demo/*"]},
     install_requires=[
         "gevent>=24.2",
+        "httptools>=0.6",
         "werkzeug>=3.0",
         "requests>=2.31",
     ],

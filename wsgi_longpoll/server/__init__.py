@@ -1,9 +1,12 @@
-"""The standalone long-polling server: the seed's ``Server`` on gevent's ``WSGIServer``.
+"""The standalone long-polling server: the seed's ``Server``, on an HTTP/1.1 server of ours.
 
 It composes a :class:`~wsgi_longpoll.manager.LongpollManager` and a
-:class:`~wsgi_longpoll.middleware.LongpollMiddleware` and serves them on one address.
-gevent's server parses HTTP itself and holds thousands of idle long polls cheaply; put a
-reverse proxy (nginx) in front of it for TLS, and for the Internet at large.
+:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware` and serves them on one address,
+with a gevent ``StreamServer`` whose connections are parsed with httptools (llhttp)
+(:mod:`.http`). The long-poll paths are answered natively (:mod:`.longpoll`): a parked
+poll is answered straight to its socket by whoever publishes. Every other request goes
+to a WSGI application through a small bridge (:mod:`.wsgi`). Put a reverse proxy (nginx)
+in front of it for TLS, and for the Internet at large.
 
 When the process is not monkey-patched by gevent, the server runs its gevent hub in a
 thread of its own, so that the caller's thread stays free (a script or a test can call
@@ -12,13 +15,11 @@ it with :mod:`requests` right after :meth:`Server.start`).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime
 import logging
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,21 +27,29 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import is_module_patched
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 from werkzeug.exceptions import NotFound
 
-from .manager import LongpollManager
-from .wsgi.cors import CORSMiddleware
-from .wsgi.middleware import Hook, LongpollMiddleware
-from .wsgi.monitoring import MonitoringMiddleware
+from ..manager import LongpollManager
+from ..wsgi.cors import CORSMiddleware
+from ..wsgi.middleware import Hook, LongpollMiddleware
+from ..wsgi.monitoring import MonitoringMiddleware
+from .http import HTTPServer, Limits
+from .longpoll import LongpollRouter
+from .wsgi import WSGIBridge
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["FilePersistorInfo", "Server", "ServerInfo", "parse_address"]
+__all__ = [
+    "FilePersistorInfo",
+    "Server",
+    "ServerInfo",
+    "ServerOptions",
+    "default_max_waiting",
+    "parse_address",
+]
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("wsgi_longpoll.access")
 
 
 @dataclass
@@ -101,6 +110,46 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+#: File descriptors kept free of parked polls: the listener, the accept of a new request,
+#: log and persistence files, Redis connections, the application's own.
+OPEN_FILES_HEADROOM = 256
+
+
+def _open_files_limit() -> int | None:
+    """The soft limit on open file descriptors, or ``None`` if there is none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def default_max_waiting() -> int:
+    """The default ``max_waiting_subscribers``: what the open-files limit allows (each
+    waiting subscriber holds a socket), less :data:`OPEN_FILES_HEADROOM` (a tenth of the
+    limit when that is small), and no more than
+    :attr:`LongpollManager.default_max_waiting_subscribers`."""
+    default = LongpollManager.default_max_waiting_subscribers
+    limit = _open_files_limit()
+    if limit is None:
+        return default
+    headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
+    return max(1, min(default, limit - headroom))
+
+
+def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:
+    """Log a warning if *max_waiting_subscribers* cannot all hold a socket; whether it did."""
+    limit = _open_files_limit()
+    if limit is None or max_waiting_subscribers < limit:
+        return False
+    logger.warning(
+        "max_waiting_subscribers is %d but the open-files limit (ulimit -n) is %d: "
+        "connections beyond it will be refused; raise the limit or lower the option",
+        max_waiting_subscribers, limit)
+    return True
+
+
 def _seconds(duration: float | datetime.timedelta) -> float:
     if isinstance(duration, datetime.timedelta):
         return duration.total_seconds()
@@ -111,114 +160,12 @@ def _not_found(environ: Any, start_response: Any) -> Any:
     return NotFound()(environ, start_response)
 
 
-class _Handler(WSGIHandler):  # type: ignore[misc]
-    """pywsgi's handler, plus what the server needs to stop quickly and detect hang-ups."""
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """Every option of :class:`Server` but where it listens (that is :class:`ServerInfo`).
 
-    busy = False
-    provided_date: Any  # pywsgi's: the Date header the application gave, if any
-    #: The deadline for the request line and headers of the request being read, if any.
-    header_deadline: gevent.Timeout | None = None
-
-    def handle_one_request(self) -> Any:
-        # A client must send its request line and headers within header_timeout, counted
-        # from the end of the previous response (or the connection), so that one that
-        # dribbles them (slowloris) or idles on a keep-alive connection frees its greenlet.
-        # The deadline is lifted before the application runs: a long poll is not cut.
-        timeout = self.server.header_timeout
-        if timeout is None:
-            return super().handle_one_request()
-        deadline = self.header_deadline = gevent.Timeout(timeout)
-        deadline.start()
-        try:
-            return super().handle_one_request()
-        except gevent.Timeout as error:
-            if error is not deadline:
-                raise
-            logger.debug("closing the connection of %s: no complete request within %.1f s",
-                         self.client_address, timeout)
-            return None
-        finally:
-            deadline.close()
-            self.header_deadline = None
-
-    def handle(self) -> None:
-        connections = self.server.connections
-        connections.add(self)
-        rfile = self.rfile
-        try:
-            with contextlib.suppress(OSError):  # not TCP
-                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle()
-        finally:
-            connections.discard(self)
-            # pywsgi drops its file without closing it; closed later by the garbage
-            # collector, it would touch the hub that stop() has destroyed by then.
-            with contextlib.suppress(OSError):
-                rfile.close()
-
-    def handle_one_response(self) -> None:
-        if self.header_deadline is not None:
-            self.header_deadline.cancel()
-        self.busy = True
-        try:
-            super().handle_one_response()
-        finally:
-            self.busy = False
-            if self.server.closing:
-                self.close_connection = True
-
-    def get_environ(self) -> dict[str, Any]:
-        environ: dict[str, Any] = super().get_environ()
-        environ["wsgi_longpoll.connection"] = self.socket
-        return environ
-
-    def log_request(self) -> None:
-        # pywsgi formats the access-log line even when the log is off: skip that work.
-        if self.server.access_log:
-            super().log_request()
-
-    def finalize_headers(self) -> None:
-        if self.provided_date is None:  # pywsgi would format the date for each response
-            self.response_headers.append((b"Date", _http_date()))
-            self.provided_date = True
-        super().finalize_headers()
-
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _http_date() -> bytes:
-    """The current time as an HTTP ``Date`` value, formatted once a second."""
-    global _date_cache
-    second = int(time.time())
-    if _date_cache[0] != second:
-        _date_cache = (second, format_date_time(second))
-    return _date_cache[1]
-
-
-class _WSGIServer(WSGIServer):  # type: ignore[misc]
-    handler_class = _Handler
-    #: Seconds a client has to send a request line and headers; ``None``: no limit.
-    header_timeout: float | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.access_log = kwargs.get("log", "default") is not None
-        self.connections: set[_Handler] = set()
-        self.closing = False
-
-    def close_idle_connections(self) -> None:
-        """Close every keep-alive connection that is between requests."""
-        for handler in list(self.connections):
-            sock = getattr(handler, "socket", None)
-            if not handler.busy and sock is not None:
-                # shutdown, not close: it wakes a read blocked in the handler's rfile.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-class Server:
-    """The standalone long-polling server of the seed document.
+    ``Server(**fields)`` and ``Server(ServerOptions(...))`` are the same; the command line
+    (``wsgi-longpoll serve``) takes its defaults from here.
 
     :param max_event_buffer_size: events kept per category.
     :param event_time_to_live_seconds: events older than this are never served;
@@ -229,15 +176,20 @@ class Server:
         ``categories`` extension).
     :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
     :param max_categories: categories that may hold events at once (more: 503).
-    :param max_waiting_subscribers: subscribers that may wait at once (more: 503).
+    :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
+        ``None``: derived from the open-files limit (see :func:`default_max_waiting`).
     :param header_timeout: seconds a client has to send its request line and headers,
         counted from the connection or the end of the previous response (so also the
         longest a keep-alive connection may idle); ``None``: no limit.
+    :param body_timeout: seconds a client has to send a request body once its headers
+        are in (else 408); ``None``: no limit.
+    :param max_request_body_size: the largest body of a request to *app*, in bytes
+        (read whole before the application runs; larger: 413).
     :param cors_origins: origins whose pages may use the endpoints across origins
-        (see :class:`~wsgi_longpoll.cors.CORSMiddleware`); empty: none.
+        (see :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware`); empty: none.
     :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
     :param stats_path: serve the statistics as JSON at this path
-        (see :class:`~wsgi_longpoll.monitoring.MonitoringMiddleware`); ``None``: off.
+        (see :class:`~wsgi_longpoll.wsgi.monitoring.MonitoringMiddleware`); ``None``: off.
     :param metrics_path: serve the statistics in the Prometheus text format here.
     :param health_path: serve a health check for load balancers here.
     :param before_stats: a hook run before the statistics and metrics are answered.
@@ -248,54 +200,53 @@ class Server:
     :param app: the WSGI application that answers every other path (default: 404).
     """
 
-    def __init__(
-        self,
-        *,
-        max_event_buffer_size: int = 250,
-        event_time_to_live_seconds: float | None = None,
-        delete_event_after_first_retrieval: bool = False,
-        max_body_size: int = LongpollMiddleware.default_max_body_size,
-        max_categories_per_request: int = LongpollMiddleware.default_max_categories_per_request,
-        access_log: bool = True,
-        max_categories: int = LongpollManager.default_max_categories,
-        max_waiting_subscribers: int = LongpollManager.default_max_waiting_subscribers,
-        header_timeout: float | None = 30,
-        cors_origins: Iterable[str] = (),
-        cors_allow_credentials: bool = False,
-        stats_path: str | None = None,
-        metrics_path: str | None = None,
-        health_path: str | None = None,
-        before_stats: Hook | None = None,
-        redis_url: str | None = None,
-        redis_key_prefix: str = "wsgi_longpoll:",
-        app: WSGIApplication | None = None,
-    ) -> None:
-        self._manager_options: dict[str, Any] = {
-            "max_event_buffer_size": max_event_buffer_size,
-            "event_time_to_live_seconds": event_time_to_live_seconds,
-            "delete_event_after_first_retrieval": delete_event_after_first_retrieval,
-            "max_categories": max_categories,
-            "max_waiting_subscribers": max_waiting_subscribers,
-            "redis_url": redis_url,
-            "redis_key_prefix": redis_key_prefix,
-        }
-        if header_timeout is not None and not header_timeout > 0:
-            raise ValueError("header_timeout must be more than 0, or None")
-        self._header_timeout = header_timeout
-        self._cors_origins = list(cors_origins)
-        self._cors_allow_credentials = cors_allow_credentials
-        self._monitoring: dict[str, Any] = {
-            "stats_path": stats_path, "metrics_path": metrics_path,
-            "health_path": health_path, "before_stats": before_stats,
-        }
-        self._middleware_options: dict[str, Any] = {
-            "max_body_size": max_body_size,
-            "max_categories_per_request": max_categories_per_request,
-        }
-        self._access_log = access_log
-        self._app: WSGIApplication = app or _not_found
+    max_event_buffer_size: int = 250
+    event_time_to_live_seconds: float | None = None
+    delete_event_after_first_retrieval: bool = False
+    max_body_size: int = LongpollMiddleware.default_max_body_size
+    max_categories_per_request: int = LongpollMiddleware.default_max_categories_per_request
+    access_log: bool = True
+    max_categories: int = LongpollManager.default_max_categories
+    max_waiting_subscribers: int | None = None
+    header_timeout: float | None = 30
+    body_timeout: float | None = 30
+    max_request_body_size: int = 16 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
+    stats_path: str | None = None
+    metrics_path: str | None = None
+    health_path: str | None = None
+    before_stats: Hook | None = None
+    redis_url: str | None = None
+    redis_key_prefix: str = "wsgi_longpoll:"
+    app: WSGIApplication | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be more than 0, or None")
+        if self.max_request_body_size < 0:
+            raise ValueError("max_request_body_size must be 0 or more")
+        if not isinstance(self.cors_origins, tuple):
+            object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+
+class Server:
+    """The standalone long-polling server of the seed document.
+
+    :param options: a :class:`ServerOptions`; keyword arguments (its field names)
+        override its fields, e.g. ``Server(access_log=False)``.
+    :raises TypeError: for an unknown option.
+    :raises ValueError: for an invalid one.
+    """
+
+    def __init__(self, options: ServerOptions | None = None, /, **overrides: Any) -> None:
+        base = options if options is not None else ServerOptions()
+        #: The server's options.
+        self.options: ServerOptions = dataclasses.replace(base, **overrides)
         self._lock = threading.Lock()
-        self._wsgi_server: _WSGIServer | None = None
+        self._wsgi_server: HTTPServer | None = None
         self._manager: LongpollManager | None = None
         self._thread: threading.Thread | None = None
         self._stop_signal: Any = None  # the hub thread's async watcher
@@ -344,34 +295,42 @@ class Server:
             host, port = parse_address(server_info.address)
             if server_info.timeout_seconds < 0:
                 raise ValueError("timeout_seconds must be 0 (the default, 110) or more")
+            options = self.options
             persister = _make_persister(file_persistor_info)
             try:
                 manager = LongpollManager(
-                    server_info.timeout_seconds, persister=persister, **self._manager_options
+                    server_info.timeout_seconds,
+                    options.max_event_buffer_size,
+                    options.event_time_to_live_seconds,
+                    options.delete_event_after_first_retrieval,
+                    persister=persister,
+                    max_categories=options.max_categories,
+                    max_waiting_subscribers=(options.max_waiting_subscribers
+                                             or default_max_waiting()),
+                    redis_url=options.redis_url,
+                    redis_key_prefix=options.redis_key_prefix,
                 )
+                warn_if_above_open_files_limit(manager.max_waiting_subscribers)
                 middleware = LongpollMiddleware(
-                    self._app,
+                    options.app or _not_found,
                     manager,
                     server_info.subscription_uri,
                     server_info.publish_uri,
                     before_subscription=server_info.handler_to_run_before_subscription,
                     before_publish=server_info.handler_to_run_before_publish,
-                    **self._middleware_options,
+                    max_body_size=options.max_body_size,
+                    max_categories_per_request=options.max_categories_per_request,
                 )
+                router = self._router(middleware, manager, server_info)
+                limits = Limits(header_timeout=options.header_timeout,
+                                body_timeout=options.body_timeout)
 
-                application = self._wrap(middleware, manager, server_info)
-
-                def make_server() -> _WSGIServer:
+                def make_server() -> HTTPServer:
                     # Built in the thread whose hub serves it: gevent objects belong to a hub.
-                    wsgi_server = _WSGIServer(
-                        (host, port),
-                        application,
+                    return HTTPServer(
+                        (host, port), router, limits, access_log=options.access_log,
                         spawn=Pool(),  # a pool lets stop() wait for, then end, the handlers
-                        log=access_logger if self._access_log else None,
-                        error_log=logger,
                     )
-                    wsgi_server.header_timeout = self._header_timeout
-                    return wsgi_server
 
                 if is_module_patched("threading"):
                     wsgi_server = make_server()
@@ -387,30 +346,43 @@ class Server:
             self._stopped.clear()
             logger.info("serving long polls on %s (port %d)", server_info.address, self.port)
 
-    def _wrap(
+    def _router(
         self, middleware: LongpollMiddleware, manager: LongpollManager, info: ServerInfo
-    ) -> WSGIApplication:
-        """Put the monitoring and CORS middleware, when configured, around *middleware*."""
+    ) -> LongpollRouter:
+        """The long-poll paths natively; the monitoring and CORS middleware, when
+        configured, and the application behind the WSGI bridge.
+
+        With CORS on, the long-poll paths go through the bridge too (CORS adds its headers
+        to their answers there).
+        """
+        options = self.options
         application: WSGIApplication = middleware
-        endpoints = ("stats_path", "metrics_path", "health_path")
-        if any(self._monitoring[name] is not None for name in endpoints):
-            application = MonitoringMiddleware(application, manager, **self._monitoring)
-        if self._cors_origins:
+        if any(path is not None for path in
+               (options.stats_path, options.metrics_path, options.health_path)):
+            application = MonitoringMiddleware(
+                application, manager, stats_path=options.stats_path,
+                metrics_path=options.metrics_path, health_path=options.health_path,
+                before_stats=options.before_stats,
+            )
+        native = True
+        if options.cors_origins:
             paths = [path for path in (info.subscription_uri, info.publish_uri) if path]
             application = CORSMiddleware(
-                application, self._cors_origins,
-                allow_credentials=self._cors_allow_credentials, paths=paths,
+                application, list(options.cors_origins),
+                allow_credentials=options.cors_allow_credentials, paths=paths,
             )
-        return application
+            native = False
+        return LongpollRouter(middleware, WSGIBridge(application),
+                              options.max_request_body_size, native=native)
 
     def _start_thread(
         self,
-        make_server: Callable[[], _WSGIServer],
+        make_server: Callable[[], HTTPServer],
         failure_func: Callable[[BaseException], None] | None,
-    ) -> _WSGIServer:
+    ) -> HTTPServer:
         started = threading.Event()
         startup_error: list[BaseException] = []
-        servers: list[_WSGIServer] = []
+        servers: list[HTTPServer] = []
 
         def run() -> None:
             hub = gevent.get_hub()
@@ -450,7 +422,7 @@ class Server:
         self._thread = thread
         return servers[0]
 
-    def _shutdown(self, wsgi_server: _WSGIServer) -> None:
+    def _shutdown(self, wsgi_server: HTTPServer) -> None:
         """Stop accepting, answer waiting subscribers, drain; runs in the server's hub."""
         wsgi_server.closing = True
         wsgi_server.close()
@@ -502,7 +474,7 @@ class Server:
 def _make_persister(info: FilePersistorInfo | None) -> Any:
     if info is None or not info.use:
         return None
-    from .engines.persist import FilePersister
+    from ..engines.persist import FilePersister
 
     return FilePersister(
         info.file_name, info.write_buffer_size, info.write_flush_period_seconds, fsync=info.fsync

@@ -1,0 +1,470 @@
+"""HTTP/1.1 connections (RFC 9112) on a gevent ``StreamServer``, parsed with httptools.
+
+httptools wraps llhttp, Node's parser. One greenlet per connection reads, feeds the
+parser, and answers the complete requests in the order they came (pipelining); what a
+request is answered with is the :class:`Router`'s business (:mod:`.longpoll` answers
+the long-poll paths natively, :mod:`.wsgi` bridges every other request to a WSGI app).
+
+The rules kept here: a request line of at most ``max_request_line`` bytes (else 414),
+headers of at most ``max_header_bytes`` and ``max_header_count`` (else 400), a body no
+larger than the router's limit for its path (else 413), a request line and headers
+within ``header_timeout`` of the end of the previous response (else the connection is
+closed), a body within ``body_timeout`` of its headers (else 408), and every framing error
+llhttp finds (two ``Content-Length`` headers, ``Content-Length`` with
+``Transfer-Encoding``, a NUL or other invalid byte in the target, a bad chunk) answered
+with 400 and a closed connection, so that no byte after it is taken as a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, Protocol
+
+import httptools
+from gevent.server import StreamServer
+
+from ..protocol import PUBLISH_BODY_ERROR, error_body
+
+__all__ = ["Connection", "HTTPServer", "Limits", "Request", "Router", "http_date"]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("wsgi_longpoll.access")
+
+_monotonic = time.monotonic
+_RECV_SIZE = 65536
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The current time as an HTTP ``Date`` value, formatted once a second."""
+    global _date_cache
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, formatdate(second, usegmt=True).encode("ascii"))
+    return cached[1]
+
+
+class Request:
+    """One HTTP request, its body read whole (the router's limit bounds it)."""
+
+    __slots__ = (
+        "method", "target", "path", "query", "version", "headers", "body_parts",
+        "body_size", "body_limit", "json_errors", "keep_alive", "expect_continue",
+        "continue_sent", "headers_done", "started",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        #: The request target as sent, e.g. ``b"/events?timeout=5"``.
+        self.target = b""
+        self.path = b""
+        self.query = b""
+        #: ``"1.0"`` or ``"1.1"``.
+        self.version = "1.1"
+        #: ``(name, value)`` as sent, in order.
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.body_limit = 0
+        #: Errors about this request are answered with the protocol's JSON (publish).
+        self.json_errors = False
+        self.keep_alive = True
+        self.expect_continue = False
+        self.continue_sent = False
+        #: When the headers were complete (``time.monotonic``); 0 while they are not.
+        self.headers_done = 0.0
+        self.started = 0.0
+
+    @property
+    def body(self) -> bytes:
+        """The whole body."""
+        parts = self.body_parts
+        if len(parts) == 1:
+            return parts[0]
+        body = b"".join(parts)
+        self.body_parts = [body]
+        return body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header *name* (lower case), or ``None``."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+class Router(Protocol):
+    """What answers the requests of a :class:`Connection`."""
+
+    def body_limit(self, path: bytes) -> tuple[int, bool]:
+        """The largest body accepted for *path*, and whether errors about a request to it
+        are answered with the protocol's JSON error body."""
+
+    def handle(self, connection: Connection, request: Request) -> None:
+        """Answer *request* on *connection* (see :meth:`Connection.send_response`)."""
+
+
+class Limits:
+    """The connection limits of an :class:`HTTPServer`."""
+
+    __slots__ = ("header_timeout", "body_timeout", "max_request_line", "max_header_bytes",
+                 "max_header_count")
+
+    def __init__(
+        self,
+        header_timeout: float | None = 30,
+        body_timeout: float | None = 30,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 65536,
+        max_header_count: int = 100,
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+
+
+class _Reject(Exception):
+    """A request answered with an error status, after which the connection closes."""
+
+    def __init__(self, status: str, message: str, json_errors: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.json_errors = json_errors
+
+
+class Connection:
+    """One client connection: parses its requests and hands each to the router in turn."""
+
+    __slots__ = (
+        "server", "sock", "address", "parser", "queue", "current", "url_parts",
+        "head_size", "header_count", "unparsed", "failure", "upgraded", "busy",
+        "keep_alive", "idle_since", "parked", "__weakref__",
+    )
+
+    def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.current: Request | None = None
+        self.url_parts: list[bytes] = []
+        self.head_size = 0
+        self.header_count = 0
+        self.unparsed = 0
+        self.failure: _Reject | None = None
+        self.upgraded = False
+        #: A request is being read or answered (``stop`` leaves it time to finish).
+        self.busy = False
+        #: Whether the connection stays open after the response being written.
+        self.keep_alive = True
+        self.idle_since = _monotonic()
+        #: The long poll parked on this connection, if any (see :mod:`.longpoll`).
+        self.parked: Any = None
+
+    # -- the parser's callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        request = self.current = Request()
+        request.started = _monotonic()
+        self.url_parts = []
+        self.head_size = self.header_count = self.unparsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url_parts.append(url)
+        self.head_size += len(url)
+        self.unparsed = 0
+        if self.head_size > self.server.limits.max_request_line:
+            raise _Reject("414 Request-URI Too Long", "Request line too long.")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        assert request is not None
+        limits = self.server.limits
+        self.head_size += len(name) + len(value) + 4
+        self.header_count += 1
+        self.unparsed = 0
+        if self.head_size > limits.max_header_bytes or self.header_count > limits.max_header_count:
+            raise _Reject("400 Bad Request", "Request headers too large.")
+        request.headers.append((name, value))
+        if len(name) == 6 and name.lower() == b"expect":
+            if value.lower() != b"100-continue":
+                raise _Reject("417 Expectation Failed", "Unsupported expectation.")
+            request.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Reject("400 Bad Request", "Unsupported HTTP version.")
+        request.version = version
+        request.method = parser.get_method()
+        request.keep_alive = parser.should_keep_alive()
+        target = request.target = b"".join(self.url_parts)
+        if target[:1] == b"/":
+            request.path, _, request.query = target.partition(b"?")
+        elif target == b"*":
+            request.path = target
+        else:  # absolute form: http://host/path?query
+            url = httptools.parse_url(target)
+            request.path = url.path or b"/"
+            request.query = url.query or b""
+        limit, json_errors = self.server.router.body_limit(request.path)
+        request.body_limit = limit
+        request.json_errors = json_errors
+        length = request.header(b"content-length")
+        if length is not None and int(length) > limit:  # llhttp checked it is digits
+            raise _Reject("413 Request Entity Too Large",
+                          f"Request body too large: the limit is {limit} bytes.", json_errors)
+        if request.version == "1.0":
+            request.expect_continue = False  # 100 Continue is HTTP/1.1's
+        request.headers_done = _monotonic()
+        self.busy = True
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        assert request is not None
+        request.body_parts.append(body)
+        request.body_size += len(body)
+        if request.body_size > request.body_limit:
+            raise _Reject("413 Request Entity Too Large",
+                          f"Request body too large: the limit is {request.body_limit} bytes.",
+                          request.json_errors)
+
+    def on_message_complete(self) -> None:
+        if self.current is not None:
+            self.queue.append(self.current)
+            self.current = None
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse *data*; complete requests join the queue, an error is kept for later."""
+        current = self.current
+        if current is None or not current.headers_done:
+            self.unparsed += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True  # no protocol switch is offered: answer, then close
+        except httptools.HttpParserError as error:
+            cause = error.__context__
+            if isinstance(cause, _Reject):
+                self.failure = cause
+                return
+            current = self.current
+            json_errors = bool(current is not None and current.headers_done
+                               and current.json_errors)
+            logger.debug("bad request from %s: %s", self.address, error)
+            self.failure = _Reject("400 Bad Request", f"Bad request: {error}", json_errors)
+            return
+        current = self.current
+        if (current is not None and not current.headers_done
+                and self.unparsed > self.server.limits.max_header_bytes):
+            self.failure = _Reject("400 Bad Request", "Request headers too large.")
+
+    def serve(self) -> None:
+        """Read and answer requests until the connection is to close."""
+        sock = self.sock
+        server = self.server
+        router = server.router
+        limits = server.limits
+        queue = self.queue
+        while True:
+            while queue:
+                request = queue.popleft()
+                self.busy = True
+                router.handle(self, request)
+                self.idle_since = _monotonic()
+                if not self.keep_alive or server.closing:
+                    return
+            if self.failure is not None:
+                self.send_failure(self.failure)
+                return
+            if self.upgraded:
+                return
+            current = self.current
+            if current is not None and current.headers_done:
+                if current.expect_continue and not current.continue_sent:
+                    current.continue_sent = True
+                    sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                timeout = limits.body_timeout
+                since = current.headers_done
+            else:
+                self.busy = False
+                if server.closing:
+                    return
+                timeout = limits.header_timeout
+                since = self.idle_since
+            if timeout is None:
+                sock.settimeout(None)
+            else:
+                remaining = since + timeout - _monotonic()
+                if remaining <= 0:
+                    self.timed_out(current)
+                    return
+                sock.settimeout(remaining)
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                self.timed_out(self.current)
+                return
+            if not data:
+                current = self.current
+                if current is not None and current.headers_done:  # a body cut off
+                    self.send_failure(_Reject("400 Bad Request", "Request body cut off.",
+                                              current.json_errors))
+                return
+            self.feed(data)
+
+    def timed_out(self, current: Request | None) -> None:
+        if current is not None and current.headers_done:
+            self.send_failure(_Reject("408 Request Timeout", "Request body not received in time.",
+                                      current.json_errors))
+        else:
+            logger.debug("closing the connection of %s: no complete request in time",
+                         self.address)
+
+    def send_failure(self, reject: _Reject) -> None:
+        """Answer with *reject*'s status, then close (where the next request starts is
+        unknown)."""
+        if reject.json_errors:
+            message = PUBLISH_BODY_ERROR if reject.status.startswith("400") else reject.message
+            body = error_body(message)
+            content_type = b"application/json"
+        else:
+            body = reject.message.encode("utf-8") + b"\n"
+            content_type = b"text/plain; charset=utf-8"
+        self.keep_alive = False
+        head = (b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
+                b"Connection: close\r\n\r\n"
+                % (reject.status.encode("ascii"), content_type, len(body), http_date()))
+        with contextlib.suppress(OSError):
+            self.sock.sendall(head + body)
+        self.server.log_access(self, None, reject.status, len(body))
+
+    # -- writing ------------------------------------------------------------------------
+
+    def response_head(self, request: Request, status: bytes, headers: bytes,
+                      length: int | None) -> bytes:
+        """The status line and headers of a response to *request*.
+
+        :param status: e.g. ``b"200 OK"``.
+        :param headers: header lines, each ending in CRLF.
+        :param length: the ``Content-Length``, or ``None`` to leave it out.
+        """
+        keep_alive = self.keep_alive = request.keep_alive and not self.server.closing
+        if keep_alive:
+            connection = b"Connection: keep-alive\r\n" if request.version == "1.0" else b""
+        else:
+            connection = b"Connection: close\r\n"
+        length_line = b"" if length is None else b"Content-Length: %d\r\n" % length
+        return b"HTTP/1.1 %s\r\n%s%sDate: %s\r\n%s\r\n" % (
+            status, headers, length_line, http_date(), connection)
+
+    def send_response(self, request: Request, status: bytes, headers: bytes,
+                      body: bytes) -> None:
+        """Send a whole response (no body to HEAD)."""
+        head = self.response_head(request, status, headers, len(body))
+        self.sock.sendall(head if request.method == b"HEAD" else head + body)
+        self.server.log_access(self, request, status, len(body))
+
+
+class HTTPServer(StreamServer):  # type: ignore[misc]
+    """A gevent ``StreamServer`` whose connections speak HTTP/1.1 to a :class:`Router`."""
+
+    def __init__(self, listener: Any, router: Router, limits: Limits | None = None,
+                 *, access_log: bool = False, spawn: Any = "default",
+                 on_accept_error: Callable[[OSError], None] | None = None) -> None:
+        super().__init__(listener, spawn=spawn)
+        self.router = router
+        self.limits = limits or Limits()
+        self.access_log = access_log
+        self.closing = False
+        self.connections: set[Connection] = set()
+        self.on_accept_error = on_accept_error
+
+    def handle(self, sock: socket.socket, address: Any) -> None:
+        with contextlib.suppress(OSError):  # not TCP
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(self, sock, address)
+        self.connections.add(connection)
+        try:
+            connection.serve()
+        except (ConnectionError, TimeoutError):
+            pass
+        except OSError as error:
+            logger.debug("connection of %s failed: %s", address, error)
+        finally:
+            self.connections.discard(connection)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    #: Seconds between two log lines about failing accepts (and before accepting again).
+    accept_error_interval = 1.0
+    _accept_error_logged = 0.0
+
+    def do_read(self) -> Any:
+        try:
+            return super().do_read()
+        except OSError as error:
+            if error.errno not in _RESOURCE_ERRNOS:
+                raise
+            # Out of file descriptors (or memory): not this server's fault, nor fatal. Say
+            # so once per interval, without a traceback, and pause accepting meanwhile:
+            # the listening socket stays readable, so retrying at once would spin.
+            now = _monotonic()
+            if now - self._accept_error_logged >= self.accept_error_interval:
+                self._accept_error_logged = now
+                logger.error("cannot accept connections: %s (raise the open-files limit, "
+                             "ulimit -n, or lower max_waiting_subscribers)", error)
+            self.stop_accepting()
+            self._timer = self.loop.timer(self.accept_error_interval / 10)
+            self._timer.start(self._start_accepting_if_started)
+            return None
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def close_idle_connections(self) -> None:
+        """Close every keep-alive connection that is between requests."""
+        for connection in list(self.connections):
+            if not connection.busy:
+                # shutdown, not close: it wakes the greenlet reading the socket.
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def log_access(self, connection: Connection, request: Request | None,
+                   status: bytes | str, length: int | None) -> None:
+        """Write the access-log line of a response (when the access log is on)."""
+        if not self.access_log:
+            return
+        if isinstance(status, bytes):
+            status = status.decode("latin-1")
+        address = connection.address
+        client = address[0] if isinstance(address, tuple) else str(address)
+        if request is None:
+            line, elapsed = "-", 0.0
+        else:
+            line = (f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}"
+                    f" HTTP/{request.version}")
+            elapsed = _monotonic() - request.started
+        access_logger.info('%s - - [%s] "%s" %s %s %.6f', client,
+                           time.strftime("%d/%b/%Y %H:%M:%S"), line, status.split(" ", 1)[0],
+                           "-" if length is None else length, elapsed)

@@ -1,0 +1,398 @@
+"""The long-poll paths answered natively: no WSGI environ or ``start_response`` on them.
+
+The validation, limits, status codes and bodies are those of
+:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware` (whose settings this reads),
+built from :mod:`wsgi_longpoll.protocol`, so the wire is the same byte for byte. Hooks get a
+werkzeug ``Request``, built only when a hook is set.
+
+A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
+:class:`~wsgi_longpoll.manager.Subscriber` holding its connection. The manager's
+:meth:`~ParkedPoll.deliver` writes the answer to the socket at once, without blocking,
+from whatever greenlet or thread published; subscribers handed the same events share one
+encoded answer. Only a partial write (a full socket buffer) is left to the connection's
+greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
+request (the answer already written) or a hang-up, and on a timer for the protocol's
+timeout answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import gevent
+from gevent.hub import Waiter
+from gevent.monkey import get_original
+from werkzeug.wrappers import Request as WerkzeugRequest
+from werkzeug.wrappers import Response
+
+from ..event import Event
+from ..manager import (
+    CapacityExceeded,
+    LongpollManager,
+    ManagerClosed,
+    OutcomeUnknown,
+    StorageUnavailable,
+    Subscriber,
+)
+from ..protocol import (
+    OUTCOME_UNKNOWN_ERROR,
+    PUBLISH_METHOD_ERROR,
+    PUBLISH_SUCCESS_BODY,
+    SUBSCRIBE_METHOD_ERROR,
+    ProtocolError,
+    error_body,
+    events_body,
+    now_ms,
+    parse_idempotency_key,
+    parse_publish_body,
+    parse_subscribe_query,
+    timeout_body,
+)
+from ..wsgi.middleware import RETRY_AFTER_SECONDS, Hook, LongpollMiddleware
+from .http import Connection, Request
+from .wsgi import WSGIBridge, make_environ
+
+if TYPE_CHECKING:
+    from gevent.hub import Hub
+
+__all__ = ["LongpollRouter", "ParkedPoll"]
+
+logger = logging.getLogger(__name__)
+
+_JSON = b"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+_SUBSCRIBE = (_JSON + b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
+              b"Pragma: no-cache\r\nExpires: 0\r\n")
+_RETRY = b"Retry-After: %s\r\n" % RETRY_AFTER_SECONDS.encode("ascii")
+_OK = b"200 OK"
+_FORBIDDEN_BODY = error_body("Forbidden: rejected by the server's hook.")
+
+# The claim of an answer: deliver (any thread, the manager's lock held), release (the
+# hub) and the timeout (the connection's greenlet) race to answer; one wins.
+_claim_lock = get_original("_thread", "allocate_lock")()
+_get_thread_ident = get_original("_thread", "get_ident")
+
+#: Why a parked connection's greenlet woke.
+_READABLE, _TIMER, _WAKE = 1, 2, 3
+
+
+def _path_bytes(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.encode("latin-1")  # PATH_INFO is the raw path decoded as latin-1
+    except UnicodeEncodeError:
+        return path.encode("utf-8")
+
+
+class LongpollRouter:
+    """Routes a connection's requests: the middleware's long-poll paths natively, every
+    other path to the WSGI application through the bridge.
+
+    :param middleware: the long-poll settings (paths, hooks, limits) and manager.
+    :param bridge: the bridge to the application for every other path.
+    :param max_request_body_size: the largest body of a request to the application.
+    :param native: answer the long-poll paths here; ``False`` sends them through the
+        bridge too (to the middleware in the application), for a middleware such as CORS
+        that must see their answers.
+    """
+
+    def __init__(self, middleware: LongpollMiddleware, bridge: WSGIBridge,
+                 max_request_body_size: int, *, native: bool = True) -> None:
+        self.manager: LongpollManager = middleware.manager
+        self.middleware = middleware
+        self.bridge = bridge
+        self.subscription_path = _path_bytes(middleware.subscription_path)
+        self.publish_path = _path_bytes(middleware.publish_path)
+        self.native = native
+        self.max_body_size = middleware.max_body_size
+        self.max_request_body_size = max_request_body_size
+        #: The last answer encoded for a delivery: ``(events, date, response)``.
+        self.answer_cache: tuple[Any, bytes, bytes] = (None, b"", b"")
+
+    def _route(self, path: bytes) -> bytes:
+        return unquote_to_bytes(path) if b"%" in path else path
+
+    def body_limit(self, path: bytes) -> tuple[int, bool]:
+        path = self._route(path)
+        if path == self.publish_path:
+            return self.max_body_size, True
+        if path == self.subscription_path:
+            return self.max_body_size, False
+        return self.max_request_body_size, False
+
+    def handle(self, connection: Connection, request: Request) -> None:
+        path = self._route(request.path)
+        if not self.native:
+            self.bridge.handle(connection, request)
+            return
+        if path == self.subscription_path:
+            handler = self.subscribe
+        elif path == self.publish_path:
+            handler = self.publish
+        else:
+            self.bridge.handle(connection, request)
+            return
+        try:
+            handler(connection, request)
+        except OSError:
+            raise
+        except Exception:
+            logger.exception("answering %s failed", path.decode("latin-1"))
+            connection.keep_alive = request.keep_alive = False
+            connection.send_response(request, b"500 Internal Server Error",
+                                     b"Content-Type: text/plain; charset=utf-8\r\n",
+                                     b"Internal Server Error\n")
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def _rejected(self, hook: Hook | None, connection: Connection, request: Request,
+                  headers: bytes) -> bool:
+        """Run *hook*; whether it rejected the request (and the rejection was sent)."""
+        if hook is None:
+            return False
+        environ = make_environ(connection, request, self.bridge.base_environ)
+        verdict = hook(WerkzeugRequest(environ))
+        if verdict is True:
+            return False
+        if isinstance(verdict, Response):
+            self.bridge.run(connection, request, environ, verdict)
+            return True
+        if verdict is False:
+            connection.send_response(request, b"403 Forbidden", headers, _FORBIDDEN_BODY)
+            return True
+        raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+
+    # -- subscribe ----------------------------------------------------------------------
+
+    def subscribe(self, connection: Connection, request: Request) -> None:
+        middleware = self.middleware
+        if self._rejected(middleware.before_subscription, connection, request, _SUBSCRIBE):
+            return
+        if request.method != b"GET":
+            connection.send_response(request, b"405 Method Not Allowed",
+                                     _SUBSCRIBE + b"Allow: GET\r\n",
+                                     error_body(SUBSCRIBE_METHOD_ERROR))
+            return
+        manager = self.manager
+        try:
+            query = parse_subscribe_query(request.query.decode("latin-1"),
+                                          manager.max_longpoll_timeout_seconds,
+                                          middleware.max_categories_per_request)
+        except ProtocolError as error:
+            connection.send_response(request, _OK, _SUBSCRIBE, error_body(str(error)))
+            return
+        poll = ParkedPoll(self, connection, request)
+        try:
+            delivery = manager.attach(poll, query.categories, query.since_time, query.last_id)
+        except CapacityExceeded as error:
+            logger.warning("answering 503: %s", error)
+            connection.send_response(
+                request, b"503 Service Unavailable", _SUBSCRIBE + _RETRY,
+                error_body(f"The server is at capacity: {error}. Try again later."))
+            return
+        except StorageUnavailable as error:
+            logger.error("answering 503: %s", error)
+            connection.send_response(
+                request, b"503 Service Unavailable", _SUBSCRIBE + _RETRY,
+                error_body("The event store is unavailable. Try again later."))
+            return
+        if delivery is not None:
+            if delivery.events:
+                body = events_body(delivery.events, delivery.gaps)
+            else:
+                body = timeout_body(now_ms(), delivery.gaps)
+            connection.send_response(request, _OK, _SUBSCRIBE, body)
+            return
+        poll.wait(query.timeout)
+
+    def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
+        """The whole response of *poll* to *events*, encoded once for every poll that
+        gets the same list in one delivery (and has no gaps to report)."""
+        connection, request = poll.connection, poll.request
+        if poll.gaps or request.version != "1.1" or not request.keep_alive or \
+                connection.server.closing:
+            body = events_body(events, poll.gaps)
+            return connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body
+        cached_events, date, response = self.answer_cache
+        if cached_events is events:
+            connection.keep_alive = True
+            return response
+        body = events_body(events)
+        response = connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body
+        self.answer_cache = (events, date, response)
+        return response
+
+    # -- publish ------------------------------------------------------------------------
+
+    def publish(self, connection: Connection, request: Request) -> None:
+        post = request.method == b"POST"
+        body = request.body if post else b""
+        if self._rejected(self.middleware.before_publish, connection, request, _JSON):
+            return
+        if not post:
+            connection.send_response(request, b"405 Method Not Allowed",
+                                     _JSON + b"Allow: POST\r\n", error_body(PUBLISH_METHOD_ERROR))
+            return
+        try:
+            document = parse_publish_body(body)
+            raw_key = request.header(b"idempotency-key")
+            key = parse_idempotency_key(None if raw_key is None else raw_key.decode("latin-1"))
+            self.manager.publish(document.category, document.data, idempotency_key=key)
+        except ProtocolError as error:
+            connection.send_response(request, b"400 Bad Request", _JSON, error_body(str(error)))
+        except ManagerClosed:
+            connection.send_response(request, b"503 Service Unavailable", _JSON,
+                                     error_body("The server is shutting down."))
+        except CapacityExceeded as error:
+            logger.warning("answering 503: %s", error)
+            connection.send_response(
+                request, b"503 Service Unavailable", _JSON + _RETRY,
+                error_body(f"The server is at capacity: {error}. Try again later."))
+        except OutcomeUnknown as error:
+            logger.error("answering 504: %s", error)
+            connection.send_response(request, b"504 Gateway Timeout", _JSON,
+                                     error_body(OUTCOME_UNKNOWN_ERROR))
+        except StorageUnavailable as error:
+            logger.error("answering 503: %s", error)
+            connection.send_response(
+                request, b"503 Service Unavailable", _JSON + _RETRY,
+                error_body("The event store is unavailable. Try again later."))
+        else:
+            connection.send_response(request, _OK, _JSON, PUBLISH_SUCCESS_BODY)
+
+
+def _peer_closed(sock: Any) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK) == b"")
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class ParkedPoll(Subscriber):
+    """A long poll waiting on its connection; answered straight to the socket."""
+
+    __slots__ = ("router", "connection", "request", "answered", "pending", "broken",
+                 "waiter", "hub", "watching")
+
+    def __init__(self, router: LongpollRouter, connection: Connection, request: Request) -> None:
+        super().__init__()
+        self.router = router
+        self.connection = connection
+        self.request = request
+        self.answered = False
+        #: What is left to write after a partial write.
+        self.pending = b""
+        self.broken = False
+        self.waiter: Waiter | None = None
+        self.hub: Hub | None = None
+        #: Whether the socket wakes the greenlet after the answer (else deliver must).
+        self.watching = True
+
+    def _claim(self) -> bool:
+        with _claim_lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
+
+    def deliver(self, events: list[Event]) -> bool:
+        if self._claim():
+            self._write(self.router.encode(self, events))
+        return True
+
+    def release(self) -> None:
+        if self._claim():
+            request = self.request
+            body = timeout_body(now_ms(), self.gaps)
+            self._write(self.connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body)
+        self._wake()
+
+    def _write(self, data: bytes) -> None:
+        """Write *data* without blocking; leave the rest (if any) to the greenlet."""
+        sock = self.connection.sock
+        raw = getattr(sock, "_sock", sock)
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            self._wake()
+            return
+        if sent < len(data):
+            self.pending = data[sent:]
+            self._wake()
+            return
+        self.connection.busy = False
+        if not self.watching:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, hub = self.waiter, self.hub
+        if waiter is None or hub is None:
+            return  # not waiting yet: it looks at its state before it waits
+        if hub.thread_ident == _get_thread_ident():
+            hub.loop.run_callback(waiter.switch, _WAKE)
+        else:
+            hub.loop.run_callback_threadsafe(waiter.switch, _WAKE)
+
+    def wait(self, timeout: float) -> None:
+        """Park until answered, timed out, hung up on or released (the greenlet's part)."""
+        connection = self.connection
+        hub = gevent.get_hub()
+        loop = hub.loop
+        waiter = Waiter(hub)
+        timer = loop.timer(max(timeout, 0.0))
+        timer.start(waiter.switch, _TIMER)
+        io = loop.io(connection.sock.fileno(), 1)
+        io.start(waiter.switch, _READABLE)
+        self.waiter, self.hub = waiter, hub
+        # With the next request read already, the socket will not wake the greenlet:
+        # the answer must.
+        self.watching = not (connection.queue or connection.current is not None
+                             or connection.failure is not None or connection.upgraded)
+        hung_up = False
+        try:
+            while not (self.broken or self.pending):
+                if self.answered and not self.watching:
+                    break
+                reason = waiter.get()
+                waiter.clear()
+                if reason == _READABLE and not self.answered:
+                    if _peer_closed(getattr(connection.sock, "_sock", connection.sock)):
+                        hung_up = True
+                        break
+                    io.stop()  # a pipelined request: answered after this one
+                    self.watching = False
+                    continue
+                if reason == _WAKE and not (self.broken or self.pending or self.answered):
+                    continue
+                break
+        finally:
+            timer.close()
+            io.close()
+            self.waiter = None
+        self.router.manager.detach(self)
+        if hung_up:
+            connection.keep_alive = False
+            self._claim()
+            return
+        request = self.request
+        if self._claim():  # timed out
+            body = timeout_body(now_ms(), self.gaps)
+            connection.send_response(request, _OK, _SUBSCRIBE, body)
+            return
+        if self.broken:
+            connection.keep_alive = False
+            return
+        if self.pending:
+            pending, self.pending = self.pending, b""
+            connection.sock.sendall(pending)
+        connection.keep_alive = request.keep_alive and not connection.server.closing
+        connection.server.log_access(connection, request, _OK, None)
+
