@@ -1,0 +1,310 @@
+"""HTTP/1.1 as RFC 9112 has it, over raw sockets against the standalone server.
+
+Framing errors close the connection (no request smuggling), HEAD never gets a body,
+pipelined requests are answered in order, ``Expect: 100-continue``, HTTP/1.0, the limits
+and timeouts. Plus the WSGI bridge: streaming, and ``wsgiref.validate``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+from wsgiref.validate import validator
+
+import pytest
+import requests
+from test_malformed_http import read_until_closed, status_of
+
+from wsgi_longpoll import Server, ServerInfo
+
+PUBLISH = b'{"category":"c","data":1}'
+
+
+def publish_request(extra: bytes = b"", body: bytes = PUBLISH) -> bytes:
+    return (b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n" % len(body)
+            + extra + b"\r\n" + body)
+
+
+def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    body = b"app:" + environ["PATH_INFO"].encode("latin-1") + b":" + environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    server = Server(access_log=False, header_timeout=2, body_timeout=1,
+                    max_request_body_size=1000, app=_app)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    yield server
+    server.stop(5)
+
+
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=15)
+
+
+def exchange(server: Server, data: bytes) -> bytes:
+    with connect(server) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock)
+
+
+def read_response(sock: socket.socket, buffered: bytearray) -> tuple[bytes, bytes]:
+    """Read one response with a ``Content-Length`` (or none): ``(head, body)``."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-response: {bytes(buffered)!r}"
+        buffered += chunk
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        rest += chunk
+    buffered[:] = rest[length:]
+    return head, rest[:length]
+
+
+def assert_not_published(server: Server) -> None:
+    assert server.manager.buffered_events("c") == []
+
+
+# -- framing: 400 and close ------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths", [(b"5", b"25"), (b"25", b"25")], ids=["different", "equal"])
+def test_two_content_lengths_are_400_and_close(server: Server, lengths: tuple[bytes, bytes]) -> None:
+    smuggled = publish_request()
+    answer = exchange(server, b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %s\r\n"
+                      b"Content-Length: %s\r\n\r\n" % lengths + PUBLISH + smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert status_of(answer) == 400
+    assert b"\r\nConnection: close\r\n" in answer
+    assert_not_published(server)
+
+
+def test_content_length_with_transfer_encoding_is_400_and_close(server: Server) -> None:
+    smuggled = publish_request()
+    answer = exchange(server, b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert status_of(answer) == 400
+    assert_not_published(server)
+
+
+@pytest.mark.parametrize("target", [b"/events?category=a\x00b&timeout=1", b"/ev\x7fents",
+                                    b"/events?category=\xff&timeout=1", b"/a\tb"],
+                         ids=["nul", "del", "non-ascii", "tab"])
+def test_invalid_byte_in_the_target_is_400(server: Server, target: bytes) -> None:
+    answer = exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status_of(answer) == 400
+    assert answer.count(b"HTTP/1.1 ") == 1
+
+
+# -- HEAD ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "status"), [
+    (b"/events?category=c&timeout=1", 405), (b"/publish", 405), (b"/anything", 200),
+])
+def test_head_gets_no_body_and_the_connection_stays_in_step(
+    server: Server, path: bytes, status: int
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"HEAD " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+                     + publish_request(b"Connection: close\r\n"))
+        answer = read_until_closed(sock)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert status_of(first) == status
+    # The next bytes are the publish's answer, not a body of the HEAD.
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b'{"success": true}')
+
+
+# -- pipelining ------------------------------------------------------------------------
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    requests_sent = (
+        publish_request()
+        + b"GET /events?category=c&timeout=1&since_time=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        + b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n"
+        + b"POST /second HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+        + b"GET /events?category=nothing&timeout=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        + b"GET /third HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(requests_sent)
+        buffered = bytearray()
+        bodies = [read_response(sock, buffered)[1] for _ in range(6)]
+        assert read_until_closed(sock) == b""
+    assert bodies[0] == b'{"success": true}'
+    assert [event["data"] for event in json.loads(bodies[1])["events"]] == [1]
+    assert bodies[2:4] == [b"app:/first:", b"app:/second:abc"]
+    assert json.loads(bodies[4])["timeout"] == "no events before timeout"
+    assert bodies[5] == b"app:/third:"
+
+
+# -- Expect: 100-continue --------------------------------------------------------------
+
+def test_expect_100_continue_gets_100_then_the_answer(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(PUBLISH))
+        interim = sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(PUBLISH)
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 200
+    assert answer.endswith(b'{"success": true}')
+
+
+def test_expect_100_continue_over_the_limit_gets_413_and_no_100(server: Server) -> None:
+    answer = exchange(server, b"POST /anything HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                      b"Content-Length: 5000\r\n\r\n")
+    assert status_of(answer) == 413
+    assert b"100 Continue" not in answer
+
+
+# -- HTTP/1.0 and Connection: close ----------------------------------------------------
+
+def test_http_10_closes_after_the_answer(server: Server) -> None:
+    answer = exchange(server, b"GET /anything HTTP/1.0\r\n\r\n")
+    assert status_of(answer) == 200
+    assert b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(b"app:/anything:")
+
+
+def test_http_10_keep_alive_is_kept(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        buffered = bytearray()
+        head, body = read_response(sock, buffered)
+        assert b"\r\nConnection: keep-alive" in head
+        assert body == b"app:/one:"
+        sock.sendall(b"GET /two HTTP/1.0\r\n\r\n")
+        assert read_until_closed(sock).endswith(b"app:/two:")
+
+
+def test_connection_close_closes_after_the_answer(server: Server) -> None:
+    answer = exchange(server, b"GET /events?category=c&timeout=1&since_time=1 HTTP/1.1\r\n"
+                      b"Host: t\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 200
+    assert b"\r\nConnection: close\r\n" in answer
+
+
+# -- limits and timeouts ---------------------------------------------------------------
+
+def test_request_line_over_the_limit_is_414(server: Server) -> None:
+    answer = exchange(server, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+    assert status_of(answer) == 414
+
+
+def test_header_block_over_the_limit_is_400(server: Server) -> None:
+    headers = b"".join(b"X-%d: %s\r\n" % (n, b"v" * 1000) for n in range(70))
+    answer = exchange(server, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    assert status_of(answer) == 400
+
+
+def test_app_body_over_the_limit_is_413(server: Server) -> None:
+    answer = exchange(server, b"POST /anything HTTP/1.1\r\nContent-Length: 1001\r\n\r\n"
+                      + b"x" * 1001)
+    assert status_of(answer) == 413
+
+
+def test_chunked_app_body_over_the_limit_is_413(server: Server) -> None:
+    answer = exchange(server, b"POST /anything HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      + b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\nx\r\n0\r\n\r\n")
+    assert status_of(answer) == 413
+
+
+def test_chunked_app_body_is_read_whole(server: Server) -> None:
+    answer = exchange(server, b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                      b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    assert answer.endswith(b"app:/c:abcde")
+
+
+def test_a_body_that_trickles_in_is_408(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                     % len(PUBLISH) + PUBLISH[:3])
+        # body_timeout is 1 s; the socket's own 15 s timeout bounds the read.
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 408
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "error": "Request body not received in time."}
+    assert_not_published(server)
+
+
+# -- the WSGI bridge -------------------------------------------------------------------
+
+def test_a_streamed_answer_arrives_as_it_is_yielded() -> None:
+    release = threading.Event()
+
+    def stream(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        yield b"data: one\n\n"
+        release.wait(10)  # a real OS wait: the test thread must set it
+        yield b"data: two\n\n"
+
+    server = Server(access_log=False, app=stream)
+    server.start(ServerInfo(address="127.0.0.1:0"))
+    try:
+        with connect(server) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            received = b""
+            while b"data: one" not in received:
+                chunk = sock.recv(65536)
+                assert chunk
+                received += chunk
+            assert b"data: two" not in received
+            assert b"\r\nTransfer-Encoding: chunked\r\n" in received
+            release.set()
+            received += read_until_closed(sock)
+        assert received.endswith(b"b\r\ndata: two\n\n\r\n0\r\n\r\n")
+    finally:
+        release.set()
+        server.stop(5)
+
+
+def test_the_bridge_passes_wsgiref_validate() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"got ", body])
+
+    server = Server(access_log=False, app=validator(app))
+    server.start(ServerInfo(address="127.0.0.1:0"))
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with requests.Session() as session:
+            assert session.get(f"{base}/x?y=1", timeout=10).text == "got "
+            assert session.post(f"{base}/x", data=b"abc", timeout=10).text == "got abc"
+            head = session.head(f"{base}/x", timeout=10)
+            assert head.status_code == 200
+            assert head.content == b""
+            assert session.get(f"{base}/x", timeout=10).text == "got "  # still in step
+    finally:
+        server.stop(5)
+
+
+def test_an_application_error_is_500_and_the_server_stays_up() -> None:
+    def broken(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise RuntimeError("broken")
+
+    server = Server(access_log=False, app=broken)
+    server.start(ServerInfo(address="127.0.0.1:0"))
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert requests.get(f"{base}/x", timeout=10).status_code == 500
+        published = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
+                                  timeout=10)
+        assert published.json() == {"success": True}
+    finally:
+        server.stop(5)
