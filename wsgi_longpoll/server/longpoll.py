@@ -328,7 +328,17 @@ class ParkedPoll(Subscriber):
             self.pending = data[sent:]
             self._wake()
             return
-        self.connection.busy = False
+        connection = self.connection
+        connection.busy = False
+        if not connection.keep_alive:
+            # Tell the client this was all (it may wait for the end); its hang-up wakes
+            # the greenlet, which closes the socket.
+            try:
+                raw.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.broken = True
+                self._wake()
+                return
         if not self.watching:
             self._wake()
 
