@@ -391,7 +391,10 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
     def __init__(self, listener: Any, router: Router, limits: Limits | None = None,
                  *, access_log: bool = False, spawn: Any = "default",
                  on_accept_error: Callable[[OSError], None] | None = None) -> None:
-        super().__init__(listener, spawn=spawn)
+        # A long accept queue: a burst of connections (thousands of subscribers coming
+        # back at once) must not meet dropped SYNs and a second's retransmission.
+        backlog = 4096 if isinstance(listener, tuple) else None
+        super().__init__(listener, backlog=backlog, spawn=spawn)
         self.router = router
         self.limits = limits or Limits()
         self.access_log = access_log
