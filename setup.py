@@ -42,6 +42,9 @@ setup(
         "redis": [
             "redis>=5",
         ],
+        "gunicorn": [
+            "gunicorn>=22",
+        ],
         "dev": [
             "ruff>=0.5",
             "mypy>=1.10",

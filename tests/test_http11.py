@@ -81,7 +81,9 @@ def assert_not_published(server: Server) -> None:
 # -- framing: 400 and close ------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths", [(b"5", b"25"), (b"25", b"25")], ids=["different", "equal"])
-def test_two_content_lengths_are_400_and_close(server: Server, lengths: tuple[bytes, bytes]) -> None:
+def test_two_content_lengths_are_400_and_close(
+    server: Server, lengths: tuple[bytes, bytes]
+) -> None:
     smuggled = publish_request()
     answer = exchange(server, b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %s\r\n"
                       b"Content-Length: %s\r\n\r\n" % lengths + PUBLISH + smuggled)

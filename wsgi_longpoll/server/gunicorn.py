@@ -1,0 +1,156 @@
+"""A gunicorn worker running this package's HTTP/1.1 server, on gevent.
+
+``gunicorn -k wsgi_longpoll.server.gunicorn.LongpollWorker app:application`` serves the
+application gunicorn loads with :class:`~.http.HTTPServer`. When that application is a
+:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware`, or a Flask application whose
+``wsgi_app`` is one, its subscription and publish paths are answered natively (the fast
+path of :mod:`.longpoll`, with its hooks, limits and manager); every other request goes
+to the application through the WSGI bridge. A middleware found deeper (under another
+middleware, which might change its answers) is left to the application: every request
+then goes through the bridge. Name the middleware yourself by setting the application's
+``wsgi_longpoll_middleware`` attribute to it.
+
+On SIGTERM the worker stops accepting, answers every parked long poll at once (the
+manager drains), closes idle keep-alive connections and gives requests in progress up to
+gunicorn's ``graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.pool import Pool
+from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unused-ignore]
+from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped,unused-ignore]
+
+from ..manager import LongpollManager
+from ..wsgi.middleware import LongpollMiddleware
+from .http import HTTPServer, Limits
+from .longpoll import LongpollRouter
+from .wsgi import WSGIBridge
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+__all__ = ["LongpollWorker", "find_middleware"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_middleware(app: Any) -> tuple[LongpollMiddleware | None, bool]:
+    """The :class:`LongpollMiddleware` of *app*, and whether its paths can be answered
+    natively (it answers them before anything else in *app* runs)."""
+    named = getattr(app, "wsgi_longpoll_middleware", None)
+    if isinstance(named, LongpollMiddleware):
+        return named, True
+    if isinstance(app, LongpollMiddleware):
+        return app, True
+    inner = getattr(app, "wsgi_app", None)  # Flask: app.wsgi_app = LongpollMiddleware(...)
+    if isinstance(inner, LongpollMiddleware):
+        return inner, True
+    seen: set[int] = set()
+    layer = inner if inner is not None else getattr(app, "app", None)
+    for _ in range(16):
+        if layer is None or id(layer) in seen:
+            break
+        seen.add(id(layer))
+        if isinstance(layer, LongpollMiddleware):
+            return layer, False
+        layer = getattr(layer, "app", None) or getattr(layer, "wsgi_app", None)
+    return None, False
+
+
+def _no_manager_router(app: WSGIApplication, bridge: WSGIBridge, body_limit: int
+                       ) -> LongpollRouter:
+    """A router for an application without a middleware: everything through the bridge."""
+    placeholder = LongpollMiddleware(app, LongpollManager(), None, None)
+    return LongpollRouter(placeholder, bridge, body_limit, native=False)
+
+
+class LongpollWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker with :mod:`wsgi_longpoll.server`'s HTTP/1.1 server.
+
+    gunicorn's settings used: ``worker_connections`` (connections per worker),
+    ``graceful_timeout``, ``limit_request_line``, ``limit_request_fields`` and
+    ``limit_request_field_size``. The access log is this package's
+    (``wsgi_longpoll.access``), written when gunicorn's ``accesslog`` is set.
+    """
+
+    #: The largest body of a request to the application (read whole before it runs).
+    max_request_body_size = 16 * 1024 * 1024
+    #: Seconds a client has for its request line and headers (and a keep-alive idle).
+    header_timeout = 30.0
+
+    def _router(self) -> LongpollRouter:
+        cfg = self.cfg
+        environ: dict[str, Any] = base_environ(cfg)
+        environ.update({"wsgi.multiprocess": cfg.workers > 1,
+                        "SERVER_SOFTWARE": environ.get("SERVER_SOFTWARE", "gunicorn")})
+        environ.pop("wsgi.input_terminated", None)
+        bridge = WSGIBridge(self.wsgi, environ)
+        middleware, native = find_middleware(self.wsgi)
+        if middleware is None:
+            self.log.warning("no LongpollMiddleware found in the application: every request "
+                           "goes through the WSGI bridge")
+            return _no_manager_router(self.wsgi, bridge, self.max_request_body_size)
+        if native:
+            self.log.info("long-poll paths answered natively: %s, %s",
+                        middleware.subscription_path, middleware.publish_path)
+        else:
+            self.log.info("the LongpollMiddleware is wrapped in other middleware: its paths "
+                        "go through the WSGI bridge")
+        return LongpollRouter(middleware, bridge, self.max_request_body_size, native=native)
+
+    def _limits(self) -> Limits:
+        cfg = self.cfg
+        fields = cfg.limit_request_fields or 32768
+        field_size = cfg.limit_request_field_size or 65536
+        return Limits(
+            header_timeout=max(float(cfg.keepalive), self.header_timeout),
+            max_request_line=cfg.limit_request_line or 65536,
+            max_header_count=fields,
+            max_header_bytes=min(fields * field_size, 1024 * 1024),
+        )
+
+    def run(self) -> None:
+        router = self._router()
+        limits = self._limits()
+        servers: list[HTTPServer] = []
+        for listener in self.sockets:
+            listener.setblocking(1)
+            server = HTTPServer(listener, router, limits, access_log=bool(self.cfg.accesslog),
+                                spawn=Pool(self.worker_connections))
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()
+            gevent.sleep(1.0)
+        self._shutdown(servers, router)
+
+    def _shutdown(self, servers: list[HTTPServer], router: LongpollRouter) -> None:
+        """Stop accepting, answer parked polls, close idle connections, drain."""
+        for server in servers:
+            server.closing = True
+            server.close()
+        if router.native:
+            router.manager.drain()
+        gevent.sleep(0)
+        for server in servers:
+            server.close_idle_connections()
+        deadline = self.cfg.graceful_timeout
+        for server in servers:
+            waited = 0.0
+            while server.connections and waited < deadline:
+                self.notify()
+                gevent.sleep(0.1)
+                waited += 0.1
+                server.close_idle_connections()
+            if server.connections:
+                self.log.warning("graceful timeout: %d connections still open",
+                               len(server.connections))
+                server.pool.kill(block=True, timeout=1)
+
