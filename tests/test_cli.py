@@ -123,3 +123,25 @@ def test_bad_arguments_are_usage_errors(arguments: list[str]) -> None:
 
 def test_default_address_is_loopback() -> None:
     assert build_parser().parse_args(["serve"]).address == "127.0.0.1:8080"
+
+
+def test_every_server_option_is_on_the_command_line_with_the_servers_default() -> None:
+    import dataclasses
+
+    from wsgi_longpoll.cli import NOT_ON_THE_COMMAND_LINE, server_options
+    from wsgi_longpoll.server import ServerOptions
+
+    args = build_parser().parse_args(["serve"])
+    for field in dataclasses.fields(ServerOptions):
+        if field.name in NOT_ON_THE_COMMAND_LINE:
+            continue
+        assert hasattr(args, field.name), f"no serve option sets {field.name}"
+    assert dataclasses.replace(server_options(args), cors_origins=()) == ServerOptions()
+    given = build_parser().parse_args(["serve", "--ttl-seconds", "0", "--header-timeout", "0",
+                                       "--cors-origin", "https://a.example",
+                                       "--body-timeout", "5"])
+    options = server_options(given)
+    assert options.event_time_to_live_seconds is None
+    assert options.header_timeout is None
+    assert options.body_timeout == 5
+    assert options.cors_origins == ("https://a.example",)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -11,8 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from . import __version__
-from .manager import LongpollManager
-from .server import FilePersistorInfo, Server, ServerInfo
+from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
 from .wsgi.auth import bearer_token
 from .wsgi.demo import DemoApp
 
@@ -22,6 +22,12 @@ logger = logging.getLogger("wsgi_longpoll.cli")
 
 #: The environment variable read for the publish token when --publish-token is not given.
 PUBLISH_TOKEN_ENV = "WSGI_LONGPOLL_PUBLISH_TOKEN"
+
+#: Every ``serve`` option that is a :class:`ServerOptions` field has that field's name as
+#: its ``dest`` and its default from here: the server's definition is the one definition.
+DEFAULTS = ServerOptions()
+#: :class:`ServerOptions` fields the command line does not set (Python objects).
+NOT_ON_THE_COMMAND_LINE = frozenset({"app", "before_stats"})
 
 
 class _ShutdownRequested(Exception):
@@ -40,6 +46,11 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+def _seconds_or_none(text: str) -> float | None:
+    """0 means no limit (``None``)."""
+    return _non_negative_float(text) or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--publish-uri", default="/publish",
                         help="path of the publish endpoint (POST); it is open to anyone "
                         "who can reach the server unless --publish-token is given")
-    listen.add_argument("--max-body-size", type=_positive_int, default=1024 * 1024,
+    listen.add_argument("--max-body-size", type=_positive_int, default=DEFAULTS.max_body_size,
                         help="largest publish body accepted, in bytes (larger: 413)")
-    listen.add_argument("--max-categories-per-request", type=_positive_int, default=16,
+    listen.add_argument("--max-request-body-size", type=_positive_int,
+                        default=DEFAULTS.max_request_body_size,
+                        help="largest body of a request to any other path, in bytes "
+                        "(larger: 413)")
+    listen.add_argument("--max-categories-per-request", type=_positive_int,
+                        default=DEFAULTS.max_categories_per_request,
                         help="how many categories one subscribe may name with the "
                         "'categories' extension")
     events = serve.add_argument_group("events (LongpollManager)")
-    events.add_argument("--buffer-size", type=_positive_int, default=250,
+    events.add_argument("--buffer-size", dest="max_event_buffer_size", type=_positive_int,
+                        default=DEFAULTS.max_event_buffer_size,
                         help="events kept per category; the oldest go first")
-    events.add_argument("--ttl-seconds", type=_non_negative_float, default=0,
-                        help="events older than this are never served (0: kept for ever)")
-    events.add_argument("--delete-after-first-retrieval", action="store_true",
+    events.add_argument("--ttl-seconds", dest="event_time_to_live_seconds",
+                        type=_seconds_or_none, default=DEFAULTS.event_time_to_live_seconds,
+                        help="events older than this are never served (0 or None: kept for "
+                        "ever)")
+    events.add_argument("--delete-after-first-retrieval",
+                        dest="delete_event_after_first_retrieval", action="store_true",
                         help="remove an event from its buffer once it has been served")
     persist = serve.add_argument_group("file persistence (FilePersistorInfo)")
     persist.add_argument("--persist-file", metavar="FILE_NAME", default="",
@@ -95,40 +115,48 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fsync the file at each flush: a power loss then loses no more "
                          "than a crash does, at the cost of one disk sync per flush")
     shared = serve.add_argument_group("several processes and hosts (Redis)")
-    shared.add_argument("--redis-url", metavar="URL", default=None,
+    shared.add_argument("--redis-url", metavar="URL", default=DEFAULTS.redis_url,
                         help="keep the events in Redis Streams at URL (e.g. "
                         "redis://127.0.0.1:6379/0), shared with every server pointed at it; "
                         "in this process when not given")
-    shared.add_argument("--redis-key-prefix", metavar="PREFIX", default="wsgi_longpoll:",
+    shared.add_argument("--redis-key-prefix", metavar="PREFIX",
+                        default=DEFAULTS.redis_key_prefix,
                         help="put before every Redis key, so that several applications "
                         "share one Redis")
     limits = serve.add_argument_group("limits (each answered with a JSON error)")
     limits.add_argument("--max-categories", type=_positive_int,
-                        default=LongpollManager.default_max_categories,
+                        default=DEFAULTS.max_categories,
                         help="categories that may hold events at once (more: 503)")
     limits.add_argument("--max-waiting-subscribers", type=_positive_int,
-                        default=LongpollManager.default_max_waiting_subscribers,
-                        help="subscribers that may wait at once (more: 503)")
-    limits.add_argument("--header-timeout", type=_non_negative_float, default=30.0,
+                        default=DEFAULTS.max_waiting_subscribers,
+                        help="subscribers that may wait at once (more: 503); None: the "
+                        "open-files limit (ulimit -n) less some headroom")
+    limits.add_argument("--header-timeout", type=_seconds_or_none,
+                        default=DEFAULTS.header_timeout,
                         help="seconds a client has to send its request line and headers, "
                         "also the longest a keep-alive connection may idle (0: no limit)")
+    limits.add_argument("--body-timeout", type=_seconds_or_none,
+                        default=DEFAULTS.body_timeout,
+                        help="seconds a client has to send a request body once its headers "
+                        "are in (longer: 408; 0: no limit)")
     security = serve.add_argument_group("security and cross-origin use")
     security.add_argument("--publish-token", metavar="TOKEN", default=None,
                           help="require 'Authorization: Bearer TOKEN' to publish; better "
                           f"given in the environment variable {PUBLISH_TOKEN_ENV}, which "
                           "other users cannot see in the process list")
-    security.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
+    security.add_argument("--cors-origin", dest="cors_origins", metavar="ORIGIN",
+                          action="append", default=list(DEFAULTS.cors_origins),
                           help="let pages on ORIGIN (e.g. https://app.example.com, or '*') "
                           "subscribe and publish across origins; repeat for several")
     security.add_argument("--cors-allow-credentials", action="store_true",
                           help="let those pages send cookies and HTTP authentication")
     ops = serve.add_argument_group("operations")
-    ops.add_argument("--stats-path", metavar="PATH", default=None,
+    ops.add_argument("--stats-path", metavar="PATH", default=DEFAULTS.stats_path,
                      help="serve statistics as JSON at PATH, e.g. /stats (off when not given)")
-    ops.add_argument("--metrics-path", metavar="PATH", default=None,
+    ops.add_argument("--metrics-path", metavar="PATH", default=DEFAULTS.metrics_path,
                      help="serve statistics in the Prometheus text format at PATH, "
                      "e.g. /metrics (off when not given)")
-    ops.add_argument("--health-path", metavar="PATH", default=None,
+    ops.add_argument("--health-path", metavar="PATH", default=DEFAULTS.health_path,
                      help="serve a health check for load balancers at PATH, e.g. /healthz "
                      "(off when not given)")
     ops.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
@@ -152,25 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.publish_uri,
             timeout_seconds=min(45, args.timeout_seconds or 110),
         )
-    server = Server(
-        max_event_buffer_size=args.buffer_size,
-        event_time_to_live_seconds=args.ttl_seconds or None,
-        delete_event_after_first_retrieval=args.delete_after_first_retrieval,
-        max_body_size=args.max_body_size,
-        max_categories_per_request=args.max_categories_per_request,
-        access_log=args.access_log,
-        app=demo,
-        max_categories=args.max_categories,
-        max_waiting_subscribers=args.max_waiting_subscribers,
-        header_timeout=args.header_timeout or None,
-        cors_origins=args.cors_origin,
-        cors_allow_credentials=args.cors_allow_credentials,
-        stats_path=args.stats_path,
-        metrics_path=args.metrics_path,
-        health_path=args.health_path,
-        redis_url=args.redis_url,
-        redis_key_prefix=args.redis_key_prefix,
-    )
+    server = Server(server_options(args), app=demo)
     token = args.publish_token or os.environ.get(PUBLISH_TOKEN_ENV, "")
     persistence = FilePersistorInfo(
         use=bool(args.persist_file),
@@ -219,6 +229,16 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop(args.shutdown_timeout)
     logger.info("stopped")
     return 0
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The :class:`ServerOptions` that parsed ``serve`` arguments give (each field from the
+    argument of the same name)."""
+    return ServerOptions(**{
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(ServerOptions)
+        if field.name not in NOT_ON_THE_COMMAND_LINE
+    })
 
 
 def _display_host(address: str) -> str:
