@@ -231,6 +231,10 @@ def _nesting_exceeds(document: Any, limit: int) -> bool:
     return False
 
 
+#: One decoder for every publish body (``json.loads`` with hooks builds one per call).
+_PUBLISH_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_idempotency_key(value: str | None) -> str | None:
     """The ``Idempotency-Key`` header of a publish (an **extension**), or ``None``.
 
@@ -249,9 +253,7 @@ def parse_publish_body(body: bytes) -> PublishBody:
     :raises ProtocolError: with the message of the first rule broken.
     """
     try:
-        document = json.loads(
-            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        document = _PUBLISH_DECODER.decode(body.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ProtocolError(PUBLISH_BODY_ERROR) from None
     if body.count(b"[") + body.count(b"{") > MAX_NESTING_DEPTH and _nesting_exceeds(

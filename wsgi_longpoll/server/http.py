@@ -23,7 +23,6 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
 
@@ -145,13 +144,25 @@ class _Reject(Exception):
         self.json_errors = json_errors
 
 
+def send_all(sock: Any, data: bytes) -> None:
+    """Send all of *data*: straight to the non-blocking socket, and only what it did not
+    take through gevent (which waits for the socket to drain)."""
+    raw = getattr(sock, "_sock", sock)
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 class Connection:
     """One client connection: parses its requests and hands each to the router in turn."""
 
     __slots__ = (
         "server", "sock", "address", "parser", "queue", "current", "url_parts",
         "head_size", "header_count", "unparsed", "failure", "upgraded", "busy",
-        "keep_alive", "idle_since", "parked", "__weakref__",
+        "keep_alive", "idle_since", "parked", "deadline", "expired", "__weakref__",
     )
 
     def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
@@ -174,6 +185,11 @@ class Connection:
         self.idle_since = _monotonic()
         #: The long poll parked on this connection, if any (see :mod:`.longpoll`).
         self.parked: Any = None
+        #: When the read under way must have brought what it waits for (``monotonic``);
+        #: 0: no read, or no limit. The server's sweeper cuts the read then.
+        self.deadline = 0.0
+        #: The sweeper cut the read: the client was too slow.
+        self.expired = False
 
     # -- the parser's callbacks ---------------------------------------------------------
 
@@ -281,6 +297,7 @@ class Connection:
     def serve(self) -> None:
         """Read and answer requests until the connection is to close."""
         sock = self.sock
+        raw = getattr(sock, "_sock", sock)  # gevent's socket wraps a non-blocking one
         server = self.server
         router = server.router
         limits = server.limits
@@ -302,7 +319,7 @@ class Connection:
             if current is not None and current.headers_done:
                 if current.expect_continue and not current.continue_sent:
                     current.continue_sent = True
-                    sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    send_all(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
                 timeout = limits.body_timeout
                 since = current.headers_done
             else:
@@ -311,17 +328,19 @@ class Connection:
                     return
                 timeout = limits.header_timeout
                 since = self.idle_since
-            if timeout is None:
-                sock.settimeout(None)
-            else:
-                remaining = since + timeout - _monotonic()
-                if remaining <= 0:
+            if timeout is not None:
+                deadline = since + timeout
+                if deadline <= _monotonic():
                     self.timed_out(current)
                     return
-                sock.settimeout(remaining)
+                self.deadline = deadline  # the server's sweeper enforces it
             try:
+                data = raw.recv(_RECV_SIZE)
+            except BlockingIOError:
                 data = sock.recv(_RECV_SIZE)
-            except TimeoutError:
+            finally:
+                self.deadline = 0.0
+            if self.expired:
                 self.timed_out(self.current)
                 return
             if not data:
@@ -355,7 +374,7 @@ class Connection:
                 b"Connection: close\r\n\r\n"
                 % (reject.status.encode("ascii"), content_type, len(body), http_date()))
         with contextlib.suppress(OSError):
-            self.sock.sendall(head + body)
+            send_all(self.sock, head + body)
         self.server.log_access(self, None, reject.status, len(body))
 
     # -- writing ------------------------------------------------------------------------
@@ -381,7 +400,7 @@ class Connection:
                       body: bytes) -> None:
         """Send a whole response (no body to HEAD)."""
         head = self.response_head(request, status, headers, len(body))
-        self.sock.sendall(head if request.method == b"HEAD" else head + body)
+        send_all(self.sock, head if request.method == b"HEAD" else head + body)
         self.server.log_access(self, request, status, len(body))
 
 
@@ -389,8 +408,7 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
     """A gevent ``StreamServer`` whose connections speak HTTP/1.1 to a :class:`Router`."""
 
     def __init__(self, listener: Any, router: Router, limits: Limits | None = None,
-                 *, access_log: bool = False, spawn: Any = "default",
-                 on_accept_error: Callable[[OSError], None] | None = None) -> None:
+                 *, access_log: bool = False, spawn: Any = "default") -> None:
         # A long accept queue: a burst of connections (thousands of subscribers coming
         # back at once) must not meet dropped SYNs and a second's retransmission.
         backlog = 4096 if isinstance(listener, tuple) else None
@@ -400,11 +418,12 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
         self.access_log = access_log
         self.closing = False
         self.connections: set[Connection] = set()
-        self.on_accept_error = on_accept_error
+        self._sweeper: Any = None
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         with contextlib.suppress(OSError):  # not TCP
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # the sweeper, not a timer per read, enforces the deadlines
         connection = Connection(self, sock, address)
         self.connections.add(connection)
         try:
@@ -440,6 +459,33 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
             self._timer = self.loop.timer(self.accept_error_interval / 10)
             self._timer.start(self._start_accepting_if_started)
             return None
+
+    def start(self) -> None:
+        super().start()
+        timeouts = [t for t in (self.limits.header_timeout, self.limits.body_timeout) if t]
+        if timeouts and self._sweeper is None:
+            interval = min(1.0, max(0.05, min(timeouts) / 4))
+            self._sweeper = self.loop.timer(interval, interval)
+            self._sweeper.start(self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.close()
+            self._sweeper = None
+        super().close()
+
+    def _sweep(self) -> None:
+        """Cut the reads whose deadline has passed (one timer for every connection, not one
+        per read): shutting the socket for reading ends the read at once."""
+        now = _monotonic()
+        for connection in list(self.connections):
+            deadline = connection.deadline
+            if deadline and deadline <= now:
+                connection.deadline = 0.0
+                connection.expired = True
+                sock = connection.sock
+                with contextlib.suppress(OSError):  # the kernel's EOF wakes the reader;
+                    getattr(sock, "_sock", sock).shutdown(socket.SHUT_RD)  # gevent's throws
 
     def do_close(self, sock: Any, *args: Any) -> None:
         with contextlib.suppress(OSError):

@@ -52,7 +52,7 @@ from ..protocol import (
     timeout_body,
 )
 from ..wsgi.middleware import RETRY_AFTER_SECONDS, Hook, LongpollMiddleware
-from .http import Connection, Request
+from .http import Connection, Request, send_all
 from .wsgi import WSGIBridge, make_environ
 
 if TYPE_CHECKING:
@@ -402,7 +402,7 @@ class ParkedPoll(Subscriber):
             return
         if self.pending:
             pending, self.pending = self.pending, b""
-            connection.sock.sendall(pending)
+            send_all(connection.sock, pending)
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
 

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from .http import Connection, Request
+from .http import Connection, Request, send_all
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -168,9 +168,9 @@ class WSGIBridge:
                 request, status, "".join(lines).encode("latin-1"), length)
             response.sent = True
             if not first or response.no_body:
-                sock.sendall(head)
+                send_all(sock, head)
             else:
-                sock.sendall(head + frame(first))
+                send_all(sock, head + frame(first))
                 response.written += len(first)
 
         def frame(data: bytes) -> bytes:
@@ -183,7 +183,7 @@ class WSGIBridge:
                 send_head(data, False)
                 return
             if data and not response.no_body:
-                sock.sendall(frame(data))
+                send_all(sock, frame(data))
                 response.written += len(data)
 
         try:
@@ -203,7 +203,7 @@ class WSGIBridge:
                 if not response.sent:
                     send_head(b"", True)
                 elif response.chunked and not response.no_body:
-                    sock.sendall(b"0\r\n\r\n")
+                    send_all(sock, b"0\r\n\r\n")
         except OSError:
             connection.keep_alive = False
             raise
