@@ -27,6 +27,7 @@ from email.utils import formatdate
 from typing import Any, Protocol
 
 import httptools
+from gevent import get_hub
 from gevent.server import StreamServer
 
 from ..protocol import PUBLISH_BODY_ERROR, error_body
@@ -298,6 +299,8 @@ class Connection:
         """Read and answer requests until the connection is to close."""
         sock = self.sock
         raw = getattr(sock, "_sock", sock)  # gevent's socket wraps a non-blocking one
+        read_event = sock._read_event  # type: ignore[attr-defined]
+        wait = get_hub().wait
         server = self.server
         router = server.router
         limits = server.limits
@@ -335,9 +338,12 @@ class Connection:
                     return
                 self.deadline = deadline  # the server's sweeper enforces it
             try:
-                data = raw.recv(_RECV_SIZE)
-            except BlockingIOError:
-                data = sock.recv(_RECV_SIZE)
+                while True:
+                    try:
+                        data = raw.recv(_RECV_SIZE)
+                        break
+                    except BlockingIOError:
+                        wait(read_event)  # gevent's recv would try once more first
             finally:
                 self.deadline = 0.0
             if self.expired:
