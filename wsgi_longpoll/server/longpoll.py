@@ -359,8 +359,13 @@ class ParkedPoll(Subscriber):
         waiter = Waiter(hub)
         timer = loop.timer(max(timeout, 0.0))
         timer.start(waiter.switch, _TIMER)
-        io = loop.io(connection.sock.fileno(), 1)
+        sock = connection.sock
+        # The socket's own read watcher, idle while the greenlet is parked here.
+        io = getattr(sock, "_read_event", None) or loop.io(sock.fileno(), 1)
         io.start(waiter.switch, _READABLE)
+        request = self.request
+        request.headers = []  # what a parked poll holds on to is what it costs: only
+        request.body_parts = []  # the version, keep-alive and method are needed now
         self.waiter, self.hub = waiter, hub
         # With the next request read already, the socket will not wake the greenlet:
         # the answer must.
@@ -385,7 +390,7 @@ class ParkedPoll(Subscriber):
                 break
         finally:
             timer.close()
-            io.close()
+            io.stop()
             self.waiter = None
         self.router.manager.detach(self)
         if hung_up:
