@@ -388,11 +388,11 @@ class ParkedPoll(Subscriber):
                 if reason == _WAKE and not (self.broken or self.pending or self.answered):
                     continue
                 break
-        finally:
+        finally:  # also when the wait is cancelled (the socket shut from elsewhere)
             timer.close()
             io.stop()
             self.waiter = None
-        self.router.manager.detach(self)
+            self.router.manager.detach(self)
         if hung_up:
             connection.keep_alive = False
             self._claim()
