@@ -512,7 +512,7 @@ def test_interrupted_compaction_leaves_a_loadable_file(
         manager.publish("news", "after")
         persister.flush()
     assert "compaction failed" in caplog.text
-    assert list(event_file.parent.iterdir()) == [event_file]
+    assert sorted(event_file.parent.iterdir()) == [event_file, event_file.with_name("events.log.lock")]
     manager.close()
     monkeypatch.undo()
 

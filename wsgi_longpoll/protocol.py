@@ -20,6 +20,7 @@ from .event import Event, Gap
 __all__ = [
     "IDEMPOTENCY_KEY_ERROR",
     "MAX_CATEGORY_BYTES",
+    "MAX_TIMESTAMP",
     "OUTCOME_UNKNOWN_ERROR",
     "ProtocolError",
     "PublishBody",
@@ -36,6 +37,11 @@ __all__ = [
 
 #: The longest category, in bytes of UTF-8.
 MAX_CATEGORY_BYTES = 1024
+
+#: The largest event timestamp (ms) kept: JavaScript's largest safe integer, so that
+#: every client (a browser's ``Number``, Go's ``int64``) can send it back as
+#: ``since_time`` exactly.
+MAX_TIMESTAMP = 2**53 - 1
 
 #: ``strconv.Atoi`` / ``ParseInt`` accept an optional sign and ASCII digits, nothing else.
 _GO_INTEGER = re.compile(r"[+-]?[0-9]+")

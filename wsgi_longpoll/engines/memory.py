@@ -17,7 +17,7 @@ from gevent.monkey import get_original
 
 from ..errors import CapacityExceeded
 from ..event import Event, Gap
-from ..protocol import now_ms
+from ..protocol import MAX_TIMESTAMP, now_ms
 from .base import Engine, Listener, Position, ReadResult, merge_by_position
 from .buffer import EventBuffer, Floor, missed
 
@@ -142,6 +142,8 @@ class MemoryEngine(Engine):
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         with self._lock:
+            if self._persister is not None:  # refused before anything is stored
+                self._persister.check()
             if idempotency_key is not None:
                 known = self._remembered(category, idempotency_key)
                 if known is not None:
@@ -176,7 +178,15 @@ class MemoryEngine(Engine):
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
                 self._keys[category, idempotency_key] = (expires, event)
-            return event
+        self._wait_written(event)
+        return event
+
+    def _wait_written(self, event: Event) -> None:
+        """Wait, without the lock, until the persister has written *event*, if it
+        acknowledges after writing (``FilePersister(acknowledge_after_write=True)``)."""
+        wait = getattr(self._persister, "wait_written", None)
+        if wait is not None:
+            wait(event)
 
     def _remembered(self, category: str, key: str) -> Event | None:
         """The event stored with *key* in *category* within the window, if any."""
@@ -382,6 +392,9 @@ class MemoryEngine(Engine):
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
         cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
         for event in ordered:
+            if not 0 <= event.timestamp <= MAX_TIMESTAMP:  # the clock must stay resumable
+                logger.warning("skipped a stored event with timestamp %d", event.timestamp)
+                continue
             if cutoff is None or event.timestamp >= cutoff:
                 self._last_seq += 1
                 buffer = self._buffers.get(event.category)
