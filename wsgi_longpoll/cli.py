@@ -223,23 +223,24 @@ def _serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop(args.shutdown_timeout)
-    events, size = _discarded(server)
+    events, acknowledged, size = _discarded(server)
     if events:
         logger.error(
-            "stopped, but %d acknowledged events (%d bytes) could not be written to %s "
-            "and are lost", events, size, args.persist_file,
+            "stopped, but %d events (%d bytes; %d acknowledged events) could not be "
+            "written to %s and are lost", events, size, acknowledged, args.persist_file,
         )
         return 1
     logger.info("stopped")
     return 0
 
 
-def _discarded(server: Server) -> tuple[int, int]:
-    """Events and bytes the server's persister could not write before it closed."""
+def _discarded(server: Server) -> tuple[int, int, int]:
+    """Events, acknowledged events and bytes the persister could not write before it closed."""
     # Through the memory engine: the manager has no public way to its persister yet.
     persister = getattr(getattr(server.manager, "_engine", None), "_persister", None)
     return (
         int(getattr(persister, "discarded_events", 0)),
+        int(getattr(persister, "discarded_acknowledged_events", 0)),
         int(getattr(persister, "discarded_bytes", 0)),
     )
 

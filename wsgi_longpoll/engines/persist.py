@@ -132,11 +132,12 @@ class _Ack:
 
     The writer thread calls :meth:`complete` (with the persister's lock held); the
     publisher waits in :meth:`FilePersister.wait_written`: on a gevent :class:`Waiter`
-    when it runs in a greenlet of a hub (so the hub goes on serving), on an OS lock
-    otherwise.
+    woken by the hub's ``async`` watcher (which a thread may send, and which keeps the
+    hub's loop alive) when it runs in a greenlet of a hub, so that the hub goes on
+    serving; on an OS lock otherwise.
     """
 
-    __slots__ = ("event_id", "done", "error", "lock", "waiter", "hub")
+    __slots__ = ("event_id", "done", "error", "lock", "watcher")
 
     def __init__(self, event_id: str) -> None:
         self.event_id = event_id
@@ -144,15 +145,14 @@ class _Ack:
         self.error: OSError | None = None
         self.lock = _allocate_lock()
         self.lock.acquire()
-        self.waiter: Waiter | None = None
-        self.hub: Any = None
+        self.watcher: Any = None
 
     def complete(self, error: OSError | None) -> None:
         self.done = True
         self.error = error
         self.lock.release()
-        if self.waiter is not None:
-            self.hub.loop.run_callback_threadsafe(self.waiter.switch, None)
+        if self.watcher is not None:
+            self.watcher.send()
 
 
 class FilePersister:
@@ -373,24 +373,29 @@ class FilePersister:
         :raises PersistenceFailed: if the write failed. The event stays queued and is
             retried, but it is not on disk.
         """
+        waiter = None
         with self._lock:
             ack = self._acks.pop(event.id, None)
-            if ack is None or ack.done:
-                pass
-            else:
+            if ack is not None and not ack.done:
                 hub = get_hub_if_exists()
                 if (
                     hub is not None
                     and hub.thread_ident == _get_thread_ident()
                     and getcurrent() is not hub
                 ):
-                    ack.waiter = Waiter(hub)
-                    ack.hub = hub
+                    waiter = Waiter(hub)
+                    ack.watcher = hub.loop.async_()
+                    ack.watcher.start(waiter.switch, None)
         if ack is None:
             return
-        if ack.waiter is not None:
-            while not ack.done:
-                ack.waiter.get()
+        if waiter is not None:
+            try:
+                while not ack.done:
+                    waiter.get()
+            finally:
+                with self._lock:  # the writer sends it with the lock held
+                    ack.watcher.close()
+                    ack.watcher = None
         else:
             ack.lock.acquire()
         if ack.error is not None:
@@ -398,6 +403,12 @@ class FilePersister:
                 f"{self.file_name}: the event was delivered to live subscribers but could "
                 f"not be written ({ack.error.strerror or ack.error}); it is kept and retried"
             )
+
+    @property
+    def discarded_acknowledged_events(self) -> int:
+        """Of :attr:`discarded_events`, those whose publish was acknowledged: all of them,
+        unless *acknowledge_after_write* (then a publish whose event is unwritten failed)."""
+        return 0 if self.acknowledge_after_write else self.discarded_events
 
     @property
     def healthy(self) -> bool:
@@ -571,10 +582,7 @@ class FilePersister:
             if waiting:  # acknowledge after write: write (and sync) now, all in one
                 error = self._write(buffer, sync=self.fsync)
                 self._settle(waiting, error)
-                if error is None:
-                    deadline = None
-                else:
-                    deadline = now + self.write_flush_period_seconds
+                deadline = None if error is None else now + self.write_flush_period_seconds
             if len(buffer) >= self.write_buffer_size and now >= retry_at:
                 if self._write(buffer, sync=False) is None:
                     if not self.fsync:
