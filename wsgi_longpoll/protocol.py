@@ -215,6 +215,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: The most digits an integer in a publish body may have: a double's range ends before
+#: 10**309. Checked before the conversion, whose cost grows with the square of the length.
+_MAX_INT_DIGITS = 309
+
+
+def _double_range_int(text: str) -> int:
+    # Integers are kept exact, but only within a double's range, as golongpoll (which
+    # decodes numbers as float64) accepts them: a longer one is refused, not stored.
+    if len(text) - text.startswith("-") > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is out of range")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"{text} is out of range") from None
+    return value
+
+
 #: The deepest nesting of arrays and objects in a publish body. Deeper values could be
 #: decoded but not always encoded again (Python's recursion limit): refused, whatever
 #: the stack depth at hand.
@@ -256,7 +274,8 @@ def parse_publish_body(body: bytes) -> PublishBody:
     """
     try:
         document = json.loads(
-            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+            parse_int=_double_range_int,
         )
     except (ValueError, RecursionError):
         raise ProtocolError(PUBLISH_BODY_ERROR) from None

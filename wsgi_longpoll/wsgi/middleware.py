@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 from gevent.monkey import is_module_patched
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
+from ..engines.memory import MemoryEngine
 from ..manager import (
     CapacityExceeded,
     LongpollManager,
@@ -42,12 +44,15 @@ from ..protocol import (
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["Hook", "LongpollMiddleware"]
+__all__ = ["Authorize", "Hook", "LongpollMiddleware"]
 
 logger = logging.getLogger(__name__)
 
 #: A before-hook: ``True`` goes on, ``False`` rejects with 403, a response is sent as is.
 Hook = Callable[[Request], bool | Response]
+
+#: A per-category check: ``(request, category) -> bool``; ``False`` rejects with 403.
+Authorize = Callable[[Request, str], bool]
 
 _JSON_HEADERS = [
     ("Content-Type", "application/json"),
@@ -81,9 +86,18 @@ class LongpollMiddleware:
         turns it off.
     :param publish_path: the ``PATH_INFO`` answered as publish (POST); ``None`` turns it
         off, leaving publishing to code that calls :meth:`LongpollManager.publish`.
-    :param before_subscription: a :data:`Hook` run before each subscribe request.
+    :param before_subscription: a :data:`Hook` run before each subscribe request. When
+        the request names several categories (the ``categories`` extension), the hook is
+        run once for each, every time on a request whose query string names that one
+        category alone as ``category`` (the other parameters kept), so that a hook that
+        checks ``request.args.get("category")`` checks every category served; all must
+        pass.
     :param before_publish: a :data:`Hook` run before each publish request; it may read
         the body, which the publish still sees.
+    :param authorize_subscribe: an :data:`Authorize` called with the request and each
+        category a subscribe names, after *before_subscription*; any ``False``: 403.
+    :param authorize_publish: an :data:`Authorize` called with the request and the
+        category of a valid publish body, after *before_publish*; ``False``: 403.
     :param max_body_size: the largest publish body accepted, in bytes (larger: 413).
     :param max_categories_per_request: how many categories one subscribe request may
         name with the ``categories`` extension.
@@ -110,6 +124,8 @@ class LongpollMiddleware:
         max_body_size: int = default_max_body_size,
         max_categories_per_request: int = default_max_categories_per_request,
         client_script_path: str | None = None,
+        authorize_subscribe: Authorize | None = None,
+        authorize_publish: Authorize | None = None,
     ) -> None:
         if subscription_path is not None and subscription_path == publish_path:
             raise ValueError("subscription_path and publish_path must differ")
@@ -123,6 +139,9 @@ class LongpollMiddleware:
         self.publish_path = publish_path
         self.before_subscription = before_subscription
         self.before_publish = before_publish
+        self.authorize_subscribe = authorize_subscribe
+        self.authorize_publish = authorize_publish
+        self._multiprocess_checked = False
         self.max_body_size = max_body_size
         self.max_categories_per_request = max_categories_per_request
         self.client_script_path = client_script_path
@@ -158,7 +177,27 @@ class LongpollMiddleware:
             )
             return _respond(start_response, "500 Internal Server Error", headers,
                             error_body(_THREADED_SERVER_ERROR))
+        if not self._multiprocess_checked:
+            self._check_multiprocess(environ)
+        if environ.get("REQUEST_METHOD") == "HEAD":  # status and headers, never a body
+            answer = handler(environ, start_response)
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+            return []
         return handler(environ, start_response)
+
+    def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
+        """Warn, once, when several processes serve with an in-memory engine."""
+        self._multiprocess_checked = True
+        if environ.get("wsgi.multiprocess") and _is_in_memory(self.manager):
+            logger.warning(
+                "the server runs several processes (wsgi.multiprocess) but the manager "
+                "keeps its events in this process's memory: a subscriber only sees the "
+                "events published to its own process, and resumes miss the others'. "
+                "Use one process, or the Redis engine (LongpollManager(redis_url=...), "
+                "see docs/scaling.md)."
+            )
 
     def _run_hook(
         self, hook: Hook | None, environ: WSGIEnvironment, start_response: StartResponse,
@@ -177,26 +216,72 @@ class LongpollMiddleware:
                             error_body("Forbidden: rejected by the server's hook."))
         raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
 
+    def _run_hook_per_category(
+        self, environ: WSGIEnvironment, start_response: StartResponse,
+        categories: Sequence[str],
+    ) -> Iterable[bytes] | None:
+        """Run the subscribe hook once per category, each time on a request naming it alone.
+
+        A hook written for golongpoll's one ``category`` then sees every category the
+        ``categories`` extension adds; the first rejection is sent. A query that names
+        one category once, as ``category``, is given to the hook as it came.
+        """
+        if self.before_subscription is None:
+            return None
+        pairs = parse_qsl(
+            environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="surrogateescape"
+        )
+        names = [name for name, _ in pairs if name in ("category", "categories")]
+        if names == ["category"]:
+            return self._run_hook(
+                self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
+            )
+        others = [(name, value) for name, value in pairs if name not in ("category", "categories")]
+        for category in categories:
+            query = urlencode(
+                [("category", category), *others], quote_via=_quote_surrogates
+            )
+            rejection = self._run_hook(
+                self.before_subscription, {**environ, "QUERY_STRING": query},
+                start_response, _SUBSCRIBE_HEADERS,
+            )
+            if rejection is not None:
+                return rejection
+        return None
+
     def _subscribe(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        rejection = self._run_hook(
-            self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
-        )
+        query = None
+        if environ.get("REQUEST_METHOD") == "GET":
+            try:
+                query = parse_subscribe_query(
+                    environ.get("QUERY_STRING", ""),
+                    self.manager.max_longpoll_timeout_seconds,
+                    self.max_categories_per_request,
+                )
+            except ProtocolError as error:
+                query_error = error
+        if query is None:
+            rejection = self._run_hook(
+                self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
+            )
+        else:
+            rejection = self._run_hook_per_category(environ, start_response, query.categories)
         if rejection is not None:
             return rejection
         if environ.get("REQUEST_METHOD") != "GET":
             return _respond(start_response, "405 Method Not Allowed",
                             [*_SUBSCRIBE_HEADERS, ("Allow", "GET")],
                             error_body(SUBSCRIBE_METHOD_ERROR))
-        try:
-            query = parse_subscribe_query(
-                environ.get("QUERY_STRING", ""),
-                self.manager.max_longpoll_timeout_seconds,
-                self.max_categories_per_request,
-            )
-        except ProtocolError as error:
-            return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, error_body(str(error)))
+        if query is None:
+            return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS,
+                            error_body(str(query_error)))
+        if self.authorize_subscribe is not None:
+            request = Request(environ)
+            for category in query.categories:
+                if self.authorize_subscribe(request, category) is not True:
+                    return _forbidden(start_response, _SUBSCRIBE_HEADERS, category)
         connection = None
         for key in CONNECTION_ENVIRON_KEYS:
             connection = environ.get(key)
@@ -248,6 +333,10 @@ class LongpollMiddleware:
         try:
             request = parse_publish_body(body)
             key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            if self.authorize_publish is not None and self.authorize_publish(
+                Request(environ), request.category
+            ) is not True:
+                return _forbidden(start_response, _JSON_HEADERS, request.category)
             self.manager.publish(request.category, request.data, idempotency_key=key)
         except ProtocolError as error:
             return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
@@ -276,6 +365,27 @@ def _client_script_files(module_path: str) -> dict[str, str]:
             f"longpoll.global.js, e.g. '/longpoll.js', not {module_path!r}"
         )
     return {module_path: "longpoll.js", plain_path: "longpoll.global.js"}
+
+
+def _quote_surrogates(text: Any, safe: Any = "", encoding: Any = None, errors: Any = None) -> str:
+    # What parse_qsl decoded with surrogateescape, quoted back to the same bytes.
+    return quote(str(text).encode("utf-8", "surrogateescape"), safe=safe)
+
+
+def _is_in_memory(manager: LongpollManager) -> bool:
+    """Whether *manager* keeps its events in this process (not in Redis)."""
+    engine = getattr(manager, "engine", None)
+    if engine is not None:
+        return isinstance(engine, MemoryEngine)
+    return getattr(manager, "_redis", None) is None
+
+
+def _forbidden(
+    start_response: StartResponse, headers: list[tuple[str, str]], category: str
+) -> list[bytes]:
+    logger.info("answering 403: category %r refused by the authorize function", category[:100])
+    return _respond(start_response, "403 Forbidden", headers,
+                    error_body("Forbidden: not authorized for this category."))
 
 
 def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
