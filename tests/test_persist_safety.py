@@ -26,8 +26,9 @@ from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager
 from wsgi_longpoll.engines import persist
-from wsgi_longpoll.engines.memory import MemoryEngine, StorageUnavailable
+from wsgi_longpoll.engines.memory import MemoryEngine
 from wsgi_longpoll.engines.persist import FilePersister, PersistenceFailed, PersistFileLocked
+from wsgi_longpoll.errors import StorageUnavailable
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.protocol import MAX_TIMESTAMP, now_ms
 from wsgi_longpoll.wsgi.middleware import LongpollMiddleware
@@ -346,6 +347,9 @@ def test_the_memory_engine_skips_out_of_range_events_from_any_persister() -> Non
         wants_compaction = False
 
         def compact(self, events: list[Event]) -> None:
+            pass
+
+        def check(self) -> None:
             pass
 
         def close(self) -> None:

@@ -13,9 +13,10 @@ too much (see :class:`FilePersister` for the rule), in order with the appends.
 locked (``flock``) for the persister's life, and a second persister, in this process or
 another, raises :class:`PersistFileLocked`. Once a write has failed (disk full, file too
 large, an I/O error) :meth:`FilePersister.check` raises :class:`PersistenceFailed`, and
-the memory engine refuses events with it, until a retry of the unwritten bytes succeeds, so that no event
-is acknowledged that cannot be written. With ``acknowledge_after_write``, publish returns
-only once its event is written (and synced, with ``fsync``).
+the memory engine refuses events with it, until a retry of the unwritten bytes
+succeeds, so that no event is acknowledged that cannot be written. With
+``acknowledge_after_write``, publish returns only once its event is written (and
+synced, with ``fsync``).
 """
 
 from __future__ import annotations

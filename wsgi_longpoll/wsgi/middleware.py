@@ -374,10 +374,7 @@ def _quote_surrogates(text: Any, safe: Any = "", encoding: Any = None, errors: A
 
 def _is_in_memory(manager: LongpollManager) -> bool:
     """Whether *manager* keeps its events in this process (not in Redis)."""
-    engine = getattr(manager, "engine", None)
-    if engine is not None:
-        return isinstance(engine, MemoryEngine)
-    return getattr(manager, "_redis", None) is None
+    return isinstance(manager.engine, MemoryEngine)
 
 
 def _forbidden(
