@@ -206,7 +206,8 @@ def test_serve_with_a_file_size_limit_refuses_and_exits_non_zero(
     port = free_port()
     mode = ["--persist-ack-after-write"] if ack_after_write else []
     process = serve(  # the log goes to a pipe: a file would hit the size limit too
-        event_file, port, "--write-flush-period-seconds", "0.05", *mode,
+        event_file, port, "--write-flush-period-seconds", "0.05", "--health-path", "/healthz",
+        *mode,
         preexec_fn=_limit_file_size(100 * 1024), stderr=subprocess.PIPE,
     )
     log: list[bytes] = []
@@ -225,6 +226,7 @@ def test_serve_with_a_file_size_limit_refuses_and_exits_non_zero(
                 answers[response.status_code] = answers.get(response.status_code, 0) + 1
                 if response.status_code == 200:
                     ok.append(n)
+            health = session.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         process.send_signal(signal.SIGTERM)
         code = process.wait(WAIT_SECONDS)
     finally:
@@ -237,6 +239,7 @@ def test_serve_with_a_file_size_limit_refuses_and_exits_non_zero(
     print(f"answers {answers}, exit code {code}, {len(on_disk)} events on disk")
     assert answers.get(503, 0) > 0
     assert set(answers) <= {200, 503}
+    assert health.status_code == 503  # the disk is still full
     assert event_file.stat().st_size <= 100 * 1024
     lost = len(ok) - len(on_disk)
     assert on_disk == ok[: len(on_disk)]  # what is on disk is what was acknowledged
