@@ -236,8 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _discarded(server: Server) -> tuple[int, int, int]:
     """Events, acknowledged events and bytes the persister could not write before it closed."""
-    # Through the memory engine: it has no public way to its persister yet.
-    persister = getattr(server.manager.engine, "_persister", None)
+    persister = getattr(server.manager.engine, "persister", None)  # the memory engine's
     return (
         int(getattr(persister, "discarded_events", 0)),
         int(getattr(persister, "discarded_acknowledged_events", 0)),
