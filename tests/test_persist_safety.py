@@ -355,6 +355,9 @@ def test_the_memory_engine_skips_out_of_range_events_from_any_persister() -> Non
         def check(self) -> None:
             pass
 
+        def wait_written(self, event: Event) -> None:
+            pass
+
         def close(self) -> None:
             pass
 
