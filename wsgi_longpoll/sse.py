@@ -1,0 +1,154 @@
+"""Server-Sent Events on the long-poll cursor: the wire format, both ways.
+
+Pure functions and a line parser, no I/O. A stream answers a ``GET`` on the subscription
+path whose ``Accept`` names ``text/event-stream`` (see ``docs/protocol.md``, "Server-Sent
+Events"). Each event is sent as::
+
+    id: <timestamp>:<event id>
+    data: <the event's JSON object, as in a long poll's "events" array>
+
+and a gap (events the buffer dropped before the client saw them) as::
+
+    event: gap
+    data: <the gap's JSON object>
+
+The ``id`` is the cursor a browser sends back as ``Last-Event-ID`` when it reconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .event import Event, Gap
+from .protocol import ProtocolError, _parse_go_int, canonical_uuid
+
+__all__ = [
+    "EVENT_STREAM",
+    "KEEP_ALIVE",
+    "LAST_EVENT_ID_ERROR",
+    "SSEMessage",
+    "SSEParser",
+    "accepts_event_stream",
+    "batch_body",
+    "event_id",
+    "parse_last_event_id",
+    "retry_field",
+]
+
+#: The media type of a stream.
+EVENT_STREAM = "text/event-stream"
+#: The comment sent when a stream has been idle for the keep-alive interval.
+KEEP_ALIVE = b": keep-alive\n\n"
+LAST_EVENT_ID_ERROR = (
+    "Invalid 'Last-Event-ID' header: must be '<timestamp>:<event id>' as sent in an 'id:' field."
+)
+
+
+def accepts_event_stream(accept: str) -> bool:
+    """Whether an ``Accept`` header value names ``text/event-stream`` (what
+    ``EventSource`` sends); parameters and case are ignored, wildcards do not count."""
+    return any(
+        media_range.split(";", 1)[0].strip().lower() == EVENT_STREAM
+        for media_range in accept.split(",")
+    )
+
+
+def event_id(event: Event) -> str:
+    """The ``id`` field of *event*: ``<timestamp>:<event id>``."""
+    return f"{event.timestamp}:{event.id}"
+
+
+def parse_last_event_id(value: str) -> tuple[int, str]:
+    """The cursor ``(since_time, last_id)`` in a ``Last-Event-ID`` header.
+
+    :raises ProtocolError: unless *value* is ``<timestamp>:<UUID>``, as :func:`event_id`
+        writes it.
+    """
+    timestamp, separator, raw_id = value.strip().partition(":")
+    since_time = _parse_go_int(timestamp)
+    last_id = canonical_uuid(raw_id)
+    if not separator or since_time is None or last_id is None:
+        raise ProtocolError(LAST_EVENT_ID_ERROR)
+    return since_time, last_id
+
+
+def retry_field(milliseconds: int) -> bytes:
+    """The ``retry:`` field that opens a stream: how long a browser waits to reconnect."""
+    return b"retry: %d\n\n" % milliseconds
+
+
+def batch_body(events: Sequence[Event], gaps: Sequence[Gap] = ()) -> bytes:
+    """One write: the gaps first (as a subscribe answer carries them), then the events,
+    oldest first."""
+    parts = [b"event: gap\ndata: %s\n\n" % gap.to_json() for gap in gaps]
+    parts.extend(
+        b"id: %d:%s\ndata: %s\n\n" % (event.timestamp, event.id.encode("ascii"), event.to_json())
+        for event in events
+    )
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class SSEMessage:
+    """One dispatched message of a stream.
+
+    :param event: the ``event`` field, ``"message"`` when there was none.
+    :param data: the ``data`` fields, joined with newlines.
+    :param id: the ``id`` field of this message, or ``None`` when it had none.
+    """
+
+    event: str
+    data: str
+    id: str | None
+
+
+class SSEParser:
+    """Splits a stream's lines into messages, as the HTML standard's EventSource does.
+
+    Feed it decoded lines without their line ends; it returns a message at each blank line
+    that ends one with data. Comments are skipped. :attr:`retry` holds the last ``retry``
+    field (milliseconds), :attr:`last_event_id` the last ``id``.
+    """
+
+    def __init__(self) -> None:
+        self.retry: int | None = None
+        self.last_event_id: str | None = None
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, line: str) -> SSEMessage | None:
+        """Take one line; return the message it completes, if any."""
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+                self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
+        return None
+
+    def feed_lines(self, lines: Iterator[str]) -> Iterator[SSEMessage]:
+        """Every message that *lines* complete, as they complete."""
+        for line in lines:
+            message = self.feed(line)
+            if message is not None:
+                yield message
+
+    def _dispatch(self) -> SSEMessage | None:
+        event, data, message_id = self._event or "message", self._data, self._id
+        self._event, self._data, self._id = "", [], None
+        if not data:
+            return None
+        return SSEMessage(event, "\n".join(data), message_id)
