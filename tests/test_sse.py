@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request
 from wsgi_longpoll import Server, ServerInfo
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.manager import LongpollManager
-from wsgi_longpoll.protocol import ProtocolError, parse_subscribe_query
+from wsgi_longpoll.protocol import ProtocolError, now_ms, parse_subscribe_query
 from wsgi_longpoll.sse import (
     KEEP_ALIVE,
     LAST_EVENT_ID_ERROR,
@@ -31,6 +31,7 @@ from wsgi_longpoll.sse import (
     event_id,
     parse_last_event_id,
     retry_field,
+    stream_start,
 )
 from wsgi_longpoll.wsgi.middleware import Hook, LongpollMiddleware
 
@@ -53,6 +54,8 @@ def test_an_event_and_a_gap_on_the_wire() -> None:
     )
     assert event_id(event) == f"1700000000123:{UUID}"
     assert retry_field(2000) == b"retry: 2000\n\n"
+    assert stream_start(2000, 17, None) == b"retry: 2000\nid: 17:\n\n"
+    assert stream_start(500, 17, UUID) == b"retry: 500\nid: 17:" + UUID.encode() + b"\n\n"
     assert KEEP_ALIVE == b": keep-alive\n\n"
 
 
@@ -67,6 +70,7 @@ def test_data_with_a_newline_stays_on_one_data_line() -> None:
         (f"1700000000123:{UUID}", (1700000000123, UUID)),
         (f" 5:{UUID.upper()} ", (5, UUID)),
         (f"0:{UUID.replace('-', '')}", (0, UUID)),
+        ("1700000000122:", (1700000000122, None)),
     ],
 )
 def test_last_event_id_is_a_cursor(value: str, cursor: tuple[int, str]) -> None:
@@ -74,7 +78,8 @@ def test_last_event_id_is_a_cursor(value: str, cursor: tuple[int, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "123", f"{UUID}", f"x:{UUID}", "123:not-a-uuid", f"1.5:{UUID}", f"123;{UUID}"]
+    "value",
+    ["", "123", ":", f":{UUID}", UUID, f"x:{UUID}", "123:not-a-uuid", f"1.5:{UUID}", f"1;{UUID}"],
 )
 def test_an_unparseable_last_event_id_is_refused(value: str) -> None:
     with pytest.raises(ProtocolError, match="Last-Event-ID"):
@@ -303,12 +308,25 @@ def test_last_event_id_wins_over_the_query(server: Server) -> None:
         stream.close()
 
 
-def test_a_new_stream_starts_from_now(server: Server) -> None:
-    server.manager.publish("n", "old")
-    stream = Stream(server.port, "category=n&timeout=10")
+def test_a_new_stream_starts_from_now_and_says_where(server: Server) -> None:
+    old = server.manager.publish("n", "old")
+    # "Now" is a millisecond: one published in the stream's first one would be sent.
+    wait_until(lambda: now_ms() > old.timestamp)
+    stream = Stream(server.port, "category=n&timeout=1")
     try:
         wait_until(lambda: server.manager.waiting_count("n") == 1)
-        new = server.manager.publish("n", "new")
+        assert stream.rest() == []
+        start = stream.parser.last_event_id
+        assert start is not None
+        since_time, last_id = parse_last_event_id(start)
+        assert last_id is None
+        assert since_time >= old.timestamp - 1
+    finally:
+        stream.close()
+    # Published while no stream was open: the reconnect from the opening id gets it.
+    new = server.manager.publish("n", "new")
+    stream = Stream(server.port, "category=n&timeout=10", {"Last-Event-ID": start})
+    try:
         assert events_of(stream.take(1)) == [new]
     finally:
         stream.close()

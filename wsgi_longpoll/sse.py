@@ -13,6 +13,9 @@ and a gap (events the buffer dropped before the client saw them) as::
     data: <the gap's JSON object>
 
 The ``id`` is the cursor a browser sends back as ``Last-Event-ID`` when it reconnects.
+A stream opens with ``retry: <ms>`` and ``id: <timestamp>:<event id or nothing>``, the
+cursor it starts from, so that a client that got no event before the stream ended
+resumes from there, not from a later "now".
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "event_id",
     "parse_last_event_id",
     "retry_field",
+    "stream_start",
 ]
 
 #: The media type of a stream.
@@ -41,7 +45,8 @@ EVENT_STREAM = "text/event-stream"
 #: The comment sent when a stream has been idle for the keep-alive interval.
 KEEP_ALIVE = b": keep-alive\n\n"
 LAST_EVENT_ID_ERROR = (
-    "Invalid 'Last-Event-ID' header: must be '<timestamp>:<event id>' as sent in an 'id:' field."
+    "Invalid 'Last-Event-ID' header: must be '<timestamp>:<event id>' or '<timestamp>:' "
+    "as sent in an 'id:' field."
 )
 
 
@@ -59,23 +64,32 @@ def event_id(event: Event) -> str:
     return f"{event.timestamp}:{event.id}"
 
 
-def parse_last_event_id(value: str) -> tuple[int, str]:
+def parse_last_event_id(value: str) -> tuple[int, str | None]:
     """The cursor ``(since_time, last_id)`` in a ``Last-Event-ID`` header.
 
     :raises ProtocolError: unless *value* is ``<timestamp>:<UUID>``, as :func:`event_id`
-        writes it.
+        writes it, or ``<timestamp>:`` (the events after that millisecond), as
+        :func:`stream_start` writes it.
     """
     timestamp, separator, raw_id = value.strip().partition(":")
     since_time = _parse_go_int(timestamp)
-    last_id = canonical_uuid(raw_id)
-    if not separator or since_time is None or last_id is None:
+    last_id = canonical_uuid(raw_id) if raw_id else None
+    if not separator or since_time is None or (raw_id and last_id is None):
         raise ProtocolError(LAST_EVENT_ID_ERROR)
     return since_time, last_id
 
 
 def retry_field(milliseconds: int) -> bytes:
-    """The ``retry:`` field that opens a stream: how long a browser waits to reconnect."""
+    """The ``retry:`` field: how long a browser waits before it reconnects."""
     return b"retry: %d\n\n" % milliseconds
+
+
+def stream_start(milliseconds: int, since_time: int, last_id: str | None) -> bytes:
+    """What opens a stream: the ``retry`` field and the cursor it starts from as ``id``
+    (a message without data: it sets the client's last event id, and dispatches nothing)."""
+    return b"retry: %d\nid: %d:%s\n\n" % (
+        milliseconds, since_time, (last_id or "").encode("ascii")
+    )
 
 
 def batch_body(events: Sequence[Event], gaps: Sequence[Gap] = ()) -> bytes:

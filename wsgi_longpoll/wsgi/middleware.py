@@ -45,7 +45,13 @@ from ..protocol import (
     parse_subscribe_query,
     timeout_body,
 )
-from ..sse import KEEP_ALIVE, accepts_event_stream, batch_body, parse_last_event_id, retry_field
+from ..sse import (
+    KEEP_ALIVE,
+    accepts_event_stream,
+    batch_body,
+    parse_last_event_id,
+    stream_start,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -295,8 +301,9 @@ class LongpollMiddleware:
         interval; it ends at *deadline*, when the manager drains, or on a hang-up."""
         manager = self.manager
         keepalive = self.sse_keepalive_seconds
+        start = stream_start(self.sse_retry_ms, *cursor)
         cursor = _advance(cursor, first.events, first.gaps)
-        yield retry_field(self.sse_retry_ms) + batch_body(first.events, first.gaps)
+        yield start + batch_body(first.events, first.gaps)
         while not manager.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
