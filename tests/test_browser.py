@@ -755,3 +755,43 @@ def test_the_eventsource_transport_reports_a_gap_and_falls_back_to_long_polls(
     finally:
         browser.execute_script("window.client && window.client.stop()")
         server.stop(5)
+
+
+def test_the_transport_option_is_checked_and_auto_needs_no_headers(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    browser.get(demo.url + "/no-page-here")
+    result = run_async(browser, """
+        const { LongpollClient } = await import("/static/longpoll.js");
+        const make = (options) => {
+          try {
+            return new LongpollClient(Object.assign({ subscribeUrl: "/events", category: "c" },
+                                                    options)).transportInUse;
+          } catch (error) {
+            return error.name + ": " + error.message;
+          }
+        };
+        return [
+          make({}),
+          make({ transport: "auto" }),
+          make({ transport: "eventsource" }),
+          make({ transport: "auto", headers: { "X-Token": "t" } }),
+          make({ transport: "auto", username: "u", password: "p" }),
+          make({ transport: "eventsource", headers: { "X-Token": "t" } }),
+          make({ transport: "websocket" }),
+          make({ transport: "eventsource", EventSource: null }),
+          (() => {  // a browser without EventSource: long polls
+            const saved = window.EventSource;
+            window.EventSource = undefined;
+            try {
+              return make({ transport: "eventsource" });
+            } finally {
+              window.EventSource = saved;
+            }
+          })(),
+        ];
+    """)
+    assert result[:5] == ["longpoll", "eventsource", "eventsource", "longpoll", "longpoll"]
+    assert result[5].startswith("TypeError: EventSource cannot send headers")
+    assert result[6].startswith("TypeError: transport must be")
+    assert result[7:] == ["eventsource", "longpoll"]  # null: the page's own EventSource
