@@ -795,3 +795,39 @@ def test_the_transport_option_is_checked_and_auto_needs_no_headers(
     assert result[5].startswith("TypeError: EventSource cannot send headers")
     assert result[6].startswith("TypeError: transport must be")
     assert result[7:] == ["eventsource", "longpoll"]  # null: the page's own EventSource
+
+
+def test_event_source_reconnects_from_an_empty_streams_opening_id(browser: WebDriver) -> None:
+    # A stream that ends before any event: the browser keeps the opening's id (a message
+    # without data) and sends it back, so an event published in between is not missed.
+    last_event_ids: list[str | None] = []
+
+    def hook(request: Request) -> bool:
+        last_event_ids.append(request.headers.get("Last-Event-ID"))
+        return True
+
+    server = Server(app=DemoApp(), access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30,
+                            handler_to_run_before_subscription=hook))
+    manager = server.manager
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        browser.execute_script("""
+            window.got = [];
+            window.source = new EventSource("/events?category=quiet&timeout=1");
+            window.source.onmessage = (m) => window.got.push(JSON.parse(m.data).data);
+        """)
+        wait_for(browser, lambda d: manager.waiting_count("quiet") == 1, "the stream open")
+        # The stream ends after a second; EventSource waits its retry (2 s) to reconnect.
+        wait_for(browser, lambda d: d.execute_script("return window.source.readyState") == 0
+                 and manager.waiting_count("quiet") == 0, "the stream ended")
+        manager.publish("quiet", "published between two streams")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 1,
+                 "the event published between the streams")
+        assert browser.execute_script("return window.got") == ["published between two streams"]
+        assert last_event_ids[0] is None
+        since_time, separator, last_id = str(last_event_ids[1]).partition(":")
+        assert separator == ":" and last_id == "" and int(since_time) > 0
+    finally:
+        browser.execute_script("window.source && window.source.close()")
+        server.stop(5)

@@ -559,3 +559,24 @@ def test_a_thousand_streams_all_get_one_publish(server: Server) -> None:
         for sock in sockets:
             sock.close()
     wait_until(lambda: server.manager.waiting_count() == 0, timeout=40)
+
+
+def test_a_gap_without_events_is_sent_once(engine_clock: list[int]) -> None:
+    # Every event after the cursor expired: a gap, no events; the stream goes on after
+    # the gap and does not send it again at each wait.
+    manager = LongpollManager(10, event_time_to_live_seconds=60)
+    server = MiddlewareServer(manager, sse_keepalive_seconds=0.2)
+    try:
+        events = [manager.publish("ttl", n) for n in range(3)]
+        engine_clock[0] += 60_001
+        stream = Stream(server.port, "category=ttl&timeout=2",
+                        {"Last-Event-ID": event_id(events[0])})
+        try:
+            messages = stream.rest()
+        finally:
+            stream.close()
+        gap = Gap("ttl", events[2].timestamp, events[2].id)
+        assert messages == [SSEMessage("gap", gap.to_json().decode(), None)]
+        assert len(stream.comments) >= 2  # it waited on after the gap
+    finally:
+        server.stop()
