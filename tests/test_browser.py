@@ -831,3 +831,35 @@ def test_event_source_reconnects_from_an_empty_streams_opening_id(browser: WebDr
     finally:
         browser.execute_script("window.source && window.source.close()")
         server.stop(5)
+
+
+def test_a_cross_origin_event_source_reconnects_through_cors(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    # The page comes from the demo server; the stream from another origin (another port)
+    # that allows it. Its reconnects carry Last-Event-ID, which needs no preflight (the
+    # CORS middleware's default allow_headers do not name it).
+    other = Server(access_log=False, cors_origins=[demo.url])
+    other.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    manager = other.manager
+    try:
+        browser.get(demo.url + "/no-page-here")
+        browser.execute_script("""
+            const [url] = arguments;
+            window.got = [];
+            window.source = new EventSource(url + "/events?category=far&timeout=1");
+            window.source.onmessage = (m) => window.got.push(JSON.parse(m.data).data);
+        """, f"http://127.0.0.1:{other.port}")
+        wait_for(browser, lambda d: manager.waiting_count("far") == 1, "the stream open")
+        manager.publish("far", "first")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 1,
+                 "the first event")
+        wait_for(browser, lambda d: d.execute_script("return window.source.readyState") == 0
+                 and manager.waiting_count("far") == 0, "the stream ended")
+        manager.publish("far", "second")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 2,
+                 "the event published between the streams")
+        assert browser.execute_script("return window.got") == ["first", "second"]
+    finally:
+        browser.execute_script("window.source && window.source.close()")
+        other.stop(5)
