@@ -18,14 +18,13 @@ from gevent.pywsgi import WSGIServer
 from werkzeug.wrappers import Request
 
 from wsgi_longpoll import Server, ServerInfo
+from wsgi_longpoll.client.sse import SSEMessage, SSEParser, parse_stream_id
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.manager import LongpollManager
 from wsgi_longpoll.protocol import ProtocolError, now_ms, parse_subscribe_query
 from wsgi_longpoll.sse import (
     KEEP_ALIVE,
     LAST_EVENT_ID_ERROR,
-    SSEMessage,
-    SSEParser,
     accepts_event_stream,
     batch_body,
     event_id,
@@ -124,6 +123,16 @@ def test_the_parser_follows_the_event_source_rules() -> None:
     ]
     assert parser.retry == 1500
     assert parser.last_event_id == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "cursor"),
+    [(f"17:{UUID}", (17, UUID)), ("17:", (17, "")), ("17", None), ("x:1", None), ("", None)],
+)
+def test_the_client_reads_a_stream_id_as_a_cursor(
+    value: str, cursor: tuple[int, str] | None
+) -> None:
+    assert parse_stream_id(value) == cursor
 
 
 # --- helpers over sockets ---------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Server-Sent Events on the long-poll cursor: the wire format, both ways.
+"""Server-Sent Events on the long-poll cursor: the server side of the wire format.
 
-Pure functions and a line parser, no I/O. A stream answers a ``GET`` on the subscription
-path whose ``Accept`` names ``text/event-stream`` (see ``docs/protocol.md``, "Server-Sent
-Events"). Each event is sent as::
+Pure functions, no I/O (the client side's parser is :mod:`wsgi_longpoll.client.sse`). A
+stream answers a ``GET`` on the subscription path whose ``Accept`` names
+``text/event-stream`` (see ``docs/protocol.md``, "Server-Sent Events on the same cursor").
+Each event is sent as::
 
     id: <timestamp>:<event id>
     data: <the event's JSON object, as in a long poll's "events" array>
@@ -20,8 +21,7 @@ resumes from there, not from a later "now".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from .event import Event, Gap
 from .protocol import ProtocolError, _parse_go_int, canonical_uuid
@@ -30,8 +30,6 @@ __all__ = [
     "EVENT_STREAM",
     "KEEP_ALIVE",
     "LAST_EVENT_ID_ERROR",
-    "SSEMessage",
-    "SSEParser",
     "accepts_event_stream",
     "batch_body",
     "event_id",
@@ -101,68 +99,3 @@ def batch_body(events: Sequence[Event], gaps: Sequence[Gap] = ()) -> bytes:
         for event in events
     )
     return b"".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class SSEMessage:
-    """One dispatched message of a stream.
-
-    :param event: the ``event`` field, ``"message"`` when there was none.
-    :param data: the ``data`` fields, joined with newlines.
-    :param id: the ``id`` field of this message, or ``None`` when it had none.
-    """
-
-    event: str
-    data: str
-    id: str | None
-
-
-class SSEParser:
-    """Splits a stream's lines into messages, as the HTML standard's EventSource does.
-
-    Feed it decoded lines without their line ends; it returns a message at each blank line
-    that ends one with data. Comments are skipped. :attr:`retry` holds the last ``retry``
-    field (milliseconds), :attr:`last_event_id` the last ``id``.
-    """
-
-    def __init__(self) -> None:
-        self.retry: int | None = None
-        self.last_event_id: str | None = None
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def feed(self, line: str) -> SSEMessage | None:
-        """Take one line; return the message it completes, if any."""
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            if "\0" not in value:
-                self._id = value
-                self.last_event_id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value)
-        return None
-
-    def feed_lines(self, lines: Iterator[str]) -> Iterator[SSEMessage]:
-        """Every message that *lines* complete, as they complete."""
-        for line in lines:
-            message = self.feed(line)
-            if message is not None:
-                yield message
-
-    def _dispatch(self) -> SSEMessage | None:
-        event, data, message_id = self._event or "message", self._data, self._id
-        self._event, self._data, self._id = "", [], None
-        if not data:
-            return None
-        return SSEMessage(event, "\n".join(data), message_id)

@@ -50,7 +50,6 @@ from typing import Any
 import requests
 
 from ..event import Event, Gap
-from ..sse import EVENT_STREAM, SSEMessage, SSEParser, parse_last_event_id
 from .api import (
     SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS,
     ClientError,
@@ -64,6 +63,7 @@ from .api import (
     _with_local_host,
     subscription,
 )
+from .sse import EVENT_STREAM, SSEMessage, SSEParser, parse_stream_id
 
 __all__ = ["Backoff", "Cursor", "Follower", "GapDetected", "SubscriptionRejected"]
 
@@ -488,10 +488,10 @@ class Follower:
         (its opening ``id``), so that the next one misses nothing published between."""
         if self._cursor is not None or not parser.last_event_id:
             return
-        with contextlib.suppress(ValueError):
-            since_time, last_id = parse_last_event_id(parser.last_event_id)
-            self._cursor = Cursor(since_time, last_id or "")
-            self._ids_at_cursor_time = {last_id} if last_id else set()
+        cursor = parse_stream_id(parser.last_event_id)
+        if cursor is not None:
+            self._cursor = Cursor(*cursor)
+            self._ids_at_cursor_time = {cursor[1]} if cursor[1] else set()
 
     def _report_streamed_gap(self, gap: Gap, asked: Cursor | None) -> None:
         """Report *gap* once. The cursor moves past it with the events that follow."""
