@@ -153,7 +153,8 @@ def canonical_uuid(text: str) -> str | None:
 
 
 def parse_subscribe_query(
-    query_string: str, max_timeout: int, max_categories: int = 1
+    query_string: str, max_timeout: int, max_categories: int = 1,
+    default_timeout: int | None = None,
 ) -> SubscribeQuery:
     """Validate a subscribe request's query string, in golongpoll's order.
 
@@ -163,6 +164,8 @@ def parse_subscribe_query(
     :param query_string: the raw ``QUERY_STRING``.
     :param max_timeout: the longest ``timeout`` allowed.
     :param max_categories: how many categories one request may name.
+    :param default_timeout: the ``timeout`` of a query without one (a stream's);
+        ``None``: a query must give it, as a long poll must.
     :raises ProtocolError: with the message of the first rule broken.
     """
     params: dict[str, str] = {}
@@ -172,7 +175,10 @@ def parse_subscribe_query(
         if name == "categories":
             extra_categories.append(value)
 
-    timeout = _parse_go_int(params.get("timeout", ""))
+    if default_timeout is not None and "timeout" not in params:
+        timeout: int | None = default_timeout
+    else:
+        timeout = _parse_go_int(params.get("timeout", ""))
     if timeout is None or not 1 <= timeout <= max_timeout:
         raise ProtocolError(timeout_error(max_timeout))
 

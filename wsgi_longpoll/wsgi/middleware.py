@@ -1,14 +1,18 @@
 """WSGI middleware that answers the long-poll subscription and publish paths.
 
 Every other request goes to the wrapped application untouched. The answers are
-golongpoll's, byte for byte (see PROTOCOL.md).
+golongpoll's, byte for byte (see PROTOCOL.md). A subscription that asks for
+``text/event-stream`` gets a stream of Server-Sent Events on the same cursor instead
+(see :mod:`wsgi_longpoll.sse`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -18,8 +22,10 @@ from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
 from ..engines.memory import MemoryEngine
+from ..event import Event, Gap
 from ..manager import (
     CapacityExceeded,
+    Delivery,
     LongpollManager,
     ManagerClosed,
     OutcomeUnknown,
@@ -32,6 +38,7 @@ from ..protocol import (
     PUBLISH_SUCCESS_BODY,
     SUBSCRIBE_METHOD_ERROR,
     ProtocolError,
+    SubscribeQuery,
     error_body,
     events_body,
     now_ms,
@@ -39,6 +46,13 @@ from ..protocol import (
     parse_publish_body,
     parse_subscribe_query,
     timeout_body,
+)
+from ..sse import (
+    KEEP_ALIVE,
+    accepts_event_stream,
+    batch_body,
+    parse_last_event_id,
+    stream_start,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +77,12 @@ _SUBSCRIBE_HEADERS = [
     ("Cache-Control", "no-cache, no-store, must-revalidate"),
     ("Pragma", "no-cache"),
     ("Expires", "0"),
+]
+_STREAM_HEADERS = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # nginx: pass each write on at once
+    ("X-Content-Type-Options", "nosniff"),
 ]
 #: Where a server puts the client's socket, so that a hang-up ends the wait at once.
 CONNECTION_ENVIRON_KEYS = ("wsgi_longpoll.connection", "gunicorn.socket")
@@ -105,12 +125,20 @@ class LongpollMiddleware:
         ``"/longpoll.js"``) and its plain-script form as ``longpoll.global.js`` in the same
         directory, to GET and HEAD, with ``ETag`` and an hour's ``Cache-Control``; ``None``
         serves neither.
+    :param sse_keepalive_seconds: how long a Server-Sent Events stream may stay silent
+        before it gets a ``: keep-alive`` comment, so that proxies keep it open.
+    :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
+        waits before it reconnects once the stream ends.
     """
 
     #: The default ``max_body_size``: 1 MiB.
     default_max_body_size = 1024 * 1024
     #: The default ``max_categories_per_request``.
     default_max_categories_per_request = 16
+    #: The default ``sse_keepalive_seconds``.
+    default_sse_keepalive_seconds = 15.0
+    #: The default ``sse_retry_ms``.
+    default_sse_retry_ms = 2000
 
     def __init__(
         self,
@@ -126,6 +154,8 @@ class LongpollMiddleware:
         client_script_path: str | None = None,
         authorize_subscribe: Authorize | None = None,
         authorize_publish: Authorize | None = None,
+        sse_keepalive_seconds: float = default_sse_keepalive_seconds,
+        sse_retry_ms: int = default_sse_retry_ms,
     ) -> None:
         if subscription_path is not None and subscription_path == publish_path:
             raise ValueError("subscription_path and publish_path must differ")
@@ -133,6 +163,10 @@ class LongpollMiddleware:
             raise ValueError("max_body_size must be at least 1")
         if max_categories_per_request < 1:
             raise ValueError("max_categories_per_request must be at least 1")
+        if not sse_keepalive_seconds > 0:
+            raise ValueError("sse_keepalive_seconds must be more than 0")
+        if sse_retry_ms < 0:
+            raise ValueError("sse_retry_ms must be 0 or more")
         self.app = app
         self.manager = manager
         self.subscription_path = subscription_path
@@ -145,6 +179,8 @@ class LongpollMiddleware:
         self.max_body_size = max_body_size
         self.max_categories_per_request = max_categories_per_request
         self.client_script_path = client_script_path
+        self.sse_keepalive_seconds = sse_keepalive_seconds
+        self.sse_retry_ms = sse_retry_ms
         self._client_scripts: dict[str, str] = {}
         if client_script_path is not None:
             self._client_scripts = _client_script_files(client_script_path)
@@ -252,13 +288,16 @@ class LongpollMiddleware:
     def _subscribe(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
+        stream = accepts_event_stream(environ.get("HTTP_ACCEPT", ""))
+        max_timeout = self.manager.max_longpoll_timeout_seconds
         query = None
         if environ.get("REQUEST_METHOD") == "GET":
             try:
                 query = parse_subscribe_query(
                     environ.get("QUERY_STRING", ""),
-                    self.manager.max_longpoll_timeout_seconds,
+                    max_timeout,
                     self.max_categories_per_request,
+                    default_timeout=max_timeout if stream else None,
                 )
             except ProtocolError as error:
                 query_error = error
@@ -287,6 +326,8 @@ class LongpollMiddleware:
             connection = environ.get(key)
             if connection is not None:
                 break
+        if stream:
+            return self._stream(environ, start_response, query, connection)
         try:
             delivery = self.manager.subscribe(
                 query.categories, query.timeout, query.since_time, query.last_id,
@@ -301,6 +342,75 @@ class LongpollMiddleware:
         else:
             body = timeout_body(now_ms(), delivery.gaps)
         return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, body)
+
+    def _stream(
+        self, environ: WSGIEnvironment, start_response: StartResponse, query: SubscribeQuery,
+        connection: socket.socket | None,
+    ) -> Iterable[bytes]:
+        """Answer a subscription with a stream of Server-Sent Events.
+
+        The starting cursor is the ``Last-Event-ID`` header, else the query's
+        ``since_time`` / ``last_id``, else this millisecond. The events after it are read
+        (and a capacity or storage error answered as for a long poll) before the stream
+        starts; the rest are sent as they come.
+        """
+        since_time, last_id = query.since_time, query.last_id
+        header = environ.get("HTTP_LAST_EVENT_ID", "")
+        if header:
+            try:
+                since_time, last_id = parse_last_event_id(header)
+            except ProtocolError as error:
+                return _respond(start_response, "400 Bad Request", _SUBSCRIBE_HEADERS,
+                                error_body(str(error)))
+        if since_time is None:
+            since_time = now_ms() - 1  # every event of this millisecond on
+        deadline = time.monotonic() + query.timeout
+        try:
+            first = self.manager.subscribe(
+                query.categories, 0, since_time, last_id, connection=connection
+            )
+        except CapacityExceeded as error:
+            return _busy(start_response, _SUBSCRIBE_HEADERS, error)
+        except StorageUnavailable as error:
+            return _unavailable(start_response, _SUBSCRIBE_HEADERS, error)
+        start_response("200 OK", list(_STREAM_HEADERS))
+        return self._stream_body(
+            query.categories, first, (since_time, last_id), deadline, connection
+        )
+
+    def _stream_body(
+        self, categories: Sequence[str], first: Delivery, cursor: tuple[int, str | None],
+        deadline: float, connection: socket.socket | None,
+    ) -> Iterator[bytes]:
+        """The stream: one write per batch of events, a comment per idle keep-alive
+        interval; it ends at *deadline*, when the manager drains, or on a hang-up."""
+        manager = self.manager
+        keepalive = self.sse_keepalive_seconds
+        start = stream_start(self.sse_retry_ms, *cursor)
+        cursor = _advance(cursor, first.events, first.gaps)
+        yield start + batch_body(first.events, first.gaps)
+        while not manager.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            wait = min(remaining, keepalive)
+            started = time.monotonic()
+            try:
+                delivery = manager.subscribe(
+                    categories, wait, cursor[0], cursor[1], connection=connection
+                )
+            except (CapacityExceeded, StorageUnavailable) as error:
+                logger.warning("ending an event stream: %s", error)
+                return
+            if delivery.events or delivery.gaps:
+                cursor = _advance(cursor, delivery.events, delivery.gaps)
+                yield batch_body(delivery.events, delivery.gaps)
+            elif time.monotonic() - started < wait / 2:
+                # Answered empty long before the wait was over: the manager drains (and
+                # answers every later subscribe at once) or the client hung up.
+                return
+            elif time.monotonic() < deadline:
+                yield KEEP_ALIVE
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = b""
@@ -353,6 +463,18 @@ class LongpollMiddleware:
         except StorageUnavailable as error:
             return _unavailable(start_response, _JSON_HEADERS, error)
         return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
+
+
+def _advance(
+    cursor: tuple[int, str | None], events: list[Event], gaps: list[Gap]
+) -> tuple[int, str | None]:
+    """A stream's cursor after sending *events* and *gaps*."""
+    if events:
+        return events[-1].timestamp, events[-1].id
+    if gaps:  # nothing is buffered after the cursor: resume after the newest dropped event
+        gap = max(gaps, key=lambda gap: gap.since_time)
+        return gap.since_time, gap.last_id
+    return cursor
 
 
 def _client_script_files(module_path: str) -> dict[str, str]:
