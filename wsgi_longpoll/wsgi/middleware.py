@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from gevent.monkey import is_module_patched
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
 from ..engines.memory import MemoryEngine
 from ..event import Event, Gap
@@ -39,7 +39,6 @@ from ..protocol import (
     SUBSCRIBE_METHOD_ERROR,
     ProtocolError,
     SubscribeQuery,
-    error_body,
     events_body,
     now_ms,
     parse_idempotency_key,
@@ -54,6 +53,17 @@ from ..sse import (
     parse_last_event_id,
     stream_start,
 )
+from .answers import (
+    JSON_HEADERS,
+    Hook,
+    RateLimitedLog,
+    for_method,
+    json_error,
+    not_found,
+    respond,
+    retry_later,
+    run_hook,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -62,18 +72,13 @@ __all__ = ["Authorize", "Hook", "LongpollMiddleware"]
 
 logger = logging.getLogger(__name__)
 
-#: A before-hook: ``True`` goes on, ``False`` rejects with 403, a response is sent as is.
-Hook = Callable[[Request], bool | Response]
 
 #: A per-category check: ``(request, category) -> bool``; ``False`` rejects with 403.
 Authorize = Callable[[Request, str], bool]
 
-_JSON_HEADERS = [
-    ("Content-Type", "application/json"),
-    ("X-Content-Type-Options", "nosniff"),
-]
+_JSON_HEADERS = list(JSON_HEADERS)
 _SUBSCRIBE_HEADERS = [
-    *_JSON_HEADERS,
+    *JSON_HEADERS,
     ("Cache-Control", "no-cache, no-store, must-revalidate"),
     ("Pragma", "no-cache"),
     ("Expires", "0"),
@@ -187,7 +192,7 @@ class LongpollMiddleware:
             if {subscription_path, publish_path} & set(self._client_scripts):
                 raise ValueError("client_script_path must differ from the long-poll paths")
             self._client_script_app = SharedDataMiddleware(
-                _not_found, {"/": ("wsgi_longpoll", "static")}, cache_timeout=3600
+                not_found, {"/": ("wsgi_longpoll", "static")}, cache_timeout=3600
             )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -211,17 +216,11 @@ class LongpollMiddleware:
                 path,
                 _THREADED_SERVER_ERROR,
             )
-            return _respond(start_response, "500 Internal Server Error", headers,
-                            error_body(_THREADED_SERVER_ERROR))
+            return json_error(start_response, "500 Internal Server Error",
+                              _THREADED_SERVER_ERROR, headers)
         if not self._multiprocess_checked:
             self._check_multiprocess(environ)
-        if environ.get("REQUEST_METHOD") == "HEAD":  # status and headers, never a body
-            answer = handler(environ, start_response)
-            close = getattr(answer, "close", None)
-            if close is not None:
-                close()
-            return []
-        return handler(environ, start_response)
+        return for_method(environ, handler(environ, start_response))
 
     def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
         """Warn, once, when several processes serve with an in-memory engine."""
@@ -234,23 +233,6 @@ class LongpollMiddleware:
                 "Use one process, or the Redis engine (LongpollManager(redis_url=...), "
                 "see docs/scaling.md)."
             )
-
-    def _run_hook(
-        self, hook: Hook | None, environ: WSGIEnvironment, start_response: StartResponse,
-        headers: list[tuple[str, str]],
-    ) -> Iterable[bytes] | None:
-        """Run *hook*; return the rejection to send, or ``None`` to go on."""
-        if hook is None:
-            return None
-        verdict = hook(Request(environ))
-        if verdict is True:
-            return None
-        if isinstance(verdict, Response):
-            return verdict(environ, start_response)
-        if verdict is False:
-            return _respond(start_response, "403 Forbidden", headers,
-                            error_body("Forbidden: rejected by the server's hook."))
-        raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
 
     def _run_hook_per_category(
         self, environ: WSGIEnvironment, start_response: StartResponse,
@@ -269,15 +251,13 @@ class LongpollMiddleware:
         )
         names = [name for name, _ in pairs if name in ("category", "categories")]
         if names == ["category"]:
-            return self._run_hook(
-                self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
-            )
+            return run_hook(self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS)
         others = [(name, value) for name, value in pairs if name not in ("category", "categories")]
         for category in categories:
             query = urlencode(
                 [("category", category), *others], quote_via=_quote_surrogates
             )
-            rejection = self._run_hook(
+            rejection = run_hook(
                 self.before_subscription, {**environ, "QUERY_STRING": query},
                 start_response, _SUBSCRIBE_HEADERS,
             )
@@ -302,7 +282,7 @@ class LongpollMiddleware:
             except ProtocolError as error:
                 query_error = error
         if query is None:
-            rejection = self._run_hook(
+            rejection = run_hook(
                 self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
             )
         else:
@@ -310,12 +290,10 @@ class LongpollMiddleware:
         if rejection is not None:
             return rejection
         if environ.get("REQUEST_METHOD") != "GET":
-            return _respond(start_response, "405 Method Not Allowed",
-                            [*_SUBSCRIBE_HEADERS, ("Allow", "GET")],
-                            error_body(SUBSCRIBE_METHOD_ERROR))
+            return json_error(start_response, "405 Method Not Allowed",
+                              SUBSCRIBE_METHOD_ERROR, [*_SUBSCRIBE_HEADERS, ("Allow", "GET")])
         if query is None:
-            return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS,
-                            error_body(str(query_error)))
+            return json_error(start_response, "200 OK", str(query_error), _SUBSCRIBE_HEADERS)
         if self.authorize_subscribe is not None:
             request = Request(environ)
             for category in query.categories:
@@ -341,7 +319,7 @@ class LongpollMiddleware:
             body = events_body(delivery.events, delivery.gaps)
         else:
             body = timeout_body(now_ms(), delivery.gaps)
-        return _respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, body)
+        return respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, body)
 
     def _stream(
         self, environ: WSGIEnvironment, start_response: StartResponse, query: SubscribeQuery,
@@ -360,8 +338,7 @@ class LongpollMiddleware:
             try:
                 since_time, last_id = parse_last_event_id(header)
             except ProtocolError as error:
-                return _respond(start_response, "400 Bad Request", _SUBSCRIBE_HEADERS,
-                                error_body(str(error)))
+                return json_error(start_response, "400 Bad Request", str(error), _SUBSCRIBE_HEADERS)
         if since_time is None:
             since_time = now_ms() - 1  # every event of this millisecond on
         deadline = time.monotonic() + query.timeout
@@ -418,28 +395,26 @@ class LongpollMiddleware:
             try:
                 body = _read_body(environ, self.max_body_size)
             except _BodyTooLarge:
-                return _respond(start_response, "413 Request Entity Too Large", _JSON_HEADERS,
-                                error_body(f"Request body too large: the limit is "
-                                           f"{self.max_body_size} bytes."))
+                return json_error(
+                    start_response, "413 Request Entity Too Large",
+                    f"Request body too large: the limit is {self.max_body_size} bytes.",
+                )
             except ValueError:
-                return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
-                                error_body(PUBLISH_BODY_ERROR))
+                return json_error(start_response, "400 Bad Request", PUBLISH_BODY_ERROR)
             except OSError:  # a truncated or badly chunked body: where the next request
                 # would start is unknown, so ask the server to close the connection
                 # (gevent's pywsgi honours this header; gunicorn ignores it).
-                return _respond(start_response, "400 Bad Request",
-                                [*_JSON_HEADERS, ("Connection", "close")],
-                                error_body(PUBLISH_BODY_ERROR))
+                return json_error(start_response, "400 Bad Request",
+                                  PUBLISH_BODY_ERROR, [*_JSON_HEADERS, ("Connection", "close")])
             # The hook may read the body; give it (and anyone after it) a fresh copy.
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
-        rejection = self._run_hook(self.before_publish, environ, start_response, _JSON_HEADERS)
+        rejection = run_hook(self.before_publish, environ, start_response)
         if rejection is not None:
             return rejection
         if environ.get("REQUEST_METHOD") != "POST":
-            return _respond(start_response, "405 Method Not Allowed",
-                            [*_JSON_HEADERS, ("Allow", "POST")],
-                            error_body(PUBLISH_METHOD_ERROR))
+            return json_error(start_response, "405 Method Not Allowed",
+                              PUBLISH_METHOD_ERROR, [*_JSON_HEADERS, ("Allow", "POST")])
         try:
             request = parse_publish_body(body)
             key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
@@ -449,20 +424,18 @@ class LongpollMiddleware:
                 return _forbidden(start_response, _JSON_HEADERS, request.category)
             self.manager.publish(request.category, request.data, idempotency_key=key)
         except ProtocolError as error:
-            return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
-                            error_body(str(error)))
+            return json_error(start_response, "400 Bad Request", str(error))
         except ManagerClosed:
-            return _respond(start_response, "503 Service Unavailable", _JSON_HEADERS,
-                            error_body("The server is shutting down."))
+            return json_error(start_response, "503 Service Unavailable",
+                              "The server is shutting down.")
         except CapacityExceeded as error:
             return _busy(start_response, _JSON_HEADERS, error)
         except OutcomeUnknown as error:
             logger.error("answering 504: %s", error)
-            return _respond(start_response, "504 Gateway Timeout", _JSON_HEADERS,
-                            error_body(OUTCOME_UNKNOWN_ERROR))
+            return json_error(start_response, "504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR)
         except StorageUnavailable as error:
             return _unavailable(start_response, _JSON_HEADERS, error)
-        return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
+        return respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
 
 
 def _advance(
@@ -503,12 +476,8 @@ def _forbidden(
     start_response: StartResponse, headers: list[tuple[str, str]], category: str
 ) -> list[bytes]:
     logger.info("answering 403: category %r refused by the authorize function", category[:100])
-    return _respond(start_response, "403 Forbidden", headers,
-                    error_body("Forbidden: not authorized for this category."))
-
-
-def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    return NotFound()(environ, start_response)
+    return json_error(start_response, "403 Forbidden",
+                      "Forbidden: not authorized for this category.", headers)
 
 
 class _BodyTooLarge(Exception):
@@ -539,30 +508,21 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     return b""
 
 
+#: Refusals come in floods when the server is at capacity or its store is down.
+_refusals = RateLimitedLog(logger)
+
+
 def _busy(
     start_response: StartResponse, headers: list[tuple[str, str]], error: CapacityExceeded
 ) -> list[bytes]:
-    logger.warning("answering 503: %s", error)
-    return _respond(start_response, "503 Service Unavailable",
-                    [*headers, ("Retry-After", RETRY_AFTER_SECONDS)],
-                    error_body(f"The server is at capacity: {error}. Try again later."))
+    _refusals.log(logging.WARNING, "answering 503: %s", error)
+    return retry_later(start_response, f"The server is at capacity: {error}. Try again later.",
+                       headers)
 
 
 def _unavailable(
     start_response: StartResponse, headers: list[tuple[str, str]], error: StorageUnavailable
 ) -> list[bytes]:
-    logger.error("answering 503: %s", error)
-    return _respond(start_response, "503 Service Unavailable",
-                    [*headers, ("Retry-After", RETRY_AFTER_SECONDS)],
-                    error_body("The event store is unavailable. Try again later."))
-
-
-#: What ``Retry-After`` says when the manager is at capacity.
-RETRY_AFTER_SECONDS = "1"
-
-
-def _respond(
-    start_response: StartResponse, status: str, headers: list[tuple[str, str]], body: bytes
-) -> list[bytes]:
-    start_response(status, [*headers, ("Content-Length", str(len(body)))])
-    return [body]
+    _refusals.log(logging.ERROR, "answering 503: %s", error)
+    return retry_later(start_response, "The event store is unavailable. Try again later.",
+                       headers)
