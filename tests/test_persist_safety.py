@@ -27,10 +27,16 @@ from webtest import TestApp
 from wsgi_longpoll import LongpollManager
 from wsgi_longpoll.engines import persist
 from wsgi_longpoll.engines.memory import MemoryEngine
-from wsgi_longpoll.engines.persist import FilePersister, PersistenceFailed, PersistFileLocked
-from wsgi_longpoll.errors import StorageUnavailable
+from wsgi_longpoll.engines.persist import (
+    FilePersister,
+    NotWritten,
+    PersistenceFailed,
+    PersistFileLocked,
+)
+from wsgi_longpoll.errors import OutcomeUnknown, StorageUnavailable
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.protocol import MAX_TIMESTAMP, now_ms
+from wsgi_longpoll.wsgi.answers import not_found
 from wsgi_longpoll.wsgi.middleware import LongpollMiddleware
 
 #: The longest any test waits for a server or a file; every wait is bounded by it.
@@ -455,10 +461,14 @@ def test_a_failed_write_fails_the_waiting_publish(
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(persist, "_write_out", disk_full)
-    with pytest.raises(PersistenceFailed, match="could not be written"):
-        manager.publish("news", 1)
-    with pytest.raises(PersistenceFailed, match="cannot write"):
-        manager.publish("news", 2)
+    with pytest.raises(NotWritten, match="could not be written") as failed:
+        manager.publish("news", 1)  # published (buffered) but not written: outcome unknown
+    assert isinstance(failed.value, OutcomeUnknown)
+    assert [event.data for event in manager.buffered_events("news")] == [1]
+    app = TestApp(LongpollMiddleware(not_found, manager))
+    refused = app.post_json("/publish", {"category": "news", "data": 2}, status=503)
+    assert "unavailable" in refused.json["error"]  # refused before anything was stored
+    assert [event.data for event in manager.buffered_events("news")] == [1]
     monkeypatch.undo()
     wait_until(lambda: persister.healthy, WAIT_SECONDS)
     manager.publish("news", 3)

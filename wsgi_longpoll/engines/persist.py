@@ -36,7 +36,7 @@ from gevent._hub_local import get_hub_if_exists
 from gevent.hub import Waiter, getcurrent
 from gevent.monkey import get_original
 
-from ..errors import StorageUnavailable
+from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event
 from ..protocol import MAX_TIMESTAMP, canonical_uuid
 
@@ -45,7 +45,7 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FilePersister", "PersistFileLocked", "PersistenceFailed"]
+__all__ = ["FilePersister", "NotWritten", "PersistFileLocked", "PersistenceFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ class PersistenceFailed(StorageUnavailable):
     failed: the event was handed to live subscribers and is kept and retried, but it is
     not on disk.
     """
+
+
+class NotWritten(PersistenceFailed, OutcomeUnknown):
+    """With acknowledge after write: the event is published (buffered, handed to live
+    subscribers) but its write failed. It stays queued and is retried; a publish that
+    gets this answer was neither refused nor made durable (HTTP 504)."""
 
 
 class PersistFileLocked(OSError):
@@ -400,7 +406,7 @@ class FilePersister:
         else:
             ack.lock.acquire()
         if ack.error is not None:
-            raise PersistenceFailed(
+            raise NotWritten(
                 f"{self.file_name}: the event was delivered to live subscribers but could "
                 f"not be written ({ack.error.strerror or ack.error}); it is kept and retried"
             )
