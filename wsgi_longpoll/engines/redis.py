@@ -357,7 +357,9 @@ class RedisEngine(Engine):
             # "Now" is where the reader stands in every category it follows already: no
             # round trip for the thousands of subscribers that park on a busy category.
             reader = self._reader
-            now = None if reader is None else reader.newest_position(categories)
+            now = None
+            if reader is not None and reader.pid == os.getpid():  # not a forked copy
+                now = reader.newest_position(categories)
             if now is None:
                 now = self._read(categories, None, None)[2]
             return ReadResult(position=now)
