@@ -64,8 +64,7 @@ def test_update_outside_multiprocess_mode_returns_the_stats() -> None:
 WORKER = textwrap.dedent("""
     import sys
     from wsgi_longpoll import LongpollManager
-    from wsgi_longpoll.contrib.prometheus import METRICS, LongpollMetrics
-from wsgi_longpoll.manager import ManagerStats
+    from wsgi_longpoll.contrib.prometheus import LongpollMetrics
 
     events, shared = int(sys.argv[1]), sys.argv[2] == "shared"
     manager = LongpollManager()
