@@ -41,6 +41,10 @@ def main(address: str = "127.0.0.1:8080") -> int:
     except (OSError, ValueError) as error:  # a bad address, or one already in use
         print(f"cannot start: {error}", file=sys.stderr)
         return 1
+    # Both handlers explicitly: Python installs its own SIGINT handler only when SIGINT was
+    # not ignored at start (a shell's background job has it ignored), so relying on it
+    # would leave Ctrl-C, or `kill -INT`, without effect there.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
