@@ -1,0 +1,109 @@
+"""Release files: the npm package beside the Python one, and what the wheel ships.
+
+Building the sdist and the wheel, ``twine check`` and installing the wheel in a clean
+virtual environment are done by ``.ci/run`` (slow); these checks are fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+from pathlib import Path
+
+import wsgi_longpoll
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "wsgi_longpoll" / "static"
+
+
+def semver(pep440: str) -> str:
+    """A PEP 440 release as npm's semver: ``0.1.0.dev0`` -> ``0.1.0-dev.0``."""
+    match = re.fullmatch(r"(\d+\.\d+\.\d+)(?:\.?(dev|a|b|rc)(\d+))?", pep440)
+    assert match, f"no semver form for {pep440!r}"
+    release, kind, number = match.groups()
+    if kind is None:
+        return release
+    label = {"dev": "dev", "a": "alpha", "b": "beta", "rc": "rc"}[kind]
+    return f"{release}-{label}.{number}"
+
+
+def test_semver_conversion() -> None:
+    assert semver("1.2.3") == "1.2.3"
+    assert semver("0.1.0.dev0") == "0.1.0-dev.0"
+    assert semver("2.0.0rc1") == "2.0.0-rc.1"
+
+
+def package_json() -> dict[str, object]:
+    document = json.loads((STATIC / "package.json").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_npm_version_is_the_python_version() -> None:
+    version = package_json()["version"]
+    assert version == semver(wsgi_longpoll.__version__)
+    script = (STATIC / "longpoll.global.js").read_text()
+    assert f'const VERSION = "{version}";' in script
+
+
+def test_npm_package_names_its_files() -> None:
+    document = package_json()
+    files = document["files"]
+    assert isinstance(files, list)
+    for name in files:
+        assert (STATIC / name).is_file(), name
+    assert document["types"] == "./longpoll.d.ts"
+    assert document["license"] == "MIT"
+
+
+def test_declarations_cover_the_public_api() -> None:
+    script = (STATIC / "longpoll.global.js").read_text()
+    declarations = (STATIC / "longpoll.d.ts").read_text()
+    exported = re.search(r"root\.WsgiLongpoll = \{(.*?)\};", script, re.S)
+    assert exported
+    names = re.findall(r"(\w+):", exported[1])
+    assert names == ["VERSION", "Backoff", "LongpollClient", "PublishError",
+                     "SubscriptionRejected"]
+    for name in names:
+        assert re.search(rf"export (?:class|const) {name}\b", declarations), name
+        assert f"  {name}: typeof {name};" in declarations
+    client = script[script.index("class LongpollClient"):script.index("root.WsgiLongpoll")]
+    methods = set(re.findall(r"^    (?:async |get )?([a-z]\w*)\(", client, re.M))
+    assert methods >= {"start", "stop", "publish", "cursor", "state"}
+    for method in methods - {"constructor"}:
+        assert re.search(rf"\b{method}[(:]", declarations), method
+    block = script[script.index("   * Options:"):script.index("class LongpollClient")]
+    options = set(re.findall(r"^\s+\*   (\w+)[(,\s]", block, re.M))
+    options |= set(re.findall(r"^\s+\*   \w+, (\w+)\s", block, re.M))  # "username, password"
+    assert {"subscribeUrl", "onGap", "storageKey", "fetch"} <= options
+    for option in options:
+        assert re.search(rf"\b{option}\?*:", declarations), option
+
+
+def package_data_patterns() -> list[str]:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "package_data":
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, dict)
+            return list(value["wsgi_longpoll"])
+    raise AssertionError("setup.py has no package_data")
+
+
+def test_package_data_ships_the_static_files() -> None:
+    patterns = package_data_patterns()
+    for path in STATIC.rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(ROOT / "wsgi_longpoll").as_posix()
+            assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+def test_license_is_mit_and_named_in_setup() -> None:
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    setup = (ROOT / "setup.py").read_text()
+    assert 'license_files=["LICENSE"]' in setup
+    assert "License :: OSI Approved :: MIT License" in setup
+    for version in ("3.10", "3.11", "3.12", "3.13"):
+        assert f'"Programming Language :: Python :: {version}"' in setup
