@@ -10,7 +10,13 @@ import ast
 import fnmatch
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+from test_examples import WAIT_SECONDS, free_port, wait_until
 
 import wsgi_longpoll
 
@@ -107,3 +113,47 @@ def test_license_is_mit_and_named_in_setup() -> None:
     assert "License :: OSI Approved :: MIT License" in setup
     for version in ("3.10", "3.11", "3.12", "3.13"):
         assert f'"Programming Language :: Python :: {version}"' in setup
+
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_first_screen_tells_make_and_pip_users_what_to_run() -> None:
+    first_screen = README[:README.index("\n## ")]
+    assert "make serve" in first_screen and "make test" in first_screen
+    for command in ("pip install wsgi_longpoll", "[flask]", "[django]", "[redis]"):
+        assert command in first_screen, command
+
+
+def test_readme_links_are_absolute() -> None:
+    """An index page renders the README away from the repository: relative links break."""
+    assert re.findall(r"\]\((?!https://)([^)]*)\)", README) == []
+
+
+def test_readme_standalone_snippet_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    start = README.index("```python\nfrom wsgi_longpoll import FilePersistorInfo")
+    snippet = README[start + len("```python\n"):README.index("```", start + 10)]
+    assert "finally:" in snippet
+    port = free_port()
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: accepts(port) or process.poll() is not None, "the snippet to listen")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT_SECONDS)
+    assert process.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
