@@ -18,7 +18,8 @@ setup(
     description="HTTP long-polling pub/sub for WSGI apps and gevent, golongpoll-compatible.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    # An SPDX expression (PEP 639), which replaces the License classifier.
+    license_expression="MIT",
     license_files=["LICENSE"],
     url=REPOSITORY_URL,
     project_urls={
@@ -82,7 +83,6 @@ setup(
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Developers",
-        "License :: OSI Approved :: MIT License",
         "Operating System :: OS Independent",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

@@ -110,7 +110,7 @@ def test_license_is_mit_and_named_in_setup() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     setup = (ROOT / "setup.py").read_text()
     assert 'license_files=["LICENSE"]' in setup
-    assert "License :: OSI Approved :: MIT License" in setup
+    assert 'license_expression="MIT"' in setup  # PEP 639: replaces the License classifier
     for version in ("3.10", "3.11", "3.12", "3.13"):
         assert f'"Programming Language :: Python :: {version}"' in setup
 
