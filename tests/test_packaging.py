@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_examples import WAIT_SECONDS, free_port, wait_until
+from test_examples import WAIT_SECONDS, free_port
 
 import wsgi_longpoll
 
@@ -136,11 +136,17 @@ def test_readme_standalone_snippet_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
     assert "finally:" in snippet
     port = free_port()
     script = tmp_path / "snippet.py"
-    script.write_text(snippet.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    # The one addition: say when the main thread is inside the try, serving.
+    instrumented = snippet.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace(
+        "    server.serve_forever()", "    print('serving', flush=True); server.serve_forever()")
+    assert "print('serving'" in instrumented
+    script.write_text(instrumented)
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: accepts(port) or process.poll() is not None, "the snippet to listen")
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"serving\n"  # bounded by pytest-timeout
+        assert accepts(port)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=WAIT_SECONDS)
     finally:

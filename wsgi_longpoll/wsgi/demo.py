@@ -123,6 +123,7 @@ class DemoApp:
             return response(environ, start_response)
         if path == "/favicon.ico" and self._serves_favicon and method in ("GET", "HEAD"):
             response = Response(status=204)
+            del response.headers["Content-Type"]  # no content, no type
             response.headers["Cache-Control"] = f"max-age={STATIC_CACHE_SECONDS}, public"
             return response(environ, start_response)
         return self.app(environ, start_response)
