@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import os
 import re
 import signal
 import socket
@@ -163,3 +164,24 @@ def accepts(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
+    """Importing an integration without its framework says which extra to install."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('flask', 'prometheus_client'):\n"
+        "            raise ImportError(f'no {name} here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    for module, extra in (("flask", "flask"), ("prometheus", "prometheus")):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import wsgi_longpoll.contrib.{module}"],
+            env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+            timeout=WAIT_SECONDS, check=False,
+        )
+        assert done.returncode == 1
+        assert f"pip install 'wsgi_longpoll[{extra}]'" in done.stderr

@@ -65,7 +65,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+try:
+    from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "wsgi_longpoll.contrib.flask needs Flask: pip install 'wsgi_longpoll[flask]'"
+    ) from error
 
 from ..event import Event
 from ..manager import LongpollManager

@@ -49,10 +49,16 @@ import threading
 from collections.abc import Iterable
 from typing import Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "wsgi_longpoll.contrib.prometheus needs prometheus_client: "
+        "pip install 'wsgi_longpoll[prometheus]'"
+    ) from error
 
 from ..manager import LongpollManager, ManagerStats
 
