@@ -51,6 +51,7 @@ setup(
             "pytest-timeout>=2.2",
             "webtest>=3.0",
             "flask>=3.0",
+            "flask-login>=0.6.3",
             "django>=4.2",
             "hypothesis>=6.100",
             "selenium>=4.10",

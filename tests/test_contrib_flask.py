@@ -247,3 +247,40 @@ def test_long_poll_over_gevent_server_woken_by_a_view(longpoll: LongPoll,
             refused = bob.get(f"{url}/events", params={"category": "user-ann", "timeout": 1},
                               timeout=WAIT_SECONDS)
             assert refused.status_code == 403
+
+
+def test_flask_login_current_user_in_the_callbacks() -> None:
+    """Flask-Login's ``current_user`` is the logged-in user in both callbacks."""
+    from flask_login import LoginManager, UserMixin, current_user, login_user
+
+    class User(UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test-only"
+    login_manager = LoginManager(app)
+    login_manager.user_loader(User)
+    longpoll = LongPoll(app)
+
+    @longpoll.authorize_subscribe
+    def own_channel(category: str) -> bool:
+        return bool(current_user.is_authenticated) and category == f"user-{current_user.id}"
+
+    @longpoll.authorize_publish
+    def only_to_self(category: str) -> bool:
+        return bool(current_user.is_authenticated) and category == f"user-{current_user.id}"
+
+    @app.post("/login/<user_id>")
+    def login(user_id: str) -> str:
+        login_user(User(user_id))
+        return "ok"
+
+    client = TestApp(app)
+    client.get("/events?category=user-7&timeout=1", status=403)
+    client.post("/login/7")
+    client.post_json("/publish", {"category": "user-7", "data": "to myself"})
+    client.post_json("/publish", {"category": "user-8", "data": "no"}, status=403)
+    events = client.get("/events?category=user-7&timeout=1&since_time=1").json["events"]
+    assert [event["data"] for event in events] == ["to myself"]
+    client.get("/events?category=user-8&timeout=1", status=403)
