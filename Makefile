@@ -40,6 +40,7 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check wsgi_longpoll tests examples
 	$(BIN)/mypy --strict wsgi_longpoll
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

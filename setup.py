@@ -78,6 +78,7 @@ setup(
             "types-requests",
             "build>=1.0",
             "twine>=5",
+            "import-linter>=2.0",
         ],
     },
     entry_points={"console_scripts": ["wsgi-longpoll = wsgi_longpoll.cli:main"]},

@@ -143,23 +143,21 @@ def test_publish_token_option(served_factory: type[Served]) -> None:
 
 def test_limits_and_monitoring_options(served_factory: type[Served]) -> None:
     served = served_factory(
-        "--max-categories", "2", "--max-waiting-subscribers", "1",
+        "--max-categories", "1", "--max-waiting-subscribers", "1",
         "--stats-path", "/s", "--metrics-path", "/m", "--health-path", "/h",
     )
     base = served.base_url
     assert publish(base, "a", 1).status_code == 200
-    assert publish(base, "b", 1).status_code == 200
-    full = publish(base, "c", 1)
-    assert full.status_code == 503
-    assert full.headers["Retry-After"] == "1"
-    assert "max_categories" in full.json()["error"]
-
     parked = threading.Thread(
         target=requests.get, args=(f"{base}/events?timeout=20&category=a",),
         kwargs={"timeout": 60},
     )
     parked.start()
     wait_until(lambda: requests.get(f"{base}/s", timeout=10).json()["waiting_subscribers"] == 1)
+    full = publish(base, "c", 1)  # "a", the one category, has a subscriber: not pushed out
+    assert full.status_code == 503
+    assert full.headers["Retry-After"] == "1"
+    assert "max_categories" in full.json()["error"]
     busy = requests.get(f"{base}/events?timeout=20&category=b", timeout=10)
     assert busy.status_code == 503
     assert busy.headers["Retry-After"] == "1"
@@ -168,9 +166,9 @@ def test_limits_and_monitoring_options(served_factory: type[Served]) -> None:
     parked.join(30)
 
     stats = requests.get(f"{base}/s", timeout=10).json()
-    assert (stats["max_categories"], stats["max_waiting_subscribers"]) == (2, 1)
-    assert (stats["events_published"], stats["publish_errors"]) == (3, 1)
-    assert "wsgi_longpoll_events_published_total 3\n" in requests.get(f"{base}/m", timeout=10).text
+    assert (stats["max_categories"], stats["max_waiting_subscribers"]) == (1, 1)
+    assert (stats["events_published"], stats["publish_errors"]) == (2, 1)
+    assert "wsgi_longpoll_events_published_total 2\n" in requests.get(f"{base}/m", timeout=10).text
     assert requests.get(f"{base}/h", timeout=10).json() == {"status": "ok"}
 
 

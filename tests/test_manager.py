@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
+from wsgi_longpoll.engines import MemoryEngine
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.manager import CapacityExceeded, LongpollManager, ManagerClosed
 
@@ -157,7 +158,7 @@ def test_expired_events_are_never_served_and_are_purged(engine_clock: list[int])
     engine_clock[0] += 5_001  # "old" is now 10.001 s old; "kept" 5.001 s
     assert manager.subscribe("old", 0.01, since_time=0).events == []
     assert manager.subscribe("kept", 1, since_time=0).events == [kept]
-    assert len(manager._engine._buffers["old"]) == 0  # purged, not just hidden
+    assert manager.stats().buffered_events == 1  # "old" purged, not just hidden
     assert old.timestamp < kept.timestamp
 
 
@@ -167,10 +168,10 @@ def test_expired_categories_are_swept_without_being_asked_for(engine_clock: list
         manager.publish(f"c{n}", n)
     engine_clock[0] += 2_000
     manager.publish("fresh", 1)
-    assert sum(len(buffer) for buffer in manager._engine._buffers.values()) == 1
+    assert manager.engine.counts() == (101, 1)  # empty categories remember their gaps
     engine_clock[0] += 2_000  # empty for a whole time to live: forgotten
     manager.publish("fresh", 2)
-    assert list(manager._engine._buffers) == ["fresh"]
+    assert manager.engine.counts() == (1, 1)  # the first "fresh" expired too
 
 
 def test_delete_after_first_retrieval_from_the_buffer() -> None:
@@ -286,19 +287,65 @@ def test_stats_count_what_happened() -> None:
     assert stats.waiting_subscribers == 0
 
 
-def test_max_categories_refuses_a_new_category_not_an_old_one(engine_clock: list[int]) -> None:
-    manager = LongpollManager(max_categories=2, event_time_to_live_seconds=5)
+def test_max_categories_pushes_out_the_category_idle_longest() -> None:
+    manager = LongpollManager(max_categories=2)
+    a = manager.publish("a", 1)
+    b = manager.publish("b", 1)
+    manager.publish("a", 2)  # "b" is now the one published to least recently
+    manager.publish("c", 1)
+    assert manager.stats().categories == 2
+    assert manager.buffered_events("b") == []
+    assert [event.data for event in manager.buffered_events("a")] == [1, 2]
+    # a subscriber that had not seen "b"'s event is told of the gap, and can resume
+    delivery = manager.subscribe("b", 0.01, since_time=a.timestamp - 1)
+    assert delivery.events == []
+    assert [(gap.category, gap.last_id) for gap in delivery.gaps] == [("b", b.id)]
+    assert manager.subscribe("b", 0.01, since_time=b.timestamp, last_id=b.id).gaps == []
+    again = manager.publish("b", 2)  # back, still remembering what it dropped
+    delivery = manager.subscribe("b", 1, since_time=a.timestamp - 1)
+    assert delivery.events == [again] and delivery.gaps[0].last_id == b.id
+    assert manager.stats().publish_errors == 0
+
+
+def test_max_categories_refuses_only_when_every_category_has_subscribers() -> None:
+    manager = LongpollManager(max_categories=2)
     manager.publish("a", 1)
     manager.publish("b", 1)
+    parked = [gevent.spawn(manager.subscribe, category, 10) for category in "ab"]
+    wait_for_waiters(manager, 2)
     with pytest.raises(CapacityExceeded, match="max_categories"):
         manager.publish("c", 1)
-    manager.publish("a", 2)  # an existing category is fine
     assert manager.stats().publish_errors == 1
-    engine_clock[0] += 6_000  # every event expired, but the categories remember it (gap signal)
-    with pytest.raises(CapacityExceeded):
-        manager.publish("c", 1)
-    engine_clock[0] += 5_000  # empty for a whole time to live: forgotten, room is made
-    manager.publish("c", 1)
+    manager.publish("a", 2)  # an existing category is fine
+    parked[0].join(10)
+    manager.publish("c", 1)  # "a" is no longer watched: pushed out
+    assert manager.buffered_events("a") == []
+    gevent.killall(parked)
+
+
+def test_max_buffered_bytes_drops_the_oldest_events_of_all_with_a_gap() -> None:
+    engine = MemoryEngine(max_buffered_bytes=1000)
+    manager = LongpollManager(engine=engine)
+    first = manager.publish("a", "x" * 300)
+    manager.publish("b", "y" * 300)
+    manager.publish("a", "z" * 300)
+    assert engine.buffered_bytes <= 1000
+    assert [e.data[0] for e in manager.buffered_events("a")] == ["z"]  # the oldest went
+    manager.publish("c", "w" * 300)  # and then the oldest left, "b"'s
+    assert engine.buffered_bytes <= 1000
+    assert manager.buffered_events("b") == []
+    assert manager.stats().buffered_events == 2
+    delivery = manager.subscribe("a", 1, since_time=first.timestamp - 1)
+    assert [gap.last_id for gap in delivery.gaps] == [first.id]
+
+
+def test_a_buffer_holds_each_event_once_as_json() -> None:
+    manager = LongpollManager()
+    published = manager.publish("a", {"big": "x" * 100_000})
+    [held] = manager.buffered_events("a")
+    assert held == published and held.to_json() == published.to_json()
+    assert held.data == {"big": "x" * 100_000}
+    assert held.data is not held.data  # decoded from the JSON on each access: not kept
 
 
 def test_max_waiting_subscribers_refuses_one_more(manager: LongpollManager) -> None:

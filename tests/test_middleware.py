@@ -11,6 +11,7 @@ from webtest import TestApp
 from werkzeug.wrappers import Request, Response
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
+from wsgi_longpoll.protocol import IDEMPOTENCY_KEY_ERROR
 
 SUBSCRIBE_HEADERS = {
     "Content-Type": "application/json",
@@ -269,18 +270,41 @@ def test_publish_after_the_manager_closed_is_503() -> None:
     assert "shutting down" in response.json["error"]
 
 
+def test_an_idempotency_key_makes_a_retried_publish_safe() -> None:
+    manager = LongpollManager()
+    app = make_app(manager)
+    for _ in range(3):
+        response = app.post("/publish", b'{"category": "c", "data": 1}',
+                            headers={"Idempotency-Key": "k-1"})
+        assert response.body == b'{"success": true}'
+    assert len(manager.buffered_events("c")) == 1
+    app.post("/publish", b'{"category": "c", "data": 1}', headers={"Idempotency-Key": "k-2"})
+    assert len(manager.buffered_events("c")) == 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "with space", "caf\u00e9"])
+def test_an_invalid_idempotency_key_is_refused(key: str) -> None:
+    manager = LongpollManager()
+    response = make_app(manager).post(
+        "/publish", b'{"category": "c", "data": 1}', headers={"Idempotency-Key": key},
+        status=400,
+    )
+    assert response.json == {"error": IDEMPOTENCY_KEY_ERROR}
+    assert manager.buffered_events("c") == []
+
+
 def test_capacity_limits_answer_503_with_retry_after() -> None:
     manager = LongpollManager(max_categories=1, max_waiting_subscribers=1)
     app = make_app(manager)
     app.post("/publish", b'{"category": "a", "data": 1}')
-    response = app.post("/publish", b'{"category": "b", "data": 1}', status=503)
-    assert response.headers["Retry-After"] == "1"
-    assert "max_categories" in response.json["error"]
-    assert manager.buffered_events("b") == []
     import gevent
 
     parked = gevent.spawn(manager.subscribe, "a", 10)
     gevent.sleep(0.01)
+    response = app.post("/publish", b'{"category": "b", "data": 1}', status=503)
+    assert response.headers["Retry-After"] == "1"
+    assert "max_categories" in response.json["error"]  # "a" has a subscriber: kept
+    assert manager.buffered_events("b") == []
     response = app.get("/events?timeout=5&category=a", status=503)
     assert response.headers["Retry-After"] == "1"
     assert_headers(response, SUBSCRIBE_HEADERS)

@@ -21,8 +21,9 @@ import requests
 from conftest import wait_until
 
 from wsgi_longpoll import FilePersistorInfo, LongpollManager, Server, ServerInfo
-from wsgi_longpoll.engines import persist
+from wsgi_longpoll.engines import MemoryEngine, persist
 from wsgi_longpoll.engines.persist import FilePersister
+from wsgi_longpoll.errors import StorageUnavailable
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.protocol import now_ms
 
@@ -378,13 +379,17 @@ def test_flush_raises_when_the_disk_fails(
             raise OSError(5, "Input/output error")
 
     persister = make_persister(write_buffer_size=1 << 20, write_flush_period_seconds=3600)
+    manager = LongpollManager(engine=MemoryEngine(persister=persister))
     persister.flush()
     monkeypatch.setattr(persist, "_write_out", failing)
     persister.append(Event(1000, "news", UUIDS[0], "lost?"))
     with pytest.raises(OSError, match="Input/output error"):
         persister.flush()
+    with pytest.raises(StorageUnavailable, match="Input/output error"):
+        manager.check()  # what the health check asks
     monkeypatch.undo()
     persister.flush()
+    manager.check()
     assert [e.data for e in persister.load()] == ["lost?"]
 
 

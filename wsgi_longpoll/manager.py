@@ -1,15 +1,17 @@
-"""The manager: per-category event buffers and the subscribers waiting on them.
+"""The manager: the subscribers that wait for events, and the engine that keeps the events.
 
-It knows nothing of HTTP. Code in the same process publishes with
-:meth:`LongpollManager.publish`; the middleware calls :meth:`LongpollManager.subscribe`
-for each long poll.
+It knows nothing of HTTP and nothing of how events are stored. Code in the same process
+publishes with :meth:`LongpollManager.publish`; the middleware calls
+:meth:`LongpollManager.subscribe` for each long poll, and a server that answers parked
+connections itself hands the manager a :class:`Subscriber` of its own
+(:meth:`LongpollManager.attach`). The engine (:mod:`wsgi_longpoll.engines`) hands live
+events back through :meth:`LongpollManager.deliver`, the one delivery path of every engine.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,14 +20,14 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from .engines.memory import CapacityExceeded, MemoryEngine, Persister, StorageUnavailable
+from .engines.base import Engine, Position
+from .engines.memory import MemoryEngine, Persister
+from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
 from .event import Event, Gap
 from .protocol import validate_category
 
 if TYPE_CHECKING:
     from gevent.hub import Hub
-
-    from .engines.redis import Position, RedisEngine
 
 __all__ = [
     "CapacityExceeded",
@@ -33,22 +35,17 @@ __all__ = [
     "LongpollManager",
     "ManagerClosed",
     "ManagerStats",
-    "Persister",
+    "OutcomeUnknown",
     "StorageUnavailable",
+    "Subscriber",
 ]
 
-logger = logging.getLogger(__name__)
-
-# Real OS primitives even when the process is monkey-patched: publish may come from
-# any OS thread, and the lock is never held across a greenlet switch.
+# A real OS lock even when the process is monkey-patched: publish may come from any OS
+# thread, and the lock is never held across a greenlet switch.
 _allocate_lock = get_original("_thread", "allocate_lock")
 _get_thread_ident = get_original("_thread", "get_ident")
 
 _DEFAULT_MAX_TIMEOUT = 110
-
-
-class ManagerClosed(RuntimeError):
-    """The manager was closed; it accepts no more events."""
 
 
 @dataclass(slots=True)
@@ -80,23 +77,67 @@ class ManagerStats:
     publish_errors: int
 
 
-class _Subscriber:
-    """One waiting long poll: the events delivered to it and how to wake it."""
+class Subscriber(ABC):
+    """Something that waits for events: a parked long poll, a stream.
 
-    __slots__ = ("pending", "waiter", "hub", "cursor")
+    :meth:`LongpollManager.attach` sets :attr:`categories`, :attr:`cursor` and
+    :attr:`gaps`; the manager then calls :meth:`deliver` with the events after the
+    cursor as they are published, until the subscriber is done or detached.
+    """
+
+    __slots__ = ("categories", "cursor", "gaps")
+
+    def __init__(self) -> None:
+        #: The categories it waits on.
+        self.categories: tuple[str, ...] = ()
+        #: The position of the newest event handed to it; the manager moves it.
+        self.cursor: Position = (0, 0)
+        #: The gaps found when it attached: answer them with its events.
+        self.gaps: list[Gap] = []
+
+    @abstractmethod
+    def deliver(self, events: list[Event]) -> bool:
+        """Take *events* (oldest first, all after the cursor).
+
+        Called with the manager's lock held, from whichever thread or greenlet published:
+        never block, never switch greenlets. Every single-category subscriber that gets
+        the same events in one delivery gets the same list object, so that an answer can
+        be encoded once (compare with ``is``).
+
+        :returns: ``True`` when done waiting: the manager forgets the subscriber at once.
+            ``False`` to go on receiving until :meth:`LongpollManager.detach`.
+        """
+
+    @abstractmethod
+    def release(self) -> None:
+        """Answer now: the manager drains. Called without the manager's lock; the
+        subscriber then calls :meth:`LongpollManager.detach`."""
+
+
+class _WaitingGreenlet(Subscriber):
+    """The subscriber of :meth:`LongpollManager.subscribe`: a greenlet on a gevent Waiter."""
+
+    __slots__ = ("pending", "waiter", "hub")
 
     def __init__(self, hub: Hub) -> None:
+        super().__init__()
         self.pending: list[Event] = []
         self.waiter = Waiter(hub)
         self.hub = hub
-        #: With a shared engine: the stream position of the last event delivered.
-        self.cursor: Position = (0, 0)
 
+    def deliver(self, events: list[Event]) -> bool:
+        if not self.pending:
+            self.release()
+        self.pending.extend(events)
+        return False
 
-def _wake(subscribers: list[_Subscriber]) -> None:
-    # Runs in the subscribers' hub: a Waiter may only be switched from there.
-    for subscriber in subscribers:
-        subscriber.waiter.switch(None)
+    def release(self) -> None:
+        # A Waiter may only be switched from its hub; any thread may ask the hub to.
+        hub = self.hub
+        if hub.thread_ident == _get_thread_ident():
+            hub.loop.run_callback(self.waiter.switch, None)
+        else:
+            hub.loop.run_callback_threadsafe(self.waiter.switch, None)
 
 
 def _peer_closed(connection: socket.socket) -> bool:
@@ -109,11 +150,11 @@ def _peer_closed(connection: socket.socket) -> bool:
         return True
 
 
-
 class LongpollManager:
-    """Owns the long polls waiting for events, and the engine that stores the events.
+    """Owns the subscribers waiting for events, and the engine that stores the events.
 
-    Options are golongpoll's, in snake case, with its defaults:
+    Options are golongpoll's, in snake case, with its defaults; they configure the engine
+    the manager builds (pass *engine* instead to configure one yourself):
 
     :param max_longpoll_timeout_seconds: the longest ``timeout`` a subscriber may ask
         for; ``0`` means the default, 110.
@@ -122,10 +163,19 @@ class LongpollManager:
         purged; ``None`` (or ``0``) keeps them for ever.
     :param delete_event_after_first_retrieval: remove an event from its buffer once it has
         been served, whether from the buffer or to the subscribers waiting when it came.
+    :param engine: where the events are kept: a :class:`~wsgi_longpoll.engines.Engine`,
+        such as :class:`~wsgi_longpoll.engines.MemoryEngine` or
+        :class:`~wsgi_longpoll.engines.RedisEngine`. Excludes the engine options above
+        and below.
     :param persister: stores every event and gives them back on start
-        (see :class:`wsgi_longpoll.persist.FilePersister`).
-    :param max_categories: how many categories may hold events at once; publishing to
-        one more raises :class:`CapacityExceeded`.
+        (see :class:`wsgi_longpoll.engines.persist.FilePersister`).
+    :param max_categories: how many categories may hold events at once; a new one pushes
+        out the category idle longest that nobody waits on (its subscribers get the gap
+        signal), and only when every category has waiting subscribers does publishing to
+        one more raise :class:`CapacityExceeded`.
+    :param max_buffered_bytes: the most bytes of events held across every category
+        (in memory; default 256 MiB); the oldest events of all go first, with the gap
+        signal. ``None``: no bound but the others.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
@@ -142,9 +192,6 @@ class LongpollManager:
     patched the process) starts when the first subscriber waits.
     """
 
-    _engine: MemoryEngine
-    _redis: RedisEngine | None
-
     #: The default ``max_categories``.
     default_max_categories = 100_000
     #: The default ``max_waiting_subscribers``.
@@ -157,9 +204,11 @@ class LongpollManager:
         event_time_to_live_seconds: float | None = None,
         delete_event_after_first_retrieval: bool = False,
         *,
+        engine: Engine | None = None,
         persister: Persister | None = None,
         max_categories: int = default_max_categories,
         max_waiting_subscribers: int = default_max_waiting_subscribers,
+        max_buffered_bytes: int | None = MemoryEngine.default_max_buffered_bytes,
         redis_url: str | None = None,
         redis_key_prefix: str = "wsgi_longpoll:",
     ) -> None:
@@ -173,100 +222,91 @@ class LongpollManager:
             raise ValueError("max_categories must be at least 1")
         if max_waiting_subscribers < 1:
             raise ValueError("max_waiting_subscribers must be at least 1")
-        self.max_categories = max_categories
         self.max_waiting_subscribers = max_waiting_subscribers
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or _DEFAULT_MAX_TIMEOUT
         )
-        self.max_event_buffer_size = max_event_buffer_size
-        self.event_time_to_live_seconds = event_time_to_live_seconds or None
-        self.delete_event_after_first_retrieval = delete_event_after_first_retrieval
+        if engine is None:
+            engine = _build_engine(
+                max_event_buffer_size, event_time_to_live_seconds or None,
+                delete_event_after_first_retrieval, persister, max_categories,
+                max_buffered_bytes, redis_url, redis_key_prefix,
+            )
+        elif (
+            (max_event_buffer_size, event_time_to_live_seconds,
+             delete_event_after_first_retrieval, persister, max_categories,
+             max_buffered_bytes, redis_url)
+            != (250, None, False, None, self.default_max_categories,
+                MemoryEngine.default_max_buffered_bytes, None)
+        ):
+            raise ValueError(
+                "engine= excludes the engine's options (max_event_buffer_size, "
+                "event_time_to_live_seconds, delete_event_after_first_retrieval, persister, "
+                "max_categories, max_buffered_bytes, redis_url): give them to the engine"
+            )
+        #: Where the events are kept.
+        self.engine: Engine = engine
         self._lock = _allocate_lock()
-        self._waiters: dict[str, dict[_Subscriber, None]] = {}
+        self._waiters: dict[str, dict[Subscriber, None]] = {}
         self._waiting = 0
         self._events_published = 0
         self._events_delivered = 0
         self._publish_errors = 0
         self._draining = False
         self._closed = False
-        self._redis = None
-        if redis_url is not None:
-            if persister is not None:
-                raise ValueError(
-                    "persister does not work with redis_url: Redis keeps the events "
-                    "(turn on its AOF for durability)"
-                )
-            if delete_event_after_first_retrieval:
-                raise ValueError(
-                    "delete_event_after_first_retrieval does not work with redis_url"
-                )
-            try:
-                from .engines.redis import RedisEngine
-            except ImportError as error:
-                raise ImportError(
-                    "redis_url needs redis-py: pip install 'wsgi_longpoll[redis]'"
-                ) from error
+        engine.bind(self.deliver)
 
-            self._redis = RedisEngine(
-                redis_url, redis_key_prefix, max_event_buffer_size,
-                self.event_time_to_live_seconds, max_categories,
-            )
-            return
-        with self._lock:
-            self._engine = MemoryEngine(
-                max_event_buffer_size, self.event_time_to_live_seconds, max_categories,
-                persister,
-            )
+    @property
+    def max_event_buffer_size(self) -> int:
+        """How many events each category keeps (the engine's)."""
+        return self.engine.max_event_buffer_size
+
+    @property
+    def event_time_to_live_seconds(self) -> float | None:
+        """How long events are kept, in seconds; ``None``: for ever (the engine's)."""
+        return self.engine.event_time_to_live_seconds
+
+    @property
+    def max_categories(self) -> int:
+        """How many categories may hold events at once (the engine's)."""
+        return self.engine.max_categories
+
+    @property
+    def delete_event_after_first_retrieval(self) -> bool:
+        """Whether served events are removed (an option of the in-memory engine)."""
+        return getattr(self.engine, "delete_event_after_first_retrieval", False)
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish(self, category: str, data: Any) -> Event:
-        """Publish *data* to *category* and wake the subscribers waiting on it.
+    def publish(self, category: str, data: Any, *, idempotency_key: str | None = None) -> Event:
+        """Publish *data* to *category*; the engine hands it to the waiting subscribers.
 
-        The event is in the buffer (and handed to the persister) when this returns.
+        The event is stored (and handed to the persister) when this returns.
 
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
+        :param idempotency_key: makes retries safe: a publish to the same category with
+            the same key within the engine's ``idempotency_window_seconds`` (5 minutes)
+            publishes nothing and returns the event the first one published.
         :returns: the event, with its id and timestamp.
         :raises ValueError: for an invalid category or ``None`` data.
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ManagerClosed: once :meth:`close` has been called.
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
-        :raises StorageUnavailable: with Redis, if it cannot be reached or did not answer
-            in time; the event was not published.
+        :raises StorageUnavailable: if the engine could not store the event (Redis
+            unreachable); the event was not published.
+        :raises OutcomeUnknown: (a :class:`StorageUnavailable`) if the engine did not
+            confirm in time: the event may be published; retry with the same
+            *idempotency_key* to publish it at most once.
         """
         validate_category(category)
         if data is None:
             raise ValueError("data must not be None")
-        if self._redis is not None:
-            return self._publish_shared(self._redis, category, data)
-        with self._lock:
-            if self._closed:
-                self._publish_errors += 1
-                raise ManagerClosed("the manager is closed")
-            waiters = self._waiters.get(category)
-            try:
-                event = self._engine.append(
-                    category, data, not (waiters and self.delete_event_after_first_retrieval)
-                )
-            except CapacityExceeded:
-                self._publish_errors += 1
-                raise
-            self._events_published += 1
-            woken = self._deliver(event, waiters) if waiters else None
-        if woken:
-            self._schedule_wake(woken)
-        return event
-
-    def _publish_shared(self, engine: RedisEngine, category: str, data: Any) -> Event:
-        # Redis delivers the event to every process's reader, this one's included.
-        if self._closed:
-            with self._lock:
-                self._publish_errors += 1
-            raise ManagerClosed("the manager is closed")
         try:
-            event = engine.append(category, data)
-        except (CapacityExceeded, StorageUnavailable):
+            if self._closed:
+                raise ManagerClosed("the manager is closed")
+            event = self.engine.append(category, data, idempotency_key)
+        except (ManagerClosed, CapacityExceeded, StorageUnavailable):
             with self._lock:
                 self._publish_errors += 1
             raise
@@ -274,43 +314,125 @@ class LongpollManager:
             self._events_published += 1
         return event
 
-    @staticmethod
-    def _deliver_after(
-        events: list[tuple[Position, Event]],
-        waiters: dict[_Subscriber, None],
-        woken: dict[Hub, list[_Subscriber]],
-    ) -> None:
-        """Hand each subscriber the *events* after its cursor (called with the lock held)."""
-        for subscriber in waiters:
-            was_empty = not subscriber.pending
-            for position, event in events:
-                if position > subscriber.cursor:
-                    subscriber.pending.append(event)
-                    subscriber.cursor = position
-            if was_empty and subscriber.pending:
-                woken.setdefault(subscriber.hub, []).append(subscriber)
+    def deliver(self, batch: Sequence[tuple[Position, Event]]) -> None:
+        """Hand each waiting subscriber the events of *batch* after its cursor.
 
-    @staticmethod
-    def _deliver(
-        event: Event, waiters: dict[_Subscriber, None]
-    ) -> dict[Hub, list[_Subscriber]]:
-        woken: dict[Hub, list[_Subscriber]] = {}
-        for subscriber in waiters:
-            subscriber.pending.append(event)
-            if len(subscriber.pending) == 1:
-                woken.setdefault(subscriber.hub, []).append(subscriber)
-        return woken
-
-    @staticmethod
-    def _schedule_wake(woken: dict[Hub, list[_Subscriber]]) -> None:
-        thread = _get_thread_ident()
-        for hub, subscribers in woken.items():
-            if hub.thread_ident == thread:
-                hub.loop.run_callback(_wake, subscribers)
-            else:
-                hub.loop.run_callback_threadsafe(_wake, subscribers)
+        The engine's listener: *batch* is in position order. Subscribers that are done
+        (:meth:`Subscriber.deliver` returned ``True``) are forgotten.
+        """
+        finished: list[Subscriber] = []
+        with self._lock:
+            waiters = self._waiters
+            by_category: dict[str, list[tuple[Position, Event]]] = {}
+            for entry in batch:
+                if entry[1].category in waiters:
+                    by_category.setdefault(entry[1].category, []).append(entry)
+            several: dict[Subscriber, None] = {}
+            for category, entries in by_category.items():
+                first, last = entries[0][0], entries[-1][0]
+                shared: list[Event] | None = None
+                for subscriber in waiters[category]:
+                    if len(subscriber.categories) > 1:
+                        several[subscriber] = None
+                        continue
+                    cursor = subscriber.cursor
+                    if cursor >= last:
+                        continue
+                    if cursor < first:
+                        if shared is None:
+                            shared = [event for _, event in entries]
+                        events = shared
+                    else:
+                        events = [event for position, event in entries if position > cursor]
+                    subscriber.cursor = last
+                    self._events_delivered += len(events)
+                    if subscriber.deliver(events):
+                        finished.append(subscriber)
+            for subscriber in several:
+                cursor, categories = subscriber.cursor, subscriber.categories
+                mine = [
+                    (position, event) for position, event in batch
+                    if position > cursor and event.category in categories
+                ]
+                if mine:
+                    subscriber.cursor = mine[-1][0]
+                    self._events_delivered += len(mine)
+                    if subscriber.deliver([event for _, event in mine]):
+                        finished.append(subscriber)
+            for subscriber in finished:
+                self._remove(subscriber)
+        for subscriber in finished:
+            self.engine.unwatch(subscriber.categories)
 
     # -- subscribing ------------------------------------------------------------------
+
+    def attach(
+        self,
+        subscriber: Subscriber,
+        categories: str | Sequence[str],
+        since_time: int | None = None,
+        last_id: str | None = None,
+    ) -> Delivery | None:
+        """Answer *subscriber* at once, or register it to wait for events.
+
+        With *since_time*, buffered events after the cursor ``(since_time, last_id)``
+        are the answer (see :meth:`subscribe`); without it, only events published from
+        now on count.
+
+        :returns: a :class:`Delivery` to answer with now (events found, or the manager
+            drains); ``None`` when the subscriber waits: the manager calls its
+            :meth:`~Subscriber.deliver` or :meth:`~Subscriber.release`, and its owner
+            calls :meth:`detach` when it stops waiting (timeout, hang-up).
+        :raises ValueError: for an invalid category.
+        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
+        :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
+        """
+        categories = (categories,) if isinstance(categories, str) else tuple(categories)
+        if not categories:
+            raise ValueError("at least one category is needed")
+        for category in categories:
+            validate_category(category)
+        found = self.engine.read(categories, since_time, last_id)
+        with self._lock:
+            if found.events:
+                self._events_delivered += len(found.events)
+                return Delivery(found.events, found.gaps)
+            if self._draining:
+                return Delivery([], found.gaps)
+            if self._waiting >= self.max_waiting_subscribers:
+                raise CapacityExceeded(
+                    f"{self.max_waiting_subscribers} subscribers are waiting already "
+                    "(max_waiting_subscribers)"
+                )
+            subscriber.categories = categories
+            subscriber.cursor = found.position
+            subscriber.gaps = found.gaps
+            self._waiting += 1
+            for category in categories:
+                self._waiters.setdefault(category, {})[subscriber] = None
+        self.engine.watch(categories, found.position)
+        return None
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Stop handing events to *subscriber*. Idempotent; never call it from
+        :meth:`Subscriber.deliver`."""
+        with self._lock:
+            if not self._remove(subscriber):
+                return
+        self.engine.unwatch(subscriber.categories)
+
+    def _remove(self, subscriber: Subscriber) -> bool:
+        """Forget *subscriber* (called with the lock held); whether it was waiting."""
+        categories = subscriber.categories
+        if not categories or subscriber not in self._waiters.get(categories[0], ()):
+            return False
+        self._waiting -= 1
+        for category in categories:
+            waiters = self._waiters[category]
+            del waiters[subscriber]
+            if not waiters:
+                del self._waiters[category]
+        return True
 
     def subscribe(
         self,
@@ -327,113 +449,29 @@ class LongpollManager:
         are returned at once, oldest first across every category (see
         :meth:`EventBuffer.after`), with a :class:`Gap` for each category that dropped
         events the cursor had not seen; without it only events published from now on
-        count. No events means the wait timed out, the manager drained, or
+        count. A subscriber woken by an event gets every event delivered to it until it
+        stops waiting. No events means the wait timed out, the manager drained, or
         *connection* (the client's socket) was closed by the peer.
 
         :param categories: one category, or several.
+        :raises ValueError: for an invalid category.
         :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
-        :raises StorageUnavailable: with Redis, if it cannot be reached or did not answer
-            in time.
+        :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
-        if isinstance(categories, str):
-            categories = (categories,)
-        if self._redis is not None:
-            return self._subscribe_shared(
-                self._redis, categories, timeout, since_time, last_id, connection
-            )
-        with self._lock:
-            gaps: list[Gap] = []
-            if since_time is not None:
-                events, gaps = self._engine.read(
-                    categories, since_time, last_id, self.delete_event_after_first_retrieval
-                )
-                if events:
-                    self._events_delivered += len(events)
-                    return Delivery(events, gaps)
-            else:
-                self._engine.sweep()
-            if self._draining:
-                return Delivery([], gaps)
-            subscriber = self._register(categories)
+        subscriber = _WaitingGreenlet(gevent.get_hub())
+        delivery = self.attach(subscriber, categories, since_time, last_id)
+        if delivery is not None:
+            return delivery
         try:
             self._wait(subscriber, timeout, connection)
         finally:
-            events = self._unregister(subscriber, categories)
-        return Delivery(events, gaps)
-
-    def _subscribe_shared(
-        self, engine: RedisEngine, categories: Sequence[str], timeout: float,
-        since_time: int | None, last_id: str | None, connection: socket.socket | None,
-    ) -> Delivery:
-        now = None
-        if since_time is None:
-            # "Now" is where the reader stands in every category it follows already: no
-            # round trip for the thousands of subscribers that park on a busy category.
-            with self._lock:
-                reader = engine._reader
-                if reader is not None and reader.pid == os.getpid():
-                    known = [reader.positions.get(category) for category in categories]
-                    if None not in known:
-                        now = max(known)  # type: ignore[type-var]
-        if now is None:
-            events, gaps, now = engine.read(categories, since_time, last_id)
-        else:
-            events, gaps = [], []
-        with self._lock:
-            if events:
-                self._events_delivered += len(events)
-                return Delivery(events, gaps)
-            if self._draining:
-                return Delivery([], gaps)
-            subscriber = self._register(categories)
-            # The reader reads from the cursor on: an event published since the read
-            # above (by any process) is delivered, and none twice.
-            cursor = now if since_time is None else engine.start_position(since_time, last_id)
-            subscriber.cursor = cursor
-            reader = engine.follow(self)
-            target = reader.track(categories, cursor)
-        try:
-            if target is not None:
-                reader.interrupt(target)
-            self._wait(subscriber, timeout, connection)
-        finally:
-            events = self._unregister(subscriber, categories)
-        if len(categories) > 1 and len(events) > 1:
-            events.sort(key=lambda event: engine.position_of(event) or (0, 0))
-        return Delivery(events, gaps)
-
-    def _register(self, categories: Sequence[str]) -> _Subscriber:
-        """Add a waiting subscriber to *categories* (called with the lock held)."""
-        if self._waiting >= self.max_waiting_subscribers:
-            raise CapacityExceeded(
-                f"{self.max_waiting_subscribers} subscribers are waiting already "
-                "(max_waiting_subscribers)"
-            )
-        subscriber = _Subscriber(gevent.get_hub())
-        self._waiting += 1
-        for category in categories:
-            self._waiters.setdefault(category, {})[subscriber] = None
-        return subscriber
-
-    def _unregister(self, subscriber: _Subscriber, categories: Sequence[str]) -> list[Event]:
-        """Remove *subscriber*; return the events delivered to it."""
-        with self._lock:
-            self._waiting -= 1
-            for category in categories:
-                waiters = self._waiters.get(category)
-                if waiters is not None:
-                    waiters.pop(subscriber, None)
-                    if not waiters:
-                        del self._waiters[category]
-                        if self._redis is not None and self._redis._reader is not None:
-                            self._redis._reader.untrack(category)
-            events = subscriber.pending
-            subscriber.pending = []
-            self._events_delivered += len(events)
-        return events
+            self.detach(subscriber)
+        return Delivery(subscriber.pending, subscriber.gaps)
 
     @staticmethod
-    def _wait(subscriber: _Subscriber, timeout: float, connection: socket.socket | None) -> None:
+    def _wait(
+        subscriber: _WaitingGreenlet, timeout: float, connection: socket.socket | None
+    ) -> None:
         loop = subscriber.hub.loop
         switch = subscriber.waiter.switch
         timer = loop.timer(max(timeout, 0.0))
@@ -459,11 +497,11 @@ class LongpollManager:
     # -- housekeeping -----------------------------------------------------------------
 
     def buffered_events(self, category: str) -> list[Event]:
-        """The events *category* holds now, oldest first (expired ones left out)."""
-        if self._redis is not None:
-            return self._redis.events(category)
-        with self._lock:
-            return self._engine.events(category)
+        """The events *category* holds now, oldest first (expired ones left out).
+
+        :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
+        """
+        return self.engine.events(category)
 
     def waiting_count(self, category: str | None = None) -> int:
         """How many subscribers are waiting, in *category* or in all categories."""
@@ -473,17 +511,15 @@ class LongpollManager:
             return self._waiting
 
     def stats(self) -> ManagerStats:
-        """A consistent snapshot of the manager's counters.
+        """A snapshot of the manager's counters.
 
-        With Redis, ``categories`` and ``buffered_events`` count every process's events
-        (one Redis script that visits every category); the other counters are this
-        process's.
+        ``categories`` and ``buffered_events`` are the engine's (with Redis: every
+        process's); the other counters are this manager's.
 
-        :raises StorageUnavailable: with Redis, if it cannot be reached.
+        :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
-        shared = None if self._redis is None else self._redis.counts()
+        categories, buffered = self.engine.counts()
         with self._lock:
-            categories, buffered = self._engine.counts() if shared is None else shared
             return ManagerStats(
                 categories=categories,
                 buffered_events=buffered,
@@ -492,6 +528,17 @@ class LongpollManager:
                 events_delivered=self._events_delivered,
                 publish_errors=self._publish_errors,
             )
+
+    def check(self) -> None:
+        """Make sure that events can be published now (for health checks).
+
+        :raises ManagerClosed: once :meth:`close` has been called.
+        :raises StorageUnavailable: if the engine cannot store events (Redis unreachable,
+            a persister whose writes fail).
+        """
+        if self._closed:
+            raise ManagerClosed("the manager is closed")
+        self.engine.check()
 
     @property
     def closed(self) -> bool:
@@ -506,11 +553,13 @@ class LongpollManager:
         """
         with self._lock:
             self._draining = True
-            woken: dict[Hub, list[_Subscriber]] = {}
-            for waiters in self._waiters.values():
-                for subscriber in waiters:
-                    woken.setdefault(subscriber.hub, []).append(subscriber)
-        self._schedule_wake(woken)
+            waiting = {
+                subscriber: None
+                for waiters in self._waiters.values()
+                for subscriber in waiters
+            }
+        for subscriber in waiting:
+            subscriber.release()
 
     def close(self) -> None:
         """:meth:`drain`, then refuse new events and close the engine. Idempotent."""
@@ -519,7 +568,39 @@ class LongpollManager:
             if self._closed:
                 return
             self._closed = True
-        if self._redis is not None:
-            self._redis.close()
-        else:
-            self._engine.close()
+        self.engine.close()
+
+
+def _build_engine(
+    max_event_buffer_size: int,
+    event_time_to_live_seconds: float | None,
+    delete_event_after_first_retrieval: bool,
+    persister: Persister | None,
+    max_categories: int,
+    max_buffered_bytes: int | None,
+    redis_url: str | None,
+    redis_key_prefix: str,
+) -> Engine:
+    """The engine that :class:`LongpollManager`'s golongpoll-style options describe."""
+    if redis_url is None:
+        return MemoryEngine(
+            max_event_buffer_size, event_time_to_live_seconds, max_categories, persister,
+            delete_event_after_first_retrieval, max_buffered_bytes,
+        )
+    if persister is not None:
+        raise ValueError(
+            "persister does not work with redis_url: Redis keeps the events "
+            "(turn on its AOF for durability)"
+        )
+    if delete_event_after_first_retrieval:
+        raise ValueError("delete_event_after_first_retrieval does not work with redis_url")
+    try:
+        from .engines.redis import RedisEngine
+    except ImportError as error:
+        raise ImportError(
+            "redis_url needs redis-py: pip install 'wsgi_longpoll[redis]'"
+        ) from error
+    return RedisEngine(
+        redis_url, redis_key_prefix, max_event_buffer_size, event_time_to_live_seconds,
+        max_categories,
+    )

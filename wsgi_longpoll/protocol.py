@@ -18,13 +18,16 @@ from urllib.parse import parse_qsl
 from .event import Event, Gap
 
 __all__ = [
+    "IDEMPOTENCY_KEY_ERROR",
     "MAX_CATEGORY_BYTES",
+    "OUTCOME_UNKNOWN_ERROR",
     "ProtocolError",
     "PublishBody",
     "SubscribeQuery",
     "error_body",
     "events_body",
     "now_ms",
+    "parse_idempotency_key",
     "parse_publish_body",
     "parse_subscribe_query",
     "timeout_body",
@@ -55,6 +58,13 @@ LAST_ID_ERROR = "Param 'last_id' was not a valid UUID."
 PUBLISH_BODY_ERROR = "Invalid POST body json."
 PUBLISH_CATEGORY_ERROR = "Invalid or missing 'category' arg, must be 1-1024 characters long."
 PUBLISH_DATA_ERROR = "Invalid or missing 'data' arg, must be non-nil."
+IDEMPOTENCY_KEY_ERROR = (
+    "Invalid 'Idempotency-Key' header, must be 1-255 visible ASCII characters."
+)
+OUTCOME_UNKNOWN_ERROR = (
+    "The event store did not confirm the event in time: it may have been published. "
+    "Retry with the same Idempotency-Key header to publish it at most once."
+)
 
 
 class ProtocolError(ValueError):
@@ -219,6 +229,18 @@ def _nesting_exceeds(document: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header of a publish (an **extension**), or ``None``.
+
+    :raises ProtocolError: unless it is 1 to 255 visible ASCII characters.
+    """
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not all("!" <= char <= "~" for char in value):
+        raise ProtocolError(IDEMPOTENCY_KEY_ERROR)
+    return value
 
 
 def parse_publish_body(body: bytes) -> PublishBody:

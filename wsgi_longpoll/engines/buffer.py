@@ -7,11 +7,15 @@ from typing import NamedTuple
 
 from ..event import Event
 
-__all__ = ["EventBuffer", "Floor"]
+__all__ = ["EventBuffer", "Floor", "missed"]
 
 
 def _timestamp(event: Event) -> int:
     return event.timestamp
+
+
+#: What stands in the dead prefix of a buffer for the events it dropped.
+_DROPPED = Event(0, "", "", 0)
 
 
 class Floor(NamedTuple):
@@ -32,7 +36,7 @@ class EventBuffer:
     :param max_size: how many events to keep; appending beyond it evicts the oldest.
     """
 
-    __slots__ = ("_events", "_seqs", "_start", "_seq_by_id", "floor", "max_size")
+    __slots__ = ("_events", "_seqs", "_start", "_seq_by_id", "floor", "max_size", "size_bytes")
 
     def __init__(self, max_size: int) -> None:
         if max_size < 1:
@@ -45,6 +49,8 @@ class EventBuffer:
         self._seq_by_id: dict[str, int] = {}
         #: The newest event dropped for size or age, if any.
         self.floor: Floor | None = None
+        #: The bytes of the JSON form of the events held.
+        self.size_bytes = 0
 
     def __len__(self) -> int:
         return len(self._events) - self._start
@@ -66,15 +72,16 @@ class EventBuffer:
         self._seq_by_id[event.id] = seq
         self._events.append(event)
         self._seqs.append(seq)
+        self.size_bytes += len(event.to_json())
         if len(self) > self.max_size:
-            self._drop_oldest(len(self) - self.max_size)
+            self.drop_oldest(len(self) - self.max_size)
 
     def expire(self, cutoff: int) -> int:
         """Drop the events with ``timestamp < cutoff``; return how many went."""
         position = bisect_left(self._events, cutoff, lo=self._start, key=_timestamp)
         count = position - self._start
         if count:
-            self._drop_oldest(count)
+            self.drop_oldest(count)
         return count
 
     def after(
@@ -90,6 +97,22 @@ class EventBuffer:
         """
         return self._events[self._position_after(since_time, last_id, last_seq) :]
 
+    def entries_after(
+        self, since_time: int, last_id: str | None = None, last_seq: int | None = None
+    ) -> list[tuple[tuple[int, int], Event]]:
+        """:meth:`after`, each event with its position ``(timestamp, seq)``."""
+        return self._entries(self._position_after(since_time, last_id, last_seq))
+
+    def entries_after_seq(self, seq: int) -> list[tuple[tuple[int, int], Event]]:
+        """The events published after number *seq*, each with its position."""
+        return self._entries(bisect_right(self._seqs, seq, lo=self._start))
+
+    def _entries(self, start: int) -> list[tuple[tuple[int, int], Event]]:
+        return [
+            ((event.timestamp, seq), event)
+            for seq, event in zip(self._seqs[start:], self._events[start:], strict=True)
+        ]
+
     def drop_newest(self, count: int) -> None:
         """Remove the *count* newest events (served, with delete after first retrieval)."""
         if count <= 0:
@@ -97,6 +120,7 @@ class EventBuffer:
         position = len(self._events) - min(count, len(self))
         for event in self._events[position:]:
             del self._seq_by_id[event.id]
+            self.size_bytes -= len(event.to_json())
         del self._events[position:]
         del self._seqs[position:]
 
@@ -105,18 +129,14 @@ class EventBuffer:
 
         *last_seq* is the sequence number of *last_id* if some buffer still holds it.
         """
-        floor = self.floor
-        if floor is None:
-            return False
-        if last_id is None:  # the client has seen everything up to since_time
-            return floor.timestamp > since_time
-        if last_seq is not None:  # the cursor is a known event
-            return floor.timestamp >= since_time and floor.seq > last_seq
-        # An unknown last_id: every event at since_time is resent, so only a dropped event
-        # after since_time, or one at since_time that is not last_id itself, went unseen.
-        return floor.timestamp > since_time or (
-            floor.timestamp == since_time and floor.id != last_id
-        )
+        return self.floor is not None and missed(self.floor, since_time, last_id, last_seq)
+
+    def newest(self) -> Floor | None:
+        """The newest event held, as a :class:`Floor` (the floor itself when empty)."""
+        if not len(self):
+            return self.floor
+        event = self._events[-1]
+        return Floor(event.timestamp, self._seqs[-1], event.id)
 
     def _position_after(self, since_time: int, last_id: str | None, last_seq: int | None) -> int:
         if last_id is None:
@@ -128,15 +148,41 @@ class EventBuffer:
             position = max(position, bisect_right(self._seqs, last_seq, lo=self._start))
         return position
 
-    def _drop_oldest(self, count: int) -> None:
+    def oldest_seq(self) -> int | None:
+        """The sequence number of the oldest event held, or ``None`` when empty."""
+        return self._seqs[self._start] if len(self) else None
+
+    def drop_oldest(self, count: int) -> None:
+        """Drop the *count* oldest events (at least one held); the newest of them becomes
+        the :attr:`floor`."""
         end = self._start + count
-        for event in self._events[self._start : end]:
+        events = self._events
+        for event in events[self._start : end]:
             del self._seq_by_id[event.id]
-        newest = self._events[end - 1]
+            self.size_bytes -= len(event.to_json())
+        newest = events[end - 1]
         self.floor = Floor(newest.timestamp, self._seqs[end - 1], newest.id)
+        # The dead prefix is never read again: let its events go now, not when it is cut.
+        events[self._start : end] = [_DROPPED] * count
         self._start = end
         # Cut the dead prefix off once it outweighs the live part: amortised O(1).
         if self._start > 64 and self._start * 2 > len(self._events):
             del self._events[: self._start]
             del self._seqs[: self._start]
             self._start = 0
+
+
+def missed(floor: Floor, since_time: int, last_id: str | None, last_seq: int | None) -> bool:
+    """Whether the cursor ``(since_time, last_id)`` had not seen the dropped event *floor*.
+
+    *last_seq* is the sequence number of *last_id* if some buffer still holds it.
+    """
+    if last_id is None:  # the client has seen everything up to since_time
+        return floor.timestamp > since_time
+    if last_seq is not None:  # the cursor is a known event
+        return floor.timestamp >= since_time and floor.seq > last_seq
+    # An unknown last_id: every event at since_time is resent, so only a dropped event
+    # after since_time, or one at since_time that is not last_id itself, went unseen.
+    return floor.timestamp > since_time or (
+        floor.timestamp == since_time and floor.id != last_id
+    )

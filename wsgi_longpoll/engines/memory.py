@@ -1,53 +1,40 @@
-"""Storage engines: where a manager keeps the events of each category.
+"""The in-memory engine: one :class:`~.buffer.EventBuffer` per category of this process.
 
-The :class:`~wsgi_longpoll.manager.LongpollManager` owns the subscribers that wait and
-wakes them; an engine owns the events. :class:`MemoryEngine`, the default, keeps them in
-one :class:`~wsgi_longpoll.buffer.EventBuffer` per category of this process.
-:class:`wsgi_longpoll.engines.redis.RedisEngine` keeps them in Redis Streams, shared by
-every process and host that points at the same Redis.
-
-Both give events one publish order across every category, so that one cursor
-``(since_time, last_id)`` resumes several categories at once without loss or repeats.
+The default engine. Events live as long as the process (and across restarts with a
+:class:`~.persist.FilePersister`); for several processes or hosts, use
+:class:`~.redis.RedisEngine`.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
 from typing import Any, Protocol
 
+from gevent.monkey import get_original
+
+from ..errors import CapacityExceeded
 from ..event import Event, Gap
 from ..protocol import now_ms
-from .buffer import EventBuffer
+from .base import Engine, Listener, Position, ReadResult, merge_by_position
+from .buffer import EventBuffer, Floor, missed
 
-__all__ = [
-    "CapacityExceeded",
-    "MemoryEngine",
-    "Persister",
-    "StorageUnavailable",
-]
+__all__ = ["MemoryEngine", "Persister"]
 
 logger = logging.getLogger(__name__)
 
+# A real OS lock even when the process is monkey-patched: publish may come from any OS
+# thread, and the lock is never held across a greenlet switch.
+_RLock = get_original("_thread", "RLock")
 
-class CapacityExceeded(RuntimeError):
-    """A limit of the manager is reached (categories held, waiting subscribers).
-
-    Nothing was changed; the same call may succeed later.
-    """
-
-
-class StorageUnavailable(RuntimeError):
-    """The shared event store (Redis) cannot be reached or did not answer in time.
-
-    A publish that raises this was not acknowledged; it may be retried.
-    """
+#: Higher than any sequence number: ``(ms, _LAST)`` comes after every event of ``ms``.
+_LAST = 1 << 63
 
 
 class Persister(Protocol):
-    """Where a manager keeps its events across restarts (see :mod:`wsgi_longpoll.persist`)."""
+    """Where the memory engine keeps its events across restarts (see :mod:`.persist`)."""
 
     def load(self) -> Iterable[Event]:
         """The stored events, in any order."""
@@ -65,147 +52,276 @@ class Persister(Protocol):
         Events appended afterwards follow them.
         """
 
+    def check(self) -> None:
+        """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` if writing fails now."""
+
     def close(self) -> None:
         """Write out everything appended and release the file."""
 
 
-class MemoryEngine:
+class MemoryEngine(Engine):
     """Events in the memory of this process: one :class:`EventBuffer` per category.
 
-    Not thread-safe on its own: the manager calls every method with its lock held, so
-    that storing an event and handing it to the waiting subscribers is one step.
+    Live events are handed to the listener from inside :meth:`append`, with the engine's
+    lock held, so that storing an event and delivering it is one step and deliveries
+    follow publish order.
 
     :param max_event_buffer_size: events kept per category.
-    :param event_time_to_live_seconds: events older than this are dropped; ``None``
-        keeps them.
-    :param max_categories: how many categories may hold events at once.
+    :param event_time_to_live_seconds: events older than this are dropped; ``None`` keeps
+        them.
+    :param max_categories: how many categories may hold events at once. A new category
+        beyond it pushes out the category published to least recently that nobody waits
+        on (its subscribers resume with the gap signal); only when every category has
+        subscribers waiting is the publish refused (:class:`CapacityExceeded`).
     :param persister: stores every event and gives them back on start.
+    :param delete_event_after_first_retrieval: an event served from a buffer is removed
+        from it, and an event published to a watched category is handed to its watchers
+        and not kept (golongpoll's option).
+    :param max_buffered_bytes: the most bytes of events (their JSON form) held across
+        every category; beyond it the oldest events of all go first, and subscribers who
+        had not seen them get the gap signal. ``None``: no bound but the others.
     """
 
-    #: How often, at most, every category is swept for expired events.
+    #: How often, at most, every category is swept for expired events, in ms.
     sweep_interval_ms = 1000
+    #: The default ``max_buffered_bytes``: 256 MiB.
+    default_max_buffered_bytes = 256 * 1024 * 1024
+    #: How many idempotency keys are remembered at most (the oldest are forgotten first).
+    max_idempotency_keys = 100_000
 
     def __init__(
         self,
-        max_event_buffer_size: int,
-        event_time_to_live_seconds: float | None,
-        max_categories: int,
+        max_event_buffer_size: int = 250,
+        event_time_to_live_seconds: float | None = None,
+        max_categories: int = 100_000,
         persister: Persister | None = None,
+        delete_event_after_first_retrieval: bool = False,
+        max_buffered_bytes: int | None = default_max_buffered_bytes,
     ) -> None:
+        if max_event_buffer_size < 1:
+            raise ValueError("max_event_buffer_size must be at least 1")
+        if max_categories < 1:
+            raise ValueError("max_categories must be at least 1")
+        if max_buffered_bytes is not None and max_buffered_bytes < 1:
+            raise ValueError("max_buffered_bytes must be None or at least 1")
+        self.max_buffered_bytes = max_buffered_bytes
         self.max_event_buffer_size = max_event_buffer_size
+        self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
+        self.delete_event_after_first_retrieval = delete_event_after_first_retrieval
         self._ttl_ms = (
-            None if event_time_to_live_seconds is None
-            else int(event_time_to_live_seconds * 1000)
+            None if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
         )
+        self._lock = _RLock()
+        #: Least recently published to first.
         self._buffers: dict[str, EventBuffer] = {}
+        #: The newest event of each category pushed out by ``max_categories``, for the gap
+        #: signal; as many as ``max_categories`` at most, the oldest forgotten first.
+        self._forgotten: dict[str, Floor] = {}
+        #: Events and bytes held in every buffer.
+        self._held = 0
+        self._bytes = 0
+        #: ``(seq, category)`` of the events held, oldest first (and some gone since):
+        #: what ``max_buffered_bytes`` drops first.
+        self._order: deque[tuple[int, str]] = deque()
+        self._watched: dict[str, int] = {}
+        #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
+        self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
+        self._listener: Listener | None = None
+        #: The position of the newest event: timestamps never go back, and the sequence
+        #: numbers every event across every category in publish order.
         self._last_timestamp = 0
-        #: Publish order across every category: a cursor means the same in all of them.
         self._last_seq = 0
         self._next_sweep = 0
         self._persister = persister
         if persister is not None:
             self._restore(persister.load())
 
-    def append(self, category: str, data: Any, keep: bool = True) -> Event:
-        """Make the next event of *category* and store it (unless *keep* is false).
+    def bind(self, listener: Listener) -> None:
+        self._listener = listener
 
-        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
-        :raises TypeError: if *data* cannot be encoded as JSON.
-        """
-        if category not in self._buffers and len(self._buffers) >= self.max_categories:
-            self.sweep()  # expired categories may make room
-            if len(self._buffers) >= self.max_categories:
-                raise CapacityExceeded(
-                    f"{self.max_categories} categories hold events already (max_categories)"
-                )
-        # Monotonic across every category: (timestamp, publish order) never disagree.
-        timestamp = max(now_ms(), self._last_timestamp)
-        event = Event(timestamp, category, str(uuid.uuid4()), data)
-        event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
-        self._last_timestamp = timestamp
-        self._last_seq += 1
-        if keep:
-            buffer = self._buffers.get(category)
-            if buffer is None:
-                buffer = self._buffers[category] = EventBuffer(self.max_event_buffer_size)
-            buffer.append(event, self._last_seq)
-        persister = self._persister
-        if persister is not None:
-            persister.append(event)
-            if persister.wants_compaction:
-                persister.compact(self.all_events())
-        self.sweep(timestamp)
-        return event
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
+        with self._lock:
+            if idempotency_key is not None:
+                known = self._remembered(category, idempotency_key)
+                if known is not None:
+                    return known
+            timestamp = max(now_ms(), self._last_timestamp)
+            event = Event(timestamp, category, str(uuid.uuid4()), data)
+            event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
+            event = event.compact()  # and keep that form alone
+            if category not in self._buffers and len(self._buffers) >= self.max_categories:
+                self.sweep()  # expired categories may make room
+                if len(self._buffers) >= self.max_categories:
+                    self._push_out_idle_category()
+            buffer = self._buffers.pop(category, None)  # back in last: used most recently
+            self._last_timestamp = timestamp
+            self._last_seq += 1
+            watched = category in self._watched
+            if buffer is None and not (watched and self.delete_event_after_first_retrieval):
+                buffer = EventBuffer(self.max_event_buffer_size)
+                buffer.floor = self._forgotten.pop(category, None)
+            if buffer is not None:
+                self._buffers[category] = buffer
+                if not (watched and self.delete_event_after_first_retrieval):
+                    self._store(buffer, event, self._last_seq)
+            persister = self._persister
+            if persister is not None:
+                persister.append(event)
+                if persister.wants_compaction:
+                    persister.compact(self.all_events())
+            self.sweep(timestamp)
+            if watched and self._listener is not None:
+                self._listener([((timestamp, self._last_seq), event)])
+            if idempotency_key is not None:
+                expires = timestamp + int(self.idempotency_window_seconds * 1000)
+                self._keys[category, idempotency_key] = (expires, event)
+            return event
+
+    def _remembered(self, category: str, key: str) -> Event | None:
+        """The event stored with *key* in *category* within the window, if any."""
+        keys = self._keys
+        now = now_ms()
+        # Every key lives as long as the window: the oldest expire first.
+        while keys and (
+            next(iter(keys.values()))[0] < now or len(keys) > self.max_idempotency_keys
+        ):
+            del keys[next(iter(keys))]
+        known = keys.get((category, key))
+        return None if known is None else known[1]
+
+    def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        buffer.append(event, seq)
+        self._held += len(buffer) - held
+        self._bytes += buffer.size_bytes - size
+        self._order.append((seq, event.category))
+        if self.max_buffered_bytes is not None:
+            while self._bytes > self.max_buffered_bytes and self._order:
+                self._drop_oldest_of_all()
+        if len(self._order) > 2 * self._held + 1024:  # mostly gone: start again
+            self._order = deque(sorted(
+                (seq, category)
+                for category, buffer in self._buffers.items()
+                for (_, seq), _ in buffer.entries_after_seq(0)
+            ))
+
+    def _drop_oldest_of_all(self) -> None:
+        seq, category = self._order.popleft()
+        buffer = self._buffers.get(category)
+        if buffer is not None and buffer.oldest_seq() == seq:
+            held, size = len(buffer), buffer.size_bytes
+            buffer.drop_oldest(1)
+            self._held += len(buffer) - held
+            self._bytes += buffer.size_bytes - size
+
+    def _push_out_idle_category(self) -> None:
+        """Forget the category published to least recently that nobody watches."""
+        for category in self._buffers:
+            if category not in self._watched:
+                break
+        else:
+            raise CapacityExceeded(
+                f"{self.max_categories} categories hold events and have subscribers "
+                "waiting (max_categories)"
+            )
+        buffer = self._buffers.pop(category)
+        self._held -= len(buffer)
+        self._bytes -= buffer.size_bytes
+        newest = buffer.newest()
+        if newest is not None:
+            self._forgotten[category] = newest
+            if len(self._forgotten) > self.max_categories:
+                del self._forgotten[next(iter(self._forgotten))]
+        logger.debug("max_categories: pushed out %r, the category idle longest", category)
 
     def read(
-        self,
-        categories: Sequence[str],
-        since_time: int,
-        last_id: str | None,
-        delete: bool = False,
-    ) -> tuple[list[Event], list[Gap]]:
-        """The events after the cursor in *categories*, in publish order, and the gaps.
-
-        A :class:`Gap` names each category that dropped events the cursor had not seen.
-        With *delete*, the events returned are removed from their buffers.
-        """
-        self.sweep()
-        buffers = []
-        for category in categories:
-            buffer = self._buffers.get(category)
-            if buffer is not None:
-                if self._ttl_ms is not None:
-                    buffer.expire(now_ms() - self._ttl_ms)
-                buffers.append((category, buffer))
-        last_seq = None
-        if last_id is not None:
-            for _, buffer in buffers:
-                last_seq = buffer.seq_of(last_id)
-                if last_seq is not None:
-                    break
-        gaps = []
-        found: list[tuple[EventBuffer, list[Event]]] = []
-        for category, buffer in buffers:
-            if buffer.missed(since_time, last_id, last_seq):
-                assert buffer.floor is not None
-                gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
-            events = buffer.after(since_time, last_id, last_seq)
-            if events:
-                found.append((buffer, events))
-        if not found:
-            return [], gaps
-        if len(found) == 1:
-            result = found[0][1]
-        else:  # several categories: merge in publish order
-            numbered = [
-                (buffer.seq_of(event.id), event) for buffer, events in found for event in events
+        self, categories: Sequence[str], since_time: int | None, last_id: str | None
+    ) -> ReadResult:
+        with self._lock:
+            self.sweep()
+            now = (self._last_timestamp, self._last_seq)
+            if since_time is None:
+                return ReadResult(position=now)
+            buffers = self._live_buffers(categories)
+            last_seq = None
+            if last_id is not None:
+                for _, buffer in buffers:
+                    last_seq = buffer.seq_of(last_id)
+                    if last_seq is not None:
+                        break
+            gaps = [
+                Gap(category, floor.timestamp, floor.id)
+                for category in categories
+                if (floor := self._forgotten.get(category)) is not None
+                and missed(floor, since_time, last_id, last_seq)
             ]
-            numbered.sort(key=itemgetter(0))
-            result = [event for _, event in numbered]
-        if delete:
-            for buffer, events in found:
-                buffer.drop_newest(len(events))
-        return result, gaps
+            found: list[tuple[EventBuffer, list[tuple[Position, Event]]]] = []
+            for category, buffer in buffers:
+                if buffer.missed(since_time, last_id, last_seq):
+                    assert buffer.floor is not None
+                    gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
+                entries = buffer.entries_after(since_time, last_id, last_seq)
+                if entries:
+                    found.append((buffer, entries))
+            if self.delete_event_after_first_retrieval:
+                for buffer, entries in found:
+                    self._drop_newest(buffer, len(entries))
+            merged = merge_by_position([entries for _, entries in found])
+            position = now if since_time <= now[0] else (since_time, _LAST)
+            return ReadResult([event for _, event in merged], gaps, position)
 
     def events(self, category: str) -> list[Event]:
-        """The events *category* holds now, oldest first (expired ones left out)."""
-        self.sweep()
-        buffer = self._buffers.get(category)
-        if buffer is None:
-            return []
-        if self._ttl_ms is not None:
-            buffer.expire(now_ms() - self._ttl_ms)
-        return buffer.events()
-
-    def seq_of(self, event: Event) -> int | None:
-        """The publish number of a buffered *event*: events sort by it in publish order."""
-        buffer = self._buffers.get(event.category)
-        return None if buffer is None else buffer.seq_of(event.id)
+        with self._lock:
+            buffers = self._live_buffers((category,))
+            return buffers[0][1].events() if buffers else []
 
     def counts(self) -> tuple[int, int]:
-        """``(categories, buffered events)``."""
-        return len(self._buffers), sum(len(buffer) for buffer in self._buffers.values())
+        with self._lock:
+            return len(self._buffers), self._held
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes of the events held (their JSON form), across every category."""
+        return self._bytes
+
+    def check(self) -> None:
+        if self._persister is not None:
+            self._persister.check()
+
+    def watch(self, categories: Sequence[str], after: Position) -> None:
+        with self._lock:
+            for category in categories:
+                self._watched[category] = self._watched.get(category, 0) + 1
+            # Catch up: what was published between the watcher's read and now.
+            found = [
+                (buffer, buffer.entries_after_seq(after[1]))
+                for _, buffer in self._live_buffers(categories)
+            ]
+            found = [(buffer, entries) for buffer, entries in found if entries]
+            if not found:
+                return
+            if self.delete_event_after_first_retrieval:
+                for buffer, entries in found:
+                    self._drop_newest(buffer, len(entries))
+            if self._listener is not None:
+                self._listener(merge_by_position([entries for _, entries in found]))
+
+    def unwatch(self, categories: Sequence[str]) -> None:
+        with self._lock:
+            for category in categories:
+                count = self._watched.get(category, 0) - 1
+                if count > 0:
+                    self._watched[category] = count
+                else:
+                    self._watched.pop(category, None)
+
+    def close(self) -> None:
+        """Close the persister, which writes out every event it was given."""
+        if self._persister is not None:
+            self._persister.close()
+
+    # -- housekeeping -----------------------------------------------------------------
 
     def sweep(self, now: int | None = None) -> None:
         """Drop expired events and forget categories empty for a whole time to live.
@@ -216,33 +332,51 @@ class MemoryEngine:
             return
         if now is None:
             now = now_ms()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + self.sweep_interval_ms
-        cutoff = now - self._ttl_ms
-        forget = cutoff - self._ttl_ms
-        for category in list(self._buffers):
-            buffer = self._buffers[category]
-            buffer.expire(cutoff)
-            # An empty category is forgotten once it has been empty for a whole time to
-            # live; until then it remembers what it dropped, for the gap signal.
-            if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
-                del self._buffers[category]
+        with self._lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self.sweep_interval_ms
+            cutoff = now - self._ttl_ms
+            forget = cutoff - self._ttl_ms
+            for category in list(self._buffers):
+                buffer = self._buffers[category]
+                self._expire(buffer, cutoff)
+                # An empty category is forgotten once it has been empty for a whole time
+                # to live; until then it remembers what it dropped, for the gap signal.
+                if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
+                    del self._buffers[category]
 
     def all_events(self) -> list[Event]:
         """Every buffered event, in publish order."""
-        numbered = [
-            (buffer.seq_of(event.id), event)
-            for buffer in self._buffers.values()
-            for event in buffer.events()
-        ]
-        numbered.sort(key=itemgetter(0))
-        return [event for _, event in numbered]
+        with self._lock:
+            merged = merge_by_position(
+                [buffer.entries_after_seq(0) for buffer in self._buffers.values()]
+            )
+            return [event for _, event in merged]
 
-    def close(self) -> None:
-        """Close the persister, which writes out every event it was given."""
-        if self._persister is not None:
-            self._persister.close()
+    def _live_buffers(self, categories: Iterable[str]) -> list[tuple[str, EventBuffer]]:
+        """The buffers of *categories* that exist, with their expired events dropped."""
+        cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
+        buffers = []
+        for category in categories:
+            buffer = self._buffers.get(category)
+            if buffer is not None:
+                if cutoff is not None:
+                    self._expire(buffer, cutoff)
+                buffers.append((category, buffer))
+        return buffers
+
+    def _expire(self, buffer: EventBuffer, cutoff: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        if buffer.expire(cutoff):
+            self._held += len(buffer) - held
+            self._bytes += buffer.size_bytes - size
+
+    def _drop_newest(self, buffer: EventBuffer, count: int) -> None:
+        held, size = len(buffer), buffer.size_bytes
+        buffer.drop_newest(count)
+        self._held += len(buffer) - held
+        self._bytes += buffer.size_bytes - size
 
     def _restore(self, events: Iterable[Event]) -> None:
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
@@ -255,7 +389,7 @@ class MemoryEngine:
                     buffer = self._buffers[event.category] = EventBuffer(
                         self.max_event_buffer_size
                     )
-                buffer.append(event, self._last_seq)
+                self._store(buffer, event.compact(), self._last_seq)
             self._last_timestamp = max(self._last_timestamp, event.timestamp)
         if self._persister is not None:
             self._persister.compact(self.all_events())

@@ -24,6 +24,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
+from ..errors import StorageUnavailable
 from ..event import Event
 
 __all__ = ["FilePersister"]
@@ -180,6 +181,8 @@ class FilePersister:
         self._writer_has_deadline = False
         self._wakeups: Any = _SimpleQueue()
         self._closed = False
+        #: The error of the last write, while writes fail.
+        self._write_error: OSError | None = None
         self._finished = _allocate_lock()  # held while the writer thread runs
         self._finished.acquire()
         try:
@@ -302,6 +305,12 @@ class FilePersister:
         """Whether :meth:`close` has been called."""
         return self._closed
 
+    def check(self) -> None:
+        """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` while writes fail."""
+        error = self._write_error
+        if error is not None:
+            raise StorageUnavailable(f"{self}: cannot write: {error}")
+
     # -- the writer thread --------------------------------------------------------------
 
     def _send(self, command: _Command) -> None:
@@ -399,7 +408,9 @@ class FilePersister:
             logger.exception(
                 "%s: cannot write %d bytes; they are kept and retried", self, len(buffer)
             )
+            self._write_error = error
             return error
+        self._write_error = None
         return None
 
     def _compact(self, events: list[Event]) -> bool:

@@ -21,6 +21,7 @@ shared counter); Redis 6.2+ and Valkey are.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import random
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 import redis
@@ -38,24 +39,20 @@ from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event, Gap, encode_json
-from .memory import CapacityExceeded, StorageUnavailable
+from .base import Engine, Listener, Position, ReadResult, merge_by_position
 
-if TYPE_CHECKING:
-    from ..manager import LongpollManager
-
-__all__ = ["RedisEngine", "event_id", "stream_position"]
+__all__ = ["RedisEngine", "cut_batch", "event_id", "stream_position"]
 
 logger = logging.getLogger(__name__)
 
 _start_new_thread = get_original("_thread", "start_new_thread")
+_allocate_lock = get_original("_thread", "allocate_lock")
 _real_sleep = get_original("time", "sleep")
 _ThreadEvent = get_original("threading", "Event")
 
 T = TypeVar("T")
-
-#: A stream position ``(ms, seq)``; ``(0, 0)`` is before every event.
-Position = tuple[int, int]
 
 _SEQ_BITS = 62
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
@@ -72,16 +69,31 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: counter hash, category set, stream, floor.
-# ARGV: category, data, buffer size, time to live in ms (0: none), max categories.
+# KEYS: counter hash, category set, stream, floor, idempotency key.
+# ARGV: category, data, buffer size, time to live in ms (0: none), max categories,
+#       prefix of the streams, prefix of the floors, idempotency window in ms.
 _PUBLISH = _EXPIRE + """
+local known = redis.call('GET', KEYS[5])
+if known then return known end
 local ttl = tonumber(ARGV[4])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   if ttl > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
   end
   if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-    return redis.error_reply('CAPACITY')
+    -- push out the category published to least recently; its floor keeps the gap signal
+    local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    local stream = ARGV[6] .. idle
+    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if #newest > 0 then
+      if ttl > 0 then
+        redis.call('SET', ARGV[7] .. idle, newest[1][1], 'PX', 2 * ttl)
+      else
+        redis.call('SET', ARGV[7] .. idle, newest[1][1])
+      end
+    end
+    redis.call('DEL', stream)
+    redis.call('ZREM', KEYS[2], idle)
   end
 end
 local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
@@ -103,6 +115,7 @@ local id = string.format('%d-%d', ms, seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', size, id, 'd', ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[3], 2 * ttl) end
 redis.call('ZADD', KEYS[2], clock, ARGV[1])
+redis.call('SET', KEYS[5], id, 'PX', ARGV[8])
 return id
 """
 
@@ -175,7 +188,7 @@ def _in_hub_greenlet() -> bool:
     return get_hub_if_exists() is not None and gevent.getcurrent().parent is not None
 
 
-class RedisEngine:
+class RedisEngine(Engine):
     """Events in Redis Streams, one stream per category, shared by many processes.
 
     :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``; its query may set
@@ -185,7 +198,8 @@ class RedisEngine:
     :param event_time_to_live_seconds: events older than this are trimmed (``MINID``)
         and never served; ``None`` keeps them.
     :param max_categories: how many categories may hold events at once, across every
-        process that shares the prefix.
+        process that shares the prefix; a new one beyond pushes out the category
+        published to least recently.
     """
 
     #: Seconds a Redis command may take before it fails with :class:`StorageUnavailable`.
@@ -206,7 +220,9 @@ class RedisEngine:
         self.url = url
         self.key_prefix = key_prefix
         self.max_event_buffer_size = max_event_buffer_size
+        self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
+        self._listener: Listener | None = None
         self._ttl_ms = (
             0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
         )
@@ -216,6 +232,7 @@ class RedisEngine:
         self._categories_key = prefix + b"categories"
         self._stream_prefix = prefix + b"s:"
         self._floor_prefix = prefix + b"f:"
+        self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
         self._publish_script = self._client.register_script(_PUBLISH)
         self._read_script = self._client.register_script(_READ)
@@ -282,37 +299,67 @@ class RedisEngine:
         kwargs = self._client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
-    def append(self, category: str, data: Any) -> Event:
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; return once Redis has acknowledged the ``XADD``.
 
+        A new category beyond ``max_categories`` pushes out the category published to
+        least recently (its floor keeps the gap signal). Every append carries an
+        idempotency key (a fresh one when none is given), so that the client's own retry
+        of a command whose answer was lost cannot store the event twice.
+
         :raises TypeError: if *data* cannot be encoded as JSON.
-        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
-        :raises StorageUnavailable: if Redis cannot be reached or does not answer in time.
+        :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
+        :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
         encoded = encode_json(data)
+        if idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+        key = self._idempotency_prefix + hashlib.sha256(
+            category.encode("utf-8", "surrogateescape") + b"\0"
+            + idempotency_key.encode("utf-8", "surrogateescape")
+        ).hexdigest().encode("ascii")
         keys = [self._counter_key, self._categories_key, self.stream_key(category),
-                self._floor_key(category)]
+                self._floor_key(category), key]
         args = [category.encode("utf-8", "surrogateescape"), encoded,
-                self.max_event_buffer_size, self._ttl_ms, self.max_categories]
+                self.max_event_buffer_size, self._ttl_ms, self.max_categories,
+                self._stream_prefix, self._floor_prefix,
+                int(self.idempotency_window_seconds * 1000)]
         try:
             entry_id = self._call(self._publish_script, keys, args)
-        except redis.ResponseError as error:
-            if str(error).startswith("CAPACITY"):
-                raise CapacityExceeded(
-                    f"{self.max_categories} categories hold events already (max_categories)"
-                ) from None
+        except StorageUnavailable as error:
+            # Failing to connect is "not published"; a command sent and not answered, or
+            # a connection lost while waiting for the answer, may have been carried out.
+            if "connecting to" not in str(error.__cause__):
+                raise OutcomeUnknown(
+                    f"Redis at {self._safe_url()} did not confirm the event in time: it may "
+                    "have been published"
+                ) from error.__cause__
             raise
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), data)
 
+    def bind(self, listener: Listener) -> None:
+        self._listener = listener
+
     def read(
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
-    ) -> tuple[list[Event], list[Gap], Position]:
-        """The events after the cursor in *categories*, in publish order, the gaps, and
-        the position of the newest event published anywhere (the cursor "now").
+    ) -> ReadResult:
+        if since_time is None:
+            # "Now" is where the reader stands in every category it follows already: no
+            # round trip for the thousands of subscribers that park on a busy category.
+            reader = self._reader
+            now = None if reader is None else reader.newest_position(categories)
+            if now is None:
+                now = self._read(categories, None, None)[2]
+            return ReadResult(position=now)
+        events, gaps, now = self._read(categories, since_time, last_id)
+        return ReadResult(events, gaps, max(now, self.start_position(since_time, last_id)))
 
-        Without *since_time*, no events are read: only "now" is asked for.
-        """
+    def _read(
+        self, categories: Sequence[str], since_time: int | None, last_id: str | None
+    ) -> tuple[list[Event], list[Gap], Position]:
+        """The events after the cursor, the gaps, and the position of the newest event
+        published anywhere. Without *since_time*, only the position is asked for."""
         if since_time is None:
             categories = ()
             start = (0, 0)
@@ -324,21 +371,20 @@ class RedisEngine:
         first = f"({start[0]}-{start[1]}" if start != (0, 0) else "-"
         reply = self._call(self._read_script, keys, [first, self._ttl_ms, len(categories)])
         now = parse_position(reply[0])
-        events: list[tuple[Position, Event]] = []
+        runs = []
         gaps = []
         for index, category in enumerate(categories):
             entries, floor = reply[1 + 2 * index], reply[2 + 2 * index]
-            for entry_id, fields in entries:
-                event = self.event(category, entry_id, _fields(fields))
-                events.append(((event.timestamp, parse_position(entry_id)[1]), event))
+            runs.append([
+                (parse_position(entry_id), self.event(category, entry_id, _fields(fields)))
+                for entry_id, fields in entries
+            ])
             if floor and since_time is not None and self._missed(
                 parse_position(floor), since_time, last_id
             ):
                 position = parse_position(floor)
                 gaps.append(Gap(category, position[0], event_id(position, self._tag)))
-        if len(categories) > 1:
-            events.sort(key=lambda pair: pair[0])
-        return [event for _, event in events], gaps, now
+        return [event for _, event in merge_by_position(runs)], gaps, now
 
     def _missed(self, floor: Position, since_time: int, last_id: str | None) -> bool:
         """Whether the cursor had not seen the event *floor* (the newest one dropped)."""
@@ -352,8 +398,7 @@ class RedisEngine:
         )
 
     def events(self, category: str) -> list[Event]:
-        """The events *category* holds now, oldest first (expired ones left out)."""
-        return self.read([category], -1, None)[0]
+        return self._read([category], -1, None)[0]
 
     def counts(self) -> tuple[int, int]:
         """``(categories, buffered events)`` across every process sharing the prefix."""
@@ -363,14 +408,32 @@ class RedisEngine:
         )
         return int(reply[0]), int(reply[1])
 
+    def check(self) -> None:
+        self._call(self._client.ping)
+
     # -- the reader -------------------------------------------------------------------
 
-    def follow(self, manager: LongpollManager) -> _Reader:
-        """The reader that wakes *manager*'s waiters; started on first use, per process."""
+    def watch(self, categories: Sequence[str], after: Position) -> None:
+        """Have this process's reader follow *categories* from *after* on.
+
+        Waits (briefly, on Redis) until the reader has taken a position it did not
+        follow yet, so that a new category does not wait for the ``XREAD`` in progress.
+        """
         reader = self._reader
         if reader is None or reader.pid != os.getpid():  # a forked worker gets its own
-            reader = self._reader = _Reader(self, manager)
-        return reader
+            reader = self._reader = _Reader(self)
+        target = reader.watch(categories, after)
+        if target is not None:
+            reader.interrupt(target)
+
+    def unwatch(self, categories: Sequence[str]) -> None:
+        reader = self._reader
+        if reader is not None:
+            reader.unwatch(categories)
+
+    def _deliver(self, batch: list[tuple[Position, Event]]) -> None:
+        if self._listener is not None:
+            self._listener(batch)
 
     def close(self) -> None:
         """Stop the reader and close the connections."""
@@ -387,20 +450,26 @@ def _fields(fields: Any) -> dict[bytes, bytes]:
 
 
 class _Reader:
-    """One per process: blocks in ``XREAD`` on the streams that have local waiters.
+    """One per process: blocks in ``XREAD`` on the streams that have local watchers.
 
-    The manager calls :meth:`track` (with its lock held) when a subscriber starts
-    waiting with a cursor; the reader reads each stream from the oldest cursor waiting
-    on it, hands each event to the waiters whose cursor it follows, and moves them on.
-    A subscriber that registers its cursor before the reader reads cannot miss an event.
+    Each stream is read from the oldest position watched on it. Each ``XREAD`` reply
+    goes to the engine's listener as one batch in position order across streams; when
+    a stream's reply was cut at ``count`` entries, the batch ends at the lowest position
+    such a stream reached, and the rest is read again next time, so that a subscriber
+    of several categories, whose one cursor moves to the newest event handed to it,
+    never skips an event another stream holds below that cursor.
     """
 
-    def __init__(self, engine: RedisEngine, manager: LongpollManager) -> None:
+    #: Entries read per stream in one ``XREAD``.
+    count = 1000
+
+    def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
-        self.manager = manager
         self.pid = os.getpid()
-        #: For each stream with waiters, the position the next ``XREAD`` starts after.
-        self.positions: dict[str, Position] = {}
+        self._lock = _allocate_lock()
+        #: For each watched stream, the position the next ``XREAD`` starts after.
+        self._positions: dict[str, Position] = {}
+        self._watchers: dict[str, int] = {}
         self._generation = 0
         self._stopped = False
         self._started = False
@@ -410,31 +479,48 @@ class _Reader:
         self._patched = is_module_patched("socket")
         self._work: Any = GeventEvent() if self._patched else _ThreadEvent()
 
-    # Called with the manager's lock held.
-    def track(self, categories: Sequence[str], cursor: Position) -> int | None:
-        """Read *categories* from *cursor* on.
+    def newest_position(self, categories: Sequence[str]) -> Position | None:
+        """The newest position read in *categories*, if every one of them is followed."""
+        with self._lock:
+            known = [self._positions.get(category) for category in categories]
+        if None in known:
+            return None
+        return max(known)  # type: ignore[type-var]
+
+    def watch(self, categories: Sequence[str], after: Position) -> int | None:
+        """Follow *categories* from *after* on.
 
         :returns: ``None``, or the generation the reader must reach (see :meth:`interrupt`)
             for the new positions to be read.
         """
         restart = False
-        for category in categories:
-            known = self.positions.get(category)
-            if known is None or cursor < known:
-                self.positions[category] = cursor
-                restart = True
-        if not self._started:
+        with self._lock:
+            for category in categories:
+                self._watchers[category] = self._watchers.get(category, 0) + 1
+                known = self._positions.get(category)
+                if known is None or after < known:
+                    self._positions[category] = after
+                    restart = True
+            target = self._generation + 1 if restart else None
+            start = not self._started
             self._started = True
+        if start:
             if self._patched:
                 gevent.spawn(self._run)
             else:
                 _start_new_thread(self._run, ())
         self._work.set()
-        return self._generation + 1 if restart else None
+        return target
 
-    # Called with the manager's lock held.
-    def untrack(self, category: str) -> None:
-        self.positions.pop(category, None)
+    def unwatch(self, categories: Sequence[str]) -> None:
+        with self._lock:
+            for category in categories:
+                count = self._watchers.get(category, 0) - 1
+                if count > 0:
+                    self._watchers[category] = count
+                else:
+                    self._watchers.pop(category, None)
+                    self._positions.pop(category, None)
 
     def interrupt(self, target: int) -> None:
         """End the ``XREAD`` in progress until the reader has reached generation *target*
@@ -480,38 +566,56 @@ class _Reader:
         self._client.close()
 
     def _read_once(self) -> None:
-        manager = self.manager
-        with manager._lock:
+        engine = self.engine
+        with self._lock:
             self._generation += 1
-            streams: dict[Any, Any] = {
-                self.engine.stream_key(category): f"{ms}-{seq}"
-                for category, (ms, seq) in self.positions.items()
-            }
-            if not streams:
+            starts = dict(self._positions)
+            if not starts:
                 self._work.clear()
-        if not streams:
+        if not starts:
             self._work.wait(1.0)
             return
-        reply: Any = self._client.xread(streams, count=1000, block=self.engine.block_ms)
+        streams: dict[Any, Any] = {
+            engine.stream_key(category): f"{ms}-{seq}" for category, (ms, seq) in starts.items()
+        }
+        reply: Any = self._client.xread(streams, count=self.count, block=engine.block_ms)
         if not reply:
             return
-        with manager._lock:
-            woken: dict[Any, list[Any]] = {}
-            for stream_key, entries in reply:
-                category = self.engine.category_of(stream_key)
-                last = parse_position(entries[-1][0])
-                if self.positions.get(category) == parse_position(streams[stream_key]):
-                    self.positions[category] = last
-                waiters = manager._waiters.get(category)
-                if not waiters:
-                    continue
-                events = [
-                    (parse_position(entry_id), self.engine.event(category, entry_id, fields))
-                    for entry_id, fields in entries
-                ]
-                manager._deliver_after(events, waiters, woken)
-        if woken:
-            manager._schedule_wake(woken)
+        runs = {}
+        for stream_key, entries in reply:
+            category = engine.category_of(stream_key)
+            runs[category] = [
+                (parse_position(entry_id), engine.event(category, entry_id, fields))
+                for entry_id, fields in entries
+            ]
+        batch, reached = cut_batch(runs, self.count)
+        with self._lock:
+            # Move on only where nobody asked for an older position meanwhile.
+            for category, position in reached.items():
+                if self._positions.get(category) == starts[category]:
+                    self._positions[category] = position
+        if batch:
+            engine._deliver(batch)
+
+
+def cut_batch(
+    runs: dict[str, list[tuple[Position, Event]]], count: int
+) -> tuple[list[tuple[Position, Event]], dict[str, Position]]:
+    """One ``XREAD`` reply as a batch in position order, and where each stream got to.
+
+    A stream that returned *count* entries may hold more: the batch stops at the lowest
+    position such a stream reached, so that nothing below the batch's end is missing.
+    """
+    cut = min((run[-1][0] for run in runs.values() if len(run) >= count), default=None)
+    reached = {}
+    kept = []
+    for category, run in runs.items():
+        if cut is not None:
+            run = [entry for entry in run if entry[0] <= cut]
+        if run:
+            reached[category] = run[-1][0]
+            kept.append(run)
+    return merge_by_position(kept), reached
 
 
 def _sleep(seconds: float) -> None:

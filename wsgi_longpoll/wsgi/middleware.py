@@ -16,8 +16,15 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
-from ..manager import CapacityExceeded, LongpollManager, ManagerClosed, StorageUnavailable
+from ..manager import (
+    CapacityExceeded,
+    LongpollManager,
+    ManagerClosed,
+    OutcomeUnknown,
+    StorageUnavailable,
+)
 from ..protocol import (
+    OUTCOME_UNKNOWN_ERROR,
     PUBLISH_BODY_ERROR,
     PUBLISH_METHOD_ERROR,
     PUBLISH_SUCCESS_BODY,
@@ -26,6 +33,7 @@ from ..protocol import (
     error_body,
     events_body,
     now_ms,
+    parse_idempotency_key,
     parse_publish_body,
     parse_subscribe_query,
     timeout_body,
@@ -239,7 +247,8 @@ class LongpollMiddleware:
                             error_body(PUBLISH_METHOD_ERROR))
         try:
             request = parse_publish_body(body)
-            self.manager.publish(request.category, request.data)
+            key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            self.manager.publish(request.category, request.data, idempotency_key=key)
         except ProtocolError as error:
             return _respond(start_response, "400 Bad Request", _JSON_HEADERS,
                             error_body(str(error)))
@@ -248,6 +257,10 @@ class LongpollMiddleware:
                             error_body("The server is shutting down."))
         except CapacityExceeded as error:
             return _busy(start_response, _JSON_HEADERS, error)
+        except OutcomeUnknown as error:
+            logger.error("answering 504: %s", error)
+            return _respond(start_response, "504 Gateway Timeout", _JSON_HEADERS,
+                            error_body(OUTCOME_UNKNOWN_ERROR))
         except StorageUnavailable as error:
             return _unavailable(start_response, _JSON_HEADERS, error)
         return _respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from werkzeug.wrappers import Request, Response
 
-from ..manager import LongpollManager, ManagerStats
+from ..manager import LongpollManager, ManagerClosed, ManagerStats, StorageUnavailable
 from ..protocol import error_body
 from .middleware import Hook
 
@@ -106,7 +106,10 @@ class MonitoringMiddleware:
     - *metrics_path*: the same in the Prometheus text format, names prefixed
       ``wsgi_longpoll_`` (counters end in ``_total``).
     - *health_path*: ``200 {"status": "ok"}`` while the manager takes events,
-      ``503 {"status": "closed"}`` (with ``Retry-After``) once it is closed.
+      ``503 {"status": "closed"}`` (with ``Retry-After``) once it is closed, and
+      ``503 {"status": "unavailable", "error": "..."}`` while its engine cannot store
+      events (Redis unreachable, persister writes failing). The statistics answer
+      ``503`` with a JSON error while the engine cannot be read.
 
     The statistics tell an outsider how busy the service is: keep their paths behind the
     proxy, or guard them with *before_stats* (e.g. :func:`wsgi_longpoll.auth.bearer_token`).
@@ -168,7 +171,12 @@ class MonitoringMiddleware:
                                 error_body("Forbidden: rejected by the server's hook."))
             if verdict is not True:
                 raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
-        stats = self.manager.stats()
+        try:
+            stats = self.manager.stats()
+        except StorageUnavailable as error:
+            return _respond(environ, start_response, "503 Service Unavailable",
+                            [*_JSON_HEADERS, ("Retry-After", "1")],
+                            error_body(f"The statistics are unavailable: {error}"))
         uptime = self.uptime
         if path == self.stats_path:
             body = json.dumps(_stats_document(self.manager, stats, uptime)).encode()
@@ -178,10 +186,16 @@ class MonitoringMiddleware:
                         [("Content-Type", PROMETHEUS_CONTENT_TYPE), *_NO_CACHE], text.encode())
 
     def _health(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        if self.manager.closed:
-            return _respond(environ, start_response, "503 Service Unavailable",
-                            [*_JSON_HEADERS, ("Retry-After", "1")], b'{"status": "closed"}')
-        return _respond(environ, start_response, "200 OK", _JSON_HEADERS, b'{"status": "ok"}')
+        try:
+            self.manager.check()
+        except ManagerClosed:
+            body = b'{"status": "closed"}'
+        except StorageUnavailable as error:
+            body = json.dumps({"status": "unavailable", "error": str(error)}).encode()
+        else:
+            return _respond(environ, start_response, "200 OK", _JSON_HEADERS, b'{"status": "ok"}')
+        return _respond(environ, start_response, "503 Service Unavailable",
+                        [*_JSON_HEADERS, ("Retry-After", "1")], body)
 
 
 def _respond(

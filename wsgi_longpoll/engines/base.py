@@ -1,0 +1,142 @@
+"""The engine interface: what every storage engine does for the manager.
+
+The :class:`~wsgi_longpoll.manager.LongpollManager` validates, counts and keeps the
+subscribers that wait; an engine keeps the events. The two meet here and nowhere else:
+the manager calls the methods of :class:`Engine`, and the engine hands live events back
+through the one :data:`Listener` it was bound to. No engine imports the manager.
+
+Every event has a :data:`Position` in one publish order across all categories, so that
+one cursor ``(since_time, last_id)`` resumes several categories at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..event import Event, Gap
+
+__all__ = ["Engine", "Listener", "Position", "ReadResult", "merge_by_position"]
+
+#: Where an event stands in the publish order: ``(timestamp in ms, sequence number)``.
+#: Positions compare as tuples; ``(0, 0)`` comes before every event.
+Position = tuple[int, int]
+
+#: What an engine calls with live events: ``(position, event)`` pairs in position order
+#: across every category of the batch.
+Listener = Callable[[Sequence[tuple[Position, Event]]], None]
+
+
+def merge_by_position(
+    runs: Iterable[list[tuple[Position, Event]]],
+) -> list[tuple[Position, Event]]:
+    """Merge runs of ``(position, event)`` pairs, each in position order, into one."""
+    runs = [run for run in runs if run]
+    if len(runs) <= 1:
+        return runs[0] if runs else []
+    return list(heapq.merge(*runs, key=_position))
+
+
+def _position(entry: tuple[Position, Event]) -> Position:
+    return entry[0]
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What :meth:`Engine.read` found."""
+
+    #: The events after the cursor, in publish order across the categories read.
+    events: list[Event] = field(default_factory=list)
+    #: A gap for each category that dropped events the cursor had not seen.
+    gaps: list[Gap] = field(default_factory=list)
+    #: Where a subscriber that found nothing waits from: every event published after the
+    #: read has a greater position, and no event at or before it is after the cursor.
+    position: Position = (0, 0)
+
+
+class Engine(ABC):
+    """Where a manager keeps events, and how it learns of new ones.
+
+    Every method is safe to call from any thread or greenlet. :meth:`watch` and
+    :meth:`unwatch` must never block; the others may wait for storage (Redis), and raise
+    :class:`~wsgi_longpoll.errors.StorageUnavailable` when it cannot be reached.
+
+    Live delivery: after :meth:`bind`, the engine calls the listener with every event
+    published (by this process or, for a shared engine, any other) in a category that is
+    watched, each event after the position its watchers asked for, in position order
+    within each call. Calls never overlap, and a later call never carries a position
+    lower than an earlier call carried for the same category, except to catch up a new
+    watch: a listener that keeps a cursor per subscriber and skips what is not after it
+    sees every event once.
+    """
+
+    #: Events kept per category; the oldest go first.
+    max_event_buffer_size: int
+    #: Events older than this (seconds) are dropped; ``None`` keeps them.
+    event_time_to_live_seconds: float | None
+    #: How many categories may hold events at once.
+    max_categories: int
+
+    @abstractmethod
+    def bind(self, listener: Listener) -> None:
+        """Hand live events to *listener* from now on (one listener per engine)."""
+
+    #: How long an idempotency key is remembered, in seconds.
+    idempotency_window_seconds: float = 300.0
+
+    @abstractmethod
+    def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
+        """Store a new event of *category* and return it, with its id and timestamp.
+
+        The event is stored (or handed to the listener, when the engine does not keep
+        events that are served at once) when this returns. With *idempotency_key*, an
+        append to the same category with the same key within
+        :attr:`idempotency_window_seconds` stores nothing and returns the event the first
+        one stored, so that a publisher can retry safely.
+
+        :raises TypeError: if *data* cannot be encoded as JSON.
+        :raises ValueError: for a value JSON cannot hold (NaN, infinities).
+        :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises StorageUnavailable: if the event could not be stored; it was not published.
+        :raises OutcomeUnknown: if the store did not confirm in time; it may be published.
+        """
+
+    @abstractmethod
+    def read(
+        self, categories: Sequence[str], since_time: int | None, last_id: str | None
+    ) -> ReadResult:
+        """The events after the cursor ``(since_time, last_id)`` in *categories*.
+
+        Without *since_time*, no events: only the position to wait from ("now").
+        """
+
+    @abstractmethod
+    def events(self, category: str) -> list[Event]:
+        """The events *category* holds now, oldest first (expired ones left out)."""
+
+    @abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """``(categories that hold events, events held)``."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Make sure that events can be stored now (for health checks).
+
+        :raises StorageUnavailable: naming what fails (Redis unreachable, a failed disk).
+        """
+
+    @abstractmethod
+    def watch(self, categories: Sequence[str], after: Position) -> None:
+        """Deliver the events of *categories* after *after* to the listener, now and as
+        they come, until a matching :meth:`unwatch`. Watches are counted per category."""
+
+    @abstractmethod
+    def unwatch(self, categories: Sequence[str]) -> None:
+        """End one :meth:`watch` of *categories*."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections, threads and files; write out what must be written."""
