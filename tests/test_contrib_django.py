@@ -141,7 +141,7 @@ def test_subscribe_authorized_by_logged_in_user(project: None) -> None:
     assert answer.json()["timeout"] == "no events before timeout"
     refused = subscribe(ann, "category=user-bob")
     assert refused.status_code == 403
-    assert refused.content == b'{"error": "Forbidden: rejected by the server\'s hook."}'
+    assert refused.content == b'{"error": "Forbidden: not authorized for this category."}'
 
 
 def test_every_category_of_categories_is_asked(project: None) -> None:
@@ -318,3 +318,16 @@ def test_long_poll_over_gevent_server(project: None, monkeypatch: pytest.MonkeyP
         bob.close()
     assert not _common._warned  # served in gevent greenlets: no warning
 
+
+
+def test_event_stream_is_streamed_and_authorized(project: None) -> None:
+    ann = client("ann")
+    ann.get("/notify/ann?text=streamed")
+    accept = {"HTTP_ACCEPT": "text/event-stream"}
+    assert ann.get("/longpoll/events?category=user-bob&timeout=1", **accept).status_code == 403
+    answer = ann.get("/longpoll/events?category=user-ann&timeout=1&since_time=1", **accept)
+    assert answer.status_code == 200 and answer.streaming
+    assert answer["Content-Type"].startswith("text/event-stream")
+    first = next(iter(answer.streaming_content))
+    assert b'"text":"streamed"' in first
+    answer.close()

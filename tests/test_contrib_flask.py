@@ -108,7 +108,7 @@ def test_subscribe_authorized_by_session_user(client: TestApp) -> None:
     client.post("/login/ann")
     assert subscribe(client, category="user-ann").json["timeout"] == "no events before timeout"
     refused = subscribe(client, 403, category="user-bob")
-    assert refused.body == b'{"error": "Forbidden: rejected by the server\'s hook."}'
+    assert refused.body == b'{"error": "Forbidden: not authorized for this category."}'
 
 
 def test_every_category_of_categories_is_authorized(client: TestApp) -> None:
@@ -284,3 +284,22 @@ def test_flask_login_current_user_in_the_callbacks() -> None:
     events = client.get("/events?category=user-7&timeout=1&since_time=1").json["events"]
     assert [event["data"] for event in events] == ["to myself"]
     client.get("/events?category=user-8&timeout=1", status=403)
+
+
+def test_event_stream_is_streamed_and_authorized(client: TestApp) -> None:
+    """A Server-Sent Events subscribe is the middleware's stream, passed on as it comes."""
+    client.post("/login/ann")
+    client.post_json("/notify/ann", {"text": "one"})
+    headers = {"Accept": "text/event-stream"}
+    client.get("/events?category=user-bob&timeout=1", headers=headers, status=403)
+    flask_client = client.app.test_client()
+    with flask_client.session_transaction() as session_:
+        session_["user"] = "ann"
+    answer = flask_client.get("/events?category=user-ann&timeout=1&since_time=1",
+                              headers=headers, buffered=False)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    assert answer.is_streamed
+    first = next(iter(answer.response))
+    assert b'"text":"one"' in first
+    answer.close()

@@ -2,23 +2,20 @@
 
 The views of :mod:`~wsgi_longpoll.contrib.flask` and :mod:`~wsgi_longpoll.contrib.django`
 hand the request to a :class:`~wsgi_longpoll.LongpollMiddleware`, so that their answers
-(bodies, statuses, headers, validation order) are the middleware's byte for byte, and add
-authorization hooks that see each category a request names.
+(bodies, statuses, headers, validation order, Server-Sent Events streams) are the
+middleware's byte for byte; its ``authorize_subscribe`` and ``authorize_publish`` ask the
+framework's authorization callbacks about each category.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from werkzeug.wrappers import Request
 
-from ..manager import LongpollManager
-from ..protocol import ProtocolError, parse_publish_body, parse_subscribe_query
-from ..wsgi.middleware import Hook, LongpollMiddleware
+from ..wsgi.middleware import LongpollMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -26,9 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GEVENT_NEEDED",
     "Answer",
-    "publish_hook",
     "run_middleware",
-    "subscribe_hook",
     "verdict",
     "warn_if_not_in_gevent",
 ]
@@ -43,23 +38,49 @@ GEVENT_NEEDED = (
 
 
 class Answer:
-    """A finished WSGI answer: status line, headers and body."""
+    """A WSGI answer: status line, headers, and the body's chunks.
 
-    __slots__ = ("status", "headers", "body")
+    :attr:`streaming` answers (a Server-Sent Events stream, a static file) are iterators
+    the framework must pass on as they come and close; the others are one list.
+    """
 
-    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+    __slots__ = ("status", "headers", "chunks")
+
+    def __init__(
+        self, status: str, headers: list[tuple[str, str]], chunks: Iterable[bytes]
+    ) -> None:
         self.status = status
         self.headers = headers
-        self.body = body
+        self.chunks = chunks
 
     @property
     def status_code(self) -> int:
         """The status as a number."""
         return int(self.status.split(" ", 1)[0])
 
+    @property
+    def reason(self) -> str:
+        """The status line's reason phrase."""
+        return self.status.split(" ", 1)[1]
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the body is an iterator to stream rather than a list of bytes."""
+        return not isinstance(self.chunks, list)
+
+    @property
+    def body(self) -> bytes:
+        """The whole body of an answer that is not :attr:`streaming`."""
+        assert isinstance(self.chunks, list)
+        return b"".join(self.chunks)
+
 
 def run_middleware(middleware: LongpollMiddleware, environ: WSGIEnvironment) -> Answer:
-    """Call *middleware* with *environ* and collect its whole answer."""
+    """Call *middleware* with *environ*; its status and headers are known on return.
+
+    A stream's first chunk is read here, so that a middleware that calls
+    ``start_response`` only when its iterator starts is handled too.
+    """
     started: list[tuple[str, list[tuple[str, str]]]] = []
 
     def start_response(
@@ -69,16 +90,36 @@ def run_middleware(middleware: LongpollMiddleware, environ: WSGIEnvironment) -> 
         return _no_write
 
     chunks: Iterable[bytes] = middleware(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+    if not isinstance(chunks, list) and not started:
+        chunks = _primed(chunks)
     if not started:
         raise RuntimeError("the long-poll middleware answered without calling start_response")
     status, headers = started[0]
-    return Answer(status, headers, body)
+    return Answer(status, headers, chunks)
+
+
+def _primed(chunks: Iterable[bytes]) -> list[bytes] | Iterator[bytes]:
+    iterator = iter(chunks)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        _close(chunks)
+        return []
+    return _chain(first, iterator, chunks)
+
+
+def _chain(first: bytes, rest: Iterator[bytes], original: Iterable[bytes]) -> Iterator[bytes]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        _close(original)
+
+
+def _close(chunks: Iterable[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def _no_write(data: bytes) -> object:
@@ -98,57 +139,6 @@ def verdict(callback: Callable[..., object], *args: object) -> bool:
             f"not {verdict!r}"
         )
     return verdict
-
-
-def subscribe_hook(
-    manager: LongpollManager, max_categories: int, authorize: Callable[[str], bool]
-) -> Hook:
-    """A ``before_subscription`` hook that asks *authorize* about every category named.
-
-    A request the protocol rejects anyway (wrong method, bad query) is let through, so that
-    it gets the protocol's answer; a valid one is refused (403) if *authorize* refuses any
-    of its categories, the repeatable ``categories`` included.
-
-    :param manager: the manager the middleware serves (for its longest timeout).
-    :param max_categories: the middleware's ``max_categories_per_request``.
-    """
-
-    def hook(request: Request) -> bool:
-        if request.method != "GET":
-            return True
-        try:
-            query = parse_subscribe_query(
-                request.environ.get("QUERY_STRING", ""),
-                manager.max_longpoll_timeout_seconds,
-                max_categories,
-            )
-        except ProtocolError:
-            return True
-        return all(verdict(authorize, category) for category in query.categories)
-
-    return hook
-
-
-def publish_hook(authorize: Callable[[str], bool]) -> Hook:
-    """A ``before_publish`` hook that asks *authorize* about the category published to.
-
-    A request the protocol rejects anyway (wrong method, bad body) is let through, so that
-    it gets the protocol's answer.
-    """
-
-    def hook(request: Request) -> bool:
-        if request.method != "POST":
-            return True
-        data = request.get_data(cache=False)
-        # Put the body back for the framework's own request object (flask.request).
-        request.environ["wsgi.input"] = io.BytesIO(data)
-        try:
-            body = parse_publish_body(data)
-        except ProtocolError:
-            return True
-        return verdict(authorize, body.category)
-
-    return hook
 
 
 _warned = False

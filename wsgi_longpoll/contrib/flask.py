@@ -75,13 +75,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from ..event import Event
 from ..manager import LongpollManager
 from ..wsgi.middleware import LongpollMiddleware
-from ._common import (
-    publish_hook,
-    run_middleware,
-    subscribe_hook,
-    verdict,
-    warn_if_not_in_gevent,
-)
+from ._common import run_middleware, verdict, warn_if_not_in_gevent
 
 __all__ = ["LongPoll"]
 
@@ -174,8 +168,8 @@ class LongPoll:
             manager,
             subscription_path,
             publish_path,
-            before_subscription=subscribe_hook(manager, max_categories, self._check_subscribe),
-            before_publish=publish_hook(self._check_publish),
+            authorize_subscribe=self._check_subscribe,
+            authorize_publish=self._check_publish,
             max_body_size=app.config["LONGPOLL_MAX_BODY_SIZE"],
             max_categories_per_request=max_categories,
             client_script_path=script_path,
@@ -240,8 +234,9 @@ class LongPoll:
 
         It runs in the request context (``flask.request``, ``session``, ``g``,
         ``current_user``), once for every category a subscribe names (``category`` and
-        each ``categories``); one ``False`` refuses the whole request with 403. Requests
-        the protocol rejects anyway get the protocol's answer without it being called.
+        each ``categories``), for long polls and Server-Sent Events streams alike; one
+        ``False`` refuses the whole request with 403. Requests the protocol rejects
+        anyway get the protocol's answer without it being called.
         Without a callback every category may be read.
         """
         self._authorize_subscribe = callback
@@ -257,11 +252,11 @@ class LongPoll:
         self._authorize_publish = callback
         return callback
 
-    def _check_subscribe(self, category: str) -> bool:
+    def _check_subscribe(self, request: object, category: str) -> bool:
         callback = self._authorize_subscribe
         return callback is None or verdict(callback, category)
 
-    def _check_publish(self, category: str) -> bool:
+    def _check_publish(self, request: object, category: str) -> bool:
         callback = self._authorize_publish
         return callback is None or verdict(callback, category)
 
@@ -275,5 +270,7 @@ class LongPoll:
         if request.url_rule is not None and environ.get("PATH_INFO") != request.url_rule.rule:
             environ = {**environ, "PATH_INFO": request.url_rule.rule}
         answer = run_middleware(state.middleware, environ)
-        return current_app.response_class(answer.body, status=answer.status,
+        # A Server-Sent Events stream goes on after the view returns, without the
+        # request context (it needs only the manager).
+        return current_app.response_class(answer.chunks, status=answer.status,
                                           headers=answer.headers)

@@ -17,7 +17,7 @@ from gevent.monkey import get_original
 
 from ..errors import CapacityExceeded
 from ..event import Event, Gap
-from ..protocol import now_ms
+from ..protocol import MAX_TIMESTAMP, now_ms
 from .base import Engine, Listener, Position, ReadResult, merge_by_position
 from .buffer import EventBuffer, Floor, missed
 
@@ -54,6 +54,10 @@ class Persister(Protocol):
 
     def check(self) -> None:
         """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` if writing fails now."""
+
+    def wait_written(self, event: Event) -> None:
+        """Return once *event*, given to :meth:`append`, is written, if the persister
+        acknowledges only what is written; at once otherwise. Called without locks."""
 
     def close(self) -> None:
         """Write out everything appended and release the file."""
@@ -133,7 +137,8 @@ class MemoryEngine(Engine):
         self._last_timestamp = 0
         self._last_seq = 0
         self._next_sweep = 0
-        self._persister = persister
+        #: Where the events are kept across restarts, if anywhere.
+        self.persister = persister
         if persister is not None:
             self._restore(persister.load())
 
@@ -142,6 +147,8 @@ class MemoryEngine(Engine):
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         with self._lock:
+            if self.persister is not None:  # refused before anything is stored
+                self.persister.check()
             if idempotency_key is not None:
                 known = self._remembered(category, idempotency_key)
                 if known is not None:
@@ -165,7 +172,7 @@ class MemoryEngine(Engine):
                 self._buffers[category] = buffer
                 if not (watched and self.delete_event_after_first_retrieval):
                     self._store(buffer, event, self._last_seq)
-            persister = self._persister
+            persister = self.persister
             if persister is not None:
                 persister.append(event)
                 if persister.wants_compaction:
@@ -176,7 +183,9 @@ class MemoryEngine(Engine):
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
                 self._keys[category, idempotency_key] = (expires, event)
-            return event
+        if self.persister is not None:
+            self.persister.wait_written(event)  # without the lock: it may wait for the disk
+        return event
 
     def _remembered(self, category: str, key: str) -> Event | None:
         """The event stored with *key* in *category* within the window, if any."""
@@ -286,8 +295,8 @@ class MemoryEngine(Engine):
         return self._bytes
 
     def check(self) -> None:
-        if self._persister is not None:
-            self._persister.check()
+        if self.persister is not None:
+            self.persister.check()
 
     def watch(self, categories: Sequence[str], after: Position) -> None:
         with self._lock:
@@ -318,8 +327,8 @@ class MemoryEngine(Engine):
 
     def close(self) -> None:
         """Close the persister, which writes out every event it was given."""
-        if self._persister is not None:
-            self._persister.close()
+        if self.persister is not None:
+            self.persister.close()
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -382,6 +391,9 @@ class MemoryEngine(Engine):
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
         cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
         for event in ordered:
+            if not 0 <= event.timestamp <= MAX_TIMESTAMP:  # the clock must stay resumable
+                logger.warning("skipped a stored event with timestamp %d", event.timestamp)
+                continue
             if cutoff is None or event.timestamp >= cutoff:
                 self._last_seq += 1
                 buffer = self._buffers.get(event.category)
@@ -391,6 +403,6 @@ class MemoryEngine(Engine):
                     )
                 self._store(buffer, event.compact(), self._last_seq)
             self._last_timestamp = max(self._last_timestamp, event.timestamp)
-        if self._persister is not None:
-            self._persister.compact(self.all_events())
+        if self.persister is not None:
+            self.persister.compact(self.all_events())
         logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))

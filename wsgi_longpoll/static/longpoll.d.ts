@@ -101,7 +101,18 @@ export interface LongpollClientOptions<Data = unknown> {
   onError?: (error: Error, delayMs: number | null) => void;
   onGap?: (detail: GapDetail) => void;
   fetch?: typeof fetch;
+  /**
+   * "longpoll" (default): long polls with fetch. "eventsource": Server-Sent Events through
+   * EventSource, falling back to long polls from the same cursor where it is missing or
+   * the server answers no stream; throws a TypeError with `headers` or basic auth.
+   * "auto": "eventsource" where it can be used, else "longpoll".
+   */
+  transport?: Transport;
+  /** The EventSource constructor to use (default: the global one). */
+  EventSource?: typeof EventSource;
 }
+
+export type Transport = "longpoll" | "eventsource" | "auto";
 
 /** Follows one category, or several with one cursor, and publishes. */
 export class LongpollClient<Data = unknown> {
@@ -112,6 +123,9 @@ export class LongpollClient<Data = unknown> {
   readonly subscribeUrl: string;
   readonly publishUrl: string | null;
   readonly timeoutSeconds: number;
+  readonly transport: Transport;
+  /** What the client uses (or will use on start()). */
+  readonly transportInUse: "eventsource" | "longpoll";
   readonly storageKey: string | null;
   readonly storage: StorageLike | null;
   username: string;

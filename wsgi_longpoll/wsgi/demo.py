@@ -114,6 +114,8 @@ class DemoApp:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         is_ours = path in ("/", "/index.html") or path.startswith(STATIC_PREFIX + "/")
+        if is_ours and not path.isprintable():  # a NUL (%00) or a control character
+            return _not_found(environ, start_response)
         if is_ours and method not in ("GET", "HEAD"):
             return MethodNotAllowed(valid_methods=["GET", "HEAD"])(environ, start_response)
         if path in ("/", "/index.html"):

@@ -19,13 +19,13 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from ...protocol import error_body
 from ...wsgi.middleware import LongpollMiddleware
-from .._common import Answer, publish_hook, run_middleware, subscribe_hook, warn_if_not_in_gevent
+from .._common import Answer, run_middleware, warn_if_not_in_gevent
 from .conf import LongpollSettings, UserHook, current
 
 __all__ = ["publish", "subscribe"]
@@ -38,26 +38,21 @@ _PUBLISH_PATH = "/publish"
 
 def _middleware(loaded: LongpollSettings, manager: Any, user: Any) -> LongpollMiddleware:
     options = loaded.options
+    can_read, can_publish = loaded.can_read_category, loaded.can_publish
 
-    def asker(hook: UserHook | None) -> Any:
-        def ask(category: str) -> bool:
-            return hook is None or bool(_checked(hook, user, category))
+    def may_read(request: object, category: str) -> bool:
+        return can_read is None or _checked(can_read, user, category)
 
-        return ask
+    def may_publish(request: object, category: str) -> bool:
+        return can_publish is not None and _checked(can_publish, user, category)
 
-    def refuse(category: str) -> bool:
-        return False
-
-    can_publish = asker(loaded.can_publish) if loaded.can_publish is not None else refuse
     return LongpollMiddleware(
         _not_ours,
         manager,
         _SUBSCRIPTION_PATH,
         _PUBLISH_PATH,
-        before_subscription=subscribe_hook(
-            manager, options["MAX_CATEGORIES_PER_REQUEST"], asker(loaded.can_read_category)
-        ),
-        before_publish=publish_hook(can_publish),
+        authorize_subscribe=may_read,
+        authorize_publish=may_publish,
         max_body_size=options["MAX_BODY_SIZE"],
         max_categories_per_request=options["MAX_CATEGORIES_PER_REQUEST"],
     )
@@ -74,22 +69,26 @@ def _not_ours(environ: object, start_response: object) -> list[bytes]:
     raise RuntimeError("the long-poll views only hand over the long-poll paths")
 
 
-def _answer(request: HttpRequest, path: str) -> HttpResponse:
+def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request}
     middleware = _middleware(loaded, manager, getattr(request, "user", None))
     return _response(run_middleware(middleware, environ))
 
 
-def _response(answer: Answer) -> HttpResponse:
-    response = HttpResponse(answer.body, status=answer.status_code,
-                            reason=answer.status.split(" ", 1)[1])
+def _response(answer: Answer) -> HttpResponseBase:
+    response: HttpResponseBase
+    if answer.streaming:  # a Server-Sent Events stream: sent as it comes
+        response = StreamingHttpResponse(answer.chunks, status=answer.status_code,
+                                         reason=answer.reason)
+    else:
+        response = HttpResponse(answer.body, status=answer.status_code, reason=answer.reason)
     for name, value in answer.headers:
         response[name] = value
     return response
 
 
-def subscribe(request: HttpRequest) -> HttpResponse:
+def subscribe(request: HttpRequest) -> HttpResponseBase:
     """The subscription endpoint (GET); any other method gets the protocol's 405."""
     warn_if_not_in_gevent(logger)
     return _answer(request, _SUBSCRIPTION_PATH)
@@ -111,7 +110,7 @@ def _csrf_failure(request: HttpRequest) -> str | None:
 
 
 @csrf_exempt
-def publish(request: HttpRequest) -> HttpResponse:
+def publish(request: HttpRequest) -> HttpResponseBase:
     """The publish endpoint (POST); any other method gets the protocol's 405.
 
     Refused (403) unless ``LONGPOLL["CAN_PUBLISH"]`` allows the user and category, and,
@@ -121,5 +120,5 @@ def publish(request: HttpRequest) -> HttpResponse:
     if reason is not None:
         return _response(Answer("403 Forbidden", [("Content-Type", "application/json"),
                                                   ("X-Content-Type-Options", "nosniff")],
-                                error_body(f"CSRF Failed: {reason}")))
+                                [error_body(f"CSRF Failed: {reason}")]))
     return _answer(request, _PUBLISH_PATH)
