@@ -18,7 +18,15 @@ from gevent.monkey import get_original
 from ..errors import CapacityExceeded
 from ..event import Event, Gap
 from ..protocol import MAX_TIMESTAMP, now_ms
-from .base import Engine, Listener, Position, ReadResult, merge_by_position
+from .base import (
+    Engine,
+    Listener,
+    Position,
+    ReadResult,
+    WatchCounts,
+    check_engine_options,
+    merge_by_position,
+)
 from .buffer import EventBuffer, Floor, missed
 
 __all__ = ["MemoryEngine", "Persister"]
@@ -102,10 +110,7 @@ class MemoryEngine(Engine):
         delete_event_after_first_retrieval: bool = False,
         max_buffered_bytes: int | None = default_max_buffered_bytes,
     ) -> None:
-        if max_event_buffer_size < 1:
-            raise ValueError("max_event_buffer_size must be at least 1")
-        if max_categories < 1:
-            raise ValueError("max_categories must be at least 1")
+        check_engine_options(max_event_buffer_size, event_time_to_live_seconds, max_categories)
         if max_buffered_bytes is not None and max_buffered_bytes < 1:
             raise ValueError("max_buffered_bytes must be None or at least 1")
         self.max_buffered_bytes = max_buffered_bytes
@@ -128,7 +133,7 @@ class MemoryEngine(Engine):
         #: ``(seq, category)`` of the events held, oldest first (and some gone since):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
-        self._watched: dict[str, int] = {}
+        self._watched = WatchCounts()
         #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
         self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
         self._listener: Listener | None = None
@@ -300,8 +305,7 @@ class MemoryEngine(Engine):
 
     def watch(self, categories: Sequence[str], after: Position) -> None:
         with self._lock:
-            for category in categories:
-                self._watched[category] = self._watched.get(category, 0) + 1
+            self._watched.add(categories)
             # Catch up: what was published between the watcher's read and now.
             found = [
                 (buffer, buffer.entries_after_seq(after[1]))
@@ -318,12 +322,7 @@ class MemoryEngine(Engine):
 
     def unwatch(self, categories: Sequence[str]) -> None:
         with self._lock:
-            for category in categories:
-                count = self._watched.get(category, 0) - 1
-                if count > 0:
-                    self._watched[category] = count
-                else:
-                    self._watched.pop(category, None)
+            self._watched.remove(categories)
 
     def close(self) -> None:
         """Close the persister, which writes out every event it was given."""

@@ -114,6 +114,9 @@ class MonitoringMiddleware:
       events (Redis unreachable, persister writes failing). The statistics answer
       ``503`` with a JSON error while the engine cannot be read.
 
+    ``categories`` and ``buffered_events`` are the engine's (with Redis, every process's);
+    the other figures are this process's (with several workers, each answers its own).
+
     The statistics tell an outsider how busy the service is: keep their paths behind the
     proxy, or guard them with *before_stats* (e.g. :func:`wsgi_longpoll.auth.bearer_token`).
 
