@@ -123,3 +123,14 @@ def test_bad_arguments_are_usage_errors(arguments: list[str]) -> None:
 
 def test_default_address_is_loopback() -> None:
     assert build_parser().parse_args(["serve"]).address == "127.0.0.1:8080"
+
+
+def test_help_shows_no_default_for_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-demo ... (default: True)`` read backwards: flags show no default."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in help_text
+    assert "(default: False)" not in help_text
+    assert "--no-access-log do not log each request" in help_text
+    assert "(default: 127.0.0.1:8080)" in help_text  # other options keep theirs

@@ -42,6 +42,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except a flag's: ``--no-demo (default: True)`` reads
+    backwards (the default is to serve the demo)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgi-longpoll",
@@ -55,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the standalone long-polling server until SIGINT or SIGTERM, "
         "which answer every waiting subscriber, flush the persistence file and exit 0 "
         "(1 if acknowledged events could not be written).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     listen = serve.add_argument_group("listening (ServerInfo)")
     listen.add_argument(

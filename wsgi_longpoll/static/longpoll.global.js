@@ -30,7 +30,7 @@
 (function (root) {
   "use strict";
 
-  const VERSION = "0.1.0";
+  const VERSION = "0.1.0-dev.0"; // package.json's version, the Python package's in semver form
   const RETRYABLE_STATUSES = [408, 425, 429, 500, 502, 503, 504];
   // Seconds a poll may take beyond the timeout it asks for before it is given up.
   const TIMEOUT_MARGIN_SECONDS = 10;

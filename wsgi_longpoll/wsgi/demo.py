@@ -16,7 +16,13 @@ Paths:
 - ``/static/...``: the files of ``wsgi_longpoll/static``: the browser client
   (``longpoll.js``, ``longpoll.global.js``) and the page's ``demo/demo.js`` and
   ``demo/demo.css``;
+- ``/favicon.ico``: an empty answer (204) when no *app* is given (the page itself names
+  an empty ``data:`` icon, so browsers do not ask);
 - anything else: 404, or the *app* given.
+
+The page is sent with security headers (:data:`PAGE_SECURITY_HEADERS`): a Content
+Security Policy that allows only the page's own scripts, styles and connections, no
+framing, and no referrer.
 """
 
 from __future__ import annotations
@@ -34,13 +40,24 @@ from werkzeug.wrappers import Response
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["STATIC_PREFIX", "DemoApp"]
+__all__ = ["PAGE_SECURITY_HEADERS", "STATIC_PREFIX", "DemoApp"]
 
 #: Where :class:`DemoApp` serves the package's static files.
 STATIC_PREFIX = "/static"
 
 #: How long browsers may keep a static file before they ask again, in seconds.
 STATIC_CACHE_SECONDS = 3600
+
+#: Sent with the chat page: it loads only its own files and talks only to its own origin.
+PAGE_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 _PAGE_ATTRIBUTE = re.compile(r'data-(subscribe-url|publish-url|category|timeout-seconds)="[^"]*"')
 
@@ -86,6 +103,7 @@ class DemoApp:
         self.page = _PAGE_ATTRIBUTE.sub(
             lambda match: f'data-{match[1]}="{html.escape(values[match[1]])}"', template
         ).encode("utf-8")
+        self._serves_favicon = app is None
         self.app: WSGIApplication = SharedDataMiddleware(
             app or _not_found,
             {STATIC_PREFIX: ("wsgi_longpoll", "static")},
@@ -103,5 +121,11 @@ class DemoApp:
         if path in ("/", "/index.html"):
             response = Response(self.page, content_type="text/html; charset=utf-8")
             response.headers["Cache-Control"] = "no-cache"
+            response.headers.extend(PAGE_SECURITY_HEADERS)
+            return response(environ, start_response)
+        if path == "/favicon.ico" and self._serves_favicon and method in ("GET", "HEAD"):
+            response = Response(status=204)
+            del response.headers["Content-Type"]  # no content, no type
+            response.headers["Cache-Control"] = f"max-age={STATIC_CACHE_SECONDS}, public"
             return response(environ, start_response)
         return self.app(environ, start_response)
