@@ -33,9 +33,11 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Response
+
+from .answers import not_found
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -60,10 +62,6 @@ PAGE_SECURITY_HEADERS = {
 }
 
 _PAGE_ATTRIBUTE = re.compile(r'data-(subscribe-url|publish-url|category|timeout-seconds)="[^"]*"')
-
-
-def _not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    return NotFound()(environ, start_response)
 
 
 class DemoApp:
@@ -105,7 +103,7 @@ class DemoApp:
         ).encode("utf-8")
         self._serves_favicon = app is None
         self.app: WSGIApplication = SharedDataMiddleware(
-            app or _not_found,
+            app or not_found,
             {STATIC_PREFIX: ("wsgi_longpoll", "static")},
             cache_timeout=STATIC_CACHE_SECONDS,
         )
@@ -115,7 +113,7 @@ class DemoApp:
         method = environ.get("REQUEST_METHOD", "GET")
         is_ours = path in ("/", "/index.html") or path.startswith(STATIC_PREFIX + "/")
         if is_ours and not path.isprintable():  # a NUL (%00) or a control character
-            return _not_found(environ, start_response)
+            return not_found(environ, start_response)
         if is_ours and method not in ("GET", "HEAD"):
             return MethodNotAllowed(valid_methods=["GET", "HEAD"])(environ, start_response)
         if path in ("/", "/index.html"):
