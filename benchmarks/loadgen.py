@@ -7,7 +7,9 @@ any server that speaks the protocol (PROTOCOL.md), not only ours. It measures:
 - :func:`keepalive_rate`: requests/s over N keep-alive connections (the fallback when
   ``wrk`` is not installed; the runner prefers ``wrk``).
 - :func:`fanout`: the time from sending one publish until the last of N parked
-  subscribers has read its answer, and the server's resident memory while they are parked.
+  subscribers has read its answer, and the server's resident memory while they are parked;
+  with ``stream=True``, N open Server-Sent Events streams instead of long polls, until the
+  last has read the event.
 - :func:`delivery_latency`: how long events take to reach N subscribers that re-poll with
   ``since_time``/``last_id`` after each answer, under a steady publish rate.
 
@@ -121,15 +123,17 @@ class Target:
 
     def subscribe_request(
         self, category: str, timeout: int, since_time: int | None = None,
-        last_id: str | None = None, *, close: bool = False,
+        last_id: str | None = None, *, close: bool = False, stream: bool = False,
     ) -> bytes:
-        """The bytes of one subscribe request."""
+        """The bytes of one subscribe request; *stream*: ask for Server-Sent Events."""
         params: dict[str, Any] = {"category": category, "timeout": timeout}
         if since_time is not None:
             params["since_time"] = since_time
         if last_id is not None:
             params["last_id"] = last_id
         connection = "Connection: close\r\n" if close else ""
+        if stream:
+            connection += "Accept: text/event-stream\r\n"
         return (
             f"GET {self.subscribe_path}?{urlencode(params)} HTTP/1.1\r\n"
             f"Host: {self.host}:{self.port}\r\n{connection}\r\n"
@@ -391,17 +395,21 @@ class FanoutResult:
 
 
 def fanout(target: Target, count: int, progress: Progress = _quiet,
-           timeout: float = 60.0) -> FanoutResult:
+           timeout: float = 60.0, *, stream: bool = False) -> FanoutResult:
     """Park *count* subscribers on a fresh category, publish once, time the answers.
 
     The clock runs from sending the publish until the last subscriber has read its whole
     answer; an answer counts as good only if it is a 200 holding the published event.
+    With *stream*, the subscribers are open Server-Sent Events streams (``Accept:
+    text/event-stream``): the clock stops when the last has read the event, and the
+    streams stay open until then.
     """
     tag = os.urandom(4).hex()
     category = f"fanout-{count}-{tag}"
     marker = f"event-{tag}"
     rss_idle = read_rss_kb(target.pid) if target.pid else None
-    sockets = _park(target, target.subscribe_request(category, 60, close=True), count, progress)
+    request = target.subscribe_request(category, 60, close=not stream, stream=stream)
+    sockets = _park(target, request, count, progress)
     poller = select.epoll(count + 1)
     try:
         _wait_parked(target, count, progress)
@@ -440,6 +448,16 @@ def fanout(target: Target, count: int, progress: Progress = _quiet,
                 except ConnectionError:
                     chunk = b""
                 buffer += chunk
+                if stream:
+                    if chunk and marker_bytes not in buffer:
+                        continue
+                    finished = time.perf_counter()
+                    answered += 1
+                    if not (buffer.startswith(b"HTTP/1.1 200") and marker_bytes in buffer
+                            and b"text/event-stream" in buffer):
+                        bad += 1
+                    poller.unregister(fd)
+                    continue
                 response = take_response(buffer, at_eof=not chunk)
                 if response is None and chunk:
                     continue

@@ -183,6 +183,17 @@ def measure(target: Target, args: argparse.Namespace, label: str) -> dict[str, A
         fanouts.append(dataclasses.asdict(result))
     results["fanout"] = fanouts
     results["kb_per_subscriber"] = _kb_per_subscriber(fanouts)
+    if args.sse:
+        streams = []
+        for count in args.fanout:
+            report = progress(f"{label} stream fan-out {count:,}")
+            result = loadgen.fanout(target, count, report, stream=True)
+            report(f"{result.milliseconds:,.0f} ms until the last stream read the event, "
+                   f"{result.bad_answers} bad"
+                   + (f", RSS {result.rss_parked_kb / 1024:,.1f} MB with the streams open"
+                      if result.rss_parked_kb else ""))
+            streams.append(dataclasses.asdict(result))
+        results["sse_fanout"] = streams
     if args.latency_subscribers:
         report = progress(f"{label} latency")
         latency = loadgen.delivery_latency(
@@ -259,6 +270,18 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         rows.append(("  server CPU per answer", per_answer, "", ""))
         reference = GOLONGPOLL_REFERENCE["rss_mb"].get(count)
         rows.append((f"RSS with {count:,} parked", memory, _fmt(reference, " MB"), ""))
+        # No RSS row for streams: measured after the long polls of the same size, the
+        # resident size holds what that run left (the heap does not shrink).
+        streamed, stream_cpu = [], []
+        for run in runs.values():
+            found = next((f for f in run.get("sse_fanout", ()) if f["subscribers"] == count),
+                         None)
+            bad = f" ({found['bad_answers']} bad)" if found and found["bad_answers"] else ""
+            streamed.append(_fmt(found and found["milliseconds"], " ms") + bad)
+            stream_cpu.append(_fmt(found and found["server_cpu_us_per_answer"], " us"))
+        if any(run.get("sse_fanout") for run in runs.values()):
+            rows.append((f"fan-out to {count:,} open SSE streams", streamed, "", ""))
+            rows.append(("  server CPU per stream", stream_cpu, "", ""))
     rows.append(("memory per parked subscriber",
                  [_fmt(run["kb_per_subscriber"], " KB", 1) for run in runs.values()],
                  f"~{GOLONGPOLL_REFERENCE['kb_per_subscriber']} KB",
@@ -368,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-seconds", type=float, default=10.0,
                         help="how long the latency test publishes")
     parser.add_argument("--skip-rates", action="store_true", help="skip the requests/s runs")
+    parser.add_argument("--sse", action="store_true",
+                        help="also measure fan-out to open Server-Sent Events streams "
+                        "(the same counts as --fanout)")
     parser.add_argument("--quick", action="store_true",
                         help="a short smoke run: 2 s rates, fan-out to 200/1000, "
                         "latency with 1,000 subscribers for 3 s")

@@ -17,7 +17,8 @@ this process's memory, so every subscriber and publisher must reach the same one
 Then open http://127.0.0.1:5000/, or::
 
     curl 'http://127.0.0.1:5000/events?category=notifications&timeout=60'    # waits
-    curl -X POST -d '{"message": "Hello"}' http://127.0.0.1:5000/notify       # wakes it
+    curl -X POST -H 'Content-Type: application/json' \\
+         -d '{"message": "Hello"}' http://127.0.0.1:5000/notify                # wakes it
 
 Do not use ``flask run``: it serves each request in a thread of its own, where long
 polls cannot wait on gevent; the middleware answers them with a 500 that says so.

@@ -23,9 +23,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM (a service manager, a container) stops it like Ctrl-C
 
 
+def _block(how: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows, where the race is Ctrl-C's own
+        signal.pthread_sigmask(how, {signal.SIGINT, signal.SIGTERM})
+
+
 def main(address: str = "127.0.0.1:8080") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    # Both handlers explicitly: Python installs its own SIGINT handler only when SIGINT was
+    # not ignored at start (a shell's background job has it ignored), so relying on it
+    # would leave Ctrl-C, or `kill -INT`, without effect there.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Held back while the server starts (its thread inherits the mask, so they come to this
+    # one): a signal sent as soon as the port accepts arrives inside the try below.
+    _block(signal.SIG_BLOCK)
     server = Server()
     try:
         server.start(
@@ -41,8 +54,8 @@ def main(address: str = "127.0.0.1:8080") -> int:
     except (OSError, ValueError) as error:  # a bad address, or one already in use
         print(f"cannot start: {error}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _block(signal.SIG_UNBLOCK)
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -128,8 +128,8 @@ def state(driver: WebDriver) -> str:
     return str(driver.find_element(By.ID, "state").get_attribute("data-state"))
 
 
-def open_chat(driver: WebDriver, url: str) -> None:
-    driver.get(url + "/")
+def open_chat(driver: WebDriver, url: str, query: str = "") -> None:
+    driver.get(url + "/" + query)
     wait_for(driver, lambda d: state(d) == "connected", "the state 'connected'")
 
 
@@ -634,3 +634,232 @@ def test_on_gap_is_called_exactly_when_unseen_events_were_dropped(
         })
     expected.extend(range(100, 105))
     assert [entry.get("data", entry) for entry in log] == expected
+
+
+# --- Server-Sent Events: the native EventSource, and the client's "eventsource" transport --
+
+
+def test_a_native_event_source_gets_the_events_and_resumes_with_last_event_id(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    browser.get(demo.url + "/no-page-here")
+    browser.execute_script("""
+        window.got = []; window.opened = 0;
+        const source = new EventSource("/events?category=chat");
+        source.onopen = () => { window.opened += 1; };
+        source.onmessage = (m) => window.got.push({ id: m.lastEventId, data: JSON.parse(m.data) });
+        window.source = source;
+    """)
+    wait_for(browser, lambda d: d.execute_script("return window.opened") == 1, "the stream open")
+    for n in range(3):
+        demo.publish({"name": "feed", "text": f"live {n}"})
+    wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 3, "three events")
+
+    def until_it_reconnects() -> None:
+        wait_for(browser, lambda d: d.execute_script("return window.source.readyState") == 0,
+                 "EventSource reconnecting")
+
+    # The server stops (the stream ends), events come while it is away; EventSource
+    # reconnects by itself with Last-Event-ID and gets exactly those.
+    demo.restart(down_for=until_it_reconnects)
+    for n in range(3, 6):
+        demo.publish({"name": "feed", "text": f"live {n}"})
+    wait_for(browser, lambda d: len(d.execute_script("return window.got")) >= 6, "six events")
+    got = browser.execute_script("window.source.close(); return window.got")
+    assert [item["data"]["data"]["text"] for item in got] == [f"live {n}" for n in range(6)]
+    for item in got:
+        event = item["data"]
+        assert item["id"] == f"{event['timestamp']}:{event['id']}"
+    assert browser.execute_script("return window.opened") == 2
+
+
+def test_the_demo_over_event_source_resumes_after_a_restart(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    for n in range(3):
+        demo.publish({"name": "feed", "text": f"message {n}"})
+    open_chat(browser, demo.url, "?transport=eventsource")
+    transport = browser.find_element(By.ID, "state").get_attribute("data-transport")
+    assert transport == "eventsource"
+    wait_for(browser, lambda d: len(messages(d)) == 3, "the first three messages")
+    send(browser, "alice", "sent over a stream page")
+    wait_for(browser, lambda d: len(messages(d)) == 4, "its own message")
+
+    def until_the_page_notices() -> None:
+        wait_for(browser, lambda d: state(d) == "reconnecting", "the state 'reconnecting'")
+
+    demo.restart(down_for=until_the_page_notices)
+    for n in range(4, 7):
+        demo.publish({"name": "feed", "text": f"message {n}"})
+    wait_for(browser, lambda d: len(messages(d)) >= 7, "the messages sent while it was away")
+    assert messages(browser) == [
+        "message 0", "message 1", "message 2", "sent over a stream page",
+        "message 4", "message 5", "message 6",
+    ]
+    assert len(set(message_ids(browser))) == 7
+
+
+def test_the_eventsource_transport_reports_a_gap_and_falls_back_to_long_polls(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    streams_refused = threading.Event()
+
+    def hook(request: Request) -> bool | Response:
+        if streams_refused.is_set() and "text/event-stream" in request.headers.get("Accept", ""):
+            return Response('{"error": "no streams here"}', status=503,
+                            content_type="application/json")
+        return True
+
+    server = Server(app=DemoApp(), access_log=False, max_event_buffer_size=3)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30,
+                            handler_to_run_before_subscription=hook))
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        events = [server.manager.publish("news", n) for n in range(6)]
+        browser.get(url + "/no-page-here")
+        browser.execute_script("""
+            const [cursor] = arguments;
+            window.log = [];
+            import("/static/longpoll.js").then(({ LongpollClient }) => {
+              window.client = new LongpollClient({
+                subscribeUrl: "/events", category: "news", cursor, timeoutSeconds: 5,
+                transport: "eventsource", backoff: { initialMs: 50, maximumMs: 100 },
+                onEvent: (event) => window.log.push(event.data),
+                onGap: (detail) => window.log.push(detail),
+              });
+              window.client.start();
+            });
+        """, {"sinceTime": events[0].timestamp, "lastId": events[0].id})
+        wait_for(browser, lambda d: len(page_log(d)) == 4, "a gap and three events")
+        log = page_log(browser)
+        assert browser.execute_script("return window.client.transportInUse") == "eventsource"
+        assert log[0] == {
+            "gaps": [{"category": "news", "sinceTime": events[2].timestamp,
+                      "lastId": events[2].id}],
+            "cursor": {"sinceTime": events[0].timestamp, "lastId": events[0].id},
+        }
+        assert log[1:] == [3, 4, 5]
+        # Streams refused from now on: when this one ends (stop drains it), EventSource
+        # fails for good and the client goes on with long polls from its cursor.
+        streams_refused.set()
+        server.stop(5)
+        server.start(ServerInfo(address=f"127.0.0.1:{server.port}", timeout_seconds=30,
+                                handler_to_run_before_subscription=hook))
+        wait_for(browser,
+                 lambda d: d.execute_script("return window.client.transportInUse") == "longpoll",
+                 "the switch to long polls")
+        # The restarted server's buffer is empty: the cursor's event is unknown to it.
+        server.manager.publish("news", 6)
+        wait_for(browser, lambda d: page_log(d)[-1] == 6, "an event over long polls")
+        assert page_log(browser)[1:] == [3, 4, 5, 6]
+    finally:
+        browser.execute_script("window.client && window.client.stop()")
+        server.stop(5)
+
+
+def test_the_transport_option_is_checked_and_auto_needs_no_headers(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    browser.get(demo.url + "/no-page-here")
+    result = run_async(browser, """
+        const { LongpollClient } = await import("/static/longpoll.js");
+        const make = (options) => {
+          try {
+            return new LongpollClient(Object.assign({ subscribeUrl: "/events", category: "c" },
+                                                    options)).transportInUse;
+          } catch (error) {
+            return error.name + ": " + error.message;
+          }
+        };
+        return [
+          make({}),
+          make({ transport: "auto" }),
+          make({ transport: "eventsource" }),
+          make({ transport: "auto", headers: { "X-Token": "t" } }),
+          make({ transport: "auto", username: "u", password: "p" }),
+          make({ transport: "eventsource", headers: { "X-Token": "t" } }),
+          make({ transport: "websocket" }),
+          make({ transport: "eventsource", EventSource: null }),
+          (() => {  // a browser without EventSource: long polls
+            const saved = window.EventSource;
+            window.EventSource = undefined;
+            try {
+              return make({ transport: "eventsource" });
+            } finally {
+              window.EventSource = saved;
+            }
+          })(),
+        ];
+    """)
+    assert result[:5] == ["longpoll", "eventsource", "eventsource", "longpoll", "longpoll"]
+    assert result[5].startswith("TypeError: EventSource cannot send headers")
+    assert result[6].startswith("TypeError: transport must be")
+    assert result[7:] == ["eventsource", "longpoll"]  # null: the page's own EventSource
+
+
+def test_event_source_reconnects_from_an_empty_streams_opening_id(browser: WebDriver) -> None:
+    # A stream that ends before any event: the browser keeps the opening's id (a message
+    # without data) and sends it back, so an event published in between is not missed.
+    last_event_ids: list[str | None] = []
+
+    def hook(request: Request) -> bool:
+        last_event_ids.append(request.headers.get("Last-Event-ID"))
+        return True
+
+    server = Server(app=DemoApp(), access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30,
+                            handler_to_run_before_subscription=hook))
+    manager = server.manager
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        browser.execute_script("""
+            window.got = [];
+            window.source = new EventSource("/events?category=quiet&timeout=1");
+            window.source.onmessage = (m) => window.got.push(JSON.parse(m.data).data);
+        """)
+        wait_for(browser, lambda d: manager.waiting_count("quiet") == 1, "the stream open")
+        # The stream ends after a second; EventSource waits its retry (2 s) to reconnect.
+        wait_for(browser, lambda d: d.execute_script("return window.source.readyState") == 0
+                 and manager.waiting_count("quiet") == 0, "the stream ended")
+        manager.publish("quiet", "published between two streams")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 1,
+                 "the event published between the streams")
+        assert browser.execute_script("return window.got") == ["published between two streams"]
+        assert last_event_ids[0] is None
+        since_time, separator, last_id = str(last_event_ids[1]).partition(":")
+        assert separator == ":" and last_id == "" and int(since_time) > 0
+    finally:
+        browser.execute_script("window.source && window.source.close()")
+        server.stop(5)
+
+
+def test_a_cross_origin_event_source_reconnects_through_cors(
+    browser: WebDriver, demo: DemoServer
+) -> None:
+    # The page comes from the demo server; the stream from another origin (another port)
+    # that allows it. Its reconnects carry Last-Event-ID, which needs no preflight (the
+    # CORS middleware's default allow_headers do not name it).
+    other = Server(access_log=False, cors_origins=[demo.url])
+    other.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    manager = other.manager
+    try:
+        browser.get(demo.url + "/no-page-here")
+        browser.execute_script("""
+            const [url] = arguments;
+            window.got = [];
+            window.source = new EventSource(url + "/events?category=far&timeout=1");
+            window.source.onmessage = (m) => window.got.push(JSON.parse(m.data).data);
+        """, f"http://127.0.0.1:{other.port}")
+        wait_for(browser, lambda d: manager.waiting_count("far") == 1, "the stream open")
+        manager.publish("far", "first")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 1,
+                 "the first event")
+        wait_for(browser, lambda d: d.execute_script("return window.source.readyState") == 0
+                 and manager.waiting_count("far") == 0, "the stream ended")
+        manager.publish("far", "second")
+        wait_for(browser, lambda d: len(d.execute_script("return window.got")) == 2,
+                 "the event published between the streams")
+        assert browser.execute_script("return window.got") == ["first", "second"]
+    finally:
+        browser.execute_script("window.source && window.source.close()")
+        other.stop(5)

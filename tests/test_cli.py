@@ -145,3 +145,14 @@ def test_every_server_option_is_on_the_command_line_with_the_servers_default() -
     assert options.header_timeout is None
     assert options.body_timeout == 5
     assert options.cors_origins == ("https://a.example",)
+
+
+def test_help_shows_no_default_for_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-demo ... (default: True)`` read backwards: flags show no default."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in help_text
+    assert "(default: False)" not in help_text
+    assert "--no-access-log do not log each request" in help_text
+    assert "(default: 127.0.0.1:8080)" in help_text  # other options keep theirs

@@ -150,3 +150,25 @@ def test_serve_shows_the_chat_at_the_root(options: tuple[str, ...], status: int)
     if status == 200:
         assert 'data-subscribe-url="/sub"' in page.text
         assert 'data-timeout-seconds="30"' in page.text
+
+
+def test_demo_page_sends_security_headers_and_an_icon() -> None:
+    client = TestApp(DemoApp())
+    page = client.get("/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    # The page names an empty icon (allowed by img-src data:), so browsers ask for none.
+    assert '<link rel="icon" href="data:,">' in page.text
+    assert "img-src 'self' data:" in csp
+    assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
+    favicon = client.get("/favicon.ico", status=204)
+    assert favicon.body == b""
+
+
+def test_demo_leaves_the_favicon_to_the_app_given() -> None:
+    assert TestApp(DemoApp(app=fallback)).get("/favicon.ico").body == b"the wrapped app"
+    TestApp(DemoApp()).post("/favicon.ico", status=404)

@@ -95,8 +95,8 @@ ADDRESS = "{address}"
 
 
 @contextmanager
-def running_script(tmp_path: Path, *args: str, env: dict[str, str] | None = None
-                   ) -> Iterator[Script]:
+def running_script(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                   preexec_fn: Callable[[], object] | None = None) -> Iterator[Script]:
     """Start ``python *args`` on a free port; yield once the port accepts connections.
 
     :data:`ADDRESS` in *args* is replaced by ``127.0.0.1:PORT``, which is appended when
@@ -112,7 +112,7 @@ def running_script(tmp_path: Path, *args: str, env: dict[str, str] | None = None
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
             [sys.executable, *command], stdout=out, stderr=err, cwd=EXAMPLES.parent,
-            env=None if env is None else {**os.environ, **env},
+            env=None if env is None else {**os.environ, **env}, preexec_fn=preexec_fn,
         )
     script = Script(process, port, stdout, stderr)
     try:
@@ -180,6 +180,16 @@ def test_standalone_serves_the_seed_endpoints_and_exits_0_on_signal(
                                 params={"category": "news", "timeout": 121}, timeout=10)
         assert too_long.json() == {"error": "Invalid or missing 'timeout' arg.  Must be 1-120."}
         assert server.stop(signum) == 0, server.output()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_standalone_exits_on_sigint_even_when_started_with_it_ignored(tmp_path: Path) -> None:
+    """As a shell's background job is (``SigIgn`` 0x6): the example's own handler stops it."""
+    with running_script(tmp_path, "examples/standalone.py", preexec_fn=_ignore_sigint) as server:
+        assert server.stop(signal.SIGINT) == 0, server.output()
 
 
 
@@ -256,6 +266,15 @@ def flask_app(manager: LongpollManager) -> Any:
 @pytest.fixture
 def testapp(flask_app: Any) -> TestApp:
     return TestApp(flask_app)
+
+
+def test_flask_docstring_curl_sends_json(testapp: TestApp) -> None:
+    """``curl -d`` alone sends a form's Content-Type, which the view refuses: the
+    docstring's command names JSON."""
+    assert "curl -X POST -H 'Content-Type: application/json'" in (flask_example.__doc__ or "")
+    body = '{"message": "Hello"}'
+    testapp.post("/notify", body, content_type="application/x-www-form-urlencoded", status=400)
+    testapp.post("/notify", body, content_type="application/json", status=201)
 
 
 @contextmanager

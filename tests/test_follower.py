@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
@@ -914,3 +914,193 @@ def test_a_gap_is_reported_exactly_when_unseen_events_expired(
         assert held.recorder.reports[0][0] == 2  # once "fresh" was handed out
     else:
         assert held.recorder.reports == []
+
+
+# --- stream=True: Server-Sent Events instead of long polls, against a real server ---------
+
+
+class StreamServer:
+    """The standalone server with a hook that records each subscription's headers."""
+
+    def __init__(self, **options: Any) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.refuse = False
+
+        def record(request: Request) -> bool:
+            self.requests.append({k.lower(): v for k, v in request.headers.items()})
+            return not self.refuse
+
+        self.server = Server(access_log=False, **options)
+        self.info = ServerInfo(address="127.0.0.1:0", timeout_seconds=10,
+                               handler_to_run_before_subscription=record)
+        self.server.start(self.info)
+        self.address = f"127.0.0.1:{self.server.port}"
+        self.url = f"http://{self.address}/events"
+
+    def streams(self) -> list[dict[str, str]]:
+        return [h for h in self.requests if h.get("accept") == "text/event-stream"]
+
+
+@pytest.fixture
+def stream_server() -> Iterator[StreamServer]:
+    server = StreamServer()
+    yield server
+    server.server.stop(5)
+
+
+def test_a_streaming_follower_gets_live_events_in_order(stream_server: StreamServer) -> None:
+    manager = stream_server.server.manager
+    manager.publish("news", "before")
+    follower = Follower(stream_server.url, "news", timeout_seconds=5, stream=True)
+    received, thread = collect(follower)
+    try:
+        wait_until(lambda: manager.waiting_count("news") == 1)
+        published = [manager.publish("news", n) for n in range(50)]
+        wait_until(lambda: len(received) == 50)
+    finally:
+        follower.stop()
+        thread.join(5)
+    assert received == published
+    assert follower.cursor == Cursor.after(published[-1])
+    assert len(stream_server.streams()) == len(stream_server.requests)
+
+
+def test_an_empty_stream_is_followed_by_one_from_where_it_started(
+    stream_server: StreamServer,
+) -> None:
+    manager = stream_server.server.manager
+    follower = Follower(stream_server.url, "news", timeout_seconds=1, stream=True)
+    received, thread = collect(follower)
+    try:
+        wait_until(lambda: len(stream_server.streams()) >= 2)
+        event = manager.publish("news", "after two streams")
+        wait_until(lambda: len(received) == 1)
+    finally:
+        follower.stop()
+        thread.join(5)
+    first, second = stream_server.streams()[:2]
+    assert "last-event-id" not in first
+    since_time, separator, last_id = second["last-event-id"].partition(":")
+    assert separator == ":" and last_id == "" and int(since_time) > 0
+    assert received == [event]
+
+
+def test_a_streaming_follower_resumes_across_server_restarts(tmp_path: Path) -> None:
+    persistence = FilePersistorInfo(
+        use=True, file_name=str(tmp_path / "events.jsonl"), write_flush_period_seconds=0.05,
+    )
+    server = Server(max_event_buffer_size=1000, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10), persistence)
+    address = f"127.0.0.1:{server.port}"
+    follower = Follower(
+        f"http://{address}/events", "news", timeout_seconds=10, stream=True,
+        backoff=Backoff(initial_seconds=0.05, maximum_seconds=0.2),
+    )
+    received, thread = collect(follower)
+    try:
+        wait_until(lambda: server.manager.waiting_count("news") == 1)
+        with requests.Session() as session:
+            for n in range(300):
+                if n in (100, 200):
+                    server.stop(5)
+                    server.start(ServerInfo(address=address, timeout_seconds=10), persistence)
+                answer = publish(f"http://{address}/publish", 5, None,
+                                 PublishRequest("news", n), "", "", session)
+                assert answer.status_code == 200, answer.text
+        wait_until(lambda: len(received) >= 300, timeout=30)
+    finally:
+        follower.stop()
+        thread.join(5)
+        server.stop(5)
+    assert [event.data for event in received] == list(range(300))
+
+
+def test_a_streaming_follower_reports_a_gap_once_then_goes_on() -> None:
+    server = StreamServer(max_event_buffer_size=3)
+    manager = server.server.manager
+    gaps: list[GapDetected] = []
+    try:
+        first = manager.publish("news", 0)
+        events = [manager.publish("news", n) for n in range(1, 7)]
+        follower = Follower(server.url, "news", start=Cursor.after(first), timeout_seconds=1,
+                            stream=True, on_gap=gaps.append)
+        received, thread = collect(follower)
+        try:
+            wait_until(lambda: len(received) == 3)
+            wait_until(lambda: len(server.streams()) >= 2)  # a reconnect: no second report
+            later = manager.publish("news", "later")
+            wait_until(lambda: len(received) == 4)
+        finally:
+            follower.stop()
+            thread.join(5)
+    finally:
+        server.server.stop(5)
+    assert received == [*events[-3:], later]
+    assert len(gaps) == 1
+    assert gaps[0].gaps == [Gap("news", events[2].timestamp, events[2].id)]
+    assert gaps[0].cursor == Cursor.after(first)
+
+
+def test_a_streaming_follower_raises_a_gap_without_on_gap() -> None:
+    server = StreamServer(max_event_buffer_size=2)
+    manager = server.server.manager
+    try:
+        first = manager.publish("news", 0)
+        events = [manager.publish("news", n) for n in range(1, 5)]
+        with Follower(server.url, "news", start=Cursor.after(first), timeout_seconds=5,
+                      stream=True) as follower:
+            iterator = follower.events()
+            with pytest.raises(GapDetected):
+                next(iterator)
+            iterator = follower.events()
+            assert [next(iterator), next(iterator)] == events[-2:]
+            iterator.close()
+    finally:
+        server.server.stop(5)
+
+
+def test_a_streaming_follower_from_0_reports_no_gap() -> None:
+    server = StreamServer(max_event_buffer_size=2)
+    manager = server.server.manager
+    try:
+        events = [manager.publish("news", n) for n in range(5)]
+        with Follower(server.url, "news", start=0, timeout_seconds=5, stream=True) as follower:
+            iterator = follower.events()
+            assert [next(iterator), next(iterator)] == events[-2:]
+            iterator.close()
+    finally:
+        server.server.stop(5)
+
+
+def test_a_refused_stream_ends_the_iteration(stream_server: StreamServer) -> None:
+    stream_server.refuse = True
+    follower = Follower(stream_server.url, "news", timeout_seconds=5, stream=True)
+    with pytest.raises(SubscriptionRejected) as raised:
+        next(iter(follower))
+    assert raised.value.status_code == 403
+
+
+def test_a_stream_answered_by_a_long_poll_server_is_retried_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server that knows nothing of streams answers a long poll: not this protocol.
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.client.follower")
+    pauses: list[float] = []
+    adapter = ScriptedAdapter([timeout_body(5), timeout_body(6)])
+    follower = Follower(URL, "news", transport=adapter, stream=True, sleep=pauses.append)
+    adapter.follower = follower
+    assert list(follower) == []
+    assert len(pauses) == 2
+    assert "text/event-stream" in caplog.text
+    assert all(r.headers["Accept"] == "text/event-stream" for r in adapter.sent)
+
+
+def test_stop_ends_a_long_stream_at_once(stream_server: StreamServer) -> None:
+    follower = Follower(stream_server.url, "news", timeout_seconds=10, stream=True)
+    received, thread = collect(follower)
+    manager = stream_server.server.manager
+    wait_until(lambda: manager.waiting_count("news") == 1)
+    follower.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    wait_until(lambda: manager.waiting_count("news") == 0)  # the connection was closed

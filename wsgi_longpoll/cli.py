@@ -53,6 +53,16 @@ def _seconds_or_none(text: str) -> float | None:
     return _non_negative_float(text) or None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except a flag's: ``--no-demo (default: True)`` reads
+    backwards (the default is to serve the demo)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgi-longpoll",
@@ -64,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the standalone long-polling server",
         description="Run the standalone long-polling server until SIGINT or SIGTERM, "
-        "which answer every waiting subscriber, flush the persistence file and exit 0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "which answer every waiting subscriber, flush the persistence file and exit 0 "
+        "(1 if acknowledged events could not be written).",
+        formatter_class=_HelpFormatter,
     )
     listen = serve.add_argument_group("listening (ServerInfo)")
     listen.add_argument(
@@ -114,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     persist.add_argument("--fsync", action="store_true",
                          help="fsync the file at each flush: a power loss then loses no more "
                          "than a crash does, at the cost of one disk sync per flush")
+    persist.add_argument("--persist-ack-after-write", action="store_true",
+                         help="answer a publish only once its event is written (and synced, "
+                         "with --fsync); concurrent publishes share one write: a crash then "
+                         "loses no acknowledged event")
     shared = serve.add_argument_group("several processes and hosts (Redis)")
     shared.add_argument("--redis-url", metavar="URL", default=DEFAULTS.redis_url,
                         help="keep the events in Redis Streams at URL (e.g. "
@@ -188,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
         write_buffer_size=args.write_buffer_size,
         write_flush_period_seconds=args.write_flush_period_seconds,
         fsync=args.fsync,
+        acknowledge_after_write=args.persist_ack_after_write,
     )
     info = ServerInfo(
         address=args.address,
@@ -227,6 +243,13 @@ def _serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop(args.shutdown_timeout)
+    events, acknowledged, size = _discarded(server)
+    if events:
+        logger.error(
+            "stopped, but %d events (%d bytes; %d acknowledged events) could not be "
+            "written to %s and are lost", events, size, acknowledged, args.persist_file,
+        )
+        return 1
     logger.info("stopped")
     return 0
 
@@ -239,6 +262,16 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         for field in dataclasses.fields(ServerOptions)
         if field.name not in NOT_ON_THE_COMMAND_LINE
     })
+
+
+def _discarded(server: Server) -> tuple[int, int, int]:
+    """Events, acknowledged events and bytes the persister could not write before it closed."""
+    persister = getattr(server.manager.engine, "persister", None)  # the memory engine's
+    return (
+        int(getattr(persister, "discarded_events", 0)),
+        int(getattr(persister, "discarded_acknowledged_events", 0)),
+        int(getattr(persister, "discarded_bytes", 0)),
+    )
 
 
 def _display_host(address: str) -> str:

@@ -214,12 +214,6 @@ class LongpollManager:
     ) -> None:
         if max_longpoll_timeout_seconds < 0:
             raise ValueError("max_longpoll_timeout_seconds must be 0 (the default) or more")
-        if max_event_buffer_size < 1:
-            raise ValueError("max_event_buffer_size must be at least 1")
-        if event_time_to_live_seconds is not None and event_time_to_live_seconds < 0:
-            raise ValueError("event_time_to_live_seconds must be None, 0 (both: for ever) or more")
-        if max_categories < 1:
-            raise ValueError("max_categories must be at least 1")
         if max_waiting_subscribers < 1:
             raise ValueError("max_waiting_subscribers must be at least 1")
         self.max_waiting_subscribers = max_waiting_subscribers

@@ -20,6 +20,7 @@ from .event import Event, Gap
 __all__ = [
     "IDEMPOTENCY_KEY_ERROR",
     "MAX_CATEGORY_BYTES",
+    "MAX_TIMESTAMP",
     "OUTCOME_UNKNOWN_ERROR",
     "ProtocolError",
     "PublishBody",
@@ -36,6 +37,11 @@ __all__ = [
 
 #: The longest category, in bytes of UTF-8.
 MAX_CATEGORY_BYTES = 1024
+
+#: The largest event timestamp (ms) kept: JavaScript's largest safe integer, so that
+#: every client (a browser's ``Number``, Go's ``int64``) can send it back as
+#: ``since_time`` exactly.
+MAX_TIMESTAMP = 2**53 - 1
 
 #: ``strconv.Atoi`` / ``ParseInt`` accept an optional sign and ASCII digits, nothing else.
 _GO_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -147,7 +153,8 @@ def canonical_uuid(text: str) -> str | None:
 
 
 def parse_subscribe_query(
-    query_string: str, max_timeout: int, max_categories: int = 1
+    query_string: str, max_timeout: int, max_categories: int = 1,
+    default_timeout: int | None = None,
 ) -> SubscribeQuery:
     """Validate a subscribe request's query string, in golongpoll's order.
 
@@ -157,6 +164,8 @@ def parse_subscribe_query(
     :param query_string: the raw ``QUERY_STRING``.
     :param max_timeout: the longest ``timeout`` allowed.
     :param max_categories: how many categories one request may name.
+    :param default_timeout: the ``timeout`` of a query without one (a stream's);
+        ``None``: a query must give it, as a long poll must.
     :raises ProtocolError: with the message of the first rule broken.
     """
     params: dict[str, str] = {}
@@ -166,7 +175,10 @@ def parse_subscribe_query(
         if name == "categories":
             extra_categories.append(value)
 
-    timeout = _parse_go_int(params.get("timeout", ""))
+    if default_timeout is not None and "timeout" not in params:
+        timeout: int | None = default_timeout
+    else:
+        timeout = _parse_go_int(params.get("timeout", ""))
     if timeout is None or not 1 <= timeout <= max_timeout:
         raise ProtocolError(timeout_error(max_timeout))
 
@@ -209,6 +221,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: The most digits an integer in a publish body may have: a double's range ends before
+#: 10**309. Checked before the conversion, whose cost grows with the square of the length.
+_MAX_INT_DIGITS = 309
+
+
+def _double_range_int(text: str) -> int:
+    # Integers are kept exact, but only within a double's range, as golongpoll (which
+    # decodes numbers as float64) accepts them: a longer one is refused, not stored.
+    if len(text) - text.startswith("-") > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is out of range")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"{text} is out of range") from None
+    return value
+
+
 #: The deepest nesting of arrays and objects in a publish body. Deeper values could be
 #: decoded but not always encoded again (Python's recursion limit): refused, whatever
 #: the stack depth at hand.
@@ -232,7 +262,9 @@ def _nesting_exceeds(document: Any, limit: int) -> bool:
 
 
 #: One decoder for every publish body (``json.loads`` with hooks builds one per call).
-_PUBLISH_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_PUBLISH_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_double_range_int
+)
 
 
 def parse_idempotency_key(value: str | None) -> str | None:

@@ -27,14 +27,21 @@ ends by itself when the server answers it.
 
 Against this package's server (``docs/protocol.md``, "Extensions"), a follower may follow
 several categories with one cursor and one poll at a time, and it tells its user when the
-server dropped events it had not handed out yet (:class:`GapDetected`).
+server dropped events it had not handed out yet (:class:`GapDetected`). With
+``stream=True`` it reads a stream of Server-Sent Events instead of long polls: one
+request that the server keeps open for ``timeout_seconds``, then a reconnect with
+``Last-Event-ID``; the cursor, the gaps and the pauses after errors are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
+import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,13 +51,19 @@ import requests
 
 from ..event import Event, Gap
 from .api import (
+    SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS,
     ClientError,
     Header,
+    InvalidResponse,
     SubscriptionRequest,
     SubscriptionResponse,
     Transport,
+    _header_fields,
+    _session_for,
+    _with_local_host,
     subscription,
 )
+from .sse import EVENT_STREAM, SSEMessage, SSEParser, parse_stream_id
 
 __all__ = ["Backoff", "Cursor", "Follower", "GapDetected", "SubscriptionRejected"]
 
@@ -226,6 +239,11 @@ class Follower:
         iteration instead. An exception from *on_gap* ends the iteration and propagates.
     :param sleep: called with the length of each pause instead of waiting for it (the
         default waits, and :meth:`stop` cuts the wait short). Tests pass a fake clock.
+    :param stream: read a stream of Server-Sent Events (this package's server, see
+        ``docs/protocol.md``) instead of long polls: the server keeps each request open
+        for *timeout_seconds* and sends the events as they come; then the follower
+        reconnects from its cursor (``Last-Event-ID``). A gap is reported when the server
+        sends it, before the events that follow it.
     """
 
     #: The default long-poll timeout, in seconds: below the 60 s idle timeout of many
@@ -246,6 +264,7 @@ class Follower:
         backoff: Backoff | None = None,
         on_gap: Callable[[GapDetected], object] | None = None,
         sleep: Callable[[float], object] | None = None,
+        stream: bool = False,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a non-empty str, not {url!r}")
@@ -265,6 +284,8 @@ class Follower:
         self.username = username
         self.password = password
         self.backoff = backoff if backoff is not None else Backoff()
+        #: Whether it reads streams of Server-Sent Events rather than long polls.
+        self.stream = stream
         self._sleep = sleep
         self._owns_session = transport is None
         self._transport: Transport = requests.Session() if transport is None else transport
@@ -287,6 +308,7 @@ class Follower:
         self._condition = threading.Condition()
         self._stopping = False
         self._iterating = False
+        self._response: requests.Response | None = None  # the open stream, if any
 
     @property
     def cursor(self) -> Cursor | None:
@@ -356,6 +378,9 @@ class Follower:
                 return
             self._stopping = True
             self._condition.notify_all()
+        response = self._response
+        if response is not None:  # ends the stream reader's wait on the socket
+            _hang_up(response)
         if self._owns_session and isinstance(self._transport, requests.Session):
             # Closes the idle connections now; the abandoned one is closed when it returns.
             self._transport.close()
@@ -374,6 +399,9 @@ class Follower:
         self.stop()
 
     def _follow(self) -> Iterator[Event]:
+        if self.stream:
+            yield from self._follow_streams()
+            return
         failures = 0
         while not self._stopping:
             asked = self._cursor
@@ -413,6 +441,90 @@ class Follower:
                     return
             if response.gaps:
                 self._pass_gaps(response.gaps, asked, came_empty=not events)
+
+    def _follow_streams(self) -> Iterator[Event]:
+        failures = 0
+        while not self._stopping:
+            asked = self._cursor
+            reader = _StreamReader(self)
+            try:
+                for message in reader.messages():
+                    if failures:
+                        logger.info("streaming %s for %s works again", self.url, self._names)
+                        failures = 0
+                    if message.event == "gap":
+                        self._report_streamed_gap(_decode_message(message, Gap.from_dict), asked)
+                    elif message.event == "message":
+                        event = _decode_message(message, Event.from_dict)
+                        if self._handed_out(event):
+                            self._skip(event)
+                            continue
+                        self._advance(event)
+                        yield event
+                    if self._stopping:
+                        return
+            except SubscriptionRejected:
+                raise
+            except (requests.RequestException, _Retryable) as error:
+                self._start_from_stream(reader.parser)
+                if self._stopping:
+                    return
+                failures = 1 if reader.opened else failures + 1
+                delay = self.backoff.delay(failures)
+                logger.warning(
+                    "streaming %s for %s failed (%s, %d in a row); reconnecting in %.2f s",
+                    self.url, self._names, error, failures, delay,
+                )
+                self._pause(delay)
+                continue
+            finally:
+                reader.close()
+            # The server ended the stream (its timeout, or it drains): reconnect at once.
+            self._start_from_stream(reader.parser)
+            failures = 0
+
+    def _start_from_stream(self, parser: SSEParser) -> None:
+        """Started from now with nothing handed out: go on from where the stream started
+        (its opening ``id``), so that the next one misses nothing published between."""
+        if self._cursor is not None or not parser.last_event_id:
+            return
+        cursor = parse_stream_id(parser.last_event_id)
+        if cursor is not None:
+            self._cursor = Cursor(*cursor)
+            self._ids_at_cursor_time = {cursor[1]} if cursor[1] else set()
+
+    def _report_streamed_gap(self, gap: Gap, asked: Cursor | None) -> None:
+        """Report *gap* once. The cursor moves past it with the events that follow."""
+        if self._reported_gaps.get(gap.category) == gap:
+            return
+        self._reported_gaps[gap.category] = gap
+        if asked == Cursor(0):
+            return
+        detected = GapDetected(
+            f"the server dropped events of {gap.category!r} (up to "
+            f"{gap.since_time}/{gap.last_id}) before this follower got them "
+            "(its buffer size or time to live)",
+            [gap],
+            asked,
+        )
+        logger.info("%s", detected)
+        if self.on_gap is None:
+            raise detected
+        self.on_gap(detected)
+
+    def _stream_request(self) -> tuple[list[tuple[str, str | int]], dict[str, str]]:
+        """The query and the headers of the next stream."""
+        first, *more = self.categories
+        params: list[tuple[str, str | int]] = [("category", first)]
+        params.extend(("categories", category) for category in more)
+        params.append(("timeout", self.timeout_seconds))
+        fields = _header_fields(self.header)
+        fields["Accept"] = EVENT_STREAM
+        fields["Cache-Control"] = "no-cache"
+        cursor = self._cursor
+        if cursor is not None:
+            fields["Last-Event-ID"] = f"{cursor.since_time}:{cursor.last_id}"
+        return params, fields
 
     @property
     def _names(self) -> str:
@@ -596,3 +708,140 @@ def _categories(category: str | Sequence[str]) -> tuple[str, ...]:
 
 class _Retryable(Exception):
     """An answer that says "try again later"."""
+
+
+def _decode_message(message: SSEMessage, decode: Callable[[Any], Any]) -> Any:
+    try:
+        return decode(json.loads(message.data))
+    except ValueError as error:
+        raise InvalidResponse(f"the stream sent an invalid {message.event}: {error}") from error
+
+
+class _StreamReader:
+    """One stream request, read in a daemon thread; the iterating thread takes its
+    messages, and :meth:`Follower.stop` ends the wait for the next one at once."""
+
+    def __init__(self, follower: Follower) -> None:
+        self.follower = follower
+        self.parser = SSEParser()
+        self._items: deque[SSEMessage | BaseException | None] = deque()
+        self._thread = threading.Thread(
+            target=self._read, name="wsgi_longpoll-follower-stream", daemon=True
+        )
+        self._closed = False
+        #: Whether the server answered with a stream.
+        self.opened = False
+
+    def messages(self) -> Iterator[SSEMessage]:
+        """The stream's messages until it ends; its errors raised."""
+        follower = self.follower
+        condition = follower._condition
+        with condition:
+            if follower._stopping:
+                return
+            self._thread.start()
+        while True:
+            with condition:
+                condition.wait_for(lambda: bool(self._items) or follower._stopping)
+                if follower._stopping:
+                    return
+                item = self._items.popleft()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Let go of the stream (the reader thread ends with it)."""
+        with self.follower._condition:
+            self._closed = True
+            response = self.follower._response
+            self.follower._response = None
+        if response is not None:
+            _hang_up(response)
+
+    def _put(self, item: SSEMessage | BaseException | None) -> None:
+        condition = self.follower._condition
+        with condition:
+            self._items.append(item)
+            condition.notify_all()
+
+    def _read(self) -> None:
+        follower = self.follower
+        try:
+            params, fields = follower._stream_request()
+            margin = SUBSCRIPTION_TIMEOUT_MARGIN_SECONDS
+            auth = (
+                requests.auth.HTTPBasicAuth(
+                    follower.username.encode("utf-8"), follower.password.encode("utf-8")
+                )
+                if follower.username and follower.password
+                else None
+            )
+            with _session_for(follower._transport) as session:
+                response = session.get(
+                    _with_local_host(follower.url), params=params, headers=fields, auth=auth,
+                    timeout=(margin, follower.timeout_seconds + margin), stream=True,
+                )
+                with follower._condition:
+                    if self._closed or follower._stopping:
+                        response.close()
+                        return
+                    follower._response = response
+                self._check(response)
+                self.opened = True
+                for line in _lines(response):
+                    message = self.parser.feed(line)
+                    if message is not None:
+                        self._put(message)
+            self._put(None)
+        except BaseException as error:  # handed to the iterating thread
+            self._put(error)
+
+    def _check(self, response: requests.Response) -> None:
+        follower = self.follower
+        status = response.status_code
+        content_type = response.headers.get("Content-Type", "")
+        if status == 200 and content_type.split(";")[0].strip() == EVENT_STREAM:
+            return
+        body = response.content
+        error: str | None = None
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            error = json.loads(body)["error"]
+        if status in RETRYABLE_STATUSES:
+            raise _Retryable(f"HTTP {status}")
+        if isinstance(error, str):
+            raise SubscriptionRejected(
+                f"the server rejected the stream of {follower._names}: {error}", status, error
+            )
+        if status != 200:
+            raise SubscriptionRejected(
+                f"the server answered HTTP {status} to the stream of {follower._names}", status
+            )
+        raise InvalidResponse(
+            f"the server answered a stream request with {content_type or 'no Content-Type'}, "
+            f"not {EVENT_STREAM} (is it this package's server?)"
+        )
+
+
+def _hang_up(response: requests.Response) -> None:
+    """Close a stream's connection, also while another thread waits on it: closing the
+    response alone would leave the socket open until that thread lets go of it."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()
+
+
+def _lines(response: requests.Response) -> Iterator[str]:
+    """The stream's lines as they come, without their line ends (LF or CRLF)."""
+    pending = b""
+    for chunk in response.iter_content(chunk_size=None):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")

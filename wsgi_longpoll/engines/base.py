@@ -19,7 +19,15 @@ from typing import Any
 
 from ..event import Event, Gap
 
-__all__ = ["Engine", "Listener", "Position", "ReadResult", "merge_by_position"]
+__all__ = [
+    "Engine",
+    "Listener",
+    "Position",
+    "ReadResult",
+    "WatchCounts",
+    "check_engine_options",
+    "merge_by_position",
+]
 
 #: Where an event stands in the publish order: ``(timestamp in ms, sequence number)``.
 #: Positions compare as tuples; ``(0, 0)`` comes before every event.
@@ -42,6 +50,53 @@ def merge_by_position(
 
 def _position(entry: tuple[Position, Event]) -> Position:
     return entry[0]
+
+
+def check_engine_options(
+    max_event_buffer_size: int, event_time_to_live_seconds: float | None, max_categories: int
+) -> None:
+    """Refuse, by name, the options every engine shares when they make no sense.
+
+    :raises ValueError: naming the option.
+    """
+    if max_event_buffer_size < 1:
+        raise ValueError("max_event_buffer_size must be at least 1")
+    if event_time_to_live_seconds is not None and event_time_to_live_seconds < 0:
+        raise ValueError("event_time_to_live_seconds must be None, 0 (both: for ever) or more")
+    if max_categories < 1:
+        raise ValueError("max_categories must be at least 1")
+
+
+class WatchCounts:
+    """How many watches each category has: :meth:`Engine.watch` and
+    :meth:`Engine.unwatch` are counted per category."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __contains__(self, category: object) -> bool:
+        return category in self._counts
+
+    def add(self, categories: Iterable[str]) -> None:
+        """One more watch of each of *categories*."""
+        counts = self._counts
+        for category in categories:
+            counts[category] = counts.get(category, 0) + 1
+
+    def remove(self, categories: Iterable[str]) -> list[str]:
+        """One watch fewer of each of *categories*; return those no longer watched."""
+        counts = self._counts
+        unwatched = []
+        for category in categories:
+            count = counts.get(category, 0) - 1
+            if count > 0:
+                counts[category] = count
+            else:
+                counts.pop(category, None)
+                unwatched.append(category)
+        return unwatched
 
 
 @dataclass(slots=True)

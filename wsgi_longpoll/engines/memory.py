@@ -17,8 +17,16 @@ from gevent.monkey import get_original
 
 from ..errors import CapacityExceeded
 from ..event import Event, Gap
-from ..protocol import now_ms
-from .base import Engine, Listener, Position, ReadResult, merge_by_position
+from ..protocol import MAX_TIMESTAMP, now_ms
+from .base import (
+    Engine,
+    Listener,
+    Position,
+    ReadResult,
+    WatchCounts,
+    check_engine_options,
+    merge_by_position,
+)
 from .buffer import EventBuffer, Floor, missed
 
 __all__ = ["MemoryEngine", "Persister"]
@@ -54,6 +62,10 @@ class Persister(Protocol):
 
     def check(self) -> None:
         """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` if writing fails now."""
+
+    def wait_written(self, event: Event) -> None:
+        """Return once *event*, given to :meth:`append`, is written, if the persister
+        acknowledges only what is written; at once otherwise. Called without locks."""
 
     def close(self) -> None:
         """Write out everything appended and release the file."""
@@ -98,10 +110,7 @@ class MemoryEngine(Engine):
         delete_event_after_first_retrieval: bool = False,
         max_buffered_bytes: int | None = default_max_buffered_bytes,
     ) -> None:
-        if max_event_buffer_size < 1:
-            raise ValueError("max_event_buffer_size must be at least 1")
-        if max_categories < 1:
-            raise ValueError("max_categories must be at least 1")
+        check_engine_options(max_event_buffer_size, event_time_to_live_seconds, max_categories)
         if max_buffered_bytes is not None and max_buffered_bytes < 1:
             raise ValueError("max_buffered_bytes must be None or at least 1")
         self.max_buffered_bytes = max_buffered_bytes
@@ -124,7 +133,7 @@ class MemoryEngine(Engine):
         #: ``(seq, category)`` of the events held, oldest first (and some gone since):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
-        self._watched: dict[str, int] = {}
+        self._watched = WatchCounts()
         #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
         self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
         self._listener: Listener | None = None
@@ -133,7 +142,8 @@ class MemoryEngine(Engine):
         self._last_timestamp = 0
         self._last_seq = 0
         self._next_sweep = 0
-        self._persister = persister
+        #: Where the events are kept across restarts, if anywhere.
+        self.persister = persister
         if persister is not None:
             self._restore(persister.load())
 
@@ -142,6 +152,8 @@ class MemoryEngine(Engine):
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         with self._lock:
+            if self.persister is not None:  # refused before anything is stored
+                self.persister.check()
             if idempotency_key is not None:
                 known = self._remembered(category, idempotency_key)
                 if known is not None:
@@ -165,7 +177,7 @@ class MemoryEngine(Engine):
                 self._buffers[category] = buffer
                 if not (watched and self.delete_event_after_first_retrieval):
                     self._store(buffer, event, self._last_seq)
-            persister = self._persister
+            persister = self.persister
             if persister is not None:
                 persister.append(event)
                 if persister.wants_compaction:
@@ -176,7 +188,9 @@ class MemoryEngine(Engine):
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
                 self._keys[category, idempotency_key] = (expires, event)
-            return event
+        if self.persister is not None:
+            self.persister.wait_written(event)  # without the lock: it may wait for the disk
+        return event
 
     def _remembered(self, category: str, key: str) -> Event | None:
         """The event stored with *key* in *category* within the window, if any."""
@@ -286,13 +300,12 @@ class MemoryEngine(Engine):
         return self._bytes
 
     def check(self) -> None:
-        if self._persister is not None:
-            self._persister.check()
+        if self.persister is not None:
+            self.persister.check()
 
     def watch(self, categories: Sequence[str], after: Position) -> None:
         with self._lock:
-            for category in categories:
-                self._watched[category] = self._watched.get(category, 0) + 1
+            self._watched.add(categories)
             # Catch up: what was published between the watcher's read and now.
             found = [
                 (buffer, buffer.entries_after_seq(after[1]))
@@ -309,17 +322,12 @@ class MemoryEngine(Engine):
 
     def unwatch(self, categories: Sequence[str]) -> None:
         with self._lock:
-            for category in categories:
-                count = self._watched.get(category, 0) - 1
-                if count > 0:
-                    self._watched[category] = count
-                else:
-                    self._watched.pop(category, None)
+            self._watched.remove(categories)
 
     def close(self) -> None:
         """Close the persister, which writes out every event it was given."""
-        if self._persister is not None:
-            self._persister.close()
+        if self.persister is not None:
+            self.persister.close()
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -382,6 +390,9 @@ class MemoryEngine(Engine):
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
         cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
         for event in ordered:
+            if not 0 <= event.timestamp <= MAX_TIMESTAMP:  # the clock must stay resumable
+                logger.warning("skipped a stored event with timestamp %d", event.timestamp)
+                continue
             if cutoff is None or event.timestamp >= cutoff:
                 self._last_seq += 1
                 buffer = self._buffers.get(event.category)
@@ -391,6 +402,6 @@ class MemoryEngine(Engine):
                     )
                 self._store(buffer, event.compact(), self._last_seq)
             self._last_timestamp = max(self._last_timestamp, event.timestamp)
-        if self._persister is not None:
-            self._persister.compact(self.all_events())
+        if self.persister is not None:
+            self.persister.compact(self.all_events())
         logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))

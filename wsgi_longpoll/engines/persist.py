@@ -8,12 +8,22 @@ Writing happens in a real OS thread (even in a process monkey-patched by gevent)
 :meth:`FilePersister.append` only hands the bytes over, so a slow disk never stalls the
 gevent hub that answers subscribers. The same thread rewrites the file when it has grown
 too much (see :class:`FilePersister` for the rule), in order with the appends.
+
+**Guarantees.** One persister per file: the file's sidecar ``<file_name>.lock`` is
+locked (``flock``) for the persister's life, and a second persister, in this process or
+another, raises :class:`PersistFileLocked`. Once a write has failed (disk full, file too
+large, an I/O error) :meth:`FilePersister.check` raises :class:`PersistenceFailed`, and
+the memory engine refuses events with it, until a retry of the unwritten bytes
+succeeds, so that no event is acknowledged that cannot be written. With
+``acknowledge_after_write``, publish returns only once its event is written (and
+synced, with ``fsync``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -22,12 +32,20 @@ import weakref
 from time import monotonic
 from typing import Any
 
+from gevent._hub_local import get_hub_if_exists
+from gevent.hub import Waiter, getcurrent
 from gevent.monkey import get_original
 
-from ..errors import StorageUnavailable
+from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event
+from ..protocol import MAX_TIMESTAMP, canonical_uuid
 
-__all__ = ["FilePersister"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FilePersister", "NotWritten", "PersistFileLocked", "PersistenceFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +55,34 @@ _start_new_thread = get_original("_thread", "start_new_thread")
 _allocate_lock = get_original("_thread", "allocate_lock")
 _SimpleQueue = get_original("queue", "SimpleQueue")
 _Empty = get_original("queue", "Empty")
+_get_thread_ident = get_original("_thread", "get_ident")
+
+
+class PersistenceFailed(StorageUnavailable):
+    """The persister cannot write its file (disk full, file too large, an I/O error).
+
+    Raised by :meth:`FilePersister.check`, which the memory engine calls before it stores
+    an event (so by ``LongpollManager.publish``, which the middleware answers with
+    ``503`` and ``Retry-After``), from the first failed write until a retry of the
+    unwritten bytes succeeds: the event was not published. With
+    ``acknowledge_after_write``, raised when the write of the publisher's own event
+    failed: the event was handed to live subscribers and is kept and retried, but it is
+    not on disk.
+    """
+
+
+class NotWritten(PersistenceFailed, OutcomeUnknown):
+    """With acknowledge after write: the event is published (buffered, handed to live
+    subscribers) but its write failed. It stays queued and is retried; a publish that
+    gets this answer was neither refused nor made durable (HTTP 504)."""
+
+
+class PersistFileLocked(OSError):
+    """Another persister (in this process or another) holds the persist file's lock.
+
+    Two writers on one file lose events: each compaction of one replaces the file the
+    other is appending to.
+    """
 
 #: How many bad lines :meth:`FilePersister.load` logs one by one before it only counts them.
 _LOGGED_BAD_LINES = 20
@@ -88,6 +134,34 @@ class _Command:
         self.done.acquire()
 
 
+class _Ack:
+    """A publisher waiting for its event to be written (``acknowledge_after_write``).
+
+    The writer thread calls :meth:`complete` (with the persister's lock held); the
+    publisher waits in :meth:`FilePersister.wait_written`: on a gevent :class:`Waiter`
+    woken by the hub's ``async`` watcher (which a thread may send, and which keeps the
+    hub's loop alive) when it runs in a greenlet of a hub, so that the hub goes on
+    serving; on an OS lock otherwise.
+    """
+
+    __slots__ = ("event_id", "done", "error", "lock", "watcher")
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+        self.done = False
+        self.error: OSError | None = None
+        self.lock = _allocate_lock()
+        self.lock.acquire()
+        self.watcher: Any = None
+
+    def complete(self, error: OSError | None) -> None:
+        self.done = True
+        self.error = error
+        self.lock.release()
+        if self.watcher is not None:
+            self.watcher.send()
+
+
 class FilePersister:
     """Keeps every published event in a file, and gives them back on start.
 
@@ -111,6 +185,25 @@ class FilePersister:
     old one as ``<file_name>.compacting``, synced, then renamed over it: a crash at any
     moment leaves either the old or the new file whole.
 
+    **One writer**: ``<file_name>.lock`` is locked with ``flock`` while the persister is
+    open (the lock survives the rename of compaction); a second persister on the same
+    file raises :class:`PersistFileLocked`.
+
+    **Write failures**: a failed write is logged, counted (:attr:`write_failures`) and
+    retried every *write_flush_period_seconds* with the bytes it could not write. From
+    the failure until a retry succeeds, :attr:`healthy` is false, :attr:`write_error`
+    says why, and :meth:`check` raises :class:`PersistenceFailed`, so that a publish is
+    refused (``503``) rather than acknowledged and lost. Events still unwritten when the
+    persister is closed are counted in :attr:`discarded_events` and
+    :attr:`discarded_bytes` (the CLI then exits non-zero).
+
+    **Acknowledge after write**: with *acknowledge_after_write*, the writer writes as soon
+    as events come, every event queued in one write (and one ``fsync`` with *fsync*),
+    and :meth:`wait_written` returns when the event it is given is written: the manager
+    calls it after publishing, outside its lock, so publish returns only then. A process
+    killed at any moment then loses no acknowledged event (a power loss neither, with
+    *fsync*). Live subscribers may receive an event before it is written.
+
     :param file_name: the file to append to and read back from.
     :param write_buffer_size: bytes buffered before a write; more than 0.
     :param write_flush_period_seconds: the longest an appended event may wait before it
@@ -119,8 +212,12 @@ class FilePersister:
         otherwise the operating system decides when written data reaches the disk.
     :param compact_bytes: the least growth, in bytes, that triggers a rewrite while
         running; more than 0.
+    :param acknowledge_after_write: make :meth:`wait_written` wait for the write (see
+        above); otherwise it returns at once and events are written at the latest
+        *write_flush_period_seconds* after they came.
     :raises ValueError: if an option is out of range (the message names it).
     :raises TypeError: if an option has the wrong type.
+    :raises PersistFileLocked: if another persister has the file open.
     :raises OSError: if the file cannot be created or opened for appending.
     """
 
@@ -135,6 +232,7 @@ class FilePersister:
         *,
         fsync: bool = False,
         compact_bytes: int = default_compact_bytes,
+        acknowledge_after_write: bool = False,
     ) -> None:
         if not isinstance(file_name, (str, os.PathLike)):
             raise TypeError(f"file_name must be a path, not {type(file_name).__name__}")
@@ -160,35 +258,49 @@ class FilePersister:
         self.write_flush_period_seconds = float(write_flush_period_seconds)
         self.fsync = bool(fsync)
         self.compact_bytes = compact_bytes
-        self._fd = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
-        )
+        self.acknowledge_after_write = bool(acknowledge_after_write)
+        #: How many writes (or syncs) have failed since the persister was opened.
+        self.write_failures = 0
+        #: Events, and bytes, that were still unwritten when the persister was closed.
+        self.discarded_events = 0
+        self.discarded_bytes = 0
+        self._write_error: OSError | None = None
+        self._lock_fd = _lock_file(path + ".lock", path)
+        try:
+            self._fd = os.open(
+                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
+            )
+        except OSError:
+            os.close(self._lock_fd)
+            raise
         try:
             # What the manager's compaction rule counts: bytes since the last rewrite.
             self._appended_bytes = os.fstat(self._fd).st_size
         except OSError:
             os.close(self._fd)
+            os.close(self._lock_fd)
             raise
         self._compacted_bytes = 0
         # Handed from append to the writer under _lock: encoded events and commands, in
         # order. The writer wakes on _wakeups only when it must: the first event when it
         # has no deadline set, a full buffer, a command.
         self._lock = _allocate_lock()
-        self._pending: list[bytes | _Command] = []
+        self._pending: list[bytes | _Command | _Ack] = []
+        self._acks: dict[str, _Ack] = {}  # event id -> its publisher's wait
+        self._waiting_acks: list[_Ack] = []  # the writer's: acks whose bytes it holds
         self._pending_bytes = 0
         self._pending_since = 0.0  # when the first of the pending events came
         self._wake_sent = False
         self._writer_has_deadline = False
         self._wakeups: Any = _SimpleQueue()
         self._closed = False
-        #: The error of the last write, while writes fail.
-        self._write_error: OSError | None = None
         self._finished = _allocate_lock()  # held while the writer thread runs
         self._finished.acquire()
         try:
             _start_new_thread(self._run, ())
         except BaseException:
             os.close(self._fd)
+            os.close(self._lock_fd)
             raise
         _open_persisters.add(self)
 
@@ -201,8 +313,11 @@ class FilePersister:
         """Read the events in the file, in file order.
 
         Blank lines are skipped quietly; torn and unparsable lines are skipped with a
-        warning that gives their line number. Lines may be of any length. Call it
-        before the first :meth:`append`: what is still buffered is not in the file.
+        warning that gives their line number, and so are records no client could resume
+        from: a timestamp outside 0 to :data:`~wsgi_longpoll.protocol.MAX_TIMESTAMP`
+        (2**53 - 1 ms, JavaScript's safe integers), an id that is not a UUID in
+        its canonical lower-case form. Lines may be of any length. Call it before the
+        first :meth:`append`: what is still buffered is not in the file.
         """
         events: list[Event] = []
         skipped = 0
@@ -211,7 +326,7 @@ class FilePersister:
                 if not line.strip():
                     continue
                 try:
-                    events.append(Event.from_dict(json.loads(line.decode("utf-8"))))
+                    events.append(_checked(Event.from_dict(json.loads(line.decode("utf-8")))))
                 except (ValueError, RecursionError) as error:  # JSON and UTF-8 errors too
                     skipped += 1
                     if skipped <= _LOGGED_BAD_LINES:
@@ -228,6 +343,9 @@ class FilePersister:
     def append(self, event: Event) -> None:
         """Queue *event* for writing and return at once; the writer thread writes it.
 
+        It queues *event* even while writing fails: call :meth:`check` first, as the
+        memory engine does, to refuse events then.
+
         :raises RuntimeError: once the persister is closed.
         """
         data = event.to_json()
@@ -238,14 +356,85 @@ class FilePersister:
                 self._pending_since = monotonic()
             self._pending.append(data)
             self._pending_bytes += len(data) + 1
+            if self.acknowledge_after_write:
+                ack = self._acks[event.id] = _Ack(event.id)
+                self._pending.append(ack)
             wake = not self._wake_sent and (
-                not self._writer_has_deadline or self._pending_bytes >= self.write_buffer_size
+                self.acknowledge_after_write
+                or not self._writer_has_deadline
+                or self._pending_bytes >= self.write_buffer_size
             )
             if wake:
                 self._wake_sent = True
         self._appended_bytes += len(data) + 1
         if wake:
             self._wakeups.put(None)
+
+    def wait_written(self, event: Event) -> None:
+        """Return once *event*, given to :meth:`append`, is written (and synced, with
+        *fsync*); at once without *acknowledge_after_write*.
+
+        Call it without holding a lock others need: it waits. A greenlet waits on its
+        hub (which goes on serving); any other caller blocks its OS thread.
+
+        :raises PersistenceFailed: if the write failed. The event stays queued and is
+            retried, but it is not on disk.
+        """
+        waiter = None
+        with self._lock:
+            ack = self._acks.pop(event.id, None)
+            if ack is not None and not ack.done:
+                hub = get_hub_if_exists()
+                if (
+                    hub is not None
+                    and hub.thread_ident == _get_thread_ident()
+                    and getcurrent() is not hub
+                ):
+                    waiter = Waiter(hub)
+                    ack.watcher = hub.loop.async_()
+                    ack.watcher.start(waiter.switch, None)
+        if ack is None:
+            return
+        if waiter is not None:
+            try:
+                while not ack.done:
+                    waiter.get()
+            finally:
+                with self._lock:  # the writer sends it with the lock held
+                    ack.watcher.close()
+                    ack.watcher = None
+        else:
+            ack.lock.acquire()
+        if ack.error is not None:
+            raise NotWritten(
+                f"{self.file_name}: the event was delivered to live subscribers but could "
+                f"not be written ({ack.error.strerror or ack.error}); it is kept and retried"
+            )
+
+    @property
+    def discarded_acknowledged_events(self) -> int:
+        """Of :attr:`discarded_events`, those whose publish was acknowledged: all of them,
+        unless *acknowledge_after_write* (then a publish whose event is unwritten failed)."""
+        return 0 if self.acknowledge_after_write else self.discarded_events
+
+    @property
+    def healthy(self) -> bool:
+        """Whether events are accepted: no write has failed since the last that worked,
+        and the writer thread runs."""
+        return self._write_error is None and self._finished.locked()
+
+    @property
+    def write_error(self) -> OSError | None:
+        """Why the last write failed, while it is not retried successfully; else ``None``."""
+        return self._write_error
+
+    def _failure_message(self) -> str:
+        if not self._finished.locked():
+            return f"{self.file_name}: the writer thread has ended; events cannot be stored"
+        error = self._write_error
+        reason = (error.strerror or str(error)) if error is not None else "unknown"
+        return f"{self.file_name}: cannot write ({reason}); retried every " \
+            f"{self.write_flush_period_seconds:g} s"
 
     @property
     def wants_compaction(self) -> bool:
@@ -306,10 +495,11 @@ class FilePersister:
         return self._closed
 
     def check(self) -> None:
-        """Raise :class:`~wsgi_longpoll.errors.StorageUnavailable` while writes fail."""
-        error = self._write_error
-        if error is not None:
-            raise StorageUnavailable(f"{self}: cannot write: {error}")
+        """Raise :class:`PersistenceFailed` (a
+        :class:`~wsgi_longpoll.errors.StorageUnavailable`) while writes fail, that is
+        while :attr:`healthy` is false."""
+        if not self.healthy and not self._closed:
+            raise PersistenceFailed(self._failure_message())
 
     # -- the writer thread --------------------------------------------------------------
 
@@ -336,7 +526,16 @@ class FilePersister:
         finally:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-            self._finished.release()
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # releases the flock
+            with self._lock:
+                self._finished.release()
+                acks = [item for item in self._pending if isinstance(item, _Ack)]
+                acks += self._waiting_acks
+                self._waiting_acks = []
+                for ack in acks:
+                    if not ack.done:
+                        ack.complete(OSError("the persister's writer thread has ended"))
 
     def _write_loop(self) -> None:
         buffer = bytearray()  # taken from the appenders, not yet written
@@ -344,6 +543,7 @@ class FilePersister:
         deadline: float | None = None
         retry_at = 0.0  # after a failed write, when to try again
         target = self.write_flush_period_seconds * (1 - _DEADLINE_HEADROOM)
+        waiting = self._waiting_acks  # publishers whose events are in buffer
         while True:
             timeout = None if deadline is None else max(deadline - monotonic(), 0.0)
             with contextlib.suppress(_Empty):
@@ -361,27 +561,35 @@ class FilePersister:
                     buffer += b"\n"
                     buffer += item
                     continue
+                if type(item) is _Ack:
+                    waiting.append(item)
+                    continue
                 assert isinstance(item, _Command)
                 item.error = self._write(buffer, sync=self.fsync)
                 if item.error is None:
                     deadline = None
+                compacted = False
                 if item.kind == "compact":
                     assert item.events is not None
-                    if self._compact(item.events):
+                    compacted = self._compact(item.events)
+                    if compacted:
                         # The new file holds every event the buffers keep, including any
                         # that a failed write left behind: the rest was evicted.
                         buffer.clear()
                         deadline = None
+                        self._write_error = None
                     item.events = None
+                self._settle(waiting, None if compacted else item.error)
                 item.done.release()
                 if item.kind == "close":
                     if buffer:
-                        logger.error(
-                            "%s: closed with %d bytes that could not be written",
-                            self, len(buffer),
-                        )
+                        self._discard(buffer)
                     return
             now = monotonic()
+            if waiting:  # acknowledge after write: write (and sync) now, all in one
+                error = self._write(buffer, sync=self.fsync)
+                self._settle(waiting, error)
+                deadline = None if error is None else now + self.write_flush_period_seconds
             if len(buffer) >= self.write_buffer_size and now >= retry_at:
                 if self._write(buffer, sync=False) is None:
                     if not self.fsync:
@@ -398,19 +606,53 @@ class FilePersister:
                     deadline = self._pending_since + target  # came while this batch was written
                 self._writer_has_deadline = deadline is not None
 
+    def _settle(self, waiting: list[_Ack], error: OSError | None) -> None:
+        """Tell the publishers *waiting* whether their events are written; empty it."""
+        if not waiting:
+            return
+        with self._lock:
+            for ack in waiting:
+                if error is None:
+                    self._acks.pop(ack.event_id, None)
+                ack.complete(error)
+        waiting.clear()
+
+    def _discard(self, buffer: bytearray) -> None:
+        """Count and log what *buffer* still holds when the persister closes."""
+        # Each record starts with a newline; a record partly written has lost its own.
+        events = buffer.count(b"\n") + (buffer[:1] != b"\n")
+        self.discarded_events = events
+        self.discarded_bytes = len(buffer)
+        logger.error(
+            "%s: closed with %d events (%d bytes) that could not be written: they are lost",
+            self, events, len(buffer),
+        )
+
     def _write(self, buffer: bytearray, *, sync: bool) -> OSError | None:
-        """Write *buffer* out (and sync the file); log and return the error on failure."""
+        """Write *buffer* out (and sync the file); log and return the error on failure.
+
+        A failure makes the persister unhealthy (:attr:`healthy`) until a write works.
+        """
         try:
             _write_out(self._fd, buffer)
             if sync:
                 os.fsync(self._fd)
         except OSError as error:
-            logger.exception(
-                "%s: cannot write %d bytes; they are kept and retried", self, len(buffer)
-            )
+            self.write_failures += 1
+            first = self._write_error is None
             self._write_error = error
+            if first:
+                logger.error(
+                    "%s: cannot write %d bytes (%s); they are kept and retried every %g s, "
+                    "and events are refused until a retry works",
+                    self, len(buffer), error, self.write_flush_period_seconds,
+                )
+            else:
+                logger.debug("%s: retry failed: %s", self, error)
             return error
-        self._write_error = None
+        if self._write_error is not None:
+            logger.warning("%s: writing works again; events are accepted", self)
+            self._write_error = None
         return None
 
     def _compact(self, events: list[Event]) -> bool:
@@ -450,6 +692,47 @@ class FilePersister:
         _fsync_directory(os.path.dirname(self.file_name))
         logger.info("%s: compacted to %d events", self.file_name, len(events))
         return True
+
+
+def _checked(event: Event) -> Event:
+    """*event* if a client can resume from it; else :class:`ValueError` saying why."""
+    if not 0 <= event.timestamp <= MAX_TIMESTAMP:
+        raise ValueError(
+            f"timestamp {event.timestamp} is outside 0 to {MAX_TIMESTAMP} (2**53 - 1)"
+        )
+    if canonical_uuid(event.id) != event.id:
+        raise ValueError(f"id {event.id[:64]!r} is not a canonical lower-case UUID")
+    return event
+
+
+def _lock_file(lock_path: str, path: str) -> int:
+    """Open and ``flock`` *lock_path* for *path*'s writer; return its descriptor.
+
+    :raises PersistFileLocked: if another open file description holds the lock.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    if fcntl is None:  # pragma: no cover - no flock on this platform
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = b""
+        with contextlib.suppress(OSError):
+            holder = os.pread(fd, 32, 0).strip()
+        os.close(fd)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        who = f"process {holder.decode('ascii', 'replace')}" if holder else "another process"
+        raise PersistFileLocked(
+            error.errno,
+            f"{path} is in use by {who} (it holds {lock_path}); "
+            "two servers must not share a persist file",
+            path,
+        ) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    return fd
 
 
 def _check_positive_int(name: str, value: object) -> None:

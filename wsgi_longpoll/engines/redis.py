@@ -41,7 +41,15 @@ from redis.retry import Retry
 
 from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event, Gap, encode_json
-from .base import Engine, Listener, Position, ReadResult, merge_by_position
+from .base import (
+    Engine,
+    Listener,
+    Position,
+    ReadResult,
+    WatchCounts,
+    check_engine_options,
+    merge_by_position,
+)
 
 __all__ = ["RedisEngine", "cut_batch", "event_id", "stream_position"]
 
@@ -217,6 +225,7 @@ class RedisEngine(Engine):
         event_time_to_live_seconds: float | None = None,
         max_categories: int = 100_000,
     ) -> None:
+        check_engine_options(max_event_buffer_size, event_time_to_live_seconds, max_categories)
         self.url = url
         self.key_prefix = key_prefix
         self.max_event_buffer_size = max_event_buffer_size
@@ -348,7 +357,9 @@ class RedisEngine(Engine):
             # "Now" is where the reader stands in every category it follows already: no
             # round trip for the thousands of subscribers that park on a busy category.
             reader = self._reader
-            now = None if reader is None else reader.newest_position(categories)
+            now = None
+            if reader is not None and reader.pid == os.getpid():  # not a forked copy
+                now = reader.newest_position(categories)
             if now is None:
                 now = self._read(categories, None, None)[2]
             return ReadResult(position=now)
@@ -469,7 +480,7 @@ class _Reader:
         self._lock = _allocate_lock()
         #: For each watched stream, the position the next ``XREAD`` starts after.
         self._positions: dict[str, Position] = {}
-        self._watchers: dict[str, int] = {}
+        self._watchers = WatchCounts()
         self._generation = 0
         self._stopped = False
         self._started = False
@@ -495,8 +506,8 @@ class _Reader:
         """
         restart = False
         with self._lock:
+            self._watchers.add(categories)
             for category in categories:
-                self._watchers[category] = self._watchers.get(category, 0) + 1
                 known = self._positions.get(category)
                 if known is None or after < known:
                     self._positions[category] = after
@@ -514,13 +525,8 @@ class _Reader:
 
     def unwatch(self, categories: Sequence[str]) -> None:
         with self._lock:
-            for category in categories:
-                count = self._watchers.get(category, 0) - 1
-                if count > 0:
-                    self._watchers[category] = count
-                else:
-                    self._watchers.pop(category, None)
-                    self._positions.pop(category, None)
+            for category in self._watchers.remove(categories):
+                self._positions.pop(category, None)
 
     def interrupt(self, target: int) -> None:
         """End the ``XREAD`` in progress until the reader has reached generation *target*

@@ -83,6 +83,8 @@ class FilePersistorInfo:
     :param write_flush_period_seconds: the longest an accepted event may sit unwritten.
     :param fsync: also ``fsync`` the file at each flush, so that a power loss loses no
         more than a crash does (see docs/persistence.md for its cost).
+    :param acknowledge_after_write: a publish returns (and is answered) only once its
+        event is written, synced too with *fsync*; concurrent publishes share one write.
     """
 
     use: bool = False
@@ -90,6 +92,7 @@ class FilePersistorInfo:
     write_buffer_size: int = 4096
     write_flush_period_seconds: float = 1
     fsync: bool = False
+    acknowledge_after_write: bool = False
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -477,5 +480,6 @@ def _make_persister(info: FilePersistorInfo | None) -> Any:
     from ..engines.persist import FilePersister
 
     return FilePersister(
-        info.file_name, info.write_buffer_size, info.write_flush_period_seconds, fsync=info.fsync
+        info.file_name, info.write_buffer_size, info.write_flush_period_seconds, fsync=info.fsync,
+        acknowledge_after_write=info.acknowledge_after_write,
     )

@@ -95,6 +95,9 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
             self.log.warning("no LongpollMiddleware found in the application: every request "
                            "goes through the WSGI bridge")
             return _no_manager_router(self.wsgi, bridge, self.max_request_body_size)
+        # The middleware warns, once, of several processes on an in-memory engine; the
+        # native path has no environ to show it, so ask now.
+        middleware._check_multiprocess({"wsgi.multiprocess": cfg.workers > 1})
         if native:
             self.log.info("long-poll paths answered natively: %s, %s",
                         middleware.subscription_path, middleware.publish_path)

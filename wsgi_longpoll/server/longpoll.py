@@ -51,7 +51,9 @@ from ..protocol import (
     parse_subscribe_query,
     timeout_body,
 )
-from ..wsgi.middleware import RETRY_AFTER_SECONDS, Hook, LongpollMiddleware
+from ..sse import accepts_event_stream
+from ..wsgi.answers import RETRY_AFTER_SECONDS
+from ..wsgi.middleware import Hook, LongpollMiddleware
 from .http import Connection, Request, send_all
 from .wsgi import WSGIBridge, make_environ
 
@@ -128,11 +130,11 @@ class LongpollRouter:
         if not self.native:
             self.bridge.handle(connection, request)
             return
-        if path == self.subscription_path:
+        if path == self.subscription_path and self._native_subscribe(request):
             handler = self.subscribe
-        elif path == self.publish_path:
+        elif path == self.publish_path and self.middleware.authorize_publish is None:
             handler = self.publish
-        else:
+        else:  # the application, or what only the middleware does (see below)
             self.bridge.handle(connection, request)
             return
         try:
@@ -145,6 +147,25 @@ class LongpollRouter:
             connection.send_response(request, b"500 Internal Server Error",
                                      b"Content-Type: text/plain; charset=utf-8\r\n",
                                      b"Internal Server Error\n")
+
+    def _native_subscribe(self, request: Request) -> bool:
+        """Whether this subscription is answered here, the same as the middleware would.
+
+        The middleware answers, through the bridge: Server-Sent Events streams,
+        ``authorize_subscribe``, and a subscribe hook on a query naming more than one
+        ``category`` (it runs the hook once per category, on a rewritten query).
+        """
+        middleware = self.middleware
+        if middleware.authorize_subscribe is not None:
+            return False
+        accept = request.header(b"accept")
+        if accept is not None and accepts_event_stream(accept.decode("latin-1")):
+            return False
+        if middleware.before_subscription is not None:
+            query = request.query
+            if b"categories" in query or query.count(b"category") > 1:
+                return False
+        return True
 
     # -- hooks --------------------------------------------------------------------------
 

@@ -23,11 +23,14 @@
  * Against wsgi_longpoll's own server it also speaks the protocol's extensions: several
  * categories in one poll with one cursor (`categories`), and the gap signal (`onGap`) when
  * the server dropped events the client had not received (its buffer size or time to live).
+ * With `transport: "eventsource"` (or "auto") it reads the same events as a stream of
+ * Server-Sent Events through the browser's EventSource, on the same cursor, and falls
+ * back to long polls where EventSource is missing or the server answers no stream.
  */
 (function (root) {
   "use strict";
 
-  const VERSION = "0.1.0";
+  const VERSION = "0.1.0-dev.0"; // package.json's version, the Python package's in semver form
   const RETRYABLE_STATUSES = [408, 425, 429, 500, 502, 503, 504];
   // Seconds a poll may take beyond the timeout it asks for before it is given up.
   const TIMEOUT_MARGIN_SECONDS = 10;
@@ -168,6 +171,14 @@
    *                           said so; the client goes on after the gap. Default: a warning
    *                           on the console.
    *   fetch          the fetch function to use (default: the global fetch)
+   *   transport      "longpoll" (default): long polls with fetch. "eventsource": a stream
+   *                  of Server-Sent Events through the browser's EventSource, which
+   *                  reconnects by itself with Last-Event-ID; long polls from the same
+   *                  cursor where EventSource is missing or the server answers no stream
+   *                  (a golongpoll server, an error status). EventSource sends no headers:
+   *                  with `headers` or basic auth, "eventsource" throws a TypeError.
+   *                  "auto": "eventsource" where it can be used, else "longpoll".
+   *   EventSource    the EventSource constructor to use (default: the global one)
    */
   class LongpollClient {
     constructor(options) {
@@ -198,6 +209,21 @@
         }
       };
       this._fetch = o.fetch || root.fetch.bind(root);
+      this._EventSource = o.EventSource || root.EventSource || null;
+      this.transport = o.transport === undefined ? "longpoll" : o.transport;
+      if (["longpoll", "eventsource", "auto"].indexOf(this.transport) < 0) {
+        throw new TypeError('transport must be "longpoll", "eventsource" or "auto"');
+      }
+      const sendsHeaders = Object.keys(this.headers).length > 0 ||
+        Boolean(this.username && this.password);
+      if (this.transport === "eventsource" && sendsHeaders) {
+        throw new TypeError("EventSource cannot send headers or basic auth: " +
+          'use transport "longpoll" or "auto"');
+      }
+      // Which one runs now: "eventsource" until EventSource fails for good.
+      this._transportInUse = this.transport !== "longpoll" && this._EventSource && !sendsHeaders
+        ? "eventsource" : "longpoll";
+      this._source = null;
       this.storageKey = o.storageKey || null;
       this.storage = o.storage || (this.storageKey ? root.localStorage : null);
 
@@ -225,12 +251,21 @@
       return this._state;
     }
 
+    /** "eventsource" or "longpoll": what the client uses (or will use on start()). */
+    get transportInUse() {
+      return this._transportInUse;
+    }
+
     /** Start following; returns at once. Calling it on a running client does nothing. */
     start() {
       if (this._running) return;
       this._running = true;
       this._generation += 1;
       this._setState("connecting");
+      if (this._transportInUse === "eventsource") {
+        this._stream(this._generation);
+        return;
+      }
       this._loop(this._generation).catch((error) => this._report(error, null));
     }
 
@@ -238,6 +273,10 @@
     stop() {
       if (!this._running) return;
       this._running = false;
+      if (this._source) {
+        this._source.close();
+        this._source = null;
+      }
       if (this._controller) this._controller.abort();
       if (this._wake) this._wake();
       this._setState("stopped");
@@ -297,6 +336,71 @@
         if (this._cursor.lastId) url.searchParams.set("last_id", this._cursor.lastId);
       }
       return url.href;
+    }
+
+    _streamUrl() {
+      const url = resolveUrl(this.subscribeUrl);
+      url.searchParams.set("category", this.categories[0]);
+      url.searchParams.delete("categories");
+      for (const category of this.categories.slice(1)) url.searchParams.append("categories", category);
+      url.searchParams.set("timeout", String(this.timeoutSeconds));
+      // Where this stream starts. When EventSource reconnects by itself, the id of the
+      // last event it got (its Last-Event-ID header) takes the place of these.
+      if (this._cursor) {
+        url.searchParams.set("since_time", String(this._cursor.sinceTime));
+        if (this._cursor.lastId) url.searchParams.set("last_id", this._cursor.lastId);
+      }
+      return url.href;
+    }
+
+    /** Follow with an EventSource; long polls from the cursor if it fails for good. */
+    _stream(generation) {
+      const source = new this._EventSource(this._streamUrl(),
+        { withCredentials: this.credentials === "include" });
+      this._source = source;
+      source.onopen = () => {
+        if (this._current(generation)) this._setState("connected");
+      };
+      source.onmessage = (message) => {
+        if (!this._current(generation)) return;
+        let event;
+        try {
+          event = JSON.parse(message.data);
+        } catch (error) {
+          this._report(new RetryableError("a stream event that is not JSON"), null);
+          return;
+        }
+        this._deliver([event], generation);
+      };
+      source.addEventListener("gap", (message) => {
+        if (!this._current(generation)) return;
+        let gap = null;
+        try {
+          gap = JSON.parse(message.data);
+        } catch (error) {
+          gap = null;
+        }
+        if (!isGap(gap)) {
+          this._report(new RetryableError("a stream gap that is not the protocol's"), null);
+          return;
+        }
+        // The events after the gap come next and move the cursor past it.
+        this._reportGaps([gap], this.cursor);
+      });
+      source.onerror = () => {
+        if (!this._current(generation)) return;
+        if (source.readyState !== 2) {  // CONNECTING: EventSource reconnects by itself
+          this._setState("reconnecting", { failures: 1, delayMs: null, error: null });
+          return;
+        }
+        // CLOSED: no stream here (EventSource gives up on an error status or a JSON
+        // answer): long polls from the cursor say why, and back off.
+        source.close();
+        if (this._source === source) this._source = null;
+        this._transportInUse = "longpoll";
+        this._report(new RetryableError("no event stream; following with long polls"), 0);
+        this._loop(generation).catch((error) => this._report(error, null));
+      };
     }
 
     _current(generation) {
@@ -365,6 +469,11 @@
         this._cursor = { sinceTime: newest.since_time, lastId: newest.last_id };
         this._saveCursor();
       }
+      this._reportGaps(gaps, asked);
+    }
+
+    /** Call onGap with the `gaps` not reported before; `asked`: the cursor they follow. */
+    _reportGaps(gaps, asked) {
       const fresh = [];
       for (const gap of gaps) {
         const key = gap.since_time + "/" + gap.last_id;

@@ -22,14 +22,12 @@ from collections.abc import Iterable, Mapping
 
 from werkzeug.wrappers import Request, Response
 
-from ..protocol import error_body
-from .middleware import Hook
+from .answers import Hook, error_response
 
 __all__ = ["basic_auth", "bearer_token", "hmac_signature"]
 
 logger = logging.getLogger(__name__)
 
-_JSON_HEADERS = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
 
 
 def _secrets(value: str | bytes | Iterable[str | bytes], what: str) -> list[bytes]:
@@ -60,9 +58,7 @@ def _wire_bytes(header_value: str) -> bytes:
 
 
 def _unauthorized(challenge: str, message: str) -> Response:
-    return Response(
-        error_body(message), 401, headers={**_JSON_HEADERS, "WWW-Authenticate": challenge}
-    )
+    return error_response(401, message, {"WWW-Authenticate": challenge})
 
 
 def _quote(realm: str) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..protocol import error_body
+from .answers import JSON_HEADERS, json_error
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -148,12 +148,9 @@ class CORSMiddleware:
     ) -> list[bytes]:
         if not self.origin_allowed(origin):
             logger.info("refused a CORS preflight from origin %r", origin)
-            body = error_body("Cross-origin requests from this origin are not allowed.")
-            start_response("403 Forbidden", [
-                *vary, ("Content-Type", "application/json"),
-                ("X-Content-Type-Options", "nosniff"), ("Content-Length", str(len(body))),
-            ])
-            return [body]
+            return json_error(start_response, "403 Forbidden",
+                              "Cross-origin requests from this origin are not allowed.",
+                              [*vary, *JSON_HEADERS])
         headers = [
             *vary,
             *self._allow_origin_headers(origin),

@@ -14,11 +14,17 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from werkzeug.wrappers import Request, Response
-
 from ..manager import LongpollManager, ManagerClosed, ManagerStats, StorageUnavailable
-from ..protocol import error_body
-from .middleware import Hook
+from .answers import (
+    JSON_HEADERS,
+    RETRY_AFTER_SECONDS,
+    Hook,
+    for_method,
+    json_error,
+    respond,
+    retry_later,
+    run_hook,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -27,11 +33,8 @@ __all__ = ["MonitoringMiddleware", "prometheus_text"]
 
 logger = logging.getLogger(__name__)
 
-_NO_CACHE = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("Cache-Control", "no-cache, no-store, must-revalidate"),
-]
-_JSON_HEADERS = [("Content-Type", "application/json"), *_NO_CACHE]
+_NO_CACHE = ("Cache-Control", "no-cache, no-store, must-revalidate")
+_JSON_HEADERS = [*JSON_HEADERS, _NO_CACHE]
 #: The Prometheus text exposition format, version 0.0.4.
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -111,6 +114,9 @@ class MonitoringMiddleware:
       events (Redis unreachable, persister writes failing). The statistics answer
       ``503`` with a JSON error while the engine cannot be read.
 
+    ``categories`` and ``buffered_events`` are the engine's (with Redis, every process's);
+    the other figures are this process's (with several workers, each answers its own).
+
     The statistics tell an outsider how busy the service is: keep their paths behind the
     proxy, or guard them with *before_stats* (e.g. :func:`wsgi_longpoll.auth.bearer_token`).
 
@@ -155,37 +161,35 @@ class MonitoringMiddleware:
         path = environ.get("PATH_INFO", "")
         if path not in (self.stats_path, self.metrics_path, self.health_path):
             return self.app(environ, start_response)
-        method = environ.get("REQUEST_METHOD", "")
-        if method not in ("GET", "HEAD"):
-            return _respond(environ, start_response, "405 Method Not Allowed",
-                            [*_JSON_HEADERS, ("Allow", "GET, HEAD")],
-                            error_body("Invalid HTTP Method. Only GET and HEAD allowed."))
+        return for_method(environ, self._answer(path, environ, start_response))
+
+    def _answer(
+        self, path: str, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD", "") not in ("GET", "HEAD"):
+            return json_error(start_response, "405 Method Not Allowed",
+                              "Invalid HTTP Method. Only GET and HEAD allowed.",
+                              [*_JSON_HEADERS, ("Allow", "GET, HEAD")])
         if path == self.health_path:
-            return self._health(environ, start_response)
-        if self.before_stats is not None:
-            verdict = self.before_stats(Request(environ))
-            if isinstance(verdict, Response):
-                return verdict(environ, start_response)
-            if verdict is False:
-                return _respond(environ, start_response, "403 Forbidden", _JSON_HEADERS,
-                                error_body("Forbidden: rejected by the server's hook."))
-            if verdict is not True:
-                raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+            return self._health(start_response)
+        rejection = run_hook(self.before_stats, environ, start_response, _JSON_HEADERS)
+        if rejection is not None:
+            return rejection
         try:
             stats = self.manager.stats()
         except StorageUnavailable as error:
-            return _respond(environ, start_response, "503 Service Unavailable",
-                            [*_JSON_HEADERS, ("Retry-After", "1")],
-                            error_body(f"The statistics are unavailable: {error}"))
+            return retry_later(start_response, f"The statistics are unavailable: {error}",
+                               _JSON_HEADERS)
         uptime = self.uptime
         if path == self.stats_path:
             body = json.dumps(_stats_document(self.manager, stats, uptime)).encode()
-            return _respond(environ, start_response, "200 OK", _JSON_HEADERS, body)
+            return respond(start_response, "200 OK", _JSON_HEADERS, body)
         text = prometheus_text(self.manager, stats, uptime)
-        return _respond(environ, start_response, "200 OK",
-                        [("Content-Type", PROMETHEUS_CONTENT_TYPE), *_NO_CACHE], text.encode())
+        return respond(start_response, "200 OK",
+                       [("Content-Type", PROMETHEUS_CONTENT_TYPE), *JSON_HEADERS[1:], _NO_CACHE],
+                       text.encode())
 
-    def _health(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    def _health(self, start_response: StartResponse) -> list[bytes]:
         try:
             self.manager.check()
         except ManagerClosed:
@@ -193,14 +197,6 @@ class MonitoringMiddleware:
         except StorageUnavailable as error:
             body = json.dumps({"status": "unavailable", "error": str(error)}).encode()
         else:
-            return _respond(environ, start_response, "200 OK", _JSON_HEADERS, b'{"status": "ok"}')
-        return _respond(environ, start_response, "503 Service Unavailable",
-                        [*_JSON_HEADERS, ("Retry-After", "1")], body)
-
-
-def _respond(
-    environ: WSGIEnvironment, start_response: StartResponse, status: str,
-    headers: list[tuple[str, str]], body: bytes,
-) -> list[bytes]:
-    start_response(status, [*headers, ("Content-Length", str(len(body)))])
-    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+            return respond(start_response, "200 OK", _JSON_HEADERS, b'{"status": "ok"}')
+        return respond(start_response, "503 Service Unavailable",
+                       [*_JSON_HEADERS, ("Retry-After", RETRY_AFTER_SECONDS)], body)

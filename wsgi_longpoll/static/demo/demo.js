@@ -18,7 +18,11 @@ const STATE_TEXT = {
   stopped: "stopped",
 };
 
+// ?transport=eventsource (or auto) reads a stream of Server-Sent Events instead of long polls.
+const transport = new URLSearchParams(location.search).get("transport") || "longpoll";
+
 const client = new LongpollClient({
+  transport,
   subscribeUrl: chat.dataset.subscribeUrl,
   publishUrl: chat.dataset.publishUrl,
   category: chat.dataset.category,
@@ -27,8 +31,9 @@ const client = new LongpollClient({
   onEvent: showMessage,
   onState: (state, detail) => {
     stateLabel.dataset.state = state;
+    stateLabel.dataset.transport = client.transportInUse;
     stateLabel.textContent = STATE_TEXT[state] || state;
-    if (state === "reconnecting" && detail) {
+    if (state === "reconnecting" && detail && detail.error) {
       stateLabel.title = `${detail.error.message}; next try in ${Math.round(detail.delayMs)} ms`;
     } else {
       stateLabel.title = "";

@@ -1,0 +1,56 @@
+"""A Django app: long polling answered by Django views.
+
+Add it to ``INSTALLED_APPS``, include its URLs, and configure it with ``settings.LONGPOLL``
+(see :mod:`wsgi_longpoll.contrib.django.conf` for every key):
+
+.. code-block:: python
+
+    # settings.py
+    INSTALLED_APPS = [..., "wsgi_longpoll.contrib.django"]
+    LONGPOLL = {
+        "MAX_LONGPOLL_TIMEOUT_SECONDS": 120,
+        "CAN_READ_CATEGORY": "myapp.longpoll.can_read_category",
+    }
+
+    # urls.py
+    urlpatterns = [..., path("longpoll/", include("wsgi_longpoll.contrib.django.urls"))]
+
+    # anywhere, e.g. after a save:
+    from django.db import transaction
+    from wsgi_longpoll.contrib.django import publish
+    transaction.on_commit(lambda: publish(f"user-{user.pk}", {"text": "saved"}))
+
+The views run inside Django, after its middleware: ``request.user`` is set, and the
+authorization hooks get it. Long polls wait on gevent: serve the project with
+``gunicorn -k gevent`` (``runserver`` cannot hold long polls; a system check says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...event import Event
+from ...manager import LongpollManager
+
+__all__ = ["get_manager", "publish"]
+
+
+def get_manager() -> LongpollManager:
+    """The project's manager, built from ``settings.LONGPOLL`` on first use (once per
+    process), or the one ``LONGPOLL["MANAGER"]`` names."""
+    from .conf import get_manager as _get_manager
+
+    return _get_manager()
+
+
+def publish(category: str, data: Any) -> Event:
+    """Publish *data* to *category* from anywhere in the project; wakes the waiting polls.
+
+    Call it after the transaction that made the change has committed, so that a woken
+    client that reads the database sees the change::
+
+        transaction.on_commit(lambda: publish("orders", {"id": order.pk}))
+
+    :raises ValueError: if *category* is not 1 to 1024 bytes of UTF-8.
+    """
+    return get_manager().publish(category, data)

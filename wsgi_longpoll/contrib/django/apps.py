@@ -1,0 +1,49 @@
+"""The app configuration: a system check that warns when the server cannot hold long polls."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core import checks
+from gevent.monkey import is_module_patched
+
+__all__ = ["LongpollConfig", "check_server"]
+
+#: What ``manage.py runserver`` without gevent's monkey-patching gets told.
+RUNSERVER_WARNING = (
+    "runserver serves each request in a thread of its own, where long polls cannot wait on "
+    "gevent: /events answers 500 there. Serve the project with gunicorn -k gevent "
+    "(gunicorn -k gevent myproject.wsgi), or monkey-patch with gevent first."
+)
+
+
+def check_server(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """``wsgi_longpoll.W001`` when the command is ``runserver`` and gevent has not patched
+    the process; ``wsgi_longpoll.E001`` when ``settings.LONGPOLL`` is invalid."""
+    from .conf import load_settings
+
+    messages: list[checks.CheckMessage] = []
+    try:
+        load_settings()
+    except Exception as error:  # noqa: BLE001 - any configuration error is reported
+        messages.append(checks.Error(str(error), id="wsgi_longpoll.E001",
+                                     hint="See wsgi_longpoll.contrib.django.conf."))
+    if sys.argv[1:2] == ["runserver"] and not is_module_patched("threading"):
+        messages.append(checks.Warning(RUNSERVER_WARNING, id="wsgi_longpoll.W001"))
+    return messages
+
+
+class LongpollConfig(AppConfig):
+    """``wsgi_longpoll.contrib.django`` in ``INSTALLED_APPS``."""
+
+    name = "wsgi_longpoll.contrib.django"
+    label = "wsgi_longpoll"
+    verbose_name = "Long polling"
+
+    def ready(self) -> None:
+        checks.register(check_server)

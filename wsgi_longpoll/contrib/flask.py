@@ -1,0 +1,276 @@
+"""The Flask extension: long polling answered by Flask views.
+
+.. code-block:: python
+
+    from flask import Flask, session
+    from wsgi_longpoll.contrib.flask import LongPoll
+
+    longpoll = LongPoll()
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS"] = 120
+        longpoll.init_app(app)
+        return app
+
+    @longpoll.authorize_subscribe
+    def may_read(category):                 # runs in the request context
+        return category == f"user-{session.get('user_id')}"
+
+The subscription and publish paths are URL rules of a blueprint named ``longpoll``
+(``url_for("longpoll.subscribe")``, ``url_for("longpoll.publish")``), so Flask's
+``before_request`` functions, ``flask.session``, ``flask.g`` and Flask-Login's
+``current_user`` work there and in the authorization callbacks. The answers are
+:class:`~wsgi_longpoll.LongpollMiddleware`'s, byte for byte: the views hand the request to
+one.
+
+Configuration (``app.config``; the manager options are ignored when a manager is given):
+
+``LONGPOLL_SUBSCRIPTION_PATH``
+    The subscription URL (GET), default ``"/events"``; ``None`` registers none.
+``LONGPOLL_PUBLISH_PATH``
+    The publish URL (POST), default ``"/publish"``; ``None`` registers none (publish
+    from Python with :meth:`LongPoll.publish`).
+``LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS``
+    The longest ``timeout`` a subscriber may ask for, default 110.
+``LONGPOLL_MAX_EVENT_BUFFER_SIZE``
+    How many events each category keeps, default 250.
+``LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS``
+    How long an event is served, default ``None`` (for ever).
+``LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL``
+    Remove an event once served, default ``False``.
+``LONGPOLL_MAX_CATEGORIES``, ``LONGPOLL_MAX_WAITING_SUBSCRIBERS``
+    The manager's capacity limits (defaults: :class:`~wsgi_longpoll.LongpollManager`'s).
+``LONGPOLL_REDIS_URL``, ``LONGPOLL_REDIS_KEY_PREFIX``
+    Keep the events in Redis (extra ``[redis]``), shared by every worker; default ``None``
+    (in this process's memory) and ``"wsgi_longpoll:"``.
+``LONGPOLL_MAX_BODY_SIZE``
+    The largest publish body, in bytes, default 1 MiB.
+``LONGPOLL_MAX_CATEGORIES_PER_REQUEST``
+    How many categories one subscribe may name, default 16.
+``LONGPOLL_CLIENT_SCRIPT_PATH``
+    Serve the browser client (ES module) at this path and ``longpoll.global.js`` beside
+    it, default ``None`` (not served).
+
+Long polls wait on gevent: serve the application with ``gunicorn -k gevent`` or gevent's
+``WSGIServer``. The first long poll served outside a gevent greenlet logs a warning once;
+under a threaded server without gevent (``flask run``) the views answer 500 saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+try:
+    from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "wsgi_longpoll.contrib.flask needs Flask: pip install 'wsgi_longpoll[flask]'"
+    ) from error
+
+from ..event import Event
+from ..manager import LongpollManager
+from ..wsgi.middleware import LongpollMiddleware
+from ._common import run_middleware, verdict, warn_if_not_in_gevent
+
+__all__ = ["LongPoll"]
+
+logger = logging.getLogger(__name__)
+
+#: The name under ``app.extensions`` and of the blueprint.
+EXTENSION_NAME = "longpoll"
+
+#: Every configuration key and its default.
+DEFAULTS: dict[str, Any] = {
+    "LONGPOLL_SUBSCRIPTION_PATH": "/events",
+    "LONGPOLL_PUBLISH_PATH": "/publish",
+    "LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS": 110,
+    "LONGPOLL_MAX_EVENT_BUFFER_SIZE": 250,
+    "LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS": None,
+    "LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL": False,
+    "LONGPOLL_MAX_CATEGORIES": LongpollManager.default_max_categories,
+    "LONGPOLL_MAX_WAITING_SUBSCRIBERS": LongpollManager.default_max_waiting_subscribers,
+    "LONGPOLL_REDIS_URL": None,
+    "LONGPOLL_REDIS_KEY_PREFIX": "wsgi_longpoll:",
+    "LONGPOLL_MAX_BODY_SIZE": LongpollMiddleware.default_max_body_size,
+    "LONGPOLL_MAX_CATEGORIES_PER_REQUEST": LongpollMiddleware.default_max_categories_per_request,
+    "LONGPOLL_CLIENT_SCRIPT_PATH": None,
+}
+
+#: Every method the views take, so that a wrong one gets the protocol's 405, not Flask's.
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+Authorizer = Callable[[str], bool]
+F = TypeVar("F", bound=Authorizer)
+
+
+@dataclass(slots=True)
+class _AppState:
+    manager: LongpollManager
+    middleware: LongpollMiddleware
+
+
+def _not_ours(environ: object, start_response: object) -> list[bytes]:
+    raise RuntimeError("the long-poll views are only routed the long-poll paths")
+
+
+def manager_from_config(config: dict[str, Any]) -> LongpollManager:
+    """A :class:`LongpollManager` built from the ``LONGPOLL_*`` keys of *config*."""
+    return LongpollManager(
+        max_longpoll_timeout_seconds=config["LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS"],
+        max_event_buffer_size=config["LONGPOLL_MAX_EVENT_BUFFER_SIZE"],
+        event_time_to_live_seconds=config["LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS"],
+        delete_event_after_first_retrieval=config["LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL"],
+        max_categories=config["LONGPOLL_MAX_CATEGORIES"],
+        max_waiting_subscribers=config["LONGPOLL_MAX_WAITING_SUBSCRIBERS"],
+        redis_url=config["LONGPOLL_REDIS_URL"],
+        redis_key_prefix=config["LONGPOLL_REDIS_KEY_PREFIX"],
+    )
+
+
+class LongPoll:
+    """Long-poll subscription and publish endpoints as Flask views.
+
+    :param app: the application to set up now; or call :meth:`init_app` later (an
+        application factory).
+    :param manager: the manager to use for every application; by default each application
+        gets one built from its ``LONGPOLL_*`` configuration.
+
+    After :meth:`init_app`, ``app.extensions["longpoll"]`` is this object.
+    """
+
+    def __init__(self, app: Flask | None = None, manager: LongpollManager | None = None) -> None:
+        self._manager = manager
+        self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._authorize_subscribe: Authorizer | None = None
+        self._authorize_publish: Authorizer | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the long-poll views on *app*, with its ``LONGPOLL_*`` configuration.
+
+        :raises ValueError: if the configuration is invalid (e.g. both paths equal).
+        """
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        manager = self._manager if self._manager is not None else manager_from_config(app.config)
+        subscription_path = app.config["LONGPOLL_SUBSCRIPTION_PATH"]
+        publish_path = app.config["LONGPOLL_PUBLISH_PATH"]
+        script_path = app.config["LONGPOLL_CLIENT_SCRIPT_PATH"]
+        max_categories = app.config["LONGPOLL_MAX_CATEGORIES_PER_REQUEST"]
+        middleware = LongpollMiddleware(
+            _not_ours,
+            manager,
+            subscription_path,
+            publish_path,
+            authorize_subscribe=self._check_subscribe,
+            authorize_publish=self._check_publish,
+            max_body_size=app.config["LONGPOLL_MAX_BODY_SIZE"],
+            max_categories_per_request=max_categories,
+            client_script_path=script_path,
+        )
+        blueprint = Blueprint(EXTENSION_NAME, __name__)
+        if subscription_path is not None:
+            blueprint.add_url_rule(subscription_path, "subscribe", self._view,
+                                   methods=_METHODS, provide_automatic_options=False)
+        if publish_path is not None:
+            blueprint.add_url_rule(publish_path, "publish", self._view,
+                                   methods=_METHODS, provide_automatic_options=False)
+        if script_path is not None:  # the middleware checked its form
+            global_path = script_path.rpartition("/")[0] + "/longpoll.global.js"
+            blueprint.add_url_rule(script_path, "client_module", self._view,
+                                   methods=["GET", "HEAD"])
+            blueprint.add_url_rule(global_path, "client_script", self._view,
+                                   methods=["GET", "HEAD"])
+        app.register_blueprint(blueprint)
+        self._apps[app] = _AppState(manager, middleware)
+        app.extensions[EXTENSION_NAME] = self
+
+    # -- the manager ------------------------------------------------------------------
+
+    def _state(self, app: Flask) -> _AppState:
+        try:
+            return self._apps[app]
+        except KeyError:
+            raise RuntimeError(
+                f"LongPoll is not set up on the application {app.name!r}: call init_app(app)"
+            ) from None
+
+    @property
+    def manager(self) -> LongpollManager:
+        """The manager of the current application (or the one given, or the only one).
+
+        :raises RuntimeError: outside an application context when :meth:`init_app` was
+            called for several applications and no manager was given, or before
+            :meth:`init_app`.
+        """
+        if self._manager is not None:
+            return self._manager
+        if has_app_context():
+            return self._state(current_app._get_current_object()).manager  # type: ignore[attr-defined]
+        if len(self._apps) == 1:
+            return next(iter(self._apps.values())).manager
+        raise RuntimeError(
+            "LongPoll.manager needs an application context (or exactly one application "
+            "set up with init_app)"
+        )
+
+    def publish(self, category: str, data: Any) -> Event:
+        """Publish *data* to *category*: :meth:`LongpollManager.publish` of :attr:`manager`.
+
+        Usable from views, CLI commands and background work alike.
+        """
+        return self.manager.publish(category, data)
+
+    # -- authorization ----------------------------------------------------------------
+
+    def authorize_subscribe(self, callback: F) -> F:
+        """Decorator: *callback(category) -> bool* decides who may read a category.
+
+        It runs in the request context (``flask.request``, ``session``, ``g``,
+        ``current_user``), once for every category a subscribe names (``category`` and
+        each ``categories``), for long polls and Server-Sent Events streams alike; one
+        ``False`` refuses the whole request with 403. Requests the protocol rejects
+        anyway get the protocol's answer without it being called.
+        Without a callback every category may be read.
+        """
+        self._authorize_subscribe = callback
+        return callback
+
+    def authorize_publish(self, callback: F) -> F:
+        """Decorator: *callback(category) -> bool* decides who may publish over HTTP.
+
+        It runs in the request context; ``request.get_json()`` gives the whole body.
+        ``False`` answers 403. Without a callback anyone who reaches the publish path may
+        publish; set ``LONGPOLL_PUBLISH_PATH = None`` to publish only from Python.
+        """
+        self._authorize_publish = callback
+        return callback
+
+    def _check_subscribe(self, request: object, category: str) -> bool:
+        callback = self._authorize_subscribe
+        return callback is None or verdict(callback, category)
+
+    def _check_publish(self, request: object, category: str) -> bool:
+        callback = self._authorize_publish
+        return callback is None or verdict(callback, category)
+
+    # -- the view ---------------------------------------------------------------------
+
+    def _view(self) -> Response:
+        state = self._state(current_app._get_current_object())  # type: ignore[attr-defined]
+        environ = request.environ
+        if request.endpoint == f"{EXTENSION_NAME}.subscribe":
+            warn_if_not_in_gevent(logger)
+        if request.url_rule is not None and environ.get("PATH_INFO") != request.url_rule.rule:
+            environ = {**environ, "PATH_INFO": request.url_rule.rule}
+        answer = run_middleware(state.middleware, environ)
+        # A Server-Sent Events stream goes on after the view returns, without the
+        # request context (it needs only the manager).
+        return current_app.response_class(answer.chunks, status=answer.status,
+                                          headers=answer.headers)
