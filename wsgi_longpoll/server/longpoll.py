@@ -28,17 +28,16 @@ from gevent.monkey import get_original
 from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
 
+from ..errors import LongpollError
 from ..event import Event
 from ..manager import (
     CapacityExceeded,
     LongpollManager,
     ManagerClosed,
-    OutcomeUnknown,
     StorageUnavailable,
     Subscriber,
 )
 from ..protocol import (
-    OUTCOME_UNKNOWN_ERROR,
     PUBLISH_METHOD_ERROR,
     PUBLISH_SUCCESS_BODY,
     SUBSCRIBE_METHOD_ERROR,
@@ -52,7 +51,7 @@ from ..protocol import (
     timeout_body,
 )
 from ..sse import accepts_event_stream
-from ..wsgi.answers import RETRY_AFTER_SECONDS
+from ..wsgi.answers import HOOK_FORBIDDEN_ERROR, RETRY_AFTER_SECONDS, refusal
 from ..wsgi.middleware import Hook, LongpollMiddleware
 from .http import Connection, Request, send_all
 from .wsgi import WSGIBridge, make_environ
@@ -69,7 +68,7 @@ _SUBSCRIBE = (_JSON + b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
               b"Pragma: no-cache\r\nExpires: 0\r\n")
 _RETRY = b"Retry-After: %s\r\n" % RETRY_AFTER_SECONDS.encode("ascii")
 _OK = b"200 OK"
-_FORBIDDEN_BODY = error_body("Forbidden: rejected by the server's hook.")
+_FORBIDDEN_BODY = error_body(HOOK_FORBIDDEN_ERROR)
 
 # The claim of an answer: deliver (any thread, the manager's lock held), release (the
 # hub) and the timeout (the connection's greenlet) race to answer; one wins.
@@ -208,17 +207,8 @@ class LongpollRouter:
         poll = ParkedPoll(self, connection, request)
         try:
             delivery = manager.attach(poll, query.categories, query.since_time, query.last_id)
-        except CapacityExceeded as error:
-            logger.warning("answering 503: %s", error)
-            connection.send_response(
-                request, b"503 Service Unavailable", _SUBSCRIBE + _RETRY,
-                error_body(f"The server is at capacity: {error}. Try again later."))
-            return
-        except StorageUnavailable as error:
-            logger.error("answering 503: %s", error)
-            connection.send_response(
-                request, b"503 Service Unavailable", _SUBSCRIBE + _RETRY,
-                error_body("The event store is unavailable. Try again later."))
+        except (CapacityExceeded, StorageUnavailable) as error:
+            _refuse(connection, request, _SUBSCRIBE, error)
             return
         if delivery is not None:
             if delivery.events:
@@ -264,25 +254,21 @@ class LongpollRouter:
             self.manager.publish(document.category, document.data, idempotency_key=key)
         except ProtocolError as error:
             connection.send_response(request, b"400 Bad Request", _JSON, error_body(str(error)))
-        except ManagerClosed:
-            connection.send_response(request, b"503 Service Unavailable", _JSON,
-                                     error_body("The server is shutting down."))
-        except CapacityExceeded as error:
-            logger.warning("answering 503: %s", error)
-            connection.send_response(
-                request, b"503 Service Unavailable", _JSON + _RETRY,
-                error_body(f"The server is at capacity: {error}. Try again later."))
-        except OutcomeUnknown as error:
-            logger.error("answering 504: %s", error)
-            connection.send_response(request, b"504 Gateway Timeout", _JSON,
-                                     error_body(OUTCOME_UNKNOWN_ERROR))
-        except StorageUnavailable as error:
-            logger.error("answering 503: %s", error)
-            connection.send_response(
-                request, b"503 Service Unavailable", _JSON + _RETRY,
-                error_body("The event store is unavailable. Try again later."))
+        except (ManagerClosed, CapacityExceeded, StorageUnavailable) as error:
+            _refuse(connection, request, _JSON, error)
         else:
             connection.send_response(request, _OK, _JSON, PUBLISH_SUCCESS_BODY)
+
+
+def _refuse(
+    connection: Connection, request: Request, headers: bytes, error: LongpollError
+) -> None:
+    """Answer the manager's refusal *error* as the WSGI layer does (:func:`refusal`)."""
+    answer = refusal(error)
+    if answer.retry_after:
+        headers += _RETRY
+    connection.send_response(request, answer.status.encode("ascii"), headers,
+                             error_body(answer.message))
 
 
 def _peer_closed(sock: Any) -> bool:

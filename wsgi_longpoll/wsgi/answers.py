@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from werkzeug.wrappers import Request, Response
 
-from ..protocol import error_body
+from ..errors import CapacityExceeded, LongpollError, ManagerClosed, OutcomeUnknown
+from ..protocol import OUTCOME_UNKNOWN_ERROR, error_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -27,7 +28,11 @@ __all__ = [
     "RETRY_AFTER_SECONDS",
     "Hook",
     "RateLimitedLog",
+    "CATEGORY_FORBIDDEN_ERROR",
+    "Refusal",
     "error_response",
+    "refusal",
+    "refuse",
     "for_method",
     "json_error",
     "not_found",
@@ -51,6 +56,45 @@ RETRY_AFTER_SECONDS = "1"
 
 #: The message of a 403 from a hook that returned ``False``.
 HOOK_FORBIDDEN_ERROR = "Forbidden: rejected by the server's hook."
+#: The message of a 403 from an authorize function that refused a category.
+CATEGORY_FORBIDDEN_ERROR = "Forbidden: not authorized for this category."
+
+
+class Refusal(NamedTuple):
+    """How a subscribe or publish the manager refused is answered."""
+
+    status: str
+    message: str
+    #: Whether to say ``Retry-After`` (the same request may succeed in a moment).
+    retry_after: bool
+
+
+def refusal(error: LongpollError) -> Refusal:
+    """The answer to a manager's refusal; logged, at most once per 10 s with a count,
+    since refusals come in floods when the server is at capacity or its store is down."""
+    if isinstance(error, CapacityExceeded):
+        _refusals.log(logging.WARNING, "answering 503: %s", error)
+        return Refusal("503 Service Unavailable",
+                       f"The server is at capacity: {error}. Try again later.", True)
+    if isinstance(error, ManagerClosed):
+        return Refusal("503 Service Unavailable", "The server is shutting down.", False)
+    if isinstance(error, OutcomeUnknown):
+        _refusals.log(logging.ERROR, "answering 504: %s", error)
+        return Refusal("504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR, False)
+    _refusals.log(logging.ERROR, "answering 503: %s", error)
+    return Refusal("503 Service Unavailable",
+                   "The event store is unavailable. Try again later.", True)
+
+
+def refuse(
+    start_response: StartResponse, error: LongpollError,
+    headers: Iterable[tuple[str, str]] = JSON_HEADERS,
+) -> list[bytes]:
+    """Answer the manager's refusal *error* (see :func:`refusal`)."""
+    answer = refusal(error)
+    if answer.retry_after:
+        headers = [*headers, ("Retry-After", RETRY_AFTER_SECONDS)]
+    return json_error(start_response, answer.status, answer.message, headers)
 
 
 def respond(
@@ -150,3 +194,6 @@ class RateLimitedLog:
             args = (*args, self._left_out, self.interval)
             self._left_out = 0
         self.logger.log(level, message, *args)
+
+
+_refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))

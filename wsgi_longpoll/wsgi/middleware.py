@@ -28,11 +28,9 @@ from ..manager import (
     Delivery,
     LongpollManager,
     ManagerClosed,
-    OutcomeUnknown,
     StorageUnavailable,
 )
 from ..protocol import (
-    OUTCOME_UNKNOWN_ERROR,
     PUBLISH_BODY_ERROR,
     PUBLISH_METHOD_ERROR,
     PUBLISH_SUCCESS_BODY,
@@ -54,14 +52,14 @@ from ..sse import (
     stream_start,
 )
 from .answers import (
+    CATEGORY_FORBIDDEN_ERROR,
     JSON_HEADERS,
     Hook,
-    RateLimitedLog,
     for_method,
     json_error,
     not_found,
+    refuse,
     respond,
-    retry_later,
     run_hook,
 )
 
@@ -311,10 +309,8 @@ class LongpollMiddleware:
                 query.categories, query.timeout, query.since_time, query.last_id,
                 connection=connection,
             )
-        except CapacityExceeded as error:
-            return _busy(start_response, _SUBSCRIBE_HEADERS, error)
-        except StorageUnavailable as error:
-            return _unavailable(start_response, _SUBSCRIBE_HEADERS, error)
+        except (CapacityExceeded, StorageUnavailable) as error:
+            return refuse(start_response, error, _SUBSCRIBE_HEADERS)
         if delivery.events:
             body = events_body(delivery.events, delivery.gaps)
         else:
@@ -346,10 +342,8 @@ class LongpollMiddleware:
             first = self.manager.subscribe(
                 query.categories, 0, since_time, last_id, connection=connection
             )
-        except CapacityExceeded as error:
-            return _busy(start_response, _SUBSCRIBE_HEADERS, error)
-        except StorageUnavailable as error:
-            return _unavailable(start_response, _SUBSCRIBE_HEADERS, error)
+        except (CapacityExceeded, StorageUnavailable) as error:
+            return refuse(start_response, error, _SUBSCRIBE_HEADERS)
         start_response("200 OK", list(_STREAM_HEADERS))
         return self._stream_body(
             query.categories, first, (since_time, last_id), deadline, connection
@@ -425,16 +419,8 @@ class LongpollMiddleware:
             self.manager.publish(request.category, request.data, idempotency_key=key)
         except ProtocolError as error:
             return json_error(start_response, "400 Bad Request", str(error))
-        except ManagerClosed:
-            return json_error(start_response, "503 Service Unavailable",
-                              "The server is shutting down.")
-        except CapacityExceeded as error:
-            return _busy(start_response, _JSON_HEADERS, error)
-        except OutcomeUnknown as error:
-            logger.error("answering 504: %s", error)
-            return json_error(start_response, "504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR)
-        except StorageUnavailable as error:
-            return _unavailable(start_response, _JSON_HEADERS, error)
+        except (ManagerClosed, CapacityExceeded, StorageUnavailable) as error:
+            return refuse(start_response, error)
         return respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
 
 
@@ -477,7 +463,7 @@ def _forbidden(
 ) -> list[bytes]:
     logger.info("answering 403: category %r refused by the authorize function", category[:100])
     return json_error(start_response, "403 Forbidden",
-                      "Forbidden: not authorized for this category.", headers)
+                      CATEGORY_FORBIDDEN_ERROR, headers)
 
 
 class _BodyTooLarge(Exception):
@@ -508,21 +494,3 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     return b""
 
 
-#: Refusals come in floods when the server is at capacity or its store is down.
-_refusals = RateLimitedLog(logger)
-
-
-def _busy(
-    start_response: StartResponse, headers: list[tuple[str, str]], error: CapacityExceeded
-) -> list[bytes]:
-    _refusals.log(logging.WARNING, "answering 503: %s", error)
-    return retry_later(start_response, f"The server is at capacity: {error}. Try again later.",
-                       headers)
-
-
-def _unavailable(
-    start_response: StartResponse, headers: list[tuple[str, str]], error: StorageUnavailable
-) -> list[bytes]:
-    _refusals.log(logging.ERROR, "answering 503: %s", error)
-    return retry_later(start_response, "The event store is unavailable. Try again later.",
-                       headers)
