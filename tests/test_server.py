@@ -245,6 +245,8 @@ def test_listen_and_serve_failure_func_hears_of_a_failure(
     monkeypatch.setattr(Server, "_shutdown", broken)
     server.stop()
     assert [str(error) for error in failures] == ["serving died"]
+    assert server.manager.closed  # the engine, its reader and its persister are released
+    server.stop()  # and stopping again is still fine
 
 
 def test_file_persistor_info_off_by_default() -> None:

@@ -412,6 +412,7 @@ class Server:
                 if failure_func is not None:
                     failure_func(error)
             finally:
+                self._close_manager()  # whatever happened: the engine and persister too
                 stop_signal.close()
                 self._stopped.set()
                 hub.destroy(destroy_loop=True)
@@ -437,6 +438,13 @@ class Server:
         wsgi_server.pool.kill(block=True, timeout=1)
         manager.close()
 
+    def _close_manager(self) -> None:
+        if not self.manager.closed:
+            try:
+                self.manager.close()
+            except Exception:
+                logger.exception("closing the manager failed")
+
     def stop(self, shutdown_timeout: float | datetime.timedelta = 10) -> None:
         """Stop the server; idempotent, and a no-op on a server never started.
 
@@ -450,6 +458,8 @@ class Server:
         timeout = _seconds(shutdown_timeout)
         with self._lock:
             if not self.running or self._wsgi_server is None:
+                if self._wsgi_server is not None:  # serving died: still release the engine
+                    self._close_manager()
                 return
             self._shutdown_timeout = timeout
             thread = self._thread
