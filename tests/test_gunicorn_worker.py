@@ -118,3 +118,15 @@ def test_find_middleware() -> None:
     named = Wrapper(middleware)
     named.wsgi_longpoll_middleware = middleware  # type: ignore[attr-defined]
     assert find_middleware(named) == (middleware, True)
+
+
+def test_importing_the_worker_then_patching_gives_no_monkey_patch_warning() -> None:
+    """gunicorn imports the worker class before the worker patches the process."""
+    script = (
+        "import warnings; warnings.simplefilter('error');"
+        "import wsgi_longpoll.server.gunicorn;"
+        "from gevent import monkey; monkey.patch_all();"
+        "from wsgi_longpoll import publish, subscription"  # the client still loads, later
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
