@@ -161,3 +161,16 @@ def test_event_json_round_trips_any_accepted_value() -> None:
     decoded = json.loads(event.to_json())
     assert decoded == {"timestamp": 1, "category": "c\u00e9", "data": data, "id": UUID}
     assert list(decoded) == ["timestamp", "category", "data", "id"]
+
+
+def test_new_event_ids_are_canonical_random_uuids() -> None:
+    import uuid
+
+    from wsgi_longpoll.event import new_event_id
+
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # canonical, lower case
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

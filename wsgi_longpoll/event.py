@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "Gap", "encode_json"]
+__all__ = ["Event", "Gap", "encode_json", "new_event_id"]
+
+
+# Made once: json.dumps with options builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode_json(value: Any) -> bytes:
@@ -19,11 +25,19 @@ def encode_json(value: Any) -> bytes:
     :raises ValueError: for NaN and infinities, which JSON cannot hold.
     """
     try:
-        return json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+        return _COMPACT_ASCII.encode(value).encode("ascii")
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in canonical lower-case form, as :func:`uuid.uuid4`
+    makes it, without building a :class:`uuid.UUID` on the way."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 _UNSET: Any = object()

@@ -8,7 +8,6 @@ The default engine. Events live as long as the process (and across restarts with
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 from gevent.monkey import get_original
 
 from ..errors import CapacityExceeded
-from ..event import Event, Gap
+from ..event import Event, Gap, new_event_id
 from ..protocol import MAX_TIMESTAMP, now_ms
 from .base import (
     Engine,
@@ -159,7 +158,7 @@ class MemoryEngine(Engine):
                 if known is not None:
                     return known
             timestamp = max(now_ms(), self._last_timestamp)
-            event = Event(timestamp, category, str(uuid.uuid4()), data)
+            event = Event(timestamp, category, new_event_id(), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
             event = event.compact()  # and keep that form alone
             if category not in self._buffers and len(self._buffers) >= self.max_categories:
