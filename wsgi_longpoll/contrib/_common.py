@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from ..manager import LongpollManager
 from ..wsgi.middleware import LongpollMiddleware
 
 if TYPE_CHECKING:
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GEVENT_NEEDED",
+    "MANAGER_OPTIONS",
     "Answer",
+    "manager_from_options",
     "run_middleware",
     "verdict",
     "warn_if_not_in_gevent",
@@ -159,3 +162,22 @@ def warn_if_not_in_gevent(logger: logging.Logger) -> bool:
     logger.warning(GEVENT_NEEDED)
     return True
 
+
+#: The manager's options each integration takes from its configuration, by their
+#: configuration names (``LONGPOLL_<name>`` in Flask, ``settings.LONGPOLL[<name>]``).
+MANAGER_OPTIONS = (
+    "MAX_LONGPOLL_TIMEOUT_SECONDS",
+    "MAX_EVENT_BUFFER_SIZE",
+    "EVENT_TIME_TO_LIVE_SECONDS",
+    "DELETE_EVENT_AFTER_FIRST_RETRIEVAL",
+    "MAX_CATEGORIES",
+    "MAX_WAITING_SUBSCRIBERS",
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+)
+
+
+def manager_from_options(options: Any, prefix: str = "") -> LongpollManager:
+    """A :class:`LongpollManager` built from the :data:`MANAGER_OPTIONS` of the mapping
+    *options*, each looked up as *prefix* + its name."""
+    return LongpollManager(**{name.lower(): options[prefix + name] for name in MANAGER_OPTIONS})

@@ -75,7 +75,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from ..event import Event
 from ..manager import LongpollManager
 from ..wsgi.middleware import LongpollMiddleware
-from ._common import run_middleware, verdict, warn_if_not_in_gevent
+from ._common import manager_from_options, run_middleware, verdict, warn_if_not_in_gevent
 
 __all__ = ["LongPoll"]
 
@@ -120,16 +120,7 @@ def _not_ours(environ: object, start_response: object) -> list[bytes]:
 
 def manager_from_config(config: dict[str, Any]) -> LongpollManager:
     """A :class:`LongpollManager` built from the ``LONGPOLL_*`` keys of *config*."""
-    return LongpollManager(
-        max_longpoll_timeout_seconds=config["LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS"],
-        max_event_buffer_size=config["LONGPOLL_MAX_EVENT_BUFFER_SIZE"],
-        event_time_to_live_seconds=config["LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS"],
-        delete_event_after_first_retrieval=config["LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL"],
-        max_categories=config["LONGPOLL_MAX_CATEGORIES"],
-        max_waiting_subscribers=config["LONGPOLL_MAX_WAITING_SUBSCRIBERS"],
-        redis_url=config["LONGPOLL_REDIS_URL"],
-        redis_key_prefix=config["LONGPOLL_REDIS_KEY_PREFIX"],
-    )
+    return manager_from_options(config, "LONGPOLL_")
 
 
 class LongPoll:

@@ -53,6 +53,7 @@ from django.utils.module_loading import import_string
 
 from ...manager import LongpollManager
 from ...wsgi.middleware import LongpollMiddleware
+from .._common import manager_from_options
 
 __all__ = ["DEFAULTS", "LongpollSettings", "get_manager", "load_settings"]
 
@@ -138,16 +139,7 @@ def current() -> tuple[LongpollSettings, LongpollManager]:
         if "manager" not in _cache:
             loaded = load_settings()
             options = loaded.options
-            manager = options["MANAGER"] or LongpollManager(
-                max_longpoll_timeout_seconds=options["MAX_LONGPOLL_TIMEOUT_SECONDS"],
-                max_event_buffer_size=options["MAX_EVENT_BUFFER_SIZE"],
-                event_time_to_live_seconds=options["EVENT_TIME_TO_LIVE_SECONDS"],
-                delete_event_after_first_retrieval=options["DELETE_EVENT_AFTER_FIRST_RETRIEVAL"],
-                max_categories=options["MAX_CATEGORIES"],
-                max_waiting_subscribers=options["MAX_WAITING_SUBSCRIBERS"],
-                redis_url=options["REDIS_URL"],
-                redis_key_prefix=options["REDIS_KEY_PREFIX"],
-            )
+            manager = options["MANAGER"] or manager_from_options(options)
             _cache.update(settings=loaded, manager=manager)
         return _cache["settings"], _cache["manager"]
 
