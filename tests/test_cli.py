@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from wsgi_longpoll import Server, ServerInfo
 from wsgi_longpoll.cli import build_parser
 
 
@@ -145,6 +147,28 @@ def test_every_server_option_is_on_the_command_line_with_the_servers_default() -
     assert options.header_timeout is None
     assert options.body_timeout == 5
     assert options.cors_origins == ("https://a.example",)
+    streams = server_options(build_parser().parse_args(
+        ["serve", "--max-buffered-bytes", "0", "--sse-retry-ms", "500",
+         "--sse-keepalive-seconds", "0.5"]))
+    assert (streams.max_buffered_bytes, streams.sse_retry_ms, streams.sse_keepalive_seconds) \
+        == (None, 500, 0.5)
+
+
+def test_stream_options_reach_the_stream() -> None:
+    server = Server(access_log=False, sse_retry_ms=500, sse_keepalive_seconds=0.2)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(b"GET /events?category=c&timeout=2 HTTP/1.1\r\n"
+                               b"Host: x\r\nAccept: text/event-stream\r\n\r\n")
+            received = b""
+            while b": keep-alive" not in received:
+                chunk = connection.recv(4096)
+                assert chunk, received
+                received += chunk
+        assert b"retry: 500\n" in received
+    finally:
+        server.stop(5)
 
 
 def test_help_shows_no_default_for_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,6 +48,25 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _bytes_or_none(text: str) -> int | None:
+    """0 means no bound (``None``)."""
+    return _non_negative_int(text) or None
+
+
 def _seconds_or_none(text: str) -> float | None:
     """0 means no limit (``None``)."""
     return _non_negative_float(text) or None
@@ -103,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULTS.max_categories_per_request,
                         help="how many categories one subscribe may name with the "
                         "'categories' extension")
+    listen.add_argument("--sse-keepalive-seconds", type=_positive_float,
+                        default=DEFAULTS.sse_keepalive_seconds,
+                        help="how often an idle Server-Sent Events stream gets a keep-alive "
+                        "comment")
+    listen.add_argument("--sse-retry-ms", type=_non_negative_int,
+                        default=DEFAULTS.sse_retry_ms,
+                        help="how long a stream tells browsers to wait before reconnecting")
     events = serve.add_argument_group("events (LongpollManager)")
     events.add_argument("--buffer-size", dest="max_event_buffer_size", type=_positive_int,
                         default=DEFAULTS.max_event_buffer_size,
@@ -111,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                         type=_seconds_or_none, default=DEFAULTS.event_time_to_live_seconds,
                         help="events older than this are never served (0 or None: kept for "
                         "ever)")
+    events.add_argument("--max-buffered-bytes", type=_bytes_or_none,
+                        default=DEFAULTS.max_buffered_bytes,
+                        help="the most bytes of events held in memory; beyond it the oldest "
+                        "of all go first, with the gap signal (0: no bound)")
     events.add_argument("--delete-after-first-retrieval",
                         dest="delete_event_after_first_retrieval", action="store_true",
                         help="remove an event from its buffer once it has been served")

@@ -27,9 +27,10 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import is_module_patched
 from gevent.pool import Pool
-from werkzeug.exceptions import NotFound
 
+from ..engines.memory import MemoryEngine
 from ..manager import LongpollManager
+from ..wsgi.answers import not_found
 from ..wsgi.cors import CORSMiddleware
 from ..wsgi.middleware import Hook, LongpollMiddleware
 from ..wsgi.monitoring import MonitoringMiddleware
@@ -159,10 +160,6 @@ def _seconds(duration: float | datetime.timedelta) -> float:
     return float(duration)
 
 
-def _not_found(environ: Any, start_response: Any) -> Any:
-    return NotFound()(environ, start_response)
-
-
 @dataclass(frozen=True, kw_only=True)
 class ServerOptions:
     """Every option of :class:`Server` but where it listens (that is :class:`ServerInfo`).
@@ -178,7 +175,13 @@ class ServerOptions:
     :param max_categories_per_request: how many categories one subscribe may name (the
         ``categories`` extension).
     :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
-    :param max_categories: categories that may hold events at once (more: 503).
+    :param max_categories: categories that may hold events at once (a new one pushes out
+        the one idle longest that nobody waits on; only when all have subscribers: 503).
+    :param max_buffered_bytes: the most bytes of events held in memory (the oldest of all
+        go first); ``None``: no bound. Not used with Redis.
+    :param sse_keepalive_seconds: how often an idle Server-Sent Events stream gets a
+        keep-alive comment.
+    :param sse_retry_ms: the ``retry:`` a stream tells browsers to wait before reconnecting.
     :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
         ``None``: derived from the open-files limit (see :func:`default_max_waiting`).
     :param header_timeout: seconds a client has to send its request line and headers,
@@ -210,6 +213,9 @@ class ServerOptions:
     max_categories_per_request: int = LongpollMiddleware.default_max_categories_per_request
     access_log: bool = True
     max_categories: int = LongpollManager.default_max_categories
+    max_buffered_bytes: int | None = MemoryEngine.default_max_buffered_bytes
+    sse_keepalive_seconds: float = LongpollMiddleware.default_sse_keepalive_seconds
+    sse_retry_ms: int = LongpollMiddleware.default_sse_retry_ms
     max_waiting_subscribers: int | None = None
     header_timeout: float | None = 30
     body_timeout: float | None = 30
@@ -310,12 +316,13 @@ class Server:
                     max_categories=options.max_categories,
                     max_waiting_subscribers=(options.max_waiting_subscribers
                                              or default_max_waiting()),
+                    max_buffered_bytes=options.max_buffered_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
                 )
                 warn_if_above_open_files_limit(manager.max_waiting_subscribers)
                 middleware = LongpollMiddleware(
-                    options.app or _not_found,
+                    options.app or not_found,
                     manager,
                     server_info.subscription_uri,
                     server_info.publish_uri,
@@ -323,6 +330,8 @@ class Server:
                     before_publish=server_info.handler_to_run_before_publish,
                     max_body_size=options.max_body_size,
                     max_categories_per_request=options.max_categories_per_request,
+                    sse_keepalive_seconds=options.sse_keepalive_seconds,
+                    sse_retry_ms=options.sse_retry_ms,
                 )
                 router = self._router(middleware, manager, server_info)
                 limits = Limits(header_timeout=options.header_timeout,
