@@ -273,10 +273,6 @@ class RedisEngine(Engine):
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), json.loads(fields[b"d"]))
 
-    def position_of(self, event: Event) -> Position | None:
-        """Where *event* sits in the publish order, if this engine made its id."""
-        return stream_position(event.id, self._tag)
-
     def start_position(self, since_time: int, last_id: str | None) -> Position:
         """The position just before the first event after the cursor ``(since_time, last_id)``.
 

@@ -162,7 +162,7 @@ class Connection:
     __slots__ = (
         "server", "sock", "address", "parser", "queue", "current", "url_parts",
         "head_size", "header_count", "unparsed", "failure", "upgraded", "busy",
-        "keep_alive", "idle_since", "parked", "deadline", "expired", "__weakref__",
+        "keep_alive", "idle_since", "deadline", "expired", "__weakref__",
     )
 
     def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
@@ -185,8 +185,6 @@ class Connection:
         #: Whether the connection stays open after the response being written.
         self.keep_alive = True
         self.idle_since = _monotonic()
-        #: The long poll parked on this connection, if any (see :mod:`.longpoll`).
-        self.parked: Any = None
         #: When the read under way must have brought what it waits for (``monotonic``);
         #: 0: no read, or no limit. The server's sweeper cuts the read then.
         self.deadline = 0.0
