@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import pytest
 import requests
 
 from wsgi_longpoll import Server, ServerInfo
+from wsgi_longpoll.engines import Engine, MemoryEngine
 from wsgi_longpoll.engines import memory as engine_module
+from wsgi_longpoll.engines.persist import FilePersister
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -135,3 +138,41 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.kill()
+
+
+ENGINES = ["memory", "memory+persister", "redis"]
+
+
+def redis_engine_class() -> type[Engine]:
+    pytest.importorskip("redis")
+    from wsgi_longpoll.engines.redis import RedisEngine
+
+    return RedisEngine
+
+
+@pytest.fixture(params=ENGINES)
+def make_engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., Engine]]:
+    """Build the engine this test runs against, with the given options; close it after."""
+    made: list[Engine] = []
+
+    def make(max_event_buffer_size: int = 250) -> Engine:
+        kind = request.param
+        engine: Engine
+        if kind == "redis":
+            redis_server = request.getfixturevalue("redis_server")
+            engine = redis_engine_class()(
+                redis_server.url, f"test-{uuid.uuid4().hex[:8]}:", max_event_buffer_size
+            )
+        else:
+            persister = None
+            if kind == "memory+persister":
+                persister = FilePersister(str(tmp_path / "events.jsonl"), 4096, 0.05)
+            engine = MemoryEngine(max_event_buffer_size, persister=persister)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()

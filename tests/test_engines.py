@@ -8,53 +8,15 @@ from __future__ import annotations
 
 import inspect
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import gevent
 import pytest
-from conftest import wait_until
+from conftest import redis_engine_class, wait_until
 
 from wsgi_longpoll import LongpollManager
 from wsgi_longpoll.engines import Engine, MemoryEngine, Position
-from wsgi_longpoll.engines.persist import FilePersister
 from wsgi_longpoll.event import Event
-
-ENGINES = ["memory", "memory+persister", "redis"]
-
-
-def redis_engine_class() -> type[Engine]:
-    pytest.importorskip("redis")
-    from wsgi_longpoll.engines.redis import RedisEngine
-
-    return RedisEngine
-
-
-@pytest.fixture(params=ENGINES)
-def make_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
-    """Build the engine this test runs against, with the given options; close it after."""
-    made: list[Engine] = []
-
-    def make(max_event_buffer_size: int = 250) -> Engine:
-        kind = request.param
-        engine: Engine
-        if kind == "redis":
-            redis_server = request.getfixturevalue("redis_server")
-            engine = redis_engine_class()(
-                redis_server.url, f"test-{uuid.uuid4().hex[:8]}:", max_event_buffer_size
-            )
-        else:
-            persister = None
-            if kind == "memory+persister":
-                persister = FilePersister(str(tmp_path / "events.jsonl"), 4096, 0.05)
-            engine = MemoryEngine(max_event_buffer_size, persister=persister)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
 
 
 @pytest.fixture
