@@ -589,3 +589,78 @@ def test_a_gap_without_events_is_sent_once(engine_clock: list[int]) -> None:
         assert len(stream.comments) >= 2  # it waited on after the gap
     finally:
         server.stop()
+
+
+# -- the standalone server writes streams itself -----------------------------------------
+
+
+def test_the_standalone_server_writes_streams_without_the_middleware(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_here(*args: Any) -> Any:
+        raise AssertionError("the stream went through the WSGI bridge")
+
+    monkeypatch.setattr(LongpollMiddleware, "_stream", not_here)
+    stream = Stream(server.port, "category=native&timeout=10")
+    try:
+        assert stream.status == "HTTP/1.1 200 OK"
+        assert stream.headers["content-type"] == "text/event-stream"
+        assert stream.headers["transfer-encoding"] == "chunked"
+        wait_until(lambda: server.manager.waiting_count("native") == 1)
+        published: list[Event] = []
+        # from another OS thread, and from this one: the stream takes both
+        thread = threading.Thread(
+            target=lambda: published.extend(server.manager.publish("native", n) for n in range(3)))
+        thread.start()
+        thread.join(10)
+        published.append(server.manager.publish("native", 3))
+        assert events_of(stream.take(4)) == published
+    finally:
+        stream.close()
+    wait_until(lambda: server.manager.waiting_count() == 0)
+
+
+def test_a_native_stream_over_http_1_0_ends_with_the_connection(server: Server) -> None:
+    published = server.manager.publish("old", "kept")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"GET /events?category=old&timeout=1&since_time=1 HTTP/1.0\r\n"
+                     b"Accept: text/event-stream\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert f"id: {event_id(published)}\n".encode() in body
+
+
+def test_a_stalled_stream_reader_does_not_stall_the_others(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsgi_longpoll.server.longpoll import ParkedStream
+
+    monkeypatch.setattr(ParkedStream, "max_pending", 1024 * 1024)
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /events?category=big&timeout=30 HTTP/1.1\r\nHost: x\r\n"
+                    b"Accept: text/event-stream\r\n\r\n")  # and never reads
+    reader = Stream(server.port, "category=big&timeout=30")
+    try:
+        wait_until(lambda: server.manager.waiting_count("big") == 2)
+        big = "x" * (512 * 1024)
+        published: list[Event] = []
+
+        def publish() -> None:  # 8 MiB in all: more than the socket buffers and max_pending
+            for _ in range(16):
+                published.append(server.manager.publish("big", big))
+                time.sleep(0.02)
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        got = events_of(reader.take(16))  # read as they come
+        publisher.join(30)
+        assert [event.id for event in got] == [event.id for event in published]
+        # the stalled stream fell more than max_pending behind and was ended
+        wait_until(lambda: server.manager.waiting_count("big") == 1)
+    finally:
+        reader.close()
+        stalled.close()

@@ -17,6 +17,7 @@ timeout answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,14 @@ from ..protocol import (
     parse_subscribe_query,
     timeout_body,
 )
-from ..sse import accepts_event_stream
+from ..sse import (
+    KEEP_ALIVE,
+    LAST_EVENT_ID_ERROR,
+    accepts_event_stream,
+    batch_body,
+    parse_last_event_id,
+    stream_start,
+)
 from ..wsgi.answers import HOOK_FORBIDDEN_ERROR, RETRY_AFTER_SECONDS, refusal
 from ..wsgi.middleware import Hook, LongpollMiddleware
 from .http import Connection, Request, send_all
@@ -59,7 +67,7 @@ from .wsgi import WSGIBridge, make_environ
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-__all__ = ["LongpollRouter", "ParkedPoll"]
+__all__ = ["LongpollRouter", "ParkedPoll", "ParkedStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +76,15 @@ _SUBSCRIBE = (_JSON + b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
               b"Pragma: no-cache\r\nExpires: 0\r\n")
 _RETRY = b"Retry-After: %s\r\n" % RETRY_AFTER_SECONDS.encode("ascii")
 _OK = b"200 OK"
+_STREAM = (b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+           b"X-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\n")
 _FORBIDDEN_BODY = error_body(HOOK_FORBIDDEN_ERROR)
 
 # The claim of an answer: deliver (any thread, the manager's lock held), release (the
 # hub) and the timeout (the connection's greenlet) race to answer; one wins.
-_claim_lock = get_original("_thread", "allocate_lock")()
+_allocate_lock = get_original("_thread", "allocate_lock")
+_claim_lock = _allocate_lock()
+_monotonic = get_original("time", "monotonic")
 _get_thread_ident = get_original("_thread", "get_ident")
 
 #: Why a parked connection's greenlet woke.
@@ -112,6 +124,8 @@ class LongpollRouter:
         self.max_request_body_size = max_request_body_size
         #: The last answer encoded for a delivery: ``(events, date, response)``.
         self.answer_cache: tuple[Any, bytes, bytes] = (None, b"", b"")
+        #: The last stream write encoded for a delivery: ``(events, body)``.
+        self.stream_cache: tuple[Any, bytes] = (None, b"")
 
     def _route(self, path: bytes) -> bytes:
         return unquote_to_bytes(path) if b"%" in path else path
@@ -130,7 +144,7 @@ class LongpollRouter:
             self.bridge.handle(connection, request)
             return
         if path == self.subscription_path and self._native_subscribe(request):
-            handler = self.subscribe
+            handler = self.stream if _wants_stream(request) else self.subscribe
         elif path == self.publish_path and self.middleware.authorize_publish is None:
             handler = self.publish
         else:  # the application, or what only the middleware does (see below)
@@ -150,15 +164,12 @@ class LongpollRouter:
     def _native_subscribe(self, request: Request) -> bool:
         """Whether this subscription is answered here, the same as the middleware would.
 
-        The middleware answers, through the bridge: Server-Sent Events streams,
-        ``authorize_subscribe``, and a subscribe hook on a query naming more than one
-        ``category`` (it runs the hook once per category, on a rewritten query).
+        The middleware answers, through the bridge: ``authorize_subscribe``, and a
+        subscribe hook on a query naming more than one ``category`` (it runs the hook once
+        per category, on a rewritten query).
         """
         middleware = self.middleware
         if middleware.authorize_subscribe is not None:
-            return False
-        accept = request.header(b"accept")
-        if accept is not None and accepts_event_stream(accept.decode("latin-1")):
             return False
         if middleware.before_subscription is not None:
             query = request.query
@@ -235,6 +246,71 @@ class LongpollRouter:
         response = connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body
         self.answer_cache = (events, date, response)
         return response
+
+    # -- Server-Sent Events -------------------------------------------------------------
+
+    def stream(self, connection: Connection, request: Request) -> None:
+        """A subscription answered as a stream of Server-Sent Events, as the middleware
+        answers it (see :mod:`wsgi_longpoll.sse`), written to from the publisher."""
+        middleware = self.middleware
+        if self._rejected(middleware.before_subscription, connection, request, _SUBSCRIBE):
+            return
+        if request.method != b"GET":
+            connection.send_response(request, b"405 Method Not Allowed",
+                                     _SUBSCRIBE + b"Allow: GET\r\n",
+                                     error_body(SUBSCRIBE_METHOD_ERROR))
+            return
+        max_timeout = self.manager.max_longpoll_timeout_seconds
+        try:
+            query = parse_subscribe_query(request.query.decode("latin-1"), max_timeout,
+                                          middleware.max_categories_per_request,
+                                          default_timeout=max_timeout)
+            since_time, last_id = query.since_time, query.last_id
+            header = request.header(b"last-event-id")
+            if header:
+                since_time, last_id = parse_last_event_id(header.decode("latin-1"))
+        except ProtocolError as error:
+            status = b"400 Bad Request" if error.args[0] == LAST_EVENT_ID_ERROR else _OK
+            connection.send_response(request, status, _SUBSCRIBE, error_body(str(error)))
+            return
+        if since_time is None:
+            since_time = now_ms() - 1  # every event of this millisecond on
+        stream = ParkedStream(self, connection, request)
+        start = stream_start(middleware.sse_retry_ms, since_time, last_id)
+        try:
+            delivery = self.manager.attach(stream, query.categories, since_time, last_id)
+        except (CapacityExceeded, StorageUnavailable) as error:
+            _refuse(connection, request, _SUBSCRIBE, error)
+            return
+        connection.keep_alive = request.keep_alive = False  # the stream ends with the socket
+        frame = stream.frame
+        head = connection.response_head(
+            request, _OK, _STREAM + (b"Transfer-Encoding: chunked\r\n" if stream.chunked else b""),
+            None,
+        )
+        try:
+            send_all(connection.sock, head + frame(start))
+            # Whatever is buffered after the cursor comes first, a batch at a time, until
+            # the stream waits for what is published next (or the server drains).
+            while delivery is not None and delivery.events:
+                send_all(connection.sock, frame(batch_body(delivery.events, delivery.gaps)))
+                last = delivery.events[-1]
+                delivery = self.manager.attach(stream, query.categories, last.timestamp,
+                                               last.id)
+        except (CapacityExceeded, StorageUnavailable) as error:
+            logger.warning("ending an event stream: %s", error)
+            return
+        except OSError:
+            return
+        if delivery is not None:  # draining: what it found, and the end
+            with contextlib.suppress(OSError):
+                send_all(connection.sock, frame(batch_body([], delivery.gaps)) + stream.last)
+            return
+        # Registered: the gaps its read found go first, then what was delivered meanwhile.
+        if stream.gaps:
+            with stream.lock:
+                stream.pending = frame(batch_body([], stream.gaps)) + stream.pending
+        stream.run(query.timeout, middleware.sse_keepalive_seconds)
 
     # -- publish ------------------------------------------------------------------------
 
@@ -418,3 +494,146 @@ class ParkedPoll(Subscriber):
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
 
+
+def _wants_stream(request: Request) -> bool:
+    accept = request.header(b"accept")
+    return accept is not None and accepts_event_stream(accept.decode("latin-1"))
+
+
+class ParkedStream(Subscriber):
+    """A Server-Sent Events stream on its connection, written to from the publisher.
+
+    Each delivery is written without blocking (one encoding for every stream that gets
+    the same events); what the socket does not take waits in :attr:`pending`, in order,
+    for the connection's greenlet, which also writes the keep-alive comments, ends the
+    stream at its timeout or when the manager drains, and notices a hang-up.
+    """
+
+    __slots__ = ("router", "connection", "chunked", "pending", "flushing", "ended", "lock",
+                 "waiter", "hub")
+
+    #: The most a slow reader may leave unread before its stream is ended.
+    max_pending = 8 * 1024 * 1024
+
+    def __init__(self, router: LongpollRouter, connection: Connection, request: Request) -> None:
+        super().__init__()
+        self.router = router
+        self.connection = connection
+        #: HTTP/1.1: each write is a chunk; HTTP/1.0: the body ends with the connection.
+        self.chunked = request.version != "1.0"
+        self.pending = b""
+        #: Whether the greenlet is writing :attr:`pending` (others then append to it);
+        #: so too until the stream's head is out (see :meth:`run`).
+        self.flushing = True
+        self.ended = False
+        self.lock = _allocate_lock()
+        self.waiter: Waiter | None = None
+        self.hub: Hub | None = None
+
+    def frame(self, data: bytes) -> bytes:
+        """*data* as one write of this stream's body (a chunk, on HTTP/1.1)."""
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
+
+    @property
+    def last(self) -> bytes:
+        """What ends the body: the last chunk, on HTTP/1.1."""
+        return b"0\r\n\r\n" if self.chunked else b""
+
+    def deliver(self, events: list[Event]) -> bool:
+        if not self.chunked:
+            self.offer(batch_body(events))
+            return self.ended
+        router = self.router
+        cached, body = router.stream_cache
+        if cached is not events:
+            body = self.frame(batch_body(events))
+            router.stream_cache = (events, body)
+        self.offer(body)
+        return self.ended
+
+    def release(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def offer(self, data: bytes) -> None:
+        """Write *data* after what is pending, without blocking."""
+        with self.lock:
+            if self.ended:
+                return
+            if not (self.pending or self.flushing):
+                sock = self.connection.sock
+                try:
+                    sent = getattr(sock, "_sock", sock).send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self.ended = True
+                    sent = len(data)
+                data = data[sent:]
+            if data:
+                self.pending += data
+                if len(self.pending) > self.max_pending:
+                    logger.warning("ending an event stream whose reader is %d bytes behind",
+                                   len(self.pending))
+                    self.ended = True
+        if data or self.ended:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, hub = self.waiter, self.hub
+        if waiter is None or hub is None:
+            return
+        if hub.thread_ident == _get_thread_ident():
+            hub.loop.run_callback(waiter.switch, _WAKE)
+        else:
+            hub.loop.run_callback_threadsafe(waiter.switch, _WAKE)
+
+    def run(self, timeout: float, keepalive: float) -> None:
+        """The greenlet's part: write what is pending, keep the stream alive, end it."""
+        connection = self.connection
+        hub = gevent.get_hub()
+        loop = hub.loop
+        waiter = Waiter(hub)
+        sock = connection.sock
+        io = getattr(sock, "_read_event", None) or loop.io(sock.fileno(), 1)
+        io.start(waiter.switch, _READABLE)
+        self.waiter, self.hub = waiter, hub
+        deadline = _monotonic() + timeout
+        try:
+            while not self.ended:
+                with self.lock:
+                    data, self.pending = self.pending, b""
+                    self.flushing = bool(data)
+                if data:
+                    send_all(sock, data)
+                    with self.lock:
+                        self.flushing = False
+                    continue
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                timer = loop.timer(min(remaining, keepalive))
+                timer.start(waiter.switch, _TIMER)
+                try:
+                    reason = waiter.get()
+                finally:
+                    timer.close()
+                waiter.clear()
+                if reason == _READABLE:
+                    if _peer_closed(getattr(sock, "_sock", sock)):
+                        break
+                    io.stop()  # a pipelined request: it will not be answered
+                elif reason == _TIMER and _monotonic() < deadline:
+                    self.offer(self.frame(KEEP_ALIVE))
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                broken, self.ended = self.ended and self.pending, True
+            io.stop()
+            self.waiter = None
+            self.router.manager.detach(self)
+            connection.keep_alive = False
+        if not broken:  # ended on time, on drain or on hang-up: say the body is over
+            with contextlib.suppress(OSError):
+                send_all(sock, self.pending + self.last)
