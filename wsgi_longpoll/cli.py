@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TypeVar
 
 from . import __version__
 from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
@@ -34,32 +35,26 @@ class _ShutdownRequested(Exception):
     pass
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+T = TypeVar("T", int, float)
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
+def _number(kind: Callable[[str], T], least: float, *, inclusive: bool) -> Callable[[str], T]:
+    """An argparse type: a *kind* of number, at least (or more than) *least*."""
+    bound = f"at least {least:g}" if inclusive else f"more than {least:g}"
+
+    def parse(text: str) -> T:
+        value = kind(text)
+        if not (value >= least if inclusive else value > least):
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+_positive_int = _number(int, 1, inclusive=True)
+_non_negative_int = _number(int, 0, inclusive=True)
+_positive_float = _number(float, 0, inclusive=False)
+_non_negative_float = _number(float, 0, inclusive=True)
 
 
 def _bytes_or_none(text: str) -> int | None:

@@ -198,14 +198,21 @@ class LongpollRouter:
 
     # -- subscribe ----------------------------------------------------------------------
 
-    def subscribe(self, connection: Connection, request: Request) -> None:
-        middleware = self.middleware
-        if self._rejected(middleware.before_subscription, connection, request, _SUBSCRIBE):
-            return
+    def _refused_subscription(self, connection: Connection, request: Request) -> bool:
+        """Run the subscribe hook and check the method; whether the refusal was sent."""
+        if self._rejected(self.middleware.before_subscription, connection, request,
+                          _SUBSCRIBE):
+            return True
         if request.method != b"GET":
             connection.send_response(request, b"405 Method Not Allowed",
                                      _SUBSCRIBE + b"Allow: GET\r\n",
                                      error_body(SUBSCRIBE_METHOD_ERROR))
+            return True
+        return False
+
+    def subscribe(self, connection: Connection, request: Request) -> None:
+        middleware = self.middleware
+        if self._refused_subscription(connection, request):
             return
         manager = self.manager
         try:
@@ -253,12 +260,7 @@ class LongpollRouter:
         """A subscription answered as a stream of Server-Sent Events, as the middleware
         answers it (see :mod:`wsgi_longpoll.sse`), written to from the publisher."""
         middleware = self.middleware
-        if self._rejected(middleware.before_subscription, connection, request, _SUBSCRIBE):
-            return
-        if request.method != b"GET":
-            connection.send_response(request, b"405 Method Not Allowed",
-                                     _SUBSCRIBE + b"Allow: GET\r\n",
-                                     error_body(SUBSCRIBE_METHOD_ERROR))
+        if self._refused_subscription(connection, request):
             return
         max_timeout = self.manager.max_longpoll_timeout_seconds
         try:
