@@ -216,3 +216,15 @@ def test_manager_followers_get_every_event_once_under_concurrent_publishers(
 def test_manager_refuses_engine_options_beside_an_engine(engine: Engine) -> None:
     with pytest.raises(ValueError, match="engine= excludes"):
         LongpollManager(max_event_buffer_size=3, engine=engine)
+
+
+def test_a_subscriber_killed_while_it_registers_leaves_nothing_behind(
+    manager: LongpollManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(categories: Sequence[str], after: Position) -> None:
+        raise gevent.GreenletExit  # as a kill or a timeout lands in the engine's watch
+
+    monkeypatch.setattr(manager.engine, "watch", interrupted)
+    with pytest.raises(gevent.GreenletExit):
+        manager.subscribe("c", 10)
+    assert manager.waiting_count() == 0

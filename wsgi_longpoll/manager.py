@@ -404,7 +404,11 @@ class LongpollManager:
             self._waiting += 1
             for category in categories:
                 self._waiters.setdefault(category, {})[subscriber] = None
-        self.engine.watch(categories, found.position)
+        try:
+            self.engine.watch(categories, found.position)
+        except BaseException:  # a failed, killed or timed-out watch leaves nothing behind
+            self.detach(subscriber)
+            raise
         return None
 
     def detach(self, subscriber: Subscriber) -> None:
