@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
-from .errors import CapacityExceeded, LongpollError, ManagerClosed, OutcomeUnknown, StorageUnavailable
+from .errors import (
+    CapacityExceeded,
+    LongpollError,
+    ManagerClosed,
+    OutcomeUnknown,
+    StorageUnavailable,
+)
 from .manager import LongpollManager
 from .protocol import (
     OUTCOME_UNKNOWN_ERROR,
@@ -359,6 +365,8 @@ class Endpoints(Generic[C]):
         if authorize is not None:
             for category in query.categories:
                 if authorize(context, category) is not True:
+                    logger.info("answering 403: category %r refused by the authorize "
+                                "function", category[:100])
                     return error_answer("403 Forbidden", CATEGORY_FORBIDDEN_ERROR,
                                         SUBSCRIBE_HEADERS)
         if not stream:
@@ -409,6 +417,8 @@ class Endpoints(Generic[C]):
             key = parse_idempotency_key(request.idempotency_key)
             authorize = self.authorize_publish
             if authorize is not None and authorize(context, document.category) is not True:
+                logger.info("answering 403: category %r refused by the authorize function",
+                            document.category[:100])
                 return error_answer("403 Forbidden", CATEGORY_FORBIDDEN_ERROR)
             self.manager.publish(document.category, document.data, idempotency_key=key)
         except ProtocolError as error:

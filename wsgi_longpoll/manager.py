@@ -20,6 +20,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
+from ._gevent import peer_closed
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
 from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
@@ -138,16 +139,6 @@ class _WaitingGreenlet(Subscriber):
             hub.loop.run_callback(self.waiter.switch, None)
         else:
             hub.loop.run_callback_threadsafe(self.waiter.switch, None)
-
-
-def _peer_closed(connection: socket.socket) -> bool:
-    raw = getattr(connection, "_sock", connection)  # gevent's socket wraps a non-blocking one
-    try:
-        return raw.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 class LongpollManager:
@@ -481,7 +472,7 @@ class LongpollManager:
             def on_readable() -> None:
                 assert watcher is not None
                 watcher.stop()  # a pipelined request (data) or a hang-up: look once only
-                if _peer_closed(connection):
+                if peer_closed(connection):
                     switch(None)
 
             watcher.start(on_readable)

@@ -32,10 +32,10 @@ import weakref
 from time import monotonic
 from typing import Any
 
-from gevent._hub_local import get_hub_if_exists
 from gevent.hub import Waiter, getcurrent
 from gevent.monkey import get_original
 
+from .._gevent import get_hub_if_exists
 from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event
 from ..protocol import MAX_TIMESTAMP, canonical_uuid

@@ -33,12 +33,12 @@ from typing import Any, TypeVar
 
 import gevent
 import redis
-from gevent._hub_local import get_hub_if_exists
 from gevent.event import Event as GeventEvent
 from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .._gevent import get_hub_if_exists
 from ..errors import OutcomeUnknown, StorageUnavailable
 from ..event import Event, Gap, encode_json
 from .base import (

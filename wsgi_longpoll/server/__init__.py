@@ -35,6 +35,7 @@ from ..wsgi.cors import CORSMiddleware
 from ..wsgi.middleware import Hook, LongpollMiddleware
 from ..wsgi.monitoring import MonitoringMiddleware
 from .http import HTTPServer, Limits
+from .lifecycle import stop_serving
 from .longpoll import LongpollRouter
 from .wsgi import WSGIBridge
 
@@ -333,7 +334,7 @@ class Server:
                     sse_keepalive_seconds=options.sse_keepalive_seconds,
                     sse_retry_ms=options.sse_retry_ms,
                 )
-                router = self._router(middleware, manager, server_info)
+                router = self._make_router(middleware, manager, server_info)
                 limits = Limits(header_timeout=options.header_timeout,
                                 body_timeout=options.body_timeout)
 
@@ -358,7 +359,7 @@ class Server:
             self._stopped.clear()
             logger.info("serving long polls on %s (port %d)", server_info.address, self.port)
 
-    def _router(
+    def _make_router(
         self, middleware: LongpollMiddleware, manager: LongpollManager, info: ServerInfo
     ) -> LongpollRouter:
         """The long-poll paths natively; the monitoring and CORS middleware, when
@@ -437,15 +438,9 @@ class Server:
 
     def _shutdown(self, wsgi_server: HTTPServer) -> None:
         """Stop accepting, answer waiting subscribers, drain; runs in the server's hub."""
-        wsgi_server.closing = True
-        wsgi_server.close()
-        manager = self.manager
-        manager.drain()
-        gevent.sleep(0)  # let the released subscribers write their answers
-        wsgi_server.close_idle_connections()
-        wsgi_server.pool.join(timeout=self._shutdown_timeout)
-        wsgi_server.pool.kill(block=True, timeout=1)
-        manager.close()
+        assert isinstance(wsgi_server.router, LongpollRouter)
+        stop_serving([wsgi_server], wsgi_server.router, self._shutdown_timeout)
+        self.manager.close()
 
     def _close_manager(self) -> None:
         if not self.manager.closed:

@@ -1,18 +1,22 @@
 """A gunicorn worker running this package's HTTP/1.1 server, on gevent.
 
 ``gunicorn -k wsgi_longpoll.server.gunicorn.LongpollWorker app:application`` serves the
-application gunicorn loads with :class:`~.http.HTTPServer`. When that application is a
-:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware`, or a Flask application whose
-``wsgi_app`` is one, its subscription and publish paths are answered natively (the fast
-path of :mod:`.longpoll`, with its hooks, limits and manager); every other request goes
-to the application through the WSGI bridge. A middleware found deeper (under another
-middleware, which might change its answers) is left to the application: every request
-then goes through the bridge. Name the middleware yourself by setting the application's
-``wsgi_longpoll_middleware`` attribute to it.
+application gunicorn loads with :class:`~.http.HTTPServer`. Every long poll and stream is
+parked on its socket and answered from the publisher (:mod:`.longpoll`), whoever decided
+to hold it:
 
-On SIGTERM the worker stops accepting, answers every parked long poll at once (the
-manager drains), closes idle keep-alive connections and gives requests in progress up to
-gunicorn's ``graceful_timeout``.
+- a :class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware` in front of the
+  application (the application itself, a Flask application whose ``wsgi_app`` is one, or
+  the one named by the application's ``wsgi_longpoll_middleware`` attribute): its paths
+  are answered natively, without a WSGI environ;
+- any other application, through the WSGI bridge: a view of the Flask extension or the
+  Django app (or a middleware wrapped in others, such as CORS) hands its hold to the
+  server (:data:`~wsgi_longpoll.endpoints.HOLD_KEY`) after the framework's own
+  authorization ran, and its headers go with the parked answer.
+
+On SIGTERM the worker stops accepting, answers every parked long poll and ends every
+stream at once (each manager a subscriber was parked on drains), closes idle keep-alive
+connections and gives requests in progress up to gunicorn's ``graceful_timeout``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,14 @@ from gevent.pool import Pool
 from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped,unused-ignore]
 
-from ..manager import LongpollManager
 from ..wsgi.middleware import LongpollMiddleware
 from .http import HTTPServer, Limits
+from .lifecycle import stop_serving
 from .longpoll import LongpollRouter
 from .wsgi import WSGIBridge
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    pass
 
 __all__ = ["LongpollWorker", "find_middleware"]
 
@@ -62,13 +66,6 @@ def find_middleware(app: Any) -> tuple[LongpollMiddleware | None, bool]:
     return None, False
 
 
-def _no_manager_router(app: WSGIApplication, bridge: WSGIBridge, body_limit: int
-                       ) -> LongpollRouter:
-    """A router for an application without a middleware: everything through the bridge."""
-    placeholder = LongpollMiddleware(app, LongpollManager(), None, None)
-    return LongpollRouter(placeholder, bridge, body_limit, native=False)
-
-
 class LongpollWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker with :mod:`wsgi_longpoll.server`'s HTTP/1.1 server.
 
@@ -92,18 +89,19 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
         bridge = WSGIBridge(self.wsgi, environ)
         middleware, native = find_middleware(self.wsgi)
         if middleware is None:
-            self.log.warning("no LongpollMiddleware found in the application: every request "
-                           "goes through the WSGI bridge")
-            return _no_manager_router(self.wsgi, bridge, self.max_request_body_size)
+            self.log.info("no LongpollMiddleware in front of the application: its requests go "
+                          "through the WSGI bridge, and the long polls its views hold (the "
+                          "Flask extension's, the Django app's) are parked by the server")
+            return LongpollRouter(None, bridge, self.max_request_body_size)
         # The middleware warns, once, of several processes on an in-memory engine; the
         # native path has no environ to show it, so ask now.
         middleware._check_multiprocess({"wsgi.multiprocess": cfg.workers > 1})
         if native:
             self.log.info("long-poll paths answered natively: %s, %s",
-                        middleware.subscription_path, middleware.publish_path)
+                          middleware.subscription_path, middleware.publish_path)
         else:
             self.log.info("the LongpollMiddleware is wrapped in other middleware: its paths "
-                        "go through the WSGI bridge")
+                          "go through the WSGI bridge, and its long polls are parked")
         return LongpollRouter(middleware, bridge, self.max_request_body_size, native=native)
 
     def _limits(self) -> Limits:
@@ -136,24 +134,4 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
 
     def _shutdown(self, servers: list[HTTPServer], router: LongpollRouter) -> None:
         """Stop accepting, answer parked polls, close idle connections, drain."""
-        for server in servers:
-            server.closing = True
-            server.close()
-        if router.native:
-            router.manager.drain()
-        gevent.sleep(0)
-        for server in servers:
-            server.close_idle_connections()
-        deadline = self.cfg.graceful_timeout
-        for server in servers:
-            waited = 0.0
-            while server.connections and waited < deadline:
-                self.notify()
-                gevent.sleep(0.1)
-                waited += 0.1
-                server.close_idle_connections()
-            if server.connections:
-                self.log.warning("graceful timeout: %d connections still open",
-                               len(server.connections))
-                server.pool.kill(block=True, timeout=1)
-
+        stop_serving(servers, router, self.cfg.graceful_timeout, tick=self.notify)

@@ -29,6 +29,7 @@ import httptools
 from gevent import get_hub
 from gevent.server import StreamServer
 
+from .._gevent import pause_accepting, raw_socket, read_watcher
 from ..protocol import PUBLISH_BODY_ERROR, error_body
 
 __all__ = ["Connection", "HTTPServer", "Limits", "Request", "Router", "http_date"]
@@ -147,9 +148,8 @@ class _Reject(Exception):
 def send_all(sock: Any, data: bytes) -> None:
     """Send all of *data*: straight to the non-blocking socket, and only what it did not
     take through gevent (which waits for the socket to drain)."""
-    raw = getattr(sock, "_sock", sock)
     try:
-        sent = raw.send(data)
+        sent = raw_socket(sock).send(data)
     except BlockingIOError:
         sent = 0
     if sent < len(data):
@@ -297,8 +297,8 @@ class Connection:
     def serve(self) -> None:
         """Read and answer requests until the connection is to close."""
         sock = self.sock
-        raw = getattr(sock, "_sock", sock)  # gevent's socket wraps a non-blocking one
-        read_event = sock._read_event  # type: ignore[attr-defined]
+        raw = raw_socket(sock)
+        read_event = read_watcher(sock, get_hub().loop)
         wait = get_hub().wait
         server = self.server
         router = server.router
@@ -460,9 +460,7 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
                 self._accept_error_logged = now
                 logger.error("cannot accept connections: %s (raise the open-files limit, "
                              "ulimit -n, or lower max_waiting_subscribers)", error)
-            self.stop_accepting()
-            self._timer = self.loop.timer(self.accept_error_interval / 10)
-            self._timer.start(self._start_accepting_if_started)
+            pause_accepting(self, self.accept_error_interval / 10)
             return None
 
     def start(self) -> None:
@@ -490,7 +488,7 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
                 connection.expired = True
                 sock = connection.sock
                 with contextlib.suppress(OSError):  # the kernel's EOF wakes the reader;
-                    getattr(sock, "_sock", sock).shutdown(socket.SHUT_RD)  # gevent's throws
+                    raw_socket(sock).shutdown(socket.SHUT_RD)  # gevent's throws
 
     def do_close(self, sock: Any, *args: Any) -> None:
         with contextlib.suppress(OSError):

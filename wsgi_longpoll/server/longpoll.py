@@ -1,9 +1,15 @@
-"""The long-poll paths answered natively: no WSGI environ or ``start_response`` on them.
+"""The long-poll paths answered natively, and every held subscriber parked on its socket.
 
-The validation, limits, status codes and bodies are those of
-:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware` (whose settings this reads),
-built from :mod:`wsgi_longpoll.protocol`, so the wire is the same byte for byte. Hooks get a
-werkzeug ``Request``, built only when a hook is set.
+The protocol is :class:`~wsgi_longpoll.endpoints.Endpoints`' (the one the
+:class:`~wsgi_longpoll.wsgi.middleware.LongpollMiddleware` drives): this module feeds it
+a request's parts and writes its :class:`~wsgi_longpoll.endpoints.Answer`, or parks its
+:class:`~wsgi_longpoll.endpoints.Hold`. Hooks get a werkzeug ``Request``, built only when
+a hook is set.
+
+A hold comes from the native paths, or from a WSGI application under the bridge (a Flask
+or Django view, a middleware wrapped in others) through the environ key
+:data:`~wsgi_longpoll.endpoints.HOLD_KEY`: then the application's own headers (a session
+cookie, CORS) go with the answer.
 
 A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
 :class:`~wsgi_longpoll.manager.Subscriber` holding its connection. The manager's
@@ -20,47 +26,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
-from werkzeug.wrappers import Request as WerkzeugRequest
-from werkzeug.wrappers import Response
 
-from ..errors import LongpollError
+from .._gevent import peer_closed, raw_socket, read_watcher
+from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
 from ..event import Event
-from ..manager import (
-    CapacityExceeded,
-    LongpollManager,
-    ManagerClosed,
-    StorageUnavailable,
-    Subscriber,
-)
-from ..protocol import (
-    PUBLISH_METHOD_ERROR,
-    PUBLISH_SUCCESS_BODY,
-    SUBSCRIBE_METHOD_ERROR,
-    ProtocolError,
-    error_body,
-    events_body,
-    now_ms,
-    parse_idempotency_key,
-    parse_publish_body,
-    parse_subscribe_query,
-    timeout_body,
-)
-from ..sse import (
-    KEEP_ALIVE,
-    LAST_EVENT_ID_ERROR,
-    accepts_event_stream,
-    batch_body,
-    parse_last_event_id,
-    stream_start,
-)
-from ..wsgi.answers import HOOK_FORBIDDEN_ERROR, RETRY_AFTER_SECONDS, refusal
-from ..wsgi.middleware import Hook, LongpollMiddleware
+from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Subscriber
+from ..protocol import events_body, now_ms, timeout_body
+from ..sse import KEEP_ALIVE, batch_body
+from ..wsgi.middleware import LongpollMiddleware, RequestContext
 from .http import Connection, Request, send_all
 from .wsgi import WSGIBridge, make_environ
 
@@ -71,14 +51,7 @@ __all__ = ["LongpollRouter", "ParkedPoll", "ParkedStream"]
 
 logger = logging.getLogger(__name__)
 
-_JSON = b"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
-_SUBSCRIBE = (_JSON + b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
-              b"Pragma: no-cache\r\nExpires: 0\r\n")
-_RETRY = b"Retry-After: %s\r\n" % RETRY_AFTER_SECONDS.encode("ascii")
 _OK = b"200 OK"
-_STREAM = (b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-           b"X-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\n")
-_FORBIDDEN_BODY = error_body(HOOK_FORBIDDEN_ERROR)
 
 # The claim of an answer: deliver (any thread, the manager's lock held), release (the
 # hub) and the timeout (the connection's greenlet) race to answer; one wins.
@@ -100,11 +73,16 @@ def _path_bytes(path: str | None) -> bytes | None:
         return path.encode("utf-8")
 
 
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("latin-1")
+
+
 class LongpollRouter:
     """Routes a connection's requests: the middleware's long-poll paths natively, every
-    other path to the WSGI application through the bridge.
+    other path to the WSGI application through the bridge; parks every hold.
 
-    :param middleware: the long-poll settings (paths, hooks, limits) and manager.
+    :param middleware: the long-poll settings (paths, hooks, limits) and manager, or
+        ``None``: every request goes to the application (whose views may hold).
     :param bridge: the bridge to the application for every other path.
     :param max_request_body_size: the largest body of a request to the application.
     :param native: answer the long-poll paths here; ``False`` sends them through the
@@ -112,17 +90,27 @@ class LongpollRouter:
         that must see their answers.
     """
 
-    def __init__(self, middleware: LongpollMiddleware, bridge: WSGIBridge,
+    def __init__(self, middleware: LongpollMiddleware | None, bridge: WSGIBridge,
                  max_request_body_size: int, *, native: bool = True) -> None:
-        self.manager: LongpollManager = middleware.manager
-        self.middleware = middleware
         self.bridge = bridge
-        self.subscription_path = _path_bytes(middleware.subscription_path)
-        self.publish_path = _path_bytes(middleware.publish_path)
-        self.native = native
-        self.max_body_size = middleware.max_body_size
+        bridge.park = self.park
         self.max_request_body_size = max_request_body_size
-        #: The last answer encoded for a delivery: ``(events, date, response)``.
+        #: Every manager a subscriber was parked on: drained when the server stops.
+        self.managers: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
+        self.endpoints: Endpoints[RequestContext] | None = None
+        self.subscription_path = self.publish_path = None
+        self.max_body_size = max_request_body_size
+        self.native = native and middleware is not None
+        if middleware is not None:
+            self.managers.add(middleware.manager)
+            endpoints = self.endpoints = middleware.endpoints
+            options = endpoints.options
+            self.subscription_path = _path_bytes(options.subscription_path)
+            self.publish_path = _path_bytes(options.publish_path)
+            self.max_body_size = options.max_body_size
+            self._checks = any((endpoints.before_subscription, endpoints.before_publish,
+                                endpoints.authorize_subscribe, endpoints.authorize_publish))
+        #: The last answer encoded for a delivery: ``(events, head, response)``.
         self.answer_cache: tuple[Any, bytes, bytes] = (None, b"", b"")
         #: The last stream write encoded for a delivery: ``(events, body)``.
         self.stream_cache: tuple[Any, bytes] = (None, b"")
@@ -139,15 +127,15 @@ class LongpollRouter:
         return self.max_request_body_size, False
 
     def handle(self, connection: Connection, request: Request) -> None:
-        path = self._route(request.path)
         if not self.native:
             self.bridge.handle(connection, request)
             return
-        if path == self.subscription_path and self._native_subscribe(request):
-            handler = self.stream if _wants_stream(request) else self.subscribe
-        elif path == self.publish_path and self.middleware.authorize_publish is None:
+        path = self._route(request.path)
+        if path == self.subscription_path:
+            handler = self.subscribe
+        elif path == self.publish_path:
             handler = self.publish
-        else:  # the application, or what only the middleware does (see below)
+        else:
             self.bridge.handle(connection, request)
             return
         try:
@@ -161,144 +149,111 @@ class LongpollRouter:
                                      b"Content-Type: text/plain; charset=utf-8\r\n",
                                      b"Internal Server Error\n")
 
-    def _native_subscribe(self, request: Request) -> bool:
-        """Whether this subscription is answered here, the same as the middleware would.
+    def _context(self, connection: Connection, request: Request) -> Any:
+        """What the hooks and authorize functions see (only made when one is set)."""
+        if not self._checks:
+            return None
+        base = self.bridge.base_environ
+        return RequestContext(lambda: make_environ(connection, request, base))
 
-        The middleware answers, through the bridge: ``authorize_subscribe``, and a
-        subscribe hook on a query naming more than one ``category`` (it runs the hook once
-        per category, on a rewritten query).
-        """
-        middleware = self.middleware
-        if middleware.authorize_subscribe is not None:
-            return False
-        if middleware.before_subscription is not None:
-            query = request.query
-            if b"categories" in query or query.count(b"category") > 1:
-                return False
-        return True
-
-    # -- hooks --------------------------------------------------------------------------
-
-    def _rejected(self, hook: Hook | None, connection: Connection, request: Request,
-                  headers: bytes) -> bool:
-        """Run *hook*; whether it rejected the request (and the rejection was sent)."""
-        if hook is None:
-            return False
-        environ = make_environ(connection, request, self.bridge.base_environ)
-        verdict = hook(WerkzeugRequest(environ))
-        if verdict is True:
-            return False
-        if isinstance(verdict, Response):
-            self.bridge.run(connection, request, environ, verdict)
-            return True
-        if verdict is False:
-            connection.send_response(request, b"403 Forbidden", headers, _FORBIDDEN_BODY)
-            return True
-        raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
-
-    # -- subscribe ----------------------------------------------------------------------
-
-    def _refused_subscription(self, connection: Connection, request: Request) -> bool:
-        """Run the subscribe hook and check the method; whether the refusal was sent."""
-        if self._rejected(self.middleware.before_subscription, connection, request,
-                          _SUBSCRIBE):
-            return True
-        if request.method != b"GET":
-            connection.send_response(request, b"405 Method Not Allowed",
-                                     _SUBSCRIBE + b"Allow: GET\r\n",
-                                     error_body(SUBSCRIBE_METHOD_ERROR))
-            return True
-        return False
+    @staticmethod
+    def send(connection: Connection, request: Request, answer: Answer,
+             extra: bytes = b"") -> None:
+        """Write *answer* (with the header lines *extra*)."""
+        connection.send_response(request, answer.status.encode("latin-1"),
+                                 answer.headers.raw + extra, answer.body)
 
     def subscribe(self, connection: Connection, request: Request) -> None:
-        middleware = self.middleware
-        if self._refused_subscription(connection, request):
+        assert self.endpoints is not None
+        parts = RequestParts(
+            request.method.decode("latin-1"), request.query.decode("latin-1"),
+            accept=_text(request.header(b"accept")),
+            last_event_id=_text(request.header(b"last-event-id")),
+        )
+        result = self.endpoints.subscribe(parts, self._context(connection, request))
+        if isinstance(result, Answer):
+            self.send(connection, request, result)
+        else:
+            self.park(connection, request, self.endpoints.manager, result, b"")
+
+    def publish(self, connection: Connection, request: Request) -> None:
+        assert self.endpoints is not None
+        method = request.method.decode("latin-1")
+        parts = RequestParts(method, idempotency_key=(
+            None if (key := request.header(b"idempotency-key")) is None
+            else key.decode("latin-1")), body=request.body if method == "POST" else b"")
+        self.send(connection, request,
+                  self.endpoints.publish(parts, self._context(connection, request)))
+
+    # -- holds --------------------------------------------------------------------------
+
+    def park(self, connection: Connection, request: Request, manager: LongpollManager,
+             hold: Hold, extra: bytes) -> None:
+        """Answer *hold* on *connection*: at once if events are there, else from the
+        publisher. *extra* are header lines to send with it (an application's own)."""
+        self.managers.add(manager)
+        if hold.stream:
+            self._stream(connection, request, manager, hold, extra)
             return
-        manager = self.manager
+        poll = ParkedPoll(self, manager, connection, request, hold.headers.raw + extra)
         try:
-            query = parse_subscribe_query(request.query.decode("latin-1"),
-                                          manager.max_longpoll_timeout_seconds,
-                                          middleware.max_categories_per_request)
-        except ProtocolError as error:
-            connection.send_response(request, _OK, _SUBSCRIBE, error_body(str(error)))
-            return
-        poll = ParkedPoll(self, connection, request)
-        try:
-            delivery = manager.attach(poll, query.categories, query.since_time, query.last_id)
+            delivery = manager.attach(poll, hold.categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            _refuse(connection, request, _SUBSCRIBE, error)
+            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
             return
         if delivery is not None:
             if delivery.events:
                 body = events_body(delivery.events, delivery.gaps)
             else:
                 body = timeout_body(now_ms(), delivery.gaps)
-            connection.send_response(request, _OK, _SUBSCRIBE, body)
+            connection.send_response(request, _OK, poll.head, body)
             return
-        poll.wait(query.timeout)
+        poll.wait(hold.timeout)
 
     def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
         """The whole response of *poll* to *events*, encoded once for every poll that
-        gets the same list in one delivery (and has no gaps to report)."""
+        gets the same list in one delivery with the same headers (and no gaps)."""
         connection, request = poll.connection, poll.request
         if poll.gaps or request.version != "1.1" or not request.keep_alive or \
                 connection.server.closing:
             body = events_body(events, poll.gaps)
-            return connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body
-        cached_events, date, response = self.answer_cache
-        if cached_events is events:
+            return connection.response_head(request, _OK, poll.head, len(body)) + body
+        cached_events, head, response = self.answer_cache
+        if cached_events is events and head == poll.head:
             connection.keep_alive = True
             return response
         body = events_body(events)
-        response = connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body
-        self.answer_cache = (events, date, response)
+        response = connection.response_head(request, _OK, poll.head, len(body)) + body
+        self.answer_cache = (events, poll.head, response)
         return response
 
-    # -- Server-Sent Events -------------------------------------------------------------
-
-    def stream(self, connection: Connection, request: Request) -> None:
-        """A subscription answered as a stream of Server-Sent Events, as the middleware
-        answers it (see :mod:`wsgi_longpoll.sse`), written to from the publisher."""
-        middleware = self.middleware
-        if self._refused_subscription(connection, request):
-            return
-        max_timeout = self.manager.max_longpoll_timeout_seconds
+    def _stream(self, connection: Connection, request: Request, manager: LongpollManager,
+                hold: Hold, extra: bytes) -> None:
+        """A stream of Server-Sent Events (see :mod:`wsgi_longpoll.sse`), written to from
+        the publisher."""
+        stream = ParkedStream(self, manager, connection, request)
+        categories = hold.categories
         try:
-            query = parse_subscribe_query(request.query.decode("latin-1"), max_timeout,
-                                          middleware.max_categories_per_request,
-                                          default_timeout=max_timeout)
-            since_time, last_id = query.since_time, query.last_id
-            header = request.header(b"last-event-id")
-            if header:
-                since_time, last_id = parse_last_event_id(header.decode("latin-1"))
-        except ProtocolError as error:
-            status = b"400 Bad Request" if error.args[0] == LAST_EVENT_ID_ERROR else _OK
-            connection.send_response(request, status, _SUBSCRIBE, error_body(str(error)))
-            return
-        if since_time is None:
-            since_time = now_ms() - 1  # every event of this millisecond on
-        stream = ParkedStream(self, connection, request)
-        start = stream_start(middleware.sse_retry_ms, since_time, last_id)
-        try:
-            delivery = self.manager.attach(stream, query.categories, since_time, last_id)
+            delivery = manager.attach(stream, categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            _refuse(connection, request, _SUBSCRIBE, error)
+            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
             return
         connection.keep_alive = request.keep_alive = False  # the stream ends with the socket
         frame = stream.frame
         head = connection.response_head(
-            request, _OK, _STREAM + (b"Transfer-Encoding: chunked\r\n" if stream.chunked else b""),
+            request, _OK,
+            hold.headers.raw + extra
+            + (b"Transfer-Encoding: chunked\r\n" if stream.chunked else b""),
             None,
         )
         try:
-            send_all(connection.sock, head + frame(start))
+            send_all(connection.sock, head + frame(hold.start))
             # Whatever is buffered after the cursor comes first, a batch at a time, until
             # the stream waits for what is published next (or the server drains).
             while delivery is not None and delivery.events:
                 send_all(connection.sock, frame(batch_body(delivery.events, delivery.gaps)))
                 last = delivery.events[-1]
-                delivery = self.manager.attach(stream, query.categories, last.timestamp,
-                                               last.id)
+                delivery = manager.attach(stream, categories, last.timestamp, last.id)
         except (CapacityExceeded, StorageUnavailable) as error:
             logger.warning("ending an event stream: %s", error)
             return
@@ -312,61 +267,22 @@ class LongpollRouter:
         if stream.gaps:
             with stream.lock:
                 stream.pending = frame(batch_body([], stream.gaps)) + stream.pending
-        stream.run(query.timeout, middleware.sse_keepalive_seconds)
-
-    # -- publish ------------------------------------------------------------------------
-
-    def publish(self, connection: Connection, request: Request) -> None:
-        post = request.method == b"POST"
-        body = request.body if post else b""
-        if self._rejected(self.middleware.before_publish, connection, request, _JSON):
-            return
-        if not post:
-            connection.send_response(request, b"405 Method Not Allowed",
-                                     _JSON + b"Allow: POST\r\n", error_body(PUBLISH_METHOD_ERROR))
-            return
-        try:
-            document = parse_publish_body(body)
-            raw_key = request.header(b"idempotency-key")
-            key = parse_idempotency_key(None if raw_key is None else raw_key.decode("latin-1"))
-            self.manager.publish(document.category, document.data, idempotency_key=key)
-        except ProtocolError as error:
-            connection.send_response(request, b"400 Bad Request", _JSON, error_body(str(error)))
-        except (ManagerClosed, CapacityExceeded, StorageUnavailable) as error:
-            _refuse(connection, request, _JSON, error)
-        else:
-            connection.send_response(request, _OK, _JSON, PUBLISH_SUCCESS_BODY)
-
-
-def _refuse(
-    connection: Connection, request: Request, headers: bytes, error: LongpollError
-) -> None:
-    """Answer the manager's refusal *error* as the WSGI layer does (:func:`refusal`)."""
-    answer = refusal(error)
-    if answer.retry_after:
-        headers += _RETRY
-    connection.send_response(request, answer.status.encode("ascii"), headers,
-                             error_body(answer.message))
-
-
-def _peer_closed(sock: Any) -> bool:
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK) == b"")
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+        stream.run(hold.timeout, hold.keepalive)
 
 
 class ParkedPoll(Subscriber):
     """A long poll waiting on its connection; answered straight to the socket."""
 
-    __slots__ = ("router", "connection", "request", "answered", "pending", "broken",
-                 "waiter", "hub", "watching")
+    __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
+                 "broken", "waiter", "hub", "watching")
 
-    def __init__(self, router: LongpollRouter, connection: Connection, request: Request) -> None:
+    def __init__(self, router: LongpollRouter, manager: LongpollManager,
+                 connection: Connection, request: Request, head: bytes) -> None:
         super().__init__()
         self.router = router
+        self.manager = manager
+        #: The answer's header lines.
+        self.head = head
         self.connection = connection
         self.request = request
         self.answered = False
@@ -394,13 +310,13 @@ class ParkedPoll(Subscriber):
         if self._claim():
             request = self.request
             body = timeout_body(now_ms(), self.gaps)
-            self._write(self.connection.response_head(request, _OK, _SUBSCRIBE, len(body)) + body)
+            self._write(self.connection.response_head(request, _OK, self.head, len(body)) + body)
         self._wake()
 
     def _write(self, data: bytes) -> None:
         """Write *data* without blocking; leave the rest (if any) to the greenlet."""
         sock = self.connection.sock
-        raw = getattr(sock, "_sock", sock)
+        raw = raw_socket(sock)
         try:
             sent = raw.send(data)
         except BlockingIOError:
@@ -446,7 +362,7 @@ class ParkedPoll(Subscriber):
         timer.start(waiter.switch, _TIMER)
         sock = connection.sock
         # The socket's own read watcher, idle while the greenlet is parked here.
-        io = getattr(sock, "_read_event", None) or loop.io(sock.fileno(), 1)
+        io = read_watcher(sock, loop)
         io.start(waiter.switch, _READABLE)
         request = self.request
         request.headers = []  # what a parked poll holds on to is what it costs: only
@@ -464,7 +380,7 @@ class ParkedPoll(Subscriber):
                 reason = waiter.get()
                 waiter.clear()
                 if reason == _READABLE and not self.answered:
-                    if _peer_closed(getattr(connection.sock, "_sock", connection.sock)):
+                    if peer_closed(connection.sock):
                         hung_up = True
                         break
                     io.stop()  # a pipelined request: answered after this one
@@ -477,7 +393,7 @@ class ParkedPoll(Subscriber):
             timer.close()
             io.stop()
             self.waiter = None
-            self.router.manager.detach(self)
+            self.manager.detach(self)
         if hung_up:
             connection.keep_alive = False
             self._claim()
@@ -485,7 +401,7 @@ class ParkedPoll(Subscriber):
         request = self.request
         if self._claim():  # timed out
             body = timeout_body(now_ms(), self.gaps)
-            connection.send_response(request, _OK, _SUBSCRIBE, body)
+            connection.send_response(request, _OK, self.head, body)
             return
         if self.broken:
             connection.keep_alive = False
@@ -497,11 +413,6 @@ class ParkedPoll(Subscriber):
         connection.server.log_access(connection, request, _OK, None)
 
 
-def _wants_stream(request: Request) -> bool:
-    accept = request.header(b"accept")
-    return accept is not None and accepts_event_stream(accept.decode("latin-1"))
-
-
 class ParkedStream(Subscriber):
     """A Server-Sent Events stream on its connection, written to from the publisher.
 
@@ -511,15 +422,17 @@ class ParkedStream(Subscriber):
     stream at its timeout or when the manager drains, and notices a hang-up.
     """
 
-    __slots__ = ("router", "connection", "chunked", "pending", "flushing", "ended", "lock",
-                 "waiter", "hub")
+    __slots__ = ("router", "manager", "connection", "chunked", "pending", "flushing", "ended",
+                 "lock", "waiter", "hub")
 
     #: The most a slow reader may leave unread before its stream is ended.
     max_pending = 8 * 1024 * 1024
 
-    def __init__(self, router: LongpollRouter, connection: Connection, request: Request) -> None:
+    def __init__(self, router: LongpollRouter, manager: LongpollManager,
+                 connection: Connection, request: Request) -> None:
         super().__init__()
         self.router = router
+        self.manager = manager
         self.connection = connection
         #: HTTP/1.1: each write is a chunk; HTTP/1.0: the body ends with the connection.
         self.chunked = request.version != "1.0"
@@ -565,7 +478,7 @@ class ParkedStream(Subscriber):
             if not (self.pending or self.flushing):
                 sock = self.connection.sock
                 try:
-                    sent = getattr(sock, "_sock", sock).send(data)
+                    sent = raw_socket(sock).send(data)
                 except BlockingIOError:
                     sent = 0
                 except OSError:
@@ -597,7 +510,7 @@ class ParkedStream(Subscriber):
         loop = hub.loop
         waiter = Waiter(hub)
         sock = connection.sock
-        io = getattr(sock, "_read_event", None) or loop.io(sock.fileno(), 1)
+        io = read_watcher(sock, loop)
         io.start(waiter.switch, _READABLE)
         self.waiter, self.hub = waiter, hub
         deadline = _monotonic() + timeout
@@ -622,7 +535,7 @@ class ParkedStream(Subscriber):
                     timer.close()
                 waiter.clear()
                 if reason == _READABLE:
-                    if _peer_closed(getattr(sock, "_sock", sock)):
+                    if peer_closed(sock):
                         break
                     io.stop()  # a pipelined request: it will not be answered
                 elif reason == _TIMER and _monotonic() < deadline:
@@ -634,7 +547,7 @@ class ParkedStream(Subscriber):
                 broken, self.ended = self.ended and self.pending, True
             io.stop()
             self.waiter = None
-            self.router.manager.detach(self)
+            self.manager.detach(self)
             connection.keep_alive = False
         if not broken:  # ended on time, on drain or on hang-up: say the body is over
             with contextlib.suppress(OSError):

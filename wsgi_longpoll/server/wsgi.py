@@ -17,10 +17,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from ..endpoints import HOLD_KEY, Hold
 from .http import Connection, Request, send_all
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+    from ..manager import LongpollManager
+
+    #: Parks a hold: ``park(connection, request, manager, hold, extra_header_lines)``.
+    Park = Callable[[Connection, Request, LongpollManager, Hold, bytes], None]
 
 __all__ = ["WSGIBridge", "make_environ"]
 
@@ -28,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 _NO_BODY_STATUSES = (b"1", b"204", b"304")
+#: The headers of an application's answer to a hold that the parked answer sets itself.
+_HOLD_OWN_HEADERS = frozenset({
+    "content-type", "content-length", "cache-control", "pragma", "expires",
+    "x-content-type-options", "x-accel-buffering", "transfer-encoding", "date", "connection",
+})
 _INTERNAL_ERROR = b"Internal Server Error\n"
 
 
@@ -82,9 +93,13 @@ def make_environ(connection: Connection, request: Request,
 class _Response:
     """The state of one response: what ``start_response`` set, what has been sent."""
 
-    __slots__ = ("status", "headers", "sent", "chunked", "length", "no_body", "written")
+    __slots__ = ("status", "headers", "sent", "chunked", "length", "no_body", "written",
+                 "held")
 
     def __init__(self) -> None:
+        #: What the application asked the server to hold (see :data:`HOLD_KEY`), and
+        #: whether its answer stood for that hold (a 200 with no body).
+        self.held: tuple[LongpollManager, Hold] | None = None
         self.status: bytes | None = None
         self.headers: list[tuple[str, str]] = []
         self.sent = False
@@ -97,6 +112,10 @@ class _Response:
 class WSGIBridge:
     """Answers requests on a connection with a WSGI application.
 
+    With :attr:`park` set, each environ offers the application to hold a subscriber
+    (:data:`~wsgi_longpoll.endpoints.HOLD_KEY`): an answer of ``200`` with no body then
+    stands for the hold, and its headers go with the parked answer.
+
     :param app: the application.
     :param base_environ: keys added to every environ (e.g. gunicorn's).
     """
@@ -104,6 +123,8 @@ class WSGIBridge:
     def __init__(self, app: WSGIApplication, base_environ: dict[str, Any] | None = None) -> None:
         self.app = app
         self.base_environ = base_environ
+        #: What parks a hold (the router's); ``None``: the application waits itself.
+        self.park: Park | None = None
 
     def handle(self, connection: Connection, request: Request) -> None:
         """Run the application for *request* and stream its answer."""
@@ -116,6 +137,9 @@ class WSGIBridge:
         response = _Response()
         sock = connection.sock
         head_request = request.method == b"HEAD"
+        held: list[tuple[LongpollManager, Hold]] = []
+        if self.park is not None:
+            environ[HOLD_KEY] = lambda manager, hold: held.append((manager, hold))
 
         def start_response(status: str, headers: list[tuple[str, str]],
                            exc_info: _ExcInfo | None = None) -> Callable[[bytes], None]:
@@ -135,6 +159,10 @@ class WSGIBridge:
             status = response.status
             if status is None:
                 raise AssertionError("the application did not call start_response")
+            if held and not first and status.startswith(b"200"):
+                response.held = held[-1]  # the parked answer is sent instead
+                response.sent = response.no_body = True
+                return
             lines = []
             length = None
             close = False
@@ -215,6 +243,12 @@ class WSGIBridge:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+        if response.held is not None and self.park is not None:
+            manager, hold = response.held
+            extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers
+                            if name.lower() not in _HOLD_OWN_HEADERS)
+            self.park(connection, request, manager, hold, extra.encode("latin-1"))
+            return
         if response.length is not None and response.written != response.length \
                 and not response.no_body:
             connection.keep_alive = False  # the client cannot tell where the next one starts

@@ -9,15 +9,25 @@ answers through these, so that an error looks the same wherever it comes from:
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from werkzeug.wrappers import Request, Response
 
-from ..errors import CapacityExceeded, LongpollError, ManagerClosed, OutcomeUnknown
-from ..protocol import OUTCOME_UNKNOWN_ERROR, error_body
+from ..endpoints import (
+    CATEGORY_FORBIDDEN_ERROR,
+    HOOK_FORBIDDEN_ERROR,
+    RETRY_AFTER_SECONDS,
+    Answer,
+    Headers,
+    RateLimitedLog,
+    refusal,
+)
+from ..endpoints import (
+    JSON_HEADERS as _JSON,
+)
+from ..errors import LongpollError
+from ..protocol import error_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -29,10 +39,9 @@ __all__ = [
     "Hook",
     "RateLimitedLog",
     "CATEGORY_FORBIDDEN_ERROR",
-    "Refusal",
     "error_response",
-    "refusal",
     "refuse",
+    "send",
     "for_method",
     "json_error",
     "not_found",
@@ -46,55 +55,20 @@ __all__ = [
 Hook = Callable[[Request], bool | Response]
 
 #: The headers of every JSON answer.
-JSON_HEADERS: Sequence[tuple[str, str]] = (
-    ("Content-Type", "application/json"),
-    ("X-Content-Type-Options", "nosniff"),
-)
-
-#: What ``Retry-After`` says with a 503: the server is at capacity or its store is down.
-RETRY_AFTER_SECONDS = "1"
-
-#: The message of a 403 from a hook that returned ``False``.
-HOOK_FORBIDDEN_ERROR = "Forbidden: rejected by the server's hook."
-#: The message of a 403 from an authorize function that refused a category.
-CATEGORY_FORBIDDEN_ERROR = "Forbidden: not authorized for this category."
-
-
-class Refusal(NamedTuple):
-    """How a subscribe or publish the manager refused is answered."""
-
-    status: str
-    message: str
-    #: Whether to say ``Retry-After`` (the same request may succeed in a moment).
-    retry_after: bool
-
-
-def refusal(error: LongpollError) -> Refusal:
-    """The answer to a manager's refusal; logged, at most once per 10 s with a count,
-    since refusals come in floods when the server is at capacity or its store is down."""
-    if isinstance(error, CapacityExceeded):
-        _refusals.log(logging.WARNING, "answering 503: %s", error)
-        return Refusal("503 Service Unavailable",
-                       f"The server is at capacity: {error}. Try again later.", True)
-    if isinstance(error, ManagerClosed):
-        return Refusal("503 Service Unavailable", "The server is shutting down.", False)
-    if isinstance(error, OutcomeUnknown):
-        _refusals.log(logging.ERROR, "answering 504: %s", error)
-        return Refusal("504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR, False)
-    _refusals.log(logging.ERROR, "answering 503: %s", error)
-    return Refusal("503 Service Unavailable",
-                   "The event store is unavailable. Try again later.", True)
+JSON_HEADERS: Sequence[tuple[str, str]] = _JSON.items
 
 
 def refuse(
     start_response: StartResponse, error: LongpollError,
     headers: Iterable[tuple[str, str]] = JSON_HEADERS,
 ) -> list[bytes]:
-    """Answer the manager's refusal *error* (see :func:`refusal`)."""
-    answer = refusal(error)
-    if answer.retry_after:
-        headers = [*headers, ("Retry-After", RETRY_AFTER_SECONDS)]
-    return json_error(start_response, answer.status, answer.message, headers)
+    """Answer the manager's refusal *error* (see :func:`~wsgi_longpoll.endpoints.refusal`)."""
+    return send(start_response, refusal(error, Headers(list(headers))))
+
+
+def send(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    """Send an :class:`~wsgi_longpoll.endpoints.Answer` of the endpoints."""
+    return respond(start_response, answer.status, answer.headers.items, answer.body)
 
 
 def respond(
@@ -164,36 +138,3 @@ def run_hook(
     if verdict is False:
         return json_error(start_response, "403 Forbidden", HOOK_FORBIDDEN_ERROR, headers)
     raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
-
-
-class RateLimitedLog:
-    """Logs a repeated message once per *interval*, saying how many were left out.
-
-    An attacker who makes the server refuse thousands of requests a second must not also
-    fill its logs with a line for each.
-
-    :param logger: where to log.
-    :param interval: the least time between two lines, in seconds.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next = 0.0
-        self._left_out = 0
-
-    def log(self, level: int, message: str, *args: object) -> None:
-        """Log *message* (``%`` formatted with *args*) unless one was logged lately."""
-        now = time.monotonic()
-        if now < self._next:
-            self._left_out += 1
-            return
-        self._next = now + self.interval
-        if self._left_out:
-            message += " (and %d more like it in the last %.0f s)"
-            args = (*args, self._left_out, self.interval)
-            self._left_out = 0
-        self.logger.log(level, message, *args)
-
-
-_refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))

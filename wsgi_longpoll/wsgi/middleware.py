@@ -12,61 +12,39 @@ import io
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode
 
 from gevent.monkey import is_module_patched
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.wrappers import Request
+from werkzeug.wrappers import Request, Response
 
+from ..endpoints import (
+    HOLD_KEY,
+    HOOK_FORBIDDEN_ERROR,
+    JSON_HEADERS,
+    SUBSCRIBE_HEADERS,
+    Answer,
+    EndpointOptions,
+    Endpoints,
+    Headers,
+    Hold,
+    RequestParts,
+    error_answer,
+    refusal,
+)
 from ..engines.memory import MemoryEngine
 from ..event import Event, Gap
-from ..manager import (
-    CapacityExceeded,
-    Delivery,
-    LongpollManager,
-    ManagerClosed,
-    StorageUnavailable,
-)
-from ..protocol import (
-    PUBLISH_BODY_ERROR,
-    PUBLISH_METHOD_ERROR,
-    PUBLISH_SUCCESS_BODY,
-    SUBSCRIBE_METHOD_ERROR,
-    ProtocolError,
-    SubscribeQuery,
-    events_body,
-    now_ms,
-    parse_idempotency_key,
-    parse_publish_body,
-    parse_subscribe_query,
-    timeout_body,
-)
-from ..sse import (
-    KEEP_ALIVE,
-    accepts_event_stream,
-    batch_body,
-    parse_last_event_id,
-    stream_start,
-)
-from .answers import (
-    CATEGORY_FORBIDDEN_ERROR,
-    JSON_HEADERS,
-    Hook,
-    for_method,
-    json_error,
-    not_found,
-    refuse,
-    respond,
-    run_hook,
-)
+from ..manager import CapacityExceeded, Delivery, LongpollManager, StorageUnavailable
+from ..protocol import PUBLISH_BODY_ERROR, events_body, now_ms, timeout_body
+from ..sse import KEEP_ALIVE, batch_body
+from .answers import Hook, for_method, json_error, not_found, respond, send
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["Authorize", "Hook", "LongpollMiddleware"]
+__all__ = ["Authorize", "Hook", "LongpollMiddleware", "RequestContext"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +52,6 @@ logger = logging.getLogger(__name__)
 #: A per-category check: ``(request, category) -> bool``; ``False`` rejects with 403.
 Authorize = Callable[[Request, str], bool]
 
-_JSON_HEADERS = list(JSON_HEADERS)
-_SUBSCRIBE_HEADERS = [
-    *JSON_HEADERS,
-    ("Cache-Control", "no-cache, no-store, must-revalidate"),
-    ("Pragma", "no-cache"),
-    ("Expires", "0"),
-]
-_STREAM_HEADERS = [
-    ("Content-Type", "text/event-stream"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),  # nginx: pass each write on at once
-    ("X-Content-Type-Options", "nosniff"),
-]
 #: Where a server puts the client's socket, so that a hang-up ends the wait at once.
 CONNECTION_ENVIRON_KEYS = ("wsgi_longpoll.connection", "gunicorn.socket")
 
@@ -94,6 +59,95 @@ _THREADED_SERVER_ERROR = (
     "wsgi_longpoll needs a gevent server (gevent's WSGIServer, gunicorn -k gevent, or a "
     "process monkey-patched by gevent); this one runs requests in threads."
 )
+
+
+class RequestContext:
+    """The WSGI side of one request, for the hooks and authorize functions: its environ
+    and a werkzeug :class:`~werkzeug.wrappers.Request`, each made when first asked for
+    (the native server makes an environ only for a request that a hook looks at).
+
+    :param environ: the environ, or a function that makes it.
+    """
+
+    __slots__ = ("_environ", "_make", "_request")
+
+    def __init__(self, environ: WSGIEnvironment | Callable[[], WSGIEnvironment]) -> None:
+        self._make = environ if callable(environ) else None
+        self._environ: WSGIEnvironment | None = None if callable(environ) else environ
+        self._request: Request | None = None
+
+    @property
+    def environ(self) -> WSGIEnvironment:
+        """The request's WSGI environ."""
+        if self._environ is None:
+            assert self._make is not None
+            self._environ = self._make()
+        return self._environ
+
+    @property
+    def request(self) -> Request:
+        """The request as werkzeug sees it (one for every check of the request)."""
+        if self._request is None:
+            self._request = Request(self.environ)
+        return self._request
+
+
+def answer_from_response(response: Response, environ: WSGIEnvironment) -> Answer:
+    """A werkzeug *response* (what a hook returns to answer itself) as an
+    :class:`~wsgi_longpoll.endpoints.Answer`."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        started[:] = [status, headers]
+        return _no_write
+
+    chunks = response(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    return Answer(status, Headers([(name, value) for name, value in headers
+                                   if name.lower() != "content-length"]), body)
+
+
+def _no_write(data: bytes) -> object:
+    raise RuntimeError("a hook's response must not use write()")
+
+
+def _hook_verdict(hook: Hook, environ: WSGIEnvironment, headers: Headers) -> Answer | None:
+    verdict = hook(Request(environ))
+    if verdict is True:
+        return None
+    if isinstance(verdict, Response):
+        return answer_from_response(verdict, environ)
+    if verdict is False:
+        return error_answer("403 Forbidden", HOOK_FORBIDDEN_ERROR, headers)
+    raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+
+
+def _subscribe_gate(hook: Hook) -> Callable[[RequestContext, str], Answer | None]:
+    def gate(context: RequestContext, query: str) -> Answer | None:
+        environ = context.environ
+        if query != environ.get("QUERY_STRING", ""):
+            environ = {**environ, "QUERY_STRING": query}
+        return _hook_verdict(hook, environ, SUBSCRIBE_HEADERS)
+    return gate
+
+
+def _publish_gate(hook: Hook) -> Callable[[RequestContext], Answer | None]:
+    def gate(context: RequestContext) -> Answer | None:
+        return _hook_verdict(hook, context.environ, JSON_HEADERS)
+    return gate
+
+
+def _authorize(check: Authorize) -> Callable[[RequestContext, str], bool]:
+    def authorize(context: RequestContext, category: str) -> bool:
+        return check(context.request, category)
+    return authorize
 
 
 class LongpollMiddleware:
@@ -160,16 +214,12 @@ class LongpollMiddleware:
         sse_keepalive_seconds: float = default_sse_keepalive_seconds,
         sse_retry_ms: int = default_sse_retry_ms,
     ) -> None:
-        if subscription_path is not None and subscription_path == publish_path:
-            raise ValueError("subscription_path and publish_path must differ")
-        if max_body_size < 1:
-            raise ValueError("max_body_size must be at least 1")
-        if max_categories_per_request < 1:
-            raise ValueError("max_categories_per_request must be at least 1")
-        if not sse_keepalive_seconds > 0:
-            raise ValueError("sse_keepalive_seconds must be more than 0")
-        if sse_retry_ms < 0:
-            raise ValueError("sse_retry_ms must be 0 or more")
+        #: The paths and limits, checked.
+        self.options = EndpointOptions(
+            subscription_path=subscription_path, publish_path=publish_path,
+            max_body_size=max_body_size, max_categories_per_request=max_categories_per_request,
+            sse_keepalive_seconds=sse_keepalive_seconds, sse_retry_ms=sse_retry_ms,
+        )
         self.app = app
         self.manager = manager
         self.subscription_path = subscription_path
@@ -178,12 +228,24 @@ class LongpollMiddleware:
         self.before_publish = before_publish
         self.authorize_subscribe = authorize_subscribe
         self.authorize_publish = authorize_publish
-        self._multiprocess_checked = False
         self.max_body_size = max_body_size
         self.max_categories_per_request = max_categories_per_request
         self.client_script_path = client_script_path
         self.sse_keepalive_seconds = sse_keepalive_seconds
         self.sse_retry_ms = sse_retry_ms
+        self._multiprocess_checked = False
+        #: The protocol, with this middleware's hooks as its checks; the native server
+        #: answers with it too.
+        self.endpoints: Endpoints[RequestContext] = Endpoints(
+            manager, self.options,
+            before_subscription=None if before_subscription is None
+            else _subscribe_gate(before_subscription),
+            before_publish=None if before_publish is None else _publish_gate(before_publish),
+            authorize_subscribe=None if authorize_subscribe is None
+            else _authorize(authorize_subscribe),
+            authorize_publish=None if authorize_publish is None
+            else _authorize(authorize_publish),
+        )
         self._client_scripts: dict[str, str] = {}
         if client_script_path is not None:
             self._client_scripts = _client_script_files(client_script_path)
@@ -196,10 +258,10 @@ class LongpollMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == self.subscription_path:
-            headers = _SUBSCRIBE_HEADERS
+            headers = SUBSCRIBE_HEADERS.items
             handler = self._subscribe
         elif path == self.publish_path:
-            headers = _JSON_HEADERS
+            headers = JSON_HEADERS.items
             handler = self._publish
         elif path in self._client_scripts:
             if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -232,139 +294,76 @@ class LongpollMiddleware:
                 "see docs/scaling.md)."
             )
 
-    def _run_hook_per_category(
-        self, environ: WSGIEnvironment, start_response: StartResponse,
-        categories: Sequence[str],
-    ) -> Iterable[bytes] | None:
-        """Run the subscribe hook once per category, each time on a request naming it alone.
-
-        A hook written for golongpoll's one ``category`` then sees every category the
-        ``categories`` extension adds; the first rejection is sent. A query that names
-        one category once, as ``category``, is given to the hook as it came.
-        """
-        if self.before_subscription is None:
-            return None
-        pairs = parse_qsl(
-            environ.get("QUERY_STRING", ""), keep_blank_values=True, errors="surrogateescape"
-        )
-        names = [name for name, _ in pairs if name in ("category", "categories")]
-        if names == ["category"]:
-            return run_hook(self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS)
-        others = [(name, value) for name, value in pairs if name not in ("category", "categories")]
-        for category in categories:
-            query = urlencode(
-                [("category", category), *others], quote_via=_quote_surrogates
-            )
-            rejection = run_hook(
-                self.before_subscription, {**environ, "QUERY_STRING": query},
-                start_response, _SUBSCRIBE_HEADERS,
-            )
-            if rejection is not None:
-                return rejection
-        return None
-
     def _subscribe(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        stream = accepts_event_stream(environ.get("HTTP_ACCEPT", ""))
-        max_timeout = self.manager.max_longpoll_timeout_seconds
-        query = None
-        if environ.get("REQUEST_METHOD") == "GET":
-            try:
-                query = parse_subscribe_query(
-                    environ.get("QUERY_STRING", ""),
-                    max_timeout,
-                    self.max_categories_per_request,
-                    default_timeout=max_timeout if stream else None,
-                )
-            except ProtocolError as error:
-                query_error = error
-        if query is None:
-            rejection = run_hook(
-                self.before_subscription, environ, start_response, _SUBSCRIBE_HEADERS
-            )
-        else:
-            rejection = self._run_hook_per_category(environ, start_response, query.categories)
-        if rejection is not None:
-            return rejection
-        if environ.get("REQUEST_METHOD") != "GET":
-            return json_error(start_response, "405 Method Not Allowed",
-                              SUBSCRIBE_METHOD_ERROR, [*_SUBSCRIBE_HEADERS, ("Allow", "GET")])
-        if query is None:
-            return json_error(start_response, "200 OK", str(query_error), _SUBSCRIBE_HEADERS)
-        if self.authorize_subscribe is not None:
-            request = Request(environ)
-            for category in query.categories:
-                if self.authorize_subscribe(request, category) is not True:
-                    return _forbidden(start_response, _SUBSCRIBE_HEADERS, category)
+        request = RequestParts(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("QUERY_STRING", ""),
+            accept=environ.get("HTTP_ACCEPT", ""),
+            last_event_id=environ.get("HTTP_LAST_EVENT_ID", ""),
+        )
+        result = self.endpoints.subscribe(request, RequestContext(environ))
+        if isinstance(result, Answer):
+            return send(start_response, result)
+        server_hold = environ.get(HOLD_KEY)
+        if server_hold is not None:  # the server parks it (see endpoints.HOLD_KEY)
+            server_hold(self.manager, result)
+            return respond(start_response, "200 OK", result.headers.items, b"")
         connection = None
         for key in CONNECTION_ENVIRON_KEYS:
             connection = environ.get(key)
             if connection is not None:
                 break
-        if stream:
-            return self._stream(environ, start_response, query, connection)
+        if result.stream:
+            return self._stream(start_response, result, connection)
         try:
             delivery = self.manager.subscribe(
-                query.categories, query.timeout, query.since_time, query.last_id,
+                result.categories, result.timeout, result.since_time, result.last_id,
                 connection=connection,
             )
         except (CapacityExceeded, StorageUnavailable) as error:
-            return refuse(start_response, error, _SUBSCRIBE_HEADERS)
+            return send(start_response, refusal(error, SUBSCRIBE_HEADERS))
         if delivery.events:
             body = events_body(delivery.events, delivery.gaps)
         else:
             body = timeout_body(now_ms(), delivery.gaps)
-        return respond(start_response, "200 OK", _SUBSCRIBE_HEADERS, body)
+        return respond(start_response, "200 OK", SUBSCRIBE_HEADERS.items, body)
 
     def _stream(
-        self, environ: WSGIEnvironment, start_response: StartResponse, query: SubscribeQuery,
-        connection: socket.socket | None,
+        self, start_response: StartResponse, hold: Hold, connection: socket.socket | None,
     ) -> Iterable[bytes]:
         """Answer a subscription with a stream of Server-Sent Events.
 
-        The starting cursor is the ``Last-Event-ID`` header, else the query's
-        ``since_time`` / ``last_id``, else this millisecond. The events after it are read
-        (and a capacity or storage error answered as for a long poll) before the stream
-        starts; the rest are sent as they come.
+        The events after the hold's cursor are read (and a capacity or storage error
+        answered as for a long poll) before the stream starts; the rest are sent as they
+        come.
         """
-        since_time, last_id = query.since_time, query.last_id
-        header = environ.get("HTTP_LAST_EVENT_ID", "")
-        if header:
-            try:
-                since_time, last_id = parse_last_event_id(header)
-            except ProtocolError as error:
-                return json_error(start_response, "400 Bad Request", str(error), _SUBSCRIBE_HEADERS)
-        if since_time is None:
-            since_time = now_ms() - 1  # every event of this millisecond on
-        deadline = time.monotonic() + query.timeout
+        assert hold.since_time is not None
+        deadline = time.monotonic() + hold.timeout
         try:
             first = self.manager.subscribe(
-                query.categories, 0, since_time, last_id, connection=connection
+                hold.categories, 0, hold.since_time, hold.last_id, connection=connection
             )
         except (CapacityExceeded, StorageUnavailable) as error:
-            return refuse(start_response, error, _SUBSCRIBE_HEADERS)
-        start_response("200 OK", list(_STREAM_HEADERS))
-        return self._stream_body(
-            query.categories, first, (since_time, last_id), deadline, connection
-        )
+            return send(start_response, refusal(error, SUBSCRIBE_HEADERS))
+        start_response("200 OK", list(hold.headers.items))
+        return self._stream_body(hold, first, deadline, connection)
 
     def _stream_body(
-        self, categories: Sequence[str], first: Delivery, cursor: tuple[int, str | None],
-        deadline: float, connection: socket.socket | None,
+        self, hold: Hold, first: Delivery, deadline: float, connection: socket.socket | None,
     ) -> Iterator[bytes]:
         """The stream: one write per batch of events, a comment per idle keep-alive
         interval; it ends at *deadline*, when the manager drains, or on a hang-up."""
         manager = self.manager
-        keepalive = self.sse_keepalive_seconds
-        start = stream_start(self.sse_retry_ms, *cursor)
-        cursor = _advance(cursor, first.events, first.gaps)
-        yield start + batch_body(first.events, first.gaps)
+        categories = hold.categories
+        assert hold.since_time is not None
+        cursor = _advance((hold.since_time, hold.last_id), first.events, first.gaps)
+        yield hold.start + batch_body(first.events, first.gaps)
         while not manager.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            wait = min(remaining, keepalive)
+            wait = min(remaining, hold.keepalive)
             started = time.monotonic()
             try:
                 delivery = manager.subscribe(
@@ -385,7 +384,8 @@ class LongpollMiddleware:
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = b""
-        if environ.get("REQUEST_METHOD") == "POST":
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "POST":
             try:
                 body = _read_body(environ, self.max_body_size)
             except _BodyTooLarge:
@@ -398,30 +398,14 @@ class LongpollMiddleware:
             except OSError:  # a truncated or badly chunked body: where the next request
                 # would start is unknown, so ask the server to close the connection
                 # (gevent's pywsgi honours this header; gunicorn ignores it).
-                return json_error(start_response, "400 Bad Request",
-                                  PUBLISH_BODY_ERROR, [*_JSON_HEADERS, ("Connection", "close")])
+                return json_error(start_response, "400 Bad Request", PUBLISH_BODY_ERROR,
+                                  [*JSON_HEADERS.items, ("Connection", "close")])
             # The hook may read the body; give it (and anyone after it) a fresh copy.
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
-        rejection = run_hook(self.before_publish, environ, start_response)
-        if rejection is not None:
-            return rejection
-        if environ.get("REQUEST_METHOD") != "POST":
-            return json_error(start_response, "405 Method Not Allowed",
-                              PUBLISH_METHOD_ERROR, [*_JSON_HEADERS, ("Allow", "POST")])
-        try:
-            request = parse_publish_body(body)
-            key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
-            if self.authorize_publish is not None and self.authorize_publish(
-                Request(environ), request.category
-            ) is not True:
-                return _forbidden(start_response, _JSON_HEADERS, request.category)
-            self.manager.publish(request.category, request.data, idempotency_key=key)
-        except ProtocolError as error:
-            return json_error(start_response, "400 Bad Request", str(error))
-        except (ManagerClosed, CapacityExceeded, StorageUnavailable) as error:
-            return refuse(start_response, error)
-        return respond(start_response, "200 OK", _JSON_HEADERS, PUBLISH_SUCCESS_BODY)
+        request = RequestParts(method, idempotency_key=environ.get("HTTP_IDEMPOTENCY_KEY"),
+                               body=body)
+        return send(start_response, self.endpoints.publish(request, RequestContext(environ)))
 
 
 def _advance(
@@ -448,22 +432,9 @@ def _client_script_files(module_path: str) -> dict[str, str]:
     return {module_path: "longpoll.js", plain_path: "longpoll.global.js"}
 
 
-def _quote_surrogates(text: Any, safe: Any = "", encoding: Any = None, errors: Any = None) -> str:
-    # What parse_qsl decoded with surrogateescape, quoted back to the same bytes.
-    return quote(str(text).encode("utf-8", "surrogateescape"), safe=safe)
-
-
 def _is_in_memory(manager: LongpollManager) -> bool:
     """Whether *manager* keeps its events in this process (not in Redis)."""
     return isinstance(manager.engine, MemoryEngine)
-
-
-def _forbidden(
-    start_response: StartResponse, headers: list[tuple[str, str]], category: str
-) -> list[bytes]:
-    logger.info("answering 403: category %r refused by the authorize function", category[:100])
-    return json_error(start_response, "403 Forbidden",
-                      CATEGORY_FORBIDDEN_ERROR, headers)
 
 
 class _BodyTooLarge(Exception):

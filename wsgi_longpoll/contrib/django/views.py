@@ -36,17 +36,29 @@ _SUBSCRIPTION_PATH = "/events"
 _PUBLISH_PATH = "/publish"
 
 
-def _middleware(loaded: LongpollSettings, manager: Any, user: Any) -> LongpollMiddleware:
+#: Where the views put ``request.user`` for the authorization hooks.
+_USER_KEY = "wsgi_longpoll.django.user"
+
+_built: tuple[LongpollSettings, Any, LongpollMiddleware] | None = None
+
+
+def _middleware(loaded: LongpollSettings, manager: Any) -> LongpollMiddleware:
+    """The middleware the views hand requests to, built once per settings and manager."""
+    global _built
+    built = _built
+    if built is not None and built[0] is loaded and built[1] is manager:
+        return built[2]
     options = loaded.options
     can_read, can_publish = loaded.can_read_category, loaded.can_publish
 
-    def may_read(request: object, category: str) -> bool:
-        return can_read is None or _checked(can_read, user, category)
+    def may_read(request: Any, category: str) -> bool:
+        return can_read is None or _checked(can_read, request.environ[_USER_KEY], category)
 
-    def may_publish(request: object, category: str) -> bool:
-        return can_publish is not None and _checked(can_publish, user, category)
+    def may_publish(request: Any, category: str) -> bool:
+        return can_publish is not None and _checked(can_publish, request.environ[_USER_KEY],
+                                                    category)
 
-    return LongpollMiddleware(
+    middleware = LongpollMiddleware(
         _not_ours,
         manager,
         _SUBSCRIPTION_PATH,
@@ -56,6 +68,8 @@ def _middleware(loaded: LongpollSettings, manager: Any, user: Any) -> LongpollMi
         max_body_size=options["MAX_BODY_SIZE"],
         max_categories_per_request=options["MAX_CATEGORIES_PER_REQUEST"],
     )
+    _built = (loaded, manager, middleware)
+    return middleware
 
 
 def _checked(hook: UserHook, user: Any, category: str) -> bool:
@@ -71,9 +85,9 @@ def _not_ours(environ: object, start_response: object) -> list[bytes]:
 
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
     loaded, manager = current()
-    environ = {**request.META, "PATH_INFO": path, "wsgi.input": request}
-    middleware = _middleware(loaded, manager, getattr(request, "user", None))
-    return _response(run_middleware(middleware, environ))
+    environ = {**request.META, "PATH_INFO": path, "wsgi.input": request,
+               _USER_KEY: getattr(request, "user", None)}
+    return _response(run_middleware(_middleware(loaded, manager), environ))
 
 
 def _response(answer: Answer) -> HttpResponseBase:

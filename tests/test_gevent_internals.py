@@ -1,0 +1,77 @@
+"""The private parts of gevent that wsgi_longpoll._gevent relies on: a gevent release that
+changes one fails here first, by name."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import gevent.socket
+from gevent.server import StreamServer
+
+from wsgi_longpoll._gevent import pause_accepting, peer_closed, raw_socket, read_watcher
+
+
+def _pair() -> tuple[gevent.socket.socket, gevent.socket.socket]:
+    left, right = gevent.socket.socketpair()
+    return left, right
+
+
+def test_a_gevent_socket_wraps_a_non_blocking_standard_socket() -> None:
+    left, right = _pair()
+    with left, right:
+        raw = raw_socket(left)
+        assert isinstance(raw, socket.SocketType)  # the C socket, not gevent's
+        assert raw is not left and raw.fileno() == left.fileno()
+        assert raw.gettimeout() == 0.0  # non-blocking: a send never waits
+
+
+def test_a_standard_socket_is_its_own_raw_socket() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        assert raw_socket(left) is left
+
+
+def test_the_read_watcher_is_the_sockets_own_and_wakes_on_data() -> None:
+    left, right = _pair()
+    with left, right:
+        loop = gevent.get_hub().loop
+        watcher = read_watcher(left, loop)
+        assert watcher is read_watcher(left, loop)  # not a new one per call
+        woke: list[bool] = []
+        watcher.start(lambda: woke.append(True))
+        try:
+            right.sendall(b"x")
+            with gevent.Timeout(5):
+                while not woke:
+                    gevent.sleep(0.001)
+        finally:
+            watcher.stop()
+        assert woke
+
+
+def test_peer_closed_tells_a_hang_up_from_data() -> None:
+    left, right = _pair()
+    with left:
+        right.sendall(b"x")
+        assert not peer_closed(left)
+        assert left.recv(1) == b"x"
+        right.close()
+        assert peer_closed(left)
+
+
+def test_pause_accepting_stops_then_resumes_accepting() -> None:
+    server = StreamServer(("127.0.0.1", 0), lambda sock, address: sock.close())
+    server.start()
+    try:
+        pause_accepting(server, 0.05)
+        assert server._watcher is None  # stop_accepting drops the accept watcher
+        assert server._timer.active
+        with gevent.Timeout(5):
+            while server._watcher is None:  # the timer started accepting again
+                gevent.sleep(0.01)
+        with gevent.Timeout(5), gevent.socket.create_connection(
+                ("127.0.0.1", server.server_port)) as client:
+            assert client.recv(1) == b""  # accepted, then closed by the handler
+    finally:
+        server.close()
