@@ -10,7 +10,7 @@ answers through these, so that an error looks the same wherever it comes from:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Request, Response
 
@@ -21,6 +21,7 @@ from ..endpoints import (
     Answer,
     Headers,
     RateLimitedLog,
+    error_answer,
     refusal,
 )
 from ..endpoints import (
@@ -42,7 +43,9 @@ __all__ = [
     "error_response",
     "refuse",
     "send",
+    "answer_from_response",
     "for_method",
+    "hook_verdict",
     "json_error",
     "not_found",
     "respond",
@@ -120,6 +123,48 @@ def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> list[b
     return json_error(start_response, "404 Not Found", "Not found.")
 
 
+def answer_from_response(response: Response, environ: WSGIEnvironment) -> Answer:
+    """A werkzeug *response* (what a hook returns to answer itself) as an
+    :class:`~wsgi_longpoll.endpoints.Answer`."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        started[:] = [status, headers]
+        return _no_write
+
+    chunks = response(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    return Answer(status, Headers([(name, value) for name, value in headers
+                                   if name.lower() != "content-length"]), body)
+
+
+def _no_write(data: bytes) -> object:
+    raise RuntimeError("a hook's response must not use write()")
+
+
+def hook_verdict(hook: Hook, environ: WSGIEnvironment, headers: Headers) -> Answer | None:
+    """Run *hook* on the request: ``None`` to go on, else the answer to send (a 403 with
+    *headers*, or the hook's own response).
+
+    :raises TypeError: if the hook returns anything but ``True``, ``False`` or a Response.
+    """
+    verdict = hook(Request(environ))
+    if verdict is True:
+        return None
+    if isinstance(verdict, Response):
+        return answer_from_response(verdict, environ)
+    if verdict is False:
+        return error_answer("403 Forbidden", HOOK_FORBIDDEN_ERROR, headers)
+    raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+
+
 def run_hook(
     hook: Hook | None, environ: WSGIEnvironment, start_response: StartResponse,
     headers: Iterable[tuple[str, str]] = JSON_HEADERS,
@@ -130,11 +175,5 @@ def run_hook(
     """
     if hook is None:
         return None
-    verdict = hook(Request(environ))
-    if verdict is True:
-        return None
-    if isinstance(verdict, Response):
-        return verdict(environ, start_response)
-    if verdict is False:
-        return json_error(start_response, "403 Forbidden", HOOK_FORBIDDEN_ERROR, headers)
-    raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
+    answer = hook_verdict(hook, environ, Headers(list(headers)))
+    return None if answer is None else send(start_response, answer)

@@ -13,25 +13,22 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gevent.monkey import is_module_patched
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
 from ..endpoints import (
     HOLD_KEY,
-    HOOK_FORBIDDEN_ERROR,
     JSON_HEADERS,
     SUBSCRIBE_HEADERS,
     Answer,
     EndpointOptions,
     Endpoints,
-    Headers,
     Hold,
     RequestParts,
-    error_answer,
     refusal,
 )
 from ..engines.memory import MemoryEngine
@@ -39,7 +36,7 @@ from ..event import Event, Gap
 from ..manager import CapacityExceeded, Delivery, LongpollManager, StorageUnavailable
 from ..protocol import PUBLISH_BODY_ERROR, events_body, now_ms, timeout_body
 from ..sse import KEEP_ALIVE, batch_body
-from .answers import Hook, for_method, json_error, not_found, respond, send
+from .answers import Hook, for_method, hook_verdict, json_error, not_found, respond, send
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -92,55 +89,18 @@ class RequestContext:
         return self._request
 
 
-def answer_from_response(response: Response, environ: WSGIEnvironment) -> Answer:
-    """A werkzeug *response* (what a hook returns to answer itself) as an
-    :class:`~wsgi_longpoll.endpoints.Answer`."""
-    started: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], object]:
-        started[:] = [status, headers]
-        return _no_write
-
-    chunks = response(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    status, headers = started
-    return Answer(status, Headers([(name, value) for name, value in headers
-                                   if name.lower() != "content-length"]), body)
-
-
-def _no_write(data: bytes) -> object:
-    raise RuntimeError("a hook's response must not use write()")
-
-
-def _hook_verdict(hook: Hook, environ: WSGIEnvironment, headers: Headers) -> Answer | None:
-    verdict = hook(Request(environ))
-    if verdict is True:
-        return None
-    if isinstance(verdict, Response):
-        return answer_from_response(verdict, environ)
-    if verdict is False:
-        return error_answer("403 Forbidden", HOOK_FORBIDDEN_ERROR, headers)
-    raise TypeError(f"a hook must return True, False or a Response, not {verdict!r}")
-
-
 def _subscribe_gate(hook: Hook) -> Callable[[RequestContext, str], Answer | None]:
     def gate(context: RequestContext, query: str) -> Answer | None:
         environ = context.environ
         if query != environ.get("QUERY_STRING", ""):
             environ = {**environ, "QUERY_STRING": query}
-        return _hook_verdict(hook, environ, SUBSCRIBE_HEADERS)
+        return hook_verdict(hook, environ, SUBSCRIBE_HEADERS)
     return gate
 
 
 def _publish_gate(hook: Hook) -> Callable[[RequestContext], Answer | None]:
     def gate(context: RequestContext) -> Answer | None:
-        return _hook_verdict(hook, context.environ, JSON_HEADERS)
+        return hook_verdict(hook, context.environ, JSON_HEADERS)
     return gate
 
 
