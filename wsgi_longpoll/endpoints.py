@@ -154,12 +154,14 @@ class EndpointOptions:
 class Answer:
     """A whole response: its status line (``"200 OK"``), headers and body."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "headers", "body", "status_bytes")
 
     def __init__(self, status: str, headers: Headers, body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        #: :attr:`status` as sent.
+        self.status_bytes = status.encode("latin-1")
 
     @property
     def status_code(self) -> int:
@@ -222,7 +224,7 @@ class RequestParts:
 
     __slots__ = ("method", "query", "accept", "last_event_id", "idempotency_key", "body")
 
-    def __init__(self, method: str, query: str = "", *, accept: str = "",
+    def __init__(self, method: str, query: str = "", accept: str = "",
                  last_event_id: str = "", idempotency_key: str | None = None,
                  body: bytes = b"") -> None:
         self.method = method
@@ -339,7 +341,8 @@ class Endpoints(Generic[C]):
     def subscribe(self, request: RequestParts, context: C) -> Answer | Hold:
         """Check a subscribe request: the answer to send, or the subscriber to hold."""
         options = self.options
-        stream = bool(request.accept) and accepts_event_stream(request.accept)
+        accept = request.accept
+        stream = accept != "" and accepts_event_stream(accept)
         max_timeout = self.manager.max_longpoll_timeout_seconds
         get = request.method == "GET"
         query = None

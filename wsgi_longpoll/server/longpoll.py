@@ -97,10 +97,12 @@ class LongpollRouter:
         self.max_request_body_size = max_request_body_size
         #: Every manager a subscriber was parked on: drained when the server stops.
         self.managers: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
+        self._parked_on: LongpollManager | None = None
         self.endpoints: Endpoints[RequestContext] | None = None
         self.subscription_path = self.publish_path = None
         self.max_body_size = max_request_body_size
         self.native = native and middleware is not None
+        self._checks = False
         if middleware is not None:
             self.managers.add(middleware.manager)
             endpoints = self.endpoints = middleware.endpoints
@@ -149,10 +151,8 @@ class LongpollRouter:
                                      b"Content-Type: text/plain; charset=utf-8\r\n",
                                      b"Internal Server Error\n")
 
-    def _context(self, connection: Connection, request: Request) -> Any:
-        """What the hooks and authorize functions see (only made when one is set)."""
-        if not self._checks:
-            return None
+    def _context(self, connection: Connection, request: Request) -> RequestContext:
+        """What the hooks and authorize functions see (made only when one is set)."""
         base = self.bridge.base_environ
         return RequestContext(lambda: make_environ(connection, request, base))
 
@@ -160,17 +160,24 @@ class LongpollRouter:
     def send(connection: Connection, request: Request, answer: Answer,
              extra: bytes = b"") -> None:
         """Write *answer* (with the header lines *extra*)."""
-        connection.send_response(request, answer.status.encode("latin-1"),
-                                 answer.headers.raw + extra, answer.body)
+        connection.send_response(request, answer.status_bytes, answer.headers.raw + extra,
+                                 answer.body)
 
     def subscribe(self, connection: Connection, request: Request) -> None:
         assert self.endpoints is not None
-        parts = RequestParts(
-            request.method.decode("latin-1"), request.query.decode("latin-1"),
-            accept=_text(request.header(b"accept")),
-            last_event_id=_text(request.header(b"last-event-id")),
-        )
-        result = self.endpoints.subscribe(parts, self._context(connection, request))
+        accept = request.header(b"accept")
+        if accept is None:
+            parts = RequestParts(request.method.decode("latin-1"),
+                                 request.query.decode("latin-1"))
+        else:
+            parts = RequestParts(
+                request.method.decode("latin-1"), request.query.decode("latin-1"),
+                accept.decode("latin-1"),
+                # Only a stream reads it (Accept: text/event-stream).
+                _text(request.header(b"last-event-id")) if b"event-stream" in accept else "",
+            )
+        result = self.endpoints.subscribe(
+            parts, self._context(connection, request) if self._checks else None)
         if isinstance(result, Answer):
             self.send(connection, request, result)
         else:
@@ -179,11 +186,11 @@ class LongpollRouter:
     def publish(self, connection: Connection, request: Request) -> None:
         assert self.endpoints is not None
         method = request.method.decode("latin-1")
-        parts = RequestParts(method, idempotency_key=(
-            None if (key := request.header(b"idempotency-key")) is None
-            else key.decode("latin-1")), body=request.body if method == "POST" else b"")
-        self.send(connection, request,
-                  self.endpoints.publish(parts, self._context(connection, request)))
+        key = request.header(b"idempotency-key")
+        parts = RequestParts(method, "", "", "", None if key is None else key.decode("latin-1"),
+                             request.body if method == "POST" else b"")
+        self.send(connection, request, self.endpoints.publish(
+            parts, self._context(connection, request) if self._checks else None))
 
     # -- holds --------------------------------------------------------------------------
 
@@ -191,7 +198,9 @@ class LongpollRouter:
              hold: Hold, extra: bytes) -> None:
         """Answer *hold* on *connection*: at once if events are there, else from the
         publisher. *extra* are header lines to send with it (an application's own)."""
-        self.managers.add(manager)
+        if manager is not self._parked_on:  # a WeakSet's add makes a weak reference
+            self.managers.add(manager)
+            self._parked_on = manager
         if hold.stream:
             self._stream(connection, request, manager, hold, extra)
             return
