@@ -98,7 +98,8 @@ class LongpollRouter:
         #: Every manager a subscriber was parked on: drained when the server stops.
         self.managers: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
         self._parked_on: LongpollManager | None = None
-        self.endpoints: Endpoints[RequestContext] | None = None
+        #: The protocol; its checks see a :class:`RequestContext` (``None`` when there are none).
+        self.endpoints: Endpoints[Any] | None = None
         self.subscription_path = self.publish_path = None
         self.max_body_size = max_request_body_size
         self.native = native and middleware is not None
