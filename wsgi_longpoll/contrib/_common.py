@@ -4,7 +4,8 @@ The views of :mod:`~wsgi_longpoll.contrib.flask` and :mod:`~wsgi_longpoll.contri
 hand the request to a :class:`~wsgi_longpoll.LongpollMiddleware`, so that their answers
 (bodies, statuses, headers, validation order, Server-Sent Events streams) are the
 middleware's byte for byte; its ``authorize_subscribe`` and ``authorize_publish`` ask the
-framework's authorization callbacks about each category.
+framework's authorization callbacks about each category. Under this package's server,
+a poll the middleware holds is parked by the server once the view has returned.
 """
 
 from __future__ import annotations

@@ -52,8 +52,11 @@ Configuration (``app.config``; the manager options are ignored when a manager is
     Serve the browser client (ES module) at this path and ``longpoll.global.js`` beside
     it, default ``None`` (not served).
 
-Long polls wait on gevent: serve the application with ``gunicorn -k gevent`` or gevent's
-``WSGIServer``. The first long poll served outside a gevent greenlet logs a warning once;
+Serve the application with ``gunicorn -k wsgi_longpoll.server.gunicorn.LongpollWorker``:
+the views decide, and the server parks the polls they hold on their sockets (the hold
+hand-off, :data:`wsgi_longpoll.endpoints.HOLD_KEY`). Under any other gevent server
+(``gunicorn -k gevent``, gevent's ``WSGIServer``) long polls wait in the view, on gevent.
+The first long poll served outside a gevent greenlet logs a warning once;
 under a threaded server without gevent (``flask run``) the views answer 500 saying so.
 """
 

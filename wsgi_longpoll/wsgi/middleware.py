@@ -113,8 +113,11 @@ def _authorize(check: Authorize) -> Callable[[RequestContext, str], bool]:
 class LongpollMiddleware:
     """Answers long-poll subscriptions and publishes for a :class:`LongpollManager`.
 
-    Requests to *subscription_path* and *publish_path* are answered here; all others
-    go to *app*. Long polls wait on gevent, so serve it with a gevent server.
+    Requests to *subscription_path* and *publish_path* are answered here, by
+    :attr:`endpoints`; all others go to *app*. Under this package's server a poll or
+    stream that waits is handed to the server to park
+    (:data:`~wsgi_longpoll.endpoints.HOLD_KEY`); under any other server it waits here, on
+    gevent, so serve it with a gevent server.
 
     :param app: the WSGI application to wrap (Flask's ``app.wsgi_app``, Django's
         ``get_wsgi_application()``).
