@@ -1,4 +1,5 @@
-"""Protocol extensions: several categories in one subscribe, and the gap signal."""
+"""Protocol extensions: several categories in one subscribe, and the gap signal (the
+parser and the manager; their answers on every adapter are in test_protocol_suite.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,10 @@ from typing import Any
 import pytest
 import requests
 from conftest import publish_concurrently
-from webtest import TestApp
 
-from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server
+from wsgi_longpoll import LongpollManager, Server
 from wsgi_longpoll.event import Event, Gap
 from wsgi_longpoll.protocol import ProtocolError, parse_subscribe_query
-
-
-def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("404 Not Found", [])
-    return [b""]
-
-
-def make_app(manager: LongpollManager, **options: Any) -> TestApp:
-    return TestApp(LongpollMiddleware(not_found, manager, **options))
-
 
 # -- several categories -----------------------------------------------------------------
 
@@ -56,25 +46,9 @@ def test_every_named_category_must_be_valid(query: str) -> None:
         parse_subscribe_query(query, 110, 16)
 
 
-def test_too_many_categories_is_a_clear_error() -> None:
-    app = make_app(LongpollManager(), max_categories_per_request=3)
-    query = "timeout=1&category=a&categories=b&categories=c&categories=d"
-    response = app.get("/events?" + query)
-    assert response.json == {"error": "Too many categories: at most 3 in one request."}
-    assert "timeout" in app.get("/events?timeout=1&category=a&categories=b&categories=c").json
-
-
 def test_one_category_is_the_default_limit_of_the_parser() -> None:
     with pytest.raises(ProtocolError, match="at most 1"):
         parse_subscribe_query("timeout=5&category=a&categories=b", 110)
-
-
-def test_waiter_on_several_categories_wakes_for_any_of_them() -> None:
-    manager = LongpollManager()
-    app = make_app(manager)
-    manager.publish("b", "old")
-    events = app.get("/events?timeout=5&category=a&categories=b&since_time=1").json["events"]
-    assert [event["data"] for event in events] == ["old"]
 
 
 def test_multi_category_answer_mixes_categories_in_publish_order() -> None:
@@ -120,27 +94,7 @@ def test_multi_category_subscriber_gets_every_event_once_over_http(server: Serve
     assert seen == published  # every event, once, in publish order
 
 
-# -- golongpoll-style requests see no change -------------------------------------------
-
-
-def test_single_category_answers_are_golongpolls_bytes() -> None:
-    manager = LongpollManager(max_event_buffer_size=5)
-    app = make_app(manager)
-    events = [manager.publish("c", {"n": n}) for n in range(3)]
-    body = app.get("/events?timeout=1&category=c&since_time=1").body
-    assert body == b'{"events":[' + b",".join(event.to_json() for event in events) + b"]}"
-    json.loads(body)
-    resumed = app.get(
-        f"/events?timeout=1&category=c&since_time={events[0].timestamp}&last_id={events[0].id}"
-    ).body
-    assert resumed == b'{"events":[' + events[1].to_json() + b"," + events[2].to_json() + b"]}"
-    timeout = app.get(f"/events?timeout=1&category=c&since_time={events[2].timestamp}"
-                      f"&last_id={events[2].id}").json
-    assert list(timeout) == ["timeout", "timestamp"]
-
-
 # -- the gap signal ---------------------------------------------------------------------
-
 
 
 def publish_ticking(manager: LongpollManager, engine_clock: list[int], count: int) -> list[Event]:
@@ -223,27 +177,6 @@ def test_no_gap_without_since_time_nor_without_eviction(engine_clock: list[int])
     assert delete_mode.subscribe("c", 1, since_time=0).events == [served]
     assert delete_mode.subscribe("c", 0.01, since_time=0).gaps == []  # served is not lost
     assert events
-
-
-def test_gaps_over_http_name_each_category(engine_clock: list[int]) -> None:
-    manager = LongpollManager(max_event_buffer_size=1)
-    app = make_app(manager)
-    engine_clock[0] += 1
-    a0 = manager.publish("a", 0)
-    engine_clock[0] += 1
-    manager.publish("a", 1)
-    engine_clock[0] += 1
-    b0 = manager.publish("b", 0)
-    engine_clock[0] += 1
-    b1 = manager.publish("b", 1)
-    body = app.get(f"/events?timeout=1&category=a&categories=b&since_time={a0.timestamp - 1}").json
-    assert [event["data"] for event in body["events"]] == [1, 1]
-    assert body["gaps"] == [
-        {"category": "a", "since_time": a0.timestamp, "last_id": a0.id},
-        {"category": "b", "since_time": b0.timestamp, "last_id": b0.id},
-    ]
-    assert list(body) == ["events", "gaps"]
-    assert b1.data == 1
 
 
 def test_gap_rides_on_a_timeout_answer() -> None:

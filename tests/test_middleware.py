@@ -1,4 +1,7 @@
-"""LongpollMiddleware over WebTest: PROTOCOL.md's answers byte for byte, hooks, routing."""
+"""LongpollMiddleware over WebTest: routing, limits, hooks, what only the middleware does.
+
+The protocol's answers, on every adapter, are in test_protocol_suite.py.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ SUBSCRIBE_HEADERS = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
-PUBLISH_HEADERS = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
 
 
 def inner_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -47,122 +49,6 @@ def test_other_paths_reach_the_wrapped_app(app: TestApp) -> None:
     assert app.get("/").text == "inner /"
     assert app.post("/events/more").text == "inner /events/more"
     assert app.get("/publishx").text == "inner /publishx"
-
-
-def test_publish_then_subscribe_since_time_1(app: TestApp) -> None:
-    """The seed's first scenario."""
-    response = app.post("/publish", '{"category": "c", "data": "hello"}')
-    assert response.body == b'{"success": true}'
-    assert len(response.body) == 17
-    assert_headers(response, PUBLISH_HEADERS)
-    response = app.get("/events", {"category": "c", "timeout": 5, "since_time": 1})
-    assert_headers(response, SUBSCRIBE_HEADERS)
-    (event,) = response.json["events"]
-    assert list(event) == ["timestamp", "category", "data", "id"]
-    assert event["category"] == "c" and event["data"] == "hello"
-    assert response.body.startswith(b'{"events":[{"timestamp":')
-    assert b" " not in response.body.replace(b"hello", b"")
-
-
-def test_resume_returns_exactly_the_newer_events(app: TestApp) -> None:
-    """The seed's second scenario: resume with since_time + last_id."""
-    for n in range(3):
-        app.post_json("/publish", {"category": "c", "data": n})
-    first = app.get("/events", {"category": "c", "timeout": 5, "since_time": 1}).json["events"][0]
-    response = app.get(
-        "/events",
-        {"category": "c", "timeout": 5, "since_time": first["timestamp"], "last_id": first["id"]},
-    )
-    assert [event["data"] for event in response.json["events"]] == [1, 2]
-
-
-def test_timeout_answer(app: TestApp) -> None:
-    response = app.get("/events", {"category": "c", "timeout": 1})
-    assert response.status_int == 200
-    assert_headers(response, SUBSCRIBE_HEADERS)
-    body = response.json
-    assert list(body) == ["timeout", "timestamp"]
-    assert body["timeout"] == "no events before timeout"
-    assert response.body.startswith(b'{"timeout":"no events before timeout","timestamp":')
-
-
-@pytest.mark.parametrize(
-    ("query", "message"),
-    [
-        ("category=c", "Invalid or missing 'timeout' arg.  Must be 1-30."),
-        ("timeout=31&category=c", "Invalid or missing 'timeout' arg.  Must be 1-30."),
-        ("timeout=5", "Invalid subscription category, must be 1-1024 characters long."),
-        ("timeout=5&category=c&since_time=x", "Invalid 'since_time' arg."),
-        (
-            "timeout=5&category=c&last_id=0414d492-e103-4154-8986-3ecf755168eb",
-            "Must provide 'since_time' arg when providing 'last_id'.",
-        ),
-        ("timeout=5&category=c&since_time=1&last_id=x", "Param 'last_id' was not a valid UUID."),
-    ],
-)
-def test_subscribe_errors_are_200_with_exact_bodies(app: TestApp, query: str, message: str) -> None:
-    response = app.get("/events?" + query)
-    assert response.status_int == 200
-    assert_headers(response, SUBSCRIBE_HEADERS)
-    assert response.body == b'{"error": ' + json.dumps(message).encode() + b"}"
-
-
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
-def test_subscribe_path_allows_only_get(app: TestApp, method: str) -> None:
-    response = app.request("/events?timeout=5&category=c", method=method, status=405)
-    assert response.headers["Allow"] == "GET"
-    assert_headers(response, SUBSCRIBE_HEADERS)
-    if method != "HEAD":
-        assert response.body == b'{"error": "Invalid HTTP Method. Only GET allowed."}'
-
-
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD"])
-def test_publish_path_allows_only_post(app: TestApp, method: str) -> None:
-    response = app.request("/publish", method=method, status=405)
-    assert response.headers["Allow"] == "POST"
-    assert_headers(response, PUBLISH_HEADERS)
-    if method != "HEAD":
-        assert response.body == b'{"error": "Invalid HTTP Method. Only POST allowed."}'
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"", "Invalid POST body json."),
-        (b"{", "Invalid POST body json."),
-        (b"[]", "Invalid POST body json."),
-        (b'{"category": 1, "data": 1}', "Invalid POST body json."),
-        (b'{"data": 1}', "Invalid or missing 'category' arg, must be 1-1024 characters long."),
-        (b'{"category": "c"}', "Invalid or missing 'data' arg, must be non-nil."),
-        (b'{"category": "c", "data": null}', "Invalid or missing 'data' arg, must be non-nil."),
-    ],
-)
-def test_publish_errors_are_400(app: TestApp, body: bytes, message: str) -> None:
-    response = app.post("/publish", body, status=400)
-    assert_headers(response, PUBLISH_HEADERS)
-    assert response.json == {"error": message}
-
-
-@pytest.mark.parametrize("data", [0, False, "", {}, [], {"a": {"b": [None]}}])
-def test_falsy_data_is_published_and_served_unchanged(app: TestApp, data: object) -> None:
-    app.post_json("/publish", {"category": "c", "data": data})
-    (event,) = app.get("/events?timeout=5&category=c&since_time=1").json["events"]
-    assert event["data"] == data
-
-
-def test_content_type_is_not_required(app: TestApp) -> None:
-    app.post("/publish", b'{"category": "c", "data": 1}', content_type="text/plain")
-    assert app.get("/events?timeout=1&category=c&since_time=1").json["events"][0]["data"] == 1
-
-
-def test_body_over_the_limit_is_413_and_not_published() -> None:
-    manager = LongpollManager()
-    app = make_app(manager, max_body_size=100)
-    body = json.dumps({"category": "c", "data": "x" * 100}).encode()
-    response = app.post("/publish", body, status=413)
-    assert "100 bytes" in response.json["error"]
-    assert manager.buffered_events("c") == []
-    app.post("/publish", b'{"category": "c", "data": 1}')  # under the limit: fine
 
 
 def test_default_body_limit_is_one_mebibyte(app: TestApp) -> None:

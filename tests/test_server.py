@@ -83,17 +83,6 @@ def test_start_raises_on_invalid_options() -> None:
     assert not other.running
 
 
-def test_timeout_seconds_bounds_the_clients_timeout() -> None:
-    server = Server(access_log=False)
-    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=7))
-    try:
-        response = requests.get(f"http://127.0.0.1:{server.port}/events?timeout=8&category=c",
-                                timeout=10)
-        assert response.json() == {"error": "Invalid or missing 'timeout' arg.  Must be 1-7."}
-    finally:
-        server.stop()
-
-
 def test_custom_uris_and_hooks() -> None:
     server = Server(access_log=False)
     server.start(ServerInfo(

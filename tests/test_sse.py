@@ -24,7 +24,6 @@ from wsgi_longpoll.manager import LongpollManager
 from wsgi_longpoll.protocol import ProtocolError, now_ms, parse_subscribe_query
 from wsgi_longpoll.sse import (
     KEEP_ALIVE,
-    LAST_EVENT_ID_ERROR,
     accepts_event_stream,
     batch_body,
     event_id,
@@ -241,23 +240,6 @@ def _not_found(environ: Any, start_response: Any) -> list[bytes]:
 # --- streams over real sockets ----------------------------------------------------------
 
 
-def test_live_events_arrive_in_order(server: Server) -> None:
-    stream = Stream(server.port, "category=news&timeout=10")
-    try:
-        assert stream.status == "HTTP/1.1 200 OK"
-        assert stream.headers["content-type"] == "text/event-stream"
-        assert stream.headers["cache-control"] == "no-cache"
-        assert stream.headers["x-accel-buffering"] == "no"
-        wait_until(lambda: server.manager.waiting_count("news") == 1)
-        published = [server.manager.publish("news", n) for n in range(20)]
-        got = stream.take(20)
-        assert stream.parser.retry == 2000
-        assert events_of(got) == published
-        assert [m.id for m in got] == [event_id(e) for e in published]
-    finally:
-        stream.close()
-
-
 def test_a_reconnect_with_last_event_id_loses_and_repeats_nothing(server: Server) -> None:
     manager = server.manager
     total = 300
@@ -290,33 +272,6 @@ def test_a_reconnect_with_last_event_id_loses_and_repeats_nothing(server: Server
         publisher.join(30)
 
 
-def test_since_time_and_last_id_start_a_stream(server: Server) -> None:
-    manager = server.manager
-    events = [manager.publish("s", n) for n in range(5)]
-    stream = Stream(server.port,
-                    f"category=s&timeout=10&since_time={events[1].timestamp}"
-                    f"&last_id={events[1].id}")
-    try:
-        assert events_of(stream.take(3)) == events[2:]
-    finally:
-        stream.close()
-    stream = Stream(server.port, "category=s&timeout=10&since_time=0")
-    try:
-        assert events_of(stream.take(5)) == events
-    finally:
-        stream.close()
-
-
-def test_last_event_id_wins_over_the_query(server: Server) -> None:
-    events = [server.manager.publish("w", n) for n in range(4)]
-    stream = Stream(server.port, "category=w&timeout=10&since_time=0",
-                    {"Last-Event-ID": event_id(events[2])})
-    try:
-        assert events_of(stream.take(1)) == events[3:]
-    finally:
-        stream.close()
-
-
 def test_a_new_stream_starts_from_now_and_says_where(server: Server) -> None:
     old = server.manager.publish("n", "old")
     # "Now" is a millisecond: one published in the stream's first one would be sent.
@@ -341,23 +296,6 @@ def test_a_new_stream_starts_from_now_and_says_where(server: Server) -> None:
         stream.close()
 
 
-def test_a_gap_is_an_event_before_the_events_still_held(small_server: Server) -> None:
-    manager = small_server.manager
-    events = [manager.publish("g", n) for n in range(6)]
-    since = events[0].timestamp - 1
-    stream = Stream(small_server.port, f"category=g&timeout=10&since_time={since}")
-    try:
-        got = stream.take(4)
-        assert got[0].event == "gap"
-        assert got[0].id is None
-        assert Gap.from_dict(json.loads(got[0].data)) == Gap("g", events[2].timestamp, events[2].id)
-        assert events_of(got[1:]) == events[3:]
-        later = manager.publish("g", "later")  # no gap again on the live part
-        assert stream.take(1) == [SSEMessage("message", later.to_json().decode(), event_id(later))]
-    finally:
-        stream.close()
-
-
 def test_a_slow_stream_reader_gets_a_gap_then_the_newest_events(small_server: Server) -> None:
     manager = small_server.manager
     first = manager.publish("slow", 0)
@@ -370,63 +308,6 @@ def test_a_slow_stream_reader_gets_a_gap_then_the_newest_events(small_server: Se
         assert events_of(got) == events[-3:]
     finally:
         stream.close()
-
-
-def test_several_categories_in_one_stream(server: Server) -> None:
-    stream = Stream(server.port, "categories=a&categories=b&timeout=10")
-    try:
-        wait_until(lambda: server.manager.waiting_count() == 1)
-        published = [server.manager.publish("ab"[n % 2], n) for n in range(6)]
-        assert events_of(stream.take(6)) == published
-    finally:
-        stream.close()
-
-
-def test_a_long_poll_on_the_same_path_is_unchanged(server: Server) -> None:
-    base = f"http://127.0.0.1:{server.port}/events"
-    event = server.manager.publish("p", 1)
-    for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):
-        answer = requests.get(f"{base}?category=p&timeout=1&since_time=0", headers=headers,
-                              timeout=10)
-        assert answer.headers["Content-Type"] == "application/json"
-        assert answer.content == b'{"events":[' + event.to_json() + b"]}"
-    # A long poll still needs its timeout.
-    answer = requests.get(f"{base}?category=p", timeout=10)
-    assert answer.json() == {"error": "Invalid or missing 'timeout' arg.  Must be 1-30."}
-
-
-@pytest.mark.parametrize(
-    ("query", "message"),
-    [
-        ("category=&timeout=5", "Invalid subscription category, must be 1-1024 characters long."),
-        ("category=a&timeout=31", "Invalid or missing 'timeout' arg.  Must be 1-30."),
-        ("category=a&since_time=x", "Invalid 'since_time' arg."),
-        ("category=a&last_id=" + UUID, "Must provide 'since_time' arg when providing 'last_id'."),
-    ],
-)
-def test_query_errors_are_answered_as_for_a_long_poll(
-    server: Server, query: str, message: str
-) -> None:
-    answer = requests.get(f"http://127.0.0.1:{server.port}/events?{query}", headers=STREAM,
-                          timeout=10)
-    assert answer.status_code == 200
-    assert answer.headers["Content-Type"] == "application/json"
-    assert answer.json() == {"error": message}
-
-
-def test_an_unparseable_last_event_id_gets_a_400_not_a_stream(server: Server) -> None:
-    answer = requests.get(f"http://127.0.0.1:{server.port}/events?category=a",
-                          headers={**STREAM, "Last-Event-ID": "yesterday"}, timeout=10)
-    assert answer.status_code == 400
-    assert answer.headers["Content-Type"] == "application/json"
-    assert answer.json() == {"error": LAST_EVENT_ID_ERROR}
-
-
-def test_a_post_with_accept_event_stream_is_405(server: Server) -> None:
-    answer = requests.post(f"http://127.0.0.1:{server.port}/events?category=a", headers=STREAM,
-                           timeout=10)
-    assert answer.status_code == 405
-    assert answer.headers["Allow"] == "GET"
 
 
 def test_timeout_ends_the_stream(server: Server) -> None:

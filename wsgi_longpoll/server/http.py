@@ -30,6 +30,7 @@ from gevent import get_hub
 from gevent.server import StreamServer
 
 from .._gevent import pause_accepting, raw_socket, read_watcher
+from ..endpoints import JSON_HEADERS
 from ..protocol import PUBLISH_BODY_ERROR, error_body
 
 __all__ = ["Connection", "HTTPServer", "Limits", "Request", "Router", "http_date"]
@@ -370,14 +371,13 @@ class Connection:
         if reject.json_errors:
             message = PUBLISH_BODY_ERROR if reject.status.startswith("400") else reject.message
             body = error_body(message)
-            content_type = b"application/json"
+            headers = JSON_HEADERS.raw
         else:
             body = reject.message.encode("utf-8") + b"\n"
-            content_type = b"text/plain; charset=utf-8"
+            headers = b"Content-Type: text/plain; charset=utf-8\r\n"
         self.keep_alive = False
-        head = (b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n"
-                b"Connection: close\r\n\r\n"
-                % (reject.status.encode("ascii"), content_type, len(body), http_date()))
+        head = (b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\nDate: %s\r\nConnection: close\r\n\r\n"
+                % (reject.status.encode("ascii"), headers, len(body), http_date()))
         with contextlib.suppress(OSError):
             send_all(self.sock, head + body)
         self.server.log_access(self, None, reject.status, len(body))
