@@ -21,6 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request
 
+from ..endpoints import EndpointOptions
 from ..engines.memory import MemoryEngine
 from ..event import Event, Gap
 from ..manager import (
@@ -132,23 +133,26 @@ class LongpollMiddleware:
         before it gets a ``: keep-alive`` comment, so that proxies keep it open.
     :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
         waits before it reconnects once the stream ends.
+
+    The options but the hooks and *client_script_path* are
+    :class:`~wsgi_longpoll.endpoints.EndpointOptions`', with its defaults and checks.
     """
 
     #: The default ``max_body_size``: 1 MiB.
-    default_max_body_size = 1024 * 1024
+    default_max_body_size = EndpointOptions.max_body_size
     #: The default ``max_categories_per_request``.
-    default_max_categories_per_request = 16
+    default_max_categories_per_request = EndpointOptions.max_categories_per_request
     #: The default ``sse_keepalive_seconds``.
-    default_sse_keepalive_seconds = 15.0
+    default_sse_keepalive_seconds = EndpointOptions.sse_keepalive_seconds
     #: The default ``sse_retry_ms``.
-    default_sse_retry_ms = 2000
+    default_sse_retry_ms = EndpointOptions.sse_retry_ms
 
     def __init__(
         self,
         app: WSGIApplication,
         manager: LongpollManager,
-        subscription_path: str | None = "/events",
-        publish_path: str | None = "/publish",
+        subscription_path: str | None = EndpointOptions.subscription_path,
+        publish_path: str | None = EndpointOptions.publish_path,
         *,
         before_subscription: Hook | None = None,
         before_publish: Hook | None = None,
@@ -160,16 +164,12 @@ class LongpollMiddleware:
         sse_keepalive_seconds: float = default_sse_keepalive_seconds,
         sse_retry_ms: int = default_sse_retry_ms,
     ) -> None:
-        if subscription_path is not None and subscription_path == publish_path:
-            raise ValueError("subscription_path and publish_path must differ")
-        if max_body_size < 1:
-            raise ValueError("max_body_size must be at least 1")
-        if max_categories_per_request < 1:
-            raise ValueError("max_categories_per_request must be at least 1")
-        if not sse_keepalive_seconds > 0:
-            raise ValueError("sse_keepalive_seconds must be more than 0")
-        if sse_retry_ms < 0:
-            raise ValueError("sse_retry_ms must be 0 or more")
+        #: The endpoints' options, checked.
+        self.options = EndpointOptions(
+            subscription_path=subscription_path, publish_path=publish_path,
+            max_body_size=max_body_size, max_categories_per_request=max_categories_per_request,
+            sse_keepalive_seconds=sse_keepalive_seconds, sse_retry_ms=sse_retry_ms,
+        )
         self.app = app
         self.manager = manager
         self.subscription_path = subscription_path
