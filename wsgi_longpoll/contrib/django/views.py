@@ -16,7 +16,7 @@ other POST.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -24,20 +24,25 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from ...protocol import error_body
-from ...wsgi.middleware import LongpollMiddleware
 from .._common import Answer, run_middleware, warn_if_not_in_gevent
 from .conf import LongpollSettings, UserHook, current
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["publish", "subscribe"]
 
 logger = logging.getLogger(__name__)
 
+# The paths the views give the middleware, wherever the URLconf put them.
 _SUBSCRIPTION_PATH = "/events"
 _PUBLISH_PATH = "/publish"
 
 
-def _middleware(loaded: LongpollSettings, manager: Any, user: Any) -> LongpollMiddleware:
-    options = loaded.options
+def _application(loaded: LongpollSettings, manager: Any, user: Any) -> WSGIApplication:
+    """The middleware the views hand their requests to (inside CORS's when configured),
+    for *user*; it answers the fixed paths the views give it, wherever the URLconf put
+    them."""
     can_read, can_publish = loaded.can_read_category, loaded.can_publish
 
     def may_read(request: object, category: str) -> bool:
@@ -46,16 +51,10 @@ def _middleware(loaded: LongpollSettings, manager: Any, user: Any) -> LongpollMi
     def may_publish(request: object, category: str) -> bool:
         return can_publish is not None and _checked(can_publish, user, category)
 
-    return LongpollMiddleware(
-        _not_ours,
-        manager,
-        _SUBSCRIPTION_PATH,
-        _PUBLISH_PATH,
-        authorize_subscribe=may_read,
-        authorize_publish=may_publish,
-        max_body_size=options["MAX_BODY_SIZE"],
-        max_categories_per_request=options["MAX_CATEGORIES_PER_REQUEST"],
-    )
+    return loaded.configuration.application(
+        manager, may_read, may_publish,
+        paths=(_SUBSCRIPTION_PATH, _PUBLISH_PATH),
+    )[1]
 
 
 def _checked(hook: UserHook, user: Any, category: str) -> bool:
@@ -65,15 +64,11 @@ def _checked(hook: UserHook, user: Any, category: str) -> bool:
     return verdict
 
 
-def _not_ours(environ: object, start_response: object) -> list[bytes]:
-    raise RuntimeError("the long-poll views only hand over the long-poll paths")
-
-
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request}
-    middleware = _middleware(loaded, manager, getattr(request, "user", None))
-    return _response(run_middleware(middleware, environ))
+    application = _application(loaded, manager, getattr(request, "user", None))
+    return _response(run_middleware(application, environ))
 
 
 def _response(answer: Answer) -> HttpResponseBase:
