@@ -78,9 +78,11 @@ def _written_defaults() -> dict[str, list[tuple[str, int]]]:
                 arguments = node.args
                 positional = [*arguments.posonlyargs, *arguments.args]
                 with_defaults = positional[len(positional) - len(arguments.defaults):]
-                pairs += [(a.arg, d) for a, d in zip(with_defaults, arguments.defaults)]
+                pairs += [(a.arg, d) for a, d in zip(with_defaults, arguments.defaults,
+                                                             strict=True)]
                 pairs += [(a.arg, d) for a, d in zip(arguments.kwonlyargs,
-                                                      arguments.kw_defaults) if d is not None]
+                                                      arguments.kw_defaults, strict=True)
+                          if d is not None]
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 value = node.value
                 if (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
@@ -92,7 +94,7 @@ def _written_defaults() -> dict[str, list[tuple[str, int]]]:
                 pairs += [(target.id, node.value) for target in node.targets
                           if isinstance(target, ast.Name)]
             elif isinstance(node, ast.Dict):
-                for key, value in zip(node.keys, node.values):
+                for key, value in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and isinstance(key.value, str):
                         name = keys.get(key.value.removeprefix("LONGPOLL_"))
                         if name is not None:

@@ -269,5 +269,8 @@ class LongPoll:
         answer = run_middleware(state.application, environ)
         # A Server-Sent Events stream goes on after the view returns, without the
         # request context (it needs only the manager).
-        return current_app.response_class(answer.chunks, status=answer.status,
-                                          headers=answer.headers)
+        response = current_app.response_class(answer.chunks, status=answer.status,
+                                              headers=answer.headers)
+        if not any(name.lower() == "content-type" for name, _ in answer.headers):
+            del response.headers["Content-Type"]  # Flask's default: a CORS preflight's 204
+        return response

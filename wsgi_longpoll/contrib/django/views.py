@@ -78,6 +78,8 @@ def _response(answer: Answer) -> HttpResponseBase:
                                          reason=answer.reason)
     else:
         response = HttpResponse(answer.body, status=answer.status_code, reason=answer.reason)
+    if not any(name.lower() == "content-type" for name, _ in answer.headers):
+        del response["Content-Type"]  # Django's default: a CORS preflight's 204
     for name, value in answer.headers:
         response[name] = value
     return response
