@@ -325,3 +325,38 @@ def test_the_manager_builds_its_engine_from_the_options() -> None:
     assert manager.options == ManagerOptions(max_longpoll_timeout_seconds=7)
     with pytest.raises(ValueError, match="redis_url must be a redis://"):
         LongpollManager(redis_url="http://127.0.0.1:6379/0")
+
+
+README = PACKAGE.parent / "README.md"
+TABLE_START = "<!-- options table: tests/test_options.py checks it against the definitions -->"
+
+
+def _shown(default: Any) -> str:
+    """A default as the README shows it."""
+    if isinstance(default, tuple):
+        return ", ".join(f"`{item}`" for item in default) or "none"
+    if isinstance(default, bool) or default is None:
+        return f"`{default}`"
+    if isinstance(default, str):
+        return f'`"{default}"`'
+    if isinstance(default, int) and default >= 1024 * 1024 and default % (1024 * 1024) == 0:
+        return f"{default // (1024 * 1024)} MiB"
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return f"{default:,}"
+
+
+def options_table() -> list[str]:
+    """The README's table of the options every entry point takes."""
+    rows = ["| option | default | what it does |", "|---|---|---|"]
+    for item in CONFIG_OPTIONS.values():
+        rows.append(f"| `{item.name}` | {_shown(item.default)} | {item.help} |")
+    return rows
+
+
+def test_the_readme_lists_every_option_with_its_default() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(TABLE_START) + 1
+    table = lines[start:start + len(options_table())]
+    assert table == options_table(), "\n".join(["the README's table should be:",
+                                               *options_table()])
