@@ -128,17 +128,14 @@ def test_default_address_is_loopback() -> None:
 
 
 def test_every_server_option_is_on_the_command_line_with_the_servers_default() -> None:
-    import dataclasses
-
-    from wsgi_longpoll.cli import NOT_ON_THE_COMMAND_LINE, server_options
+    from wsgi_longpoll.cli import server_info, server_options
     from wsgi_longpoll.server import ServerOptions
 
     args = build_parser().parse_args(["serve"])
-    for field in dataclasses.fields(ServerOptions):
-        if field.name in NOT_ON_THE_COMMAND_LINE:
-            continue
-        assert hasattr(args, field.name), f"no serve option sets {field.name}"
-    assert dataclasses.replace(server_options(args), cors_origins=()) == ServerOptions()
+    assert server_options(args) == ServerOptions()
+    info = server_info(args)
+    assert (info.timeout_seconds, info.subscription_uri, info.publish_uri) \
+        == (ServerInfo.timeout_seconds, ServerInfo.subscription_uri, ServerInfo.publish_uri)
     given = build_parser().parse_args(["serve", "--ttl-seconds", "0", "--header-timeout", "0",
                                        "--cors-origin", "https://a.example",
                                        "--body-timeout", "5"])
@@ -152,6 +149,43 @@ def test_every_server_option_is_on_the_command_line_with_the_servers_default() -
          "--sse-keepalive-seconds", "0.5"]))
     assert (streams.max_buffered_bytes, streams.sse_retry_ms, streams.sse_keepalive_seconds) \
         == (None, 500, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ([], ("*",)),
+        (["--cors-allow-headers", "X-Token"], ("X-Token",)),
+        (["--cors-allow-headers", "X-Token, X-Trace", "--cors-allow-headers", "X-More"],
+         ("X-Token", "X-Trace", "X-More")),
+    ],
+    ids=["default", "one-replaces-the-default", "commas-and-repeats"],
+)
+def test_a_list_option_given_replaces_its_default(
+    arguments: list[str], expected: tuple[str, ...]
+) -> None:
+    from wsgi_longpoll.cli import server_options
+
+    options = server_options(build_parser().parse_args(["serve", *arguments]))
+    assert options.cors_allow_headers == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--max-body-size", "many"], "--max-body-size: the value must be an integer"),
+        (["--cors-origins", "app.example"], "invalid origin 'app.example'"),
+        (["--redis-url", "http://127.0.0.1:6379"], "must be a redis://, rediss:// or unix://"),
+    ],
+    ids=["not-a-number", "not-an-origin", "not-a-redis-url"],
+)
+def test_a_bad_value_is_a_usage_error_naming_the_flag(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_stream_options_reach_the_stream() -> None:

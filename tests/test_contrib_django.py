@@ -271,7 +271,7 @@ def test_system_check_warns_under_runserver(project: None,
     monkeypatch.setattr(sys, "argv", ["manage.py", "check"])
     with override_settings(LONGPOLL={"MAX_TIMEOUT": 3}):
         error, = [m for m in run_checks() if m.id == "wsgi_longpoll.E001"]
-        assert "unknown keys ['MAX_TIMEOUT']" in error.msg
+        assert "unknown keys: MAX_TIMEOUT" in error.msg
 
 
 def test_threaded_runserver_gets_the_500(project: None) -> None:
@@ -331,3 +331,78 @@ def test_event_stream_is_streamed_and_authorized(project: None) -> None:
     first = next(iter(answer.streaming_content))
     assert b'"text":"streamed"' in first
     answer.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"MAX_LONGPOLL_TIMEOUT_SECONDS": "soon"},
+         "LONGPOLL['MAX_LONGPOLL_TIMEOUT_SECONDS'] must be an integer, not 'soon'"),
+        ({"REDIS_URL": "http://127.0.0.1:6379/0"},
+         "LONGPOLL['REDIS_URL'] must be a redis://, rediss:// or unix:// URL"),
+        ({"MAX_BODY_SIZE": 0}, "LONGPOLL['MAX_BODY_SIZE'] must be at least 1, not 0"),
+        ({"CORS_ORIGINS": ["app.example.com"]},
+         "LONGPOLL['CORS_ORIGINS'] has an invalid origin 'app.example.com'"),
+        ({"MAX_EVENT_BUFER_SIZE": 3}, "MAX_EVENT_BUFER_SIZE (did you mean MAX_EVENT_BUFFER_SIZE?)"),
+    ],
+    ids=["string-not-a-number", "http-redis-url", "out-of-range", "not-an-origin", "misspelt"],
+)
+def test_system_check_refuses_bad_values_by_key(
+    project: None, options: dict[str, Any], message: str
+) -> None:
+    from django.core.checks import run_checks
+    from django.test import override_settings
+
+    with override_settings(LONGPOLL={**LONGPOLL, **options}):
+        error, = [m for m in run_checks() if m.id == "wsgi_longpoll.E001"]
+        assert message in error.msg
+
+
+def test_numbers_given_as_strings_are_converted(project: None) -> None:
+    from django.core.checks import run_checks
+    from django.test import override_settings
+
+    from wsgi_longpoll.contrib.django import get_manager
+
+    strings = {"MAX_LONGPOLL_TIMEOUT_SECONDS": "9", "SSE_RETRY_MS": "500",
+               "EVENT_TIME_TO_LIVE_SECONDS": "60"}
+    with override_settings(LONGPOLL={**LONGPOLL, **strings}):
+        assert not [m for m in run_checks() if m.id == "wsgi_longpoll.E001"]
+        assert get_manager().max_longpoll_timeout_seconds == 9
+        assert get_manager().event_time_to_live_seconds == 60
+        answer = client("ann").get("/longpoll/events?category=user-ann&timeout=1",
+                                   HTTP_ACCEPT="text/event-stream")
+        assert next(iter(answer.streaming_content)).startswith(b"retry: 500\n")
+        answer.close()
+
+
+def test_cors_options_let_another_origin_subscribe_and_publish(project: None) -> None:
+    from django.test import override_settings
+
+    origin = "https://app.example.com"
+    with override_settings(LONGPOLL={**LONGPOLL, "CORS_ORIGINS": [origin]}):
+        preflight = client().options(
+            "/longpoll/publish", HTTP_ORIGIN=origin, HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+            HTTP_ACCESS_CONTROL_REQUEST_HEADERS="content-type, idempotency-key")
+        assert preflight.status_code == 204
+        assert preflight["Access-Control-Allow-Origin"] == origin
+        assert preflight["Access-Control-Allow-Headers"] == "content-type, idempotency-key"
+        assert "Content-Type" not in preflight
+        answer = client("ann").get("/longpoll/events?category=user-ann&timeout=1",
+                                   HTTP_ORIGIN=origin)
+        assert answer.status_code == 200
+        assert answer["Access-Control-Allow-Origin"] == origin
+
+
+def test_url_paths_come_from_the_settings(project: None) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from wsgi_longpoll.contrib.django.conf import url_paths
+
+    assert url_paths() == ("events", "publish")
+    with override_settings(LONGPOLL={"SUBSCRIPTION_PATH": "/lp/sub", "PUBLISH_PATH": None}):
+        assert url_paths() == ("lp/sub", None)
+    with override_settings(LONGPOLL={"PUBLISH_PATH": 5}), \
+            pytest.raises(ImproperlyConfigured, match=r"LONGPOLL\['PUBLISH_PATH'\] must be"):
+        url_paths()

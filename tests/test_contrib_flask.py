@@ -303,3 +303,75 @@ def test_event_stream_is_streamed_and_authorized(client: TestApp) -> None:
     first = next(iter(answer.response))
     assert b'"text":"one"' in first
     answer.close()
+
+
+def test_unknown_keys_are_refused_with_the_closest_known_one(longpoll: LongPoll) -> None:
+    with pytest.raises(ValueError, match=r"unknown keys: LONGPOLL_MAX_TIMEOUT_SECONDS "
+                       r"\(did you mean LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS\?\)"):
+        create_app(longpoll, LONGPOLL_MAX_TIMEOUT_SECONDS=30)
+
+
+def test_numbers_given_as_strings_are_converted(longpoll: LongPoll) -> None:
+    """As read from the environment: ``os.environ["LONGPOLL_..."]`` is a string."""
+    app = create_app(longpoll, LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS="7",
+                     LONGPOLL_MAX_EVENT_BUFFER_SIZE="3", LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS="0",
+                     LONGPOLL_MAX_BUFFERED_BYTES="1000000")
+    manager = longpoll.manager
+    assert (manager.max_longpoll_timeout_seconds, manager.max_event_buffer_size,
+            manager.event_time_to_live_seconds) == (7, 3, None)
+    client = TestApp(app)
+    client.post("/login/ann")
+    refused = client.get("/events", {"category": "user-ann", "timeout": 8})
+    assert refused.json == {"error": "Invalid or missing 'timeout' arg.  Must be 1-7."}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS": "soon"},
+         "LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS must be an integer, not 'soon'"),
+        ({"LONGPOLL_MAX_BODY_SIZE": 0}, "LONGPOLL_MAX_BODY_SIZE must be at least 1, not 0"),
+        ({"LONGPOLL_REDIS_URL": "http://127.0.0.1:6379/0"},
+         "LONGPOLL_REDIS_URL must be a redis://, rediss:// or unix:// URL"),
+        ({"LONGPOLL_CORS_ORIGINS": "*", "LONGPOLL_CORS_ALLOW_CREDENTIALS": "true"},
+         "cors_allow_credentials needs a list of origins"),
+    ],
+    ids=["string-not-a-number", "out-of-range", "http-redis-url", "star-with-credentials"],
+)
+def test_bad_values_are_refused_at_init_app_by_key(
+    longpoll: LongPoll, config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_app(longpoll, **config)
+
+
+def test_stream_options_reach_the_stream(longpoll: LongPoll) -> None:
+    app = create_app(longpoll, LONGPOLL_SSE_RETRY_MS="500")
+    flask_client = app.test_client()
+    with flask_client.session_transaction() as session_:
+        session_["user"] = "ann"
+    answer = flask_client.get("/events?category=user-ann&timeout=1",
+                              headers={"Accept": "text/event-stream"}, buffered=False)
+    assert answer.status_code == 200
+    assert next(iter(answer.response)).startswith(b"retry: 500\n")
+    answer.close()
+
+
+def test_cors_options_let_another_origin_subscribe_and_publish(longpoll: LongPoll) -> None:
+    origin = "https://app.example.com"
+    app = create_app(longpoll, LONGPOLL_CORS_ORIGINS=origin)
+    client = TestApp(app)
+    preflight = client.options("/publish", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, idempotency-key"})
+    assert preflight.status_int == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert preflight.headers["Access-Control-Allow-Headers"] == "content-type, idempotency-key"
+    client.post("/login/ann")
+    answer = client.get("/events", {"category": "user-ann", "timeout": 1},
+                        headers={"Origin": origin})
+    assert answer.headers["Access-Control-Allow-Origin"] == origin
+    other = client.options("/events", headers={
+        "Origin": "https://evil.example.net", "Access-Control-Request-Method": "GET"},
+        status=403)
+    assert "Access-Control-Allow-Origin" not in other.headers

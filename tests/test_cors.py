@@ -44,9 +44,10 @@ def test_preflight_from_an_allowed_origin(path: str) -> None:
     assert response.body == b""
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
     assert response.headers["Access-Control-Allow-Methods"] == "GET, POST"
-    assert response.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    # By default, whatever headers the page asks for.
+    assert response.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
     assert response.headers["Access-Control-Max-Age"] == "600"
-    assert response.headers["Vary"] == "Origin"
+    assert response.headers["Vary"] == "Origin, Access-Control-Request-Headers"
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
@@ -118,7 +119,7 @@ def test_any_origin() -> None:
     response = preflight(app, OTHER)
     assert response.status_int == 204
     assert response.headers["Access-Control-Allow-Origin"] == "*"
-    assert "Vary" not in response.headers
+    assert response.headers["Vary"] == "Access-Control-Request-Headers"
     actual = app.get("/events?timeout=1&category=c&since_time=1", headers={"Origin": OTHER})
     assert actual.headers["Access-Control-Allow-Origin"] == "*"
 
@@ -187,5 +188,81 @@ def test_standalone_server_cors_options() -> None:
         published = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
                                   headers={"Origin": ALLOWED}, timeout=10)
         assert published.headers["Access-Control-Allow-Origin"] == ALLOWED
+    finally:
+        server.stop(5)
+
+
+@pytest.mark.parametrize(
+    ("requested", "allowed"),
+    [
+        ("content-type, idempotency-key", "content-type, idempotency-key"),
+        ("last-event-id", "last-event-id"),
+        ("Authorization", "Authorization"),
+        ("x-auth-token,x-trace-id", "x-auth-token, x-trace-id"),
+        ("x-good, bad name, x-also-good", "x-good, x-also-good"),
+    ],
+    ids=["publish-with-idempotency-key", "stream-resume", "authorization",
+         "a-page-s-own-headers", "a-name-that-is-no-header-is-left-out"],
+)
+def test_by_default_a_preflight_is_allowed_the_headers_it_asks_for(
+    requested: str, allowed: str
+) -> None:
+    app, _ = make_app()
+    response = app.options("/publish", headers={
+        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": requested})
+    assert response.status_int == 204
+    assert response.headers["Access-Control-Allow-Headers"] == allowed
+
+
+def test_a_list_of_headers_allows_those_alone() -> None:
+    app, _ = make_app(allow_headers=["Content-Type", "X-Token"])
+    response = app.options("/publish", headers={
+        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-token, x-other"})
+    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type, X-Token"
+    assert response.headers["Vary"] == "Origin"
+
+
+def test_an_invalid_header_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="cors_allow_headers has an invalid header name"):
+        CORSMiddleware(other_app, [ALLOWED], allow_headers=["X Token"])
+
+
+def test_standalone_server_cross_origin_publish_with_idempotency_key() -> None:
+    """What a page on another origin does to publish safely: a preflight for
+    Idempotency-Key, then the publish, retried with the same key."""
+    server = Server(access_log=False, cors_origins=[ALLOWED])
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        preflight = requests.options(f"{base}/publish", timeout=10, headers={
+            "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, idempotency-key"})
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Headers"] \
+            == "content-type, idempotency-key"
+        for _ in range(2):
+            published = requests.post(
+                f"{base}/publish", json={"category": "c", "data": 1}, timeout=10,
+                headers={"Origin": ALLOWED, "Idempotency-Key": "order-1"})
+            assert published.status_code == 200
+            assert published.headers["Access-Control-Allow-Origin"] == ALLOWED
+        assert len(server.manager.buffered_events("c")) == 1
+    finally:
+        server.stop(5)
+
+
+def test_standalone_server_cors_allow_headers_option() -> None:
+    server = Server(access_log=False, cors_origins=[ALLOWED], cors_allow_headers=["X-Token"],
+                    cors_max_age=60)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    try:
+        preflight = requests.options(
+            f"http://127.0.0.1:{server.port}/events", timeout=10, headers={
+                "Origin": ALLOWED, "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "x-token, last-event-id"})
+        assert preflight.headers["Access-Control-Allow-Headers"] == "X-Token"
+        assert preflight.headers["Access-Control-Max-Age"] == "60"
     finally:
         server.stop(5)

@@ -53,6 +53,15 @@ def test_every_engine_implements_the_whole_interface() -> None:
             assert list(implemented.parameters) == list(signature.parameters), (engine_class, name)
 
 
+def test_a_cursor_resumes_after_the_later_of_since_time_and_last_id(engine: Engine) -> None:
+    """docs/protocol.md, where we differ on purpose: a ``since_time`` earlier than the
+    ``last_id`` event resumes after that event (golongpoll: after ``since_time``)."""
+    engine.append("c", 1)
+    seen = engine.append("c", 2)
+    new = engine.append("c", 3)
+    assert engine.read(["c"], seen.timestamp - 1000, seen.id).events == [new]
+
+
 def test_reads_several_categories_in_publish_order(engine: Engine) -> None:
     published = [engine.append(category, n) for n in range(5) for category in "abc"]
     found = engine.read(["c", "a", "b"], 0, None)

@@ -186,11 +186,11 @@ def test_cors_origin_option(served_factory: type[Served]) -> None:
     assert refused.status_code == 403
 
 
-def test_invalid_cors_origin_exits_1_with_a_message() -> None:
+def test_invalid_cors_origin_is_a_usage_error_with_a_message() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "127.0.0.1:0",
          "--cors-origin", "https://a.example/path"],
         capture_output=True, text=True, timeout=30,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "invalid origin 'https://a.example/path'" in result.stderr

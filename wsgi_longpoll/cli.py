@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import __version__
+from .endpoints import EndpointOptions
+from .engines.options import EngineOptions, MemoryOptions, RedisOptions
+from .manager import ManagerOptions
+from .options import Option, convert, options_of
 from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
+from .wsgi.answers import Hook
 from .wsgi.auth import bearer_token
+from .wsgi.cors import CORSOptions
 from .wsgi.demo import DemoApp
 
 __all__ = ["main"]
@@ -24,11 +29,19 @@ logger = logging.getLogger("wsgi_longpoll.cli")
 #: The environment variable read for the publish token when --publish-token is not given.
 PUBLISH_TOKEN_ENV = "WSGI_LONGPOLL_PUBLISH_TOKEN"
 
-#: Every ``serve`` option that is a :class:`ServerOptions` field has that field's name as
-#: its ``dest`` and its default from here: the server's definition is the one definition.
-DEFAULTS = ServerOptions()
-#: :class:`ServerOptions` fields the command line does not set (Python objects).
-NOT_ON_THE_COMMAND_LINE = frozenset({"app", "before_stats"})
+#: The help section of the flags of each class of options. Every option of
+#: :class:`ServerInfo` and :class:`ServerOptions` is a flag named after it
+#: (:attr:`Option.flag`), with its default, check and help (:mod:`wsgi_longpoll.options`).
+SECTIONS = {
+    ServerInfo: "listening (ServerInfo)",
+    EngineOptions: "events (MemoryOptions)",
+    MemoryOptions: "events (MemoryOptions)",
+    RedisOptions: "several processes and hosts (RedisOptions)",
+    ManagerOptions: "subscribers (ManagerOptions)",
+    EndpointOptions: "endpoints (EndpointOptions)",
+    CORSOptions: "security and cross-origin use (CORSOptions)",
+    ServerOptions: "the server (ServerOptions)",
+}
 
 
 class _ShutdownRequested(Exception):
@@ -52,28 +65,68 @@ def _number(kind: Callable[[str], T], least: float, *, inclusive: bool) -> Calla
 
 
 _positive_int = _number(int, 1, inclusive=True)
-_non_negative_int = _number(int, 0, inclusive=True)
-_positive_float = _number(float, 0, inclusive=False)
 _non_negative_float = _number(float, 0, inclusive=True)
 
 
-def _bytes_or_none(text: str) -> int | None:
-    """0 means no bound (``None``)."""
-    return _non_negative_int(text) or None
+def _option_type(item: Option) -> Callable[[str], Any]:
+    """An argparse type: the text of a flag as the option *item* takes it."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(item, text, "the value")
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = item.name  # what argparse names in its own errors
+    return parse
 
 
-def _seconds_or_none(text: str) -> float | None:
-    """0 means no limit (``None``)."""
-    return _non_negative_float(text) or None
+class _Items(argparse.Action):
+    """A list option: each use adds items (several, separated with commas), and the first
+    replaces the default."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        items = [] if current is self.default else list(current)
+        setattr(namespace, self.dest, (*items, *values))
+
+
+def _add_option(group: argparse._ArgumentGroup, item: Option) -> None:
+    """The flag of the option *item* (its aliases too), stored under its field's name.
+
+    A switch's help is a verb phrase ("log each request"): ``--no-access-log`` turns off
+    one that is on by default, and says "do not".
+    """
+    flags = [item.flag, *item.spec.aliases]
+    if bool in item.kinds:
+        group.add_argument(*flags, dest=item.attribute,
+                           action="store_false" if item.default else "store_true",
+                           help=f"do not {item.help}" if item.default else item.help)
+        return
+    metavar = item.spec.metavar
+    if metavar is None:
+        seconds = item.name.endswith(("_seconds", "_timeout"))
+        metavar = "SECONDS" if seconds else "N" if int in item.kinds else None
+    if tuple in item.kinds:
+        group.add_argument(*flags, dest=item.attribute, action=_Items, default=item.default,
+                           type=_option_type(item), metavar=metavar,
+                           help=f"{item.help}; repeat it, or separate with commas")
+    else:
+        group.add_argument(*flags, dest=item.attribute, default=item.default,
+                           type=_option_type(item), metavar=metavar, help=item.help)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except a flag's: ``--no-demo (default: True)`` reads
-    backwards (the default is to serve the demo)."""
+    backwards (the default is to serve the demo); a list's as its items."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.nargs == 0:
             return action.help
+        if isinstance(action.default, tuple):
+            shown = ", ".join(action.default) or "none"
+            return f"{action.help} (default: {shown})"
         return super()._get_help_string(action)
 
 
@@ -92,60 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(1 if acknowledged events could not be written).",
         formatter_class=_HelpFormatter,
     )
-    listen = serve.add_argument_group("listening (ServerInfo)")
+    sections = {title: serve.add_argument_group(title) for title in dict.fromkeys(
+        SECTIONS.values())}
+    listen = sections[SECTIONS[ServerInfo]]
     listen.add_argument(
         "--address", default="127.0.0.1:8080",
         help="host:port to listen on; ':8080' listens on every interface, '[::1]:8080' on "
         "IPv6 loopback, port 0 on any free port",
     )
-    listen.add_argument(
-        "--timeout-seconds", type=int, default=110,
-        help="the longest long-poll 'timeout' a client may ask for (0 means 110)",
-    )
-    listen.add_argument("--subscription-uri", default="/events",
-                        help="path of the subscribe endpoint (GET)")
-    listen.add_argument("--publish-uri", default="/publish",
-                        help="path of the publish endpoint (POST); it is open to anyone "
-                        "who can reach the server unless --publish-token is given")
-    listen.add_argument("--max-body-size", type=_positive_int, default=DEFAULTS.max_body_size,
-                        help="largest publish body accepted, in bytes (larger: 413)")
-    listen.add_argument("--max-request-body-size", type=_positive_int,
-                        default=DEFAULTS.max_request_body_size,
-                        help="largest body of a request to any other path, in bytes "
-                        "(larger: 413)")
-    listen.add_argument("--max-categories-per-request", type=_positive_int,
-                        default=DEFAULTS.max_categories_per_request,
-                        help="how many categories one subscribe may name with the "
-                        "'categories' extension")
-    listen.add_argument("--sse-keepalive-seconds", type=_positive_float,
-                        default=DEFAULTS.sse_keepalive_seconds,
-                        help="how often an idle Server-Sent Events stream gets a keep-alive "
-                        "comment")
-    listen.add_argument("--sse-retry-ms", type=_non_negative_int,
-                        default=DEFAULTS.sse_retry_ms,
-                        help="how long a stream tells browsers to wait before reconnecting")
-    events = serve.add_argument_group("events (LongpollManager)")
-    events.add_argument("--buffer-size", dest="max_event_buffer_size", type=_positive_int,
-                        default=DEFAULTS.max_event_buffer_size,
-                        help="events kept per category; the oldest go first")
-    events.add_argument("--ttl-seconds", dest="event_time_to_live_seconds",
-                        type=_seconds_or_none, default=DEFAULTS.event_time_to_live_seconds,
-                        help="events older than this are never served (0 or None: kept for "
-                        "ever)")
-    events.add_argument("--max-buffered-bytes", type=_bytes_or_none,
-                        default=DEFAULTS.max_buffered_bytes,
-                        help="the most bytes of events held in memory; beyond it the oldest "
-                        "of all go first, with the gap signal (0: no bound)")
-    events.add_argument("--delete-after-first-retrieval",
-                        dest="delete_event_after_first_retrieval", action="store_true",
-                        help="remove an event from its buffer once it has been served")
+    for item in options_of(ServerInfo).values():
+        _add_option(listen, item)
+    for item in options_of(ServerOptions).values():
+        _add_option(sections[SECTIONS[item.owner]], item)
     persist = serve.add_argument_group("file persistence (FilePersistorInfo)")
     persist.add_argument("--persist-file", metavar="FILE_NAME", default="",
                          help="append events to FILE_NAME and read them back on start "
                          "(off when not given)")
-    persist.add_argument("--write-buffer-size", type=_positive_int, default=4096,
+    persist.add_argument("--write-buffer-size", type=_positive_int,
+                         default=FilePersistorInfo.write_buffer_size,
                          help="bytes buffered before a write to the file")
-    persist.add_argument("--write-flush-period-seconds", type=float, default=1.0,
+    persist.add_argument("--write-flush-period-seconds", type=float,
+                         default=FilePersistorInfo.write_flush_period_seconds,
                          help="the longest an accepted event may sit unwritten")
     persist.add_argument("--fsync", action="store_true",
                          help="fsync the file at each flush: a power loss then loses no more "
@@ -154,58 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="answer a publish only once its event is written (and synced, "
                          "with --fsync); concurrent publishes share one write: a crash then "
                          "loses no acknowledged event")
-    shared = serve.add_argument_group("several processes and hosts (Redis)")
-    shared.add_argument("--redis-url", metavar="URL", default=DEFAULTS.redis_url,
-                        help="keep the events in Redis Streams at URL (e.g. "
-                        "redis://127.0.0.1:6379/0), shared with every server pointed at it; "
-                        "in this process when not given")
-    shared.add_argument("--redis-key-prefix", metavar="PREFIX",
-                        default=DEFAULTS.redis_key_prefix,
-                        help="put before every Redis key, so that several applications "
-                        "share one Redis")
-    limits = serve.add_argument_group("limits (each answered with a JSON error)")
-    limits.add_argument("--max-categories", type=_positive_int,
-                        default=DEFAULTS.max_categories,
-                        help="categories that may hold events at once (more: 503)")
-    limits.add_argument("--max-waiting-subscribers", type=_positive_int,
-                        default=DEFAULTS.max_waiting_subscribers,
-                        help="subscribers that may wait at once (more: 503); None: the "
-                        "open-files limit (ulimit -n) less some headroom")
-    limits.add_argument("--header-timeout", type=_seconds_or_none,
-                        default=DEFAULTS.header_timeout,
-                        help="seconds a client has to send its request line and headers, "
-                        "also the longest a keep-alive connection may idle (0: no limit)")
-    limits.add_argument("--body-timeout", type=_seconds_or_none,
-                        default=DEFAULTS.body_timeout,
-                        help="seconds a client has to send a request body once its headers "
-                        "are in (longer: 408; 0: no limit)")
-    security = serve.add_argument_group("security and cross-origin use")
+    security = sections[SECTIONS[CORSOptions]]
     security.add_argument("--publish-token", metavar="TOKEN", default=None,
                           help="require 'Authorization: Bearer TOKEN' to publish; better "
                           f"given in the environment variable {PUBLISH_TOKEN_ENV}, which "
                           "other users cannot see in the process list")
-    security.add_argument("--cors-origin", dest="cors_origins", metavar="ORIGIN",
-                          action="append", default=list(DEFAULTS.cors_origins),
-                          help="let pages on ORIGIN (e.g. https://app.example.com, or '*') "
-                          "subscribe and publish across origins; repeat for several")
-    security.add_argument("--cors-allow-credentials", action="store_true",
-                          help="let those pages send cookies and HTTP authentication")
-    ops = serve.add_argument_group("operations")
-    ops.add_argument("--stats-path", metavar="PATH", default=DEFAULTS.stats_path,
-                     help="serve statistics as JSON at PATH, e.g. /stats (off when not given)")
-    ops.add_argument("--metrics-path", metavar="PATH", default=DEFAULTS.metrics_path,
-                     help="serve statistics in the Prometheus text format at PATH, "
-                     "e.g. /metrics (off when not given)")
-    ops.add_argument("--health-path", metavar="PATH", default=DEFAULTS.health_path,
-                     help="serve a health check for load balancers at PATH, e.g. /healthz "
-                     "(off when not given)")
+    ops = sections[SECTIONS[ServerOptions]]
     ops.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
                      help="seconds that requests in progress get to finish on shutdown")
     ops.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                      help="level of the log written to standard error")
-    ops.add_argument("--no-access-log", dest="access_log", action="store_false",
-                     help="do not log each request")
     ops.add_argument("--no-demo", dest="demo", action="store_false",
                      help="do not serve the chat demo at / and the browser client under "
                      "/static/ (every other path then answers 404)")
@@ -218,9 +197,9 @@ def _serve(args: argparse.Namespace) -> int:
         demo = DemoApp(
             args.subscription_uri,
             args.publish_uri,
-            timeout_seconds=min(45, args.timeout_seconds or 110),
+            timeout_seconds=min(45, args.timeout_seconds
+                                or ManagerOptions.max_longpoll_timeout_seconds),
         )
-    server = Server(server_options(args), app=demo)
     token = args.publish_token or os.environ.get(PUBLISH_TOKEN_ENV, "")
     persistence = FilePersistorInfo(
         use=bool(args.persist_file),
@@ -230,14 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         acknowledge_after_write=args.persist_ack_after_write,
     )
-    info = ServerInfo(
-        address=args.address,
-        timeout_seconds=args.timeout_seconds,
-        subscription_uri=args.subscription_uri,
-        publish_uri=args.publish_uri,
-        handler_to_run_before_publish=bearer_token(token) if token else None,
-    )
+    info = server_info(args, bearer_token(token) if token else None)
     try:
+        server = Server(server_options(args), app=demo)  # checks across options
         server.start(info, persistence)
     except (OSError, ValueError) as error:
         logger.error("cannot start: %s", error)
@@ -280,13 +254,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
-    """The :class:`ServerOptions` that parsed ``serve`` arguments give (each field from the
-    argument of the same name)."""
+    """The :class:`ServerOptions` that parsed ``serve`` arguments give (each option from
+    the argument of the same name)."""
     return ServerOptions(**{
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(ServerOptions)
-        if field.name not in NOT_ON_THE_COMMAND_LINE
+        item.attribute: getattr(args, item.attribute)
+        for item in options_of(ServerOptions).values()
     })
+
+
+def server_info(args: argparse.Namespace, before_publish: Hook | None = None) -> ServerInfo:
+    """The :class:`ServerInfo` that parsed ``serve`` arguments give, with the publish hook
+    *before_publish*."""
+    return ServerInfo(
+        address=args.address,
+        handler_to_run_before_publish=before_publish,
+        **{item.attribute: getattr(args, item.attribute)
+           for item in options_of(ServerInfo).values()},
+    )
 
 
 def _discarded(server: Server) -> tuple[int, int, int]:

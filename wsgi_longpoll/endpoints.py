@@ -33,6 +33,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .manager import LongpollManager
+from .options import at_least, check_options, more_than, option
 from .protocol import (
     OUTCOME_UNKNOWN_ERROR,
     PUBLISH_METHOD_ERROR,
@@ -114,9 +115,10 @@ HOOK_FORBIDDEN_ERROR = "Forbidden: rejected by the server's hook."
 CATEGORY_FORBIDDEN_ERROR = "Forbidden: not authorized for this category."
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True)
 class EndpointOptions:
-    """The options of the long-poll endpoints, with their defaults.
+    """The options of the long-poll endpoints, with their defaults, each defined once
+    (see :mod:`wsgi_longpoll.options`).
 
     :param subscription_path: the path answered as subscribe (GET); ``None`` turns it off.
     :param publish_path: the path answered as publish (POST); ``None`` turns it off,
@@ -128,27 +130,40 @@ class EndpointOptions:
         before it gets a ``: keep-alive`` comment, so that proxies keep it open.
     :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
         waits before it reconnects once the stream ends.
+    :raises TypeError: naming the option, for a value of the wrong type.
     :raises ValueError: naming the option that is out of range.
     """
 
-    subscription_path: str | None = "/events"
-    publish_path: str | None = "/publish"
-    max_body_size: int = 1024 * 1024
-    max_categories_per_request: int = 16
-    sse_keepalive_seconds: float = 15.0
-    sse_retry_ms: int = 2000
+    subscription_path: str | None = option(
+        "/events", metavar="PATH", help="the path of the subscribe endpoint (GET); None: none",
+    )
+    publish_path: str | None = option(
+        "/publish", metavar="PATH",
+        help="the path of the publish endpoint (POST); None: none (publish from Python)",
+    )
+    max_body_size: int = option(
+        1024 * 1024, check=at_least(1),
+        help="the largest publish body accepted, in bytes (larger: 413)",
+    )
+    max_categories_per_request: int = option(
+        16, check=at_least(1),
+        help="how many categories one subscribe may name (the 'categories' extension)",
+    )
+    sse_keepalive_seconds: float = option(
+        15.0, check=more_than(0),
+        help="how long a Server-Sent Events stream may stay silent before it gets a "
+        "keep-alive comment, so that proxies keep it open",
+    )
+    sse_retry_ms: int = option(
+        2000, check=at_least(0),
+        help="the 'retry:' that opens each stream: how long a browser waits before it "
+        "reconnects once the stream ends",
+    )
 
     def __post_init__(self) -> None:
+        check_options(self)
         if self.subscription_path is not None and self.subscription_path == self.publish_path:
             raise ValueError("subscription_path and publish_path must differ")
-        if self.max_body_size < 1:
-            raise ValueError("max_body_size must be at least 1")
-        if self.max_categories_per_request < 1:
-            raise ValueError("max_categories_per_request must be at least 1")
-        if not self.sse_keepalive_seconds > 0:
-            raise ValueError("sse_keepalive_seconds must be more than 0")
-        if self.sse_retry_ms < 0:
-            raise ValueError("sse_retry_ms must be 0 or more")
 
 
 class Answer:
@@ -196,7 +211,7 @@ class Hold:
 
     def __init__(self, stream: bool, categories: tuple[str, ...], timeout: int,
                  since_time: int | None, last_id: str | None, *, start: bytes = b"",
-                 keepalive: float = 15.0) -> None:
+                 keepalive: float = EndpointOptions.sse_keepalive_seconds) -> None:
         self.stream = stream
         self.categories = categories
         self.timeout = timeout

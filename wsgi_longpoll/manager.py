@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -23,8 +23,10 @@ from gevent.monkey import get_original
 from ._gevent import peer_closed
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
+from .engines.options import MemoryOptions, RedisOptions
 from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
 from .event import Event, Gap
+from .options import at_least, build, check_options, option, options_of
 from .protocol import validate_category
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ __all__ = [
     "Delivery",
     "LongpollManager",
     "ManagerClosed",
+    "ManagerOptions",
     "ManagerStats",
     "OutcomeUnknown",
     "StorageUnavailable",
@@ -46,7 +49,31 @@ __all__ = [
 _allocate_lock = get_original("_thread", "allocate_lock")
 _get_thread_ident = get_original("_thread", "get_ident")
 
-_DEFAULT_MAX_TIMEOUT = 110
+
+@dataclass(frozen=True, kw_only=True)
+class ManagerOptions:
+    """The manager's own options (its engine's are :class:`~.engines.MemoryOptions`' or
+    :class:`~.engines.RedisOptions`'), each defined once (see :mod:`wsgi_longpoll.options`).
+
+    :raises TypeError: naming the option, for a value of the wrong type.
+    :raises ValueError: naming the option, for a value out of range.
+    """
+
+    max_longpoll_timeout_seconds: int = option(
+        110, check=at_least(0),
+        help="the longest long-poll 'timeout' a client may ask for; 0 means the default",
+    )
+    max_waiting_subscribers: int = option(
+        50_000, check=at_least(1),
+        help="subscribers that may wait at once; one more is refused (503)",
+    )
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+#: The options of the engine the manager builds, by name: its keyword arguments.
+_ENGINE_OPTIONS = options_of(MemoryOptions, RedisOptions)
 
 
 @dataclass(slots=True)
@@ -144,11 +171,13 @@ class _WaitingGreenlet(Subscriber):
 class LongpollManager:
     """Owns the subscribers waiting for events, and the engine that stores the events.
 
-    Options are golongpoll's, in snake case, with its defaults; they configure the engine
-    the manager builds (pass *engine* instead to configure one yourself):
+    Options are golongpoll's, in snake case, with its defaults; but for the manager's own
+    (:class:`ManagerOptions`), they configure the engine the manager builds
+    (:class:`~.engines.MemoryOptions`, :class:`~.engines.RedisOptions`; pass *engine*
+    instead to configure one yourself). The defaults are those classes'.
 
     :param max_longpoll_timeout_seconds: the longest ``timeout`` a subscriber may ask
-        for; ``0`` means the default, 110.
+        for; ``0`` means the default.
     :param max_event_buffer_size: how many events each category keeps; the oldest go first.
     :param event_time_to_live_seconds: events older than this are never served and are
         purged; ``None`` (or ``0``) keeps them for ever.
@@ -165,8 +194,8 @@ class LongpollManager:
         signal), and only when every category has waiting subscribers does publishing to
         one more raise :class:`CapacityExceeded`.
     :param max_buffered_bytes: the most bytes of events held across every category
-        (in memory; default 256 MiB); the oldest events of all go first, with the gap
-        signal. ``None``: no bound but the others.
+        (in memory); the oldest events of all go first, with the gap signal. ``None``: no
+        bound but the others.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
@@ -184,51 +213,51 @@ class LongpollManager:
     """
 
     #: The default ``max_categories``.
-    default_max_categories = 100_000
+    default_max_categories = MemoryOptions.max_categories
     #: The default ``max_waiting_subscribers``.
-    default_max_waiting_subscribers = 50_000
+    default_max_waiting_subscribers = ManagerOptions.max_waiting_subscribers
 
     def __init__(
         self,
-        max_longpoll_timeout_seconds: int = _DEFAULT_MAX_TIMEOUT,
-        max_event_buffer_size: int = 250,
-        event_time_to_live_seconds: float | None = None,
-        delete_event_after_first_retrieval: bool = False,
+        max_longpoll_timeout_seconds: int = ManagerOptions.max_longpoll_timeout_seconds,
+        max_event_buffer_size: int = MemoryOptions.max_event_buffer_size,
+        event_time_to_live_seconds: float | None = MemoryOptions.event_time_to_live_seconds,
+        delete_event_after_first_retrieval: bool = (
+            MemoryOptions.delete_event_after_first_retrieval),
         *,
         engine: Engine | None = None,
         persister: Persister | None = None,
-        max_categories: int = default_max_categories,
-        max_waiting_subscribers: int = default_max_waiting_subscribers,
-        max_buffered_bytes: int | None = MemoryEngine.default_max_buffered_bytes,
-        redis_url: str | None = None,
-        redis_key_prefix: str = "wsgi_longpoll:",
+        max_categories: int = MemoryOptions.max_categories,
+        max_waiting_subscribers: int = ManagerOptions.max_waiting_subscribers,
+        max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
+        redis_url: str | None = RedisOptions.url,
+        redis_key_prefix: str = RedisOptions.key_prefix,
     ) -> None:
-        if max_longpoll_timeout_seconds < 0:
-            raise ValueError("max_longpoll_timeout_seconds must be 0 (the default) or more")
-        if max_waiting_subscribers < 1:
-            raise ValueError("max_waiting_subscribers must be at least 1")
+        # The engine's options, by name: the parameters are named after them.
+        engine_options = {
+            name: value for name, value in locals().items() if name in _ENGINE_OPTIONS
+        }
+        #: The manager's own options, checked.
+        self.options = ManagerOptions(
+            max_longpoll_timeout_seconds=max_longpoll_timeout_seconds,
+            max_waiting_subscribers=max_waiting_subscribers,
+        )
         self.max_waiting_subscribers = max_waiting_subscribers
         self.max_longpoll_timeout_seconds = (
-            max_longpoll_timeout_seconds or _DEFAULT_MAX_TIMEOUT
+            max_longpoll_timeout_seconds or ManagerOptions.max_longpoll_timeout_seconds
         )
         if engine is None:
-            engine = _build_engine(
-                max_event_buffer_size, event_time_to_live_seconds or None,
-                delete_event_after_first_retrieval, persister, max_categories,
-                max_buffered_bytes, redis_url, redis_key_prefix,
-            )
-        elif (
-            (max_event_buffer_size, event_time_to_live_seconds,
-             delete_event_after_first_retrieval, persister, max_categories,
-             max_buffered_bytes, redis_url)
-            != (250, None, False, None, self.default_max_categories,
-                MemoryEngine.default_max_buffered_bytes, None)
-        ):
-            raise ValueError(
-                "engine= excludes the engine's options (max_event_buffer_size, "
-                "event_time_to_live_seconds, delete_event_after_first_retrieval, persister, "
-                "max_categories, max_buffered_bytes, redis_url): give them to the engine"
-            )
+            engine = _build_engine(engine_options, persister)
+        else:
+            given = [name for name, value in engine_options.items()
+                     if value != _ENGINE_OPTIONS[name].default]
+            if persister is not None:
+                given.append("persister")
+            if given:
+                raise ValueError(
+                    f"engine= excludes the engine's options ({', '.join(given)}): give "
+                    "them to the engine"
+                )
         #: Where the events are kept.
         self.engine: Engine = engine
         self._lock = _allocate_lock()
@@ -560,28 +589,18 @@ class LongpollManager:
         self.engine.close()
 
 
-def _build_engine(
-    max_event_buffer_size: int,
-    event_time_to_live_seconds: float | None,
-    delete_event_after_first_retrieval: bool,
-    persister: Persister | None,
-    max_categories: int,
-    max_buffered_bytes: int | None,
-    redis_url: str | None,
-    redis_key_prefix: str,
-) -> Engine:
-    """The engine that :class:`LongpollManager`'s golongpoll-style options describe."""
-    if redis_url is None:
-        return MemoryEngine(
-            max_event_buffer_size, event_time_to_live_seconds, max_categories, persister,
-            delete_event_after_first_retrieval, max_buffered_bytes,
-        )
+def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engine:
+    """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
+    (the engine options, by name)."""
+    if options["redis_url"] is None:
+        return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
+    redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:
         raise ValueError(
             "persister does not work with redis_url: Redis keeps the events "
             "(turn on its AOF for durability)"
         )
-    if delete_event_after_first_retrieval:
+    if options["delete_event_after_first_retrieval"]:
         raise ValueError("delete_event_after_first_retrieval does not work with redis_url")
     try:
         from .engines.redis import RedisEngine
@@ -589,7 +608,4 @@ def _build_engine(
         raise ImportError(
             "redis_url needs redis-py: pip install 'wsgi_longpoll[redis]'"
         ) from error
-    return RedisEngine(
-        redis_url, redis_key_prefix, max_event_buffer_size, event_time_to_live_seconds,
-        max_categories,
-    )
+    return RedisEngine(**asdict(redis_options))

@@ -1,4 +1,5 @@
-"""What the framework integrations share: running the middleware inside a view.
+"""What the framework integrations share: their options, and running the middleware
+inside a view.
 
 The views of :mod:`~wsgi_longpoll.contrib.flask` and :mod:`~wsgi_longpoll.contrib.django`
 hand the request to a :class:`~wsgi_longpoll.LongpollMiddleware`, so that their answers
@@ -6,31 +7,130 @@ hand the request to a :class:`~wsgi_longpoll.LongpollMiddleware`, so that their 
 middleware's byte for byte; its ``authorize_subscribe`` and ``authorize_publish`` ask the
 framework's authorization callbacks about each category. Under this package's server,
 a poll the middleware holds is parked by the server once the view has returned.
+
+Their options are :data:`CONFIG_OPTIONS`, under the same names as everywhere else
+(``LONGPOLL_<NAME>`` in Flask, ``settings.LONGPOLL["<NAME>"]`` in Django), read with
+:func:`read_configuration`.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ..manager import LongpollManager
-from ..wsgi.middleware import LongpollMiddleware
+from ..endpoints import EndpointOptions
+from ..engines.options import MemoryOptions, RedisOptions
+from ..manager import LongpollManager, ManagerOptions
+from ..options import Option, build, convert, options_of
+from ..wsgi.cors import CORSMiddleware, CORSOptions
+from ..wsgi.middleware import Authorize, LongpollMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 __all__ = [
+    "CONFIG_OPTIONS",
     "GEVENT_NEEDED",
     "MANAGER_OPTIONS",
     "Answer",
-    "manager_from_options",
+    "Configuration",
+    "read_configuration",
     "run_middleware",
+    "unknown_keys_error",
     "verdict",
     "warn_if_not_in_gevent",
 ]
+
+#: Every option an integration takes from its configuration, by name: the manager's,
+#: its engine's, the endpoints' and CORS's.
+CONFIG_OPTIONS = options_of(ManagerOptions, MemoryOptions, RedisOptions, EndpointOptions,
+                            CORSOptions)
+#: The options of the manager an integration builds: :class:`LongpollManager`'s keyword
+#: arguments.
+MANAGER_OPTIONS = options_of(ManagerOptions, MemoryOptions, RedisOptions)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """An integration's options, converted and checked (see :func:`read_configuration`)."""
+
+    #: Every option of :data:`CONFIG_OPTIONS`, by name.
+    values: dict[str, Any]
+    #: The endpoints' options.
+    endpoints: EndpointOptions
+    #: CORS's options (off while ``cors.origins`` is empty).
+    cors: CORSOptions
+
+    def manager(self) -> LongpollManager:
+        """A new manager, with the manager's and engine's options."""
+        return LongpollManager(**{name: self.values[name] for name in MANAGER_OPTIONS})
+
+    def application(
+        self,
+        manager: LongpollManager,
+        authorize_subscribe: Authorize,
+        authorize_publish: Authorize,
+        *,
+        paths: tuple[str, str] | None = None,
+        client_script_path: str | None = None,
+    ) -> tuple[LongpollMiddleware, WSGIApplication]:
+        """The middleware a view hands its requests to, and that middleware as the view
+        calls it: inside :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware` when origins are
+        allowed.
+
+        :param paths: the subscription and publish paths the middleware answers, where
+            the views' own differ from the options' (Django's views use fixed ones).
+        :param client_script_path: see :class:`~wsgi_longpoll.LongpollMiddleware`.
+        """
+        endpoints = asdict(self.endpoints)
+        if paths is not None:
+            endpoints.update(subscription_path=paths[0], publish_path=paths[1])
+        middleware = LongpollMiddleware(
+            _not_ours, manager, **endpoints, client_script_path=client_script_path,
+            authorize_subscribe=authorize_subscribe, authorize_publish=authorize_publish,
+        )
+        if not self.cors.origins:
+            return middleware, middleware
+        return middleware, CORSMiddleware.from_options(middleware, self.cors)
+
+
+def _not_ours(environ: object, start_response: object) -> list[bytes]:
+    raise RuntimeError("the long-poll views only hand over the long-poll paths")
+
+
+def read_configuration(given: Mapping[str, Any], label: Callable[[Option], str]) -> Configuration:
+    """The options *given* by their keys (:attr:`Option.key`, ``MAX_BODY_SIZE``), converted
+    (:func:`~wsgi_longpoll.options.convert`: a number given as a string becomes a number)
+    and checked, with the defaults of those not given.
+
+    :param label: what an option is called in the configuration (``LONGPOLL_MAX_BODY_SIZE``),
+        for the errors.
+    :raises ValueError: naming the option, for a value that is not of its type or out of
+        range, or options that do not go together.
+    """
+    values: dict[str, Any] = {
+        name: convert(item, given[item.key], label(item)) if item.key in given else item.default
+        for name, item in CONFIG_OPTIONS.items()
+    }
+    build(ManagerOptions, values)
+    build(RedisOptions if values["redis_url"] is not None else MemoryOptions, values)
+    return Configuration(values, build(EndpointOptions, values), build(CORSOptions, values))
+
+
+def unknown_keys_error(unknown: Iterable[str], known: Iterable[str], where: str) -> str:
+    """The message that refuses the configuration keys *unknown* of *where*, with the
+    known keys that come closest."""
+    known = sorted(known)
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return f"{where} has unknown keys: {', '.join(hints)}; the keys are {', '.join(known)}"
 
 #: What the integrations log, once, at the first long poll served outside gevent.
 GEVENT_NEEDED = (
@@ -79,8 +179,9 @@ class Answer:
         return b"".join(self.chunks)
 
 
-def run_middleware(middleware: LongpollMiddleware, environ: WSGIEnvironment) -> Answer:
-    """Call *middleware* with *environ*; its status and headers are known on return.
+def run_middleware(middleware: WSGIApplication, environ: WSGIEnvironment) -> Answer:
+    """Call *middleware* (a :class:`~wsgi_longpoll.LongpollMiddleware`, maybe inside
+    another) with *environ*; its status and headers are known on return.
 
     A stream's first chunk is read here, so that a middleware that calls
     ``start_response`` only when its iterator starts is handled too.
@@ -162,23 +263,3 @@ def warn_if_not_in_gevent(logger: logging.Logger) -> bool:
     _warned = True
     logger.warning(GEVENT_NEEDED)
     return True
-
-
-#: The manager's options each integration takes from its configuration, by their
-#: configuration names (``LONGPOLL_<name>`` in Flask, ``settings.LONGPOLL[<name>]``).
-MANAGER_OPTIONS = (
-    "MAX_LONGPOLL_TIMEOUT_SECONDS",
-    "MAX_EVENT_BUFFER_SIZE",
-    "EVENT_TIME_TO_LIVE_SECONDS",
-    "DELETE_EVENT_AFTER_FIRST_RETRIEVAL",
-    "MAX_CATEGORIES",
-    "MAX_WAITING_SUBSCRIBERS",
-    "REDIS_URL",
-    "REDIS_KEY_PREFIX",
-)
-
-
-def manager_from_options(options: Any, prefix: str = "") -> LongpollManager:
-    """A :class:`LongpollManager` built from the :data:`MANAGER_OPTIONS` of the mapping
-    *options*, each looked up as *prefix* + its name."""
-    return LongpollManager(**{name.lower(): options[prefix + name] for name in MANAGER_OPTIONS})

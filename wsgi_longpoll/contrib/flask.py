@@ -24,33 +24,26 @@ The subscription and publish paths are URL rules of a blueprint named ``longpoll
 :class:`~wsgi_longpoll.LongpollMiddleware`'s, byte for byte: the views hand the request to
 one.
 
-Configuration (``app.config``; the manager options are ignored when a manager is given):
+Configuration (``app.config``; the manager's and engine's options are ignored when a
+manager is given): every option of the package under its one name, as
+``LONGPOLL_<NAME>`` (see the README's options table and :data:`DEFAULTS`), e.g.
 
-``LONGPOLL_SUBSCRIPTION_PATH``
-    The subscription URL (GET), default ``"/events"``; ``None`` registers none.
-``LONGPOLL_PUBLISH_PATH``
-    The publish URL (POST), default ``"/publish"``; ``None`` registers none (publish
-    from Python with :meth:`LongPoll.publish`).
-``LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS``
-    The longest ``timeout`` a subscriber may ask for, default 110.
-``LONGPOLL_MAX_EVENT_BUFFER_SIZE``
-    How many events each category keeps, default 250.
-``LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS``
-    How long an event is served, default ``None`` (for ever).
-``LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL``
-    Remove an event once served, default ``False``.
-``LONGPOLL_MAX_CATEGORIES``, ``LONGPOLL_MAX_WAITING_SUBSCRIBERS``
-    The manager's capacity limits (defaults: :class:`~wsgi_longpoll.LongpollManager`'s).
-``LONGPOLL_REDIS_URL``, ``LONGPOLL_REDIS_KEY_PREFIX``
-    Keep the events in Redis (extra ``[redis]``), shared by every worker; default ``None``
-    (in this process's memory) and ``"wsgi_longpoll:"``.
-``LONGPOLL_MAX_BODY_SIZE``
-    The largest publish body, in bytes, default 1 MiB.
-``LONGPOLL_MAX_CATEGORIES_PER_REQUEST``
-    How many categories one subscribe may name, default 16.
+``LONGPOLL_SUBSCRIPTION_PATH``, ``LONGPOLL_PUBLISH_PATH``
+    The subscription URL (GET) and the publish URL (POST); ``None`` registers none
+    (publish from Python with :meth:`LongPoll.publish`).
+``LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS``, ``LONGPOLL_MAX_EVENT_BUFFER_SIZE``, ...
+    The manager's and its engine's options; ``LONGPOLL_REDIS_URL`` keeps the events in
+    Redis (extra ``[redis]``), shared by every worker.
+``LONGPOLL_CORS_ORIGINS``, ``LONGPOLL_CORS_ALLOW_HEADERS``, ...
+    Let pages of other origins subscribe and publish (see
+    :class:`~wsgi_longpoll.wsgi.cors.CORSOptions`).
 ``LONGPOLL_CLIENT_SCRIPT_PATH``
     Serve the browser client (ES module) at this path and ``longpoll.global.js`` beside
-    it, default ``None`` (not served).
+    it, default ``None`` (not served); the one key of Flask's own.
+
+A value given as a string (from the environment, say) is converted to the option's type,
+and :meth:`LongPoll.init_app` refuses, naming the key, a value that does not fit and a
+``LONGPOLL_*`` key it does not know.
 
 Serve the application with ``gunicorn -k wsgi_longpoll.server.gunicorn.LongpollWorker``:
 the views decide, and the server parks the polls they hold on their sockets (the hold
@@ -66,7 +59,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     from flask import Blueprint, Flask, Response, current_app, has_app_context, request
@@ -77,8 +70,20 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from ..event import Event
 from ..manager import LongpollManager
+from ..options import Option
 from ..wsgi.middleware import LongpollMiddleware
-from ._common import manager_from_options, run_middleware, verdict, warn_if_not_in_gevent
+from ._common import (
+    CONFIG_OPTIONS,
+    Configuration,
+    read_configuration,
+    run_middleware,
+    unknown_keys_error,
+    verdict,
+    warn_if_not_in_gevent,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["LongPoll"]
 
@@ -87,20 +92,11 @@ logger = logging.getLogger(__name__)
 #: The name under ``app.extensions`` and of the blueprint.
 EXTENSION_NAME = "longpoll"
 
-#: Every configuration key and its default.
+#: The prefix of every configuration key.
+PREFIX = "LONGPOLL_"
+#: Every configuration key and its default: each option's, and Flask's own.
 DEFAULTS: dict[str, Any] = {
-    "LONGPOLL_SUBSCRIPTION_PATH": "/events",
-    "LONGPOLL_PUBLISH_PATH": "/publish",
-    "LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS": 110,
-    "LONGPOLL_MAX_EVENT_BUFFER_SIZE": 250,
-    "LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS": None,
-    "LONGPOLL_DELETE_EVENT_AFTER_FIRST_RETRIEVAL": False,
-    "LONGPOLL_MAX_CATEGORIES": LongpollManager.default_max_categories,
-    "LONGPOLL_MAX_WAITING_SUBSCRIBERS": LongpollManager.default_max_waiting_subscribers,
-    "LONGPOLL_REDIS_URL": None,
-    "LONGPOLL_REDIS_KEY_PREFIX": "wsgi_longpoll:",
-    "LONGPOLL_MAX_BODY_SIZE": LongpollMiddleware.default_max_body_size,
-    "LONGPOLL_MAX_CATEGORIES_PER_REQUEST": LongpollMiddleware.default_max_categories_per_request,
+    **{PREFIX + item.key: item.default for item in CONFIG_OPTIONS.values()},
     "LONGPOLL_CLIENT_SCRIPT_PATH": None,
 }
 
@@ -115,15 +111,30 @@ F = TypeVar("F", bound=Authorizer)
 class _AppState:
     manager: LongpollManager
     middleware: LongpollMiddleware
+    #: What the views call: the middleware, inside CORS's when origins are allowed.
+    application: WSGIApplication
 
 
-def _not_ours(environ: object, start_response: object) -> list[bytes]:
-    raise RuntimeError("the long-poll views are only routed the long-poll paths")
+def _key(item: Option) -> str:
+    return PREFIX + item.key
+
+
+def read_config(config: dict[str, Any]) -> Configuration:
+    """The options of the ``LONGPOLL_*`` keys of *config*, converted and checked.
+
+    :raises ValueError: naming the key, for an unknown key, or a value that is not of its
+        option's type or out of range.
+    """
+    unknown = [key for key in config if key.startswith(PREFIX) and key not in DEFAULTS]
+    if unknown:
+        raise ValueError(unknown_keys_error(unknown, DEFAULTS, "app.config"))
+    given = {key[len(PREFIX):]: value for key, value in config.items() if key in DEFAULTS}
+    return read_configuration(given, _key)
 
 
 def manager_from_config(config: dict[str, Any]) -> LongpollManager:
     """A :class:`LongpollManager` built from the ``LONGPOLL_*`` keys of *config*."""
-    return manager_from_options(config, "LONGPOLL_")
+    return read_config(config).manager()
 
 
 class LongPoll:
@@ -148,24 +159,19 @@ class LongPoll:
     def init_app(self, app: Flask) -> None:
         """Register the long-poll views on *app*, with its ``LONGPOLL_*`` configuration.
 
-        :raises ValueError: if the configuration is invalid (e.g. both paths equal).
+        :raises ValueError: naming the key, for an unknown ``LONGPOLL_*`` key, a value
+            that is not of its option's type or out of range (a number given as a string
+            is converted), or options that do not go together (e.g. both paths equal).
         """
+        configuration = read_config(app.config)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        manager = self._manager if self._manager is not None else manager_from_config(app.config)
-        subscription_path = app.config["LONGPOLL_SUBSCRIPTION_PATH"]
-        publish_path = app.config["LONGPOLL_PUBLISH_PATH"]
+        manager = self._manager if self._manager is not None else configuration.manager()
+        subscription_path = configuration.endpoints.subscription_path
+        publish_path = configuration.endpoints.publish_path
         script_path = app.config["LONGPOLL_CLIENT_SCRIPT_PATH"]
-        max_categories = app.config["LONGPOLL_MAX_CATEGORIES_PER_REQUEST"]
-        middleware = LongpollMiddleware(
-            _not_ours,
-            manager,
-            subscription_path,
-            publish_path,
-            authorize_subscribe=self._check_subscribe,
-            authorize_publish=self._check_publish,
-            max_body_size=app.config["LONGPOLL_MAX_BODY_SIZE"],
-            max_categories_per_request=max_categories,
+        middleware, application = configuration.application(
+            manager, self._check_subscribe, self._check_publish,
             client_script_path=script_path,
         )
         blueprint = Blueprint(EXTENSION_NAME, __name__)
@@ -182,7 +188,7 @@ class LongPoll:
             blueprint.add_url_rule(global_path, "client_script", self._view,
                                    methods=["GET", "HEAD"])
         app.register_blueprint(blueprint)
-        self._apps[app] = _AppState(manager, middleware)
+        self._apps[app] = _AppState(manager, middleware, application)
         app.extensions[EXTENSION_NAME] = self
 
     # -- the manager ------------------------------------------------------------------
@@ -263,8 +269,11 @@ class LongPoll:
             warn_if_not_in_gevent(logger)
         if request.url_rule is not None and environ.get("PATH_INFO") != request.url_rule.rule:
             environ = {**environ, "PATH_INFO": request.url_rule.rule}
-        answer = run_middleware(state.middleware, environ)
+        answer = run_middleware(state.application, environ)
         # A Server-Sent Events stream goes on after the view returns, without the
         # request context (it needs only the manager).
-        return current_app.response_class(answer.chunks, status=answer.status,
-                                          headers=answer.headers)
+        response = current_app.response_class(answer.chunks, status=answer.status,
+                                              headers=answer.headers)
+        if not any(name.lower() == "content-type" for name, _ in answer.headers):
+            del response.headers["Content-Type"]  # Flask's default: a CORS preflight's 204
+        return response

@@ -25,7 +25,6 @@ __all__ = [
     "Position",
     "ReadResult",
     "WatchCounts",
-    "check_engine_options",
     "merge_by_position",
 ]
 
@@ -50,21 +49,6 @@ def merge_by_position(
 
 def _position(entry: tuple[Position, Event]) -> Position:
     return entry[0]
-
-
-def check_engine_options(
-    max_event_buffer_size: int, event_time_to_live_seconds: float | None, max_categories: int
-) -> None:
-    """Refuse, by name, the options every engine shares when they make no sense.
-
-    :raises ValueError: naming the option.
-    """
-    if max_event_buffer_size < 1:
-        raise ValueError("max_event_buffer_size must be at least 1")
-    if event_time_to_live_seconds is not None and event_time_to_live_seconds < 0:
-        raise ValueError("event_time_to_live_seconds must be None, 0 (both: for ever) or more")
-    if max_categories < 1:
-        raise ValueError("max_categories must be at least 1")
 
 
 class WatchCounts:

@@ -23,10 +23,10 @@ from .base import (
     Position,
     ReadResult,
     WatchCounts,
-    check_engine_options,
     merge_by_position,
 )
 from .buffer import EventBuffer, Floor, missed
+from .options import MemoryOptions
 
 __all__ = ["MemoryEngine", "Persister"]
 
@@ -77,9 +77,11 @@ class MemoryEngine(Engine):
     lock held, so that storing an event and delivering it is one step and deliveries
     follow publish order.
 
+    The options are :class:`~.options.MemoryOptions`' (and their defaults):
+
     :param max_event_buffer_size: events kept per category.
-    :param event_time_to_live_seconds: events older than this are dropped; ``None`` keeps
-        them.
+    :param event_time_to_live_seconds: events older than this are dropped; ``None`` (or
+        ``0``) keeps them.
     :param max_categories: how many categories may hold events at once. A new category
         beyond it pushes out the category published to least recently that nobody waits
         on (its subscribers resume with the gap signal); only when every category has
@@ -96,22 +98,28 @@ class MemoryEngine(Engine):
     #: How often, at most, every category is swept for expired events, in ms.
     sweep_interval_ms = 1000
     #: The default ``max_buffered_bytes``: 256 MiB.
-    default_max_buffered_bytes = 256 * 1024 * 1024
+    default_max_buffered_bytes = MemoryOptions.max_buffered_bytes
     #: How many idempotency keys are remembered at most (the oldest are forgotten first).
     max_idempotency_keys = 100_000
 
     def __init__(
         self,
-        max_event_buffer_size: int = 250,
-        event_time_to_live_seconds: float | None = None,
-        max_categories: int = 100_000,
+        max_event_buffer_size: int = MemoryOptions.max_event_buffer_size,
+        event_time_to_live_seconds: float | None = MemoryOptions.event_time_to_live_seconds,
+        max_categories: int = MemoryOptions.max_categories,
         persister: Persister | None = None,
-        delete_event_after_first_retrieval: bool = False,
-        max_buffered_bytes: int | None = default_max_buffered_bytes,
+        delete_event_after_first_retrieval: bool = (
+            MemoryOptions.delete_event_after_first_retrieval),
+        max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
     ) -> None:
-        check_engine_options(max_event_buffer_size, event_time_to_live_seconds, max_categories)
-        if max_buffered_bytes is not None and max_buffered_bytes < 1:
-            raise ValueError("max_buffered_bytes must be None or at least 1")
+        #: The engine's options, checked.
+        self.options = MemoryOptions(
+            max_event_buffer_size=max_event_buffer_size,
+            event_time_to_live_seconds=event_time_to_live_seconds,
+            max_categories=max_categories,
+            delete_event_after_first_retrieval=delete_event_after_first_retrieval,
+            max_buffered_bytes=max_buffered_bytes,
+        )
         self.max_buffered_bytes = max_buffered_bytes
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None

@@ -47,9 +47,9 @@ from .base import (
     Position,
     ReadResult,
     WatchCounts,
-    check_engine_options,
     merge_by_position,
 )
+from .options import RedisOptions
 
 __all__ = ["RedisEngine", "cut_batch", "event_id", "stream_position"]
 
@@ -199,6 +199,8 @@ def _in_hub_greenlet() -> bool:
 class RedisEngine(Engine):
     """Events in Redis Streams, one stream per category, shared by many processes.
 
+    The options are :class:`~.options.RedisOptions`' (and their defaults):
+
     :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``; its query may set
         ``socket_timeout`` and ``socket_connect_timeout`` (default: :attr:`socket_timeout`).
     :param key_prefix: put before every key, so that several applications share one Redis.
@@ -220,12 +222,18 @@ class RedisEngine(Engine):
     def __init__(
         self,
         url: str,
-        key_prefix: str = "wsgi_longpoll:",
-        max_event_buffer_size: int = 250,
-        event_time_to_live_seconds: float | None = None,
-        max_categories: int = 100_000,
+        key_prefix: str = RedisOptions.key_prefix,
+        max_event_buffer_size: int = RedisOptions.max_event_buffer_size,
+        event_time_to_live_seconds: float | None = RedisOptions.event_time_to_live_seconds,
+        max_categories: int = RedisOptions.max_categories,
     ) -> None:
-        check_engine_options(max_event_buffer_size, event_time_to_live_seconds, max_categories)
+        #: The engine's options, checked.
+        self.options = RedisOptions(
+            url=url, key_prefix=key_prefix, max_event_buffer_size=max_event_buffer_size,
+            event_time_to_live_seconds=event_time_to_live_seconds, max_categories=max_categories,
+        )
+        if url is None:
+            raise TypeError("RedisEngine needs the URL of a Redis")
         self.url = url
         self.key_prefix = key_prefix
         self.max_event_buffer_size = max_event_buffer_size

@@ -28,10 +28,12 @@ from gevent.hub import Waiter
 from gevent.monkey import is_module_patched
 from gevent.pool import Pool
 
-from ..engines.memory import MemoryEngine
-from ..manager import LongpollManager
+from ..endpoints import EndpointOptions
+from ..engines.options import MemoryOptions, RedisOptions
+from ..manager import LongpollManager, ManagerOptions
+from ..options import at_least, check_options, more_than, option, option_from, subset
 from ..wsgi.answers import not_found
-from ..wsgi.cors import CORSMiddleware
+from ..wsgi.cors import CORSMiddleware, CORSOptions
 from ..wsgi.middleware import Hook, LongpollMiddleware
 from ..wsgi.monitoring import MonitoringMiddleware
 from .http import HTTPServer, Limits
@@ -65,13 +67,26 @@ class ServerInfo:
     :param handler_to_run_before_subscription: a hook run before each subscribe request.
     :param publish_uri: the path of the publish endpoint (POST).
     :param handler_to_run_before_publish: a hook run before each publish request.
+
+    *timeout_seconds*, *subscription_uri* and *publish_uri* are the seed's names of the
+    options ``max_longpoll_timeout_seconds``, ``subscription_path`` and ``publish_path``
+    (:class:`~wsgi_longpoll.manager.ManagerOptions`,
+    :class:`~wsgi_longpoll.endpoints.EndpointOptions`), with their defaults.
     """
 
     address: str = ":8080"
-    timeout_seconds: int = 110
-    subscription_uri: str = "/events"
+    timeout_seconds: int = option_from(
+        ManagerOptions, "max_longpoll_timeout_seconds", name="timeout_seconds",
+        aliases=["--max-longpoll-timeout-seconds"],
+    )
+    subscription_uri: str = option_from(
+        EndpointOptions, "subscription_path", name="subscription_uri",
+        aliases=["--subscription-path"],
+    )
     handler_to_run_before_subscription: Hook | None = None
-    publish_uri: str = "/publish"
+    publish_uri: str = option_from(
+        EndpointOptions, "publish_path", name="publish_uri", aliases=["--publish-path"],
+    )
     handler_to_run_before_publish: Hook | None = None
 
 
@@ -166,25 +181,42 @@ class ServerOptions:
     """Every option of :class:`Server` but where it listens (that is :class:`ServerInfo`).
 
     ``Server(**fields)`` and ``Server(ServerOptions(...))`` are the same; the command line
-    (``wsgi-longpoll serve``) takes its defaults from here.
+    (``wsgi-longpoll serve``) is made from its fields. Most are the options of the parts
+    the server is made of, copied with their defaults, checks and help: the engine's
+    (:class:`~wsgi_longpoll.engines.MemoryOptions`,
+    :class:`~wsgi_longpoll.engines.RedisOptions`), the manager's
+    (:class:`~wsgi_longpoll.manager.ManagerOptions`), the endpoints'
+    (:class:`~wsgi_longpoll.endpoints.EndpointOptions`) and CORS's
+    (:class:`~wsgi_longpoll.wsgi.cors.CORSOptions`, each with a ``cors_`` prefix).
 
     :param max_event_buffer_size: events kept per category.
     :param event_time_to_live_seconds: events older than this are never served;
         ``None`` keeps them for ever.
     :param delete_event_after_first_retrieval: remove events once served.
-    :param max_body_size: the largest publish body accepted, in bytes.
-    :param max_categories_per_request: how many categories one subscribe may name (the
-        ``categories`` extension).
-    :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
     :param max_categories: categories that may hold events at once (a new one pushes out
         the one idle longest that nobody waits on; only when all have subscribers: 503).
     :param max_buffered_bytes: the most bytes of events held in memory (the oldest of all
         go first); ``None``: no bound. Not used with Redis.
+    :param redis_url: keep the events in Redis at this URL, shared with every other
+        server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
+    :param redis_key_prefix: put before every Redis key, so that several applications
+        share one Redis.
+    :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
+        ``None``, the server's default: derived from the open-files limit (see
+        :func:`default_max_waiting`).
+    :param max_body_size: the largest publish body accepted, in bytes.
+    :param max_categories_per_request: how many categories one subscribe may name (the
+        ``categories`` extension).
     :param sse_keepalive_seconds: how often an idle Server-Sent Events stream gets a
         keep-alive comment.
     :param sse_retry_ms: the ``retry:`` a stream tells browsers to wait before reconnecting.
-    :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
-        ``None``: derived from the open-files limit (see :func:`default_max_waiting`).
+    :param cors_origins: origins whose pages may use the endpoints across origins
+        (see :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware`); empty: none.
+    :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
+    :param cors_allow_headers: the request headers those pages may send; ``"*"``: any a
+        preflight asks for.
+    :param cors_max_age: seconds a browser may cache the answer to a preflight.
+    :param access_log: log each request to the ``wsgi_longpoll.access`` logger.
     :param header_timeout: seconds a client has to send its request line and headers,
         counted from the connection or the end of the previous response (so also the
         longest a keep-alive connection may idle); ``None``: no limit.
@@ -192,54 +224,80 @@ class ServerOptions:
         are in (else 408); ``None``: no limit.
     :param max_request_body_size: the largest body of a request to *app*, in bytes
         (read whole before the application runs; larger: 413).
-    :param cors_origins: origins whose pages may use the endpoints across origins
-        (see :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware`); empty: none.
-    :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
     :param stats_path: serve the statistics as JSON at this path
         (see :class:`~wsgi_longpoll.wsgi.monitoring.MonitoringMiddleware`); ``None``: off.
     :param metrics_path: serve the statistics in the Prometheus text format here.
     :param health_path: serve a health check for load balancers here.
     :param before_stats: a hook run before the statistics and metrics are answered.
-    :param redis_url: keep the events in Redis at this URL, shared with every other
-        server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
-    :param redis_key_prefix: put before every Redis key, so that several applications
-        share one Redis.
     :param app: the WSGI application that answers every other path (default: 404).
+    :raises TypeError: naming the option, for a value of the wrong type.
+    :raises ValueError: naming the option, for an invalid value.
     """
 
-    max_event_buffer_size: int = 250
-    event_time_to_live_seconds: float | None = None
-    delete_event_after_first_retrieval: bool = False
-    max_body_size: int = LongpollMiddleware.default_max_body_size
-    max_categories_per_request: int = LongpollMiddleware.default_max_categories_per_request
-    access_log: bool = True
-    max_categories: int = LongpollManager.default_max_categories
-    max_buffered_bytes: int | None = MemoryEngine.default_max_buffered_bytes
-    sse_keepalive_seconds: float = LongpollMiddleware.default_sse_keepalive_seconds
-    sse_retry_ms: int = LongpollMiddleware.default_sse_retry_ms
-    max_waiting_subscribers: int | None = None
-    header_timeout: float | None = 30
-    body_timeout: float | None = 30
-    max_request_body_size: int = 16 * 1024 * 1024
-    cors_origins: tuple[str, ...] = ()
-    cors_allow_credentials: bool = False
-    stats_path: str | None = None
-    metrics_path: str | None = None
-    health_path: str | None = None
+    # The engine's.
+    max_event_buffer_size: int = option_from(MemoryOptions, "max_event_buffer_size")
+    event_time_to_live_seconds: float | None = option_from(
+        MemoryOptions, "event_time_to_live_seconds")
+    delete_event_after_first_retrieval: bool = option_from(
+        MemoryOptions, "delete_event_after_first_retrieval")
+    max_categories: int = option_from(MemoryOptions, "max_categories")
+    max_buffered_bytes: int | None = option_from(MemoryOptions, "max_buffered_bytes")
+    redis_url: str | None = option_from(RedisOptions, "url")
+    redis_key_prefix: str = option_from(RedisOptions, "key_prefix")
+    # The endpoints'.
+    max_body_size: int = option_from(EndpointOptions, "max_body_size")
+    max_categories_per_request: int = option_from(EndpointOptions, "max_categories_per_request")
+    sse_keepalive_seconds: float = option_from(EndpointOptions, "sse_keepalive_seconds")
+    sse_retry_ms: int = option_from(EndpointOptions, "sse_retry_ms")
+    # CORS's.
+    cors_origins: tuple[str, ...] = option_from(CORSOptions, "origins")
+    cors_allow_credentials: bool = option_from(CORSOptions, "allow_credentials")
+    cors_allow_headers: tuple[str, ...] = option_from(CORSOptions, "allow_headers")
+    cors_max_age: int = option_from(CORSOptions, "max_age")
+    # The server's own.
+    max_waiting_subscribers: int | None = option(
+        None, check=at_least(1),
+        help="subscribers that may wait at once (more: 503); None: the open-files limit "
+        "(ulimit -n) less some headroom, at most the manager's default",
+    )
+    access_log: bool = option(True, help="log each request")
+    header_timeout: float | None = option(
+        30.0, check=more_than(0), zero_means_none=True,
+        help="seconds a client has to send its request line and headers, also the longest "
+        "a keep-alive connection may idle (0 or None: no limit)",
+    )
+    body_timeout: float | None = option(
+        30.0, check=more_than(0), zero_means_none=True,
+        help="seconds a client has to send a request body once its headers are in "
+        "(longer: 408; 0 or None: no limit)",
+    )
+    max_request_body_size: int = option(
+        16 * 1024 * 1024, check=at_least(0),
+        help="the largest body of a request to any other path, in bytes (larger: 413)",
+    )
+    stats_path: str | None = option(
+        None, metavar="PATH", help="serve statistics as JSON at this path, e.g. /stats; "
+        "None: off",
+    )
+    metrics_path: str | None = option(
+        None, metavar="PATH", help="serve statistics in the Prometheus text format at this "
+        "path, e.g. /metrics; None: off",
+    )
+    health_path: str | None = option(
+        None, metavar="PATH", help="serve a health check for load balancers at this path, "
+        "e.g. /healthz; None: off",
+    )
+    # Python objects, not options.
     before_stats: Hook | None = None
-    redis_url: str | None = None
-    redis_key_prefix: str = "wsgi_longpoll:"
     app: WSGIApplication | None = None
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be more than 0, or None")
-        if self.max_request_body_size < 0:
-            raise ValueError("max_request_body_size must be 0 or more")
-        if not isinstance(self.cors_origins, tuple):
-            object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        check_options(self)
+        self.cors_options()  # the checks across options
+
+    def cors_options(self) -> CORSOptions:
+        """The CORS options, as a :class:`~wsgi_longpoll.wsgi.cors.CORSOptions`."""
+        return subset(self, CORSOptions)
 
 
 class Server:
@@ -380,10 +438,8 @@ class Server:
         native = True
         if options.cors_origins:
             paths = [path for path in (info.subscription_uri, info.publish_uri) if path]
-            application = CORSMiddleware(
-                application, list(options.cors_origins),
-                allow_credentials=options.cors_allow_credentials, paths=paths,
-            )
+            application = CORSMiddleware.from_options(
+                application, options.cors_options(), paths=paths)
             native = False
         return LongpollRouter(middleware, WSGIBridge(application),
                               options.max_request_body_size, native=native)

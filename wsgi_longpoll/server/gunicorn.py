@@ -30,6 +30,7 @@ from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unuse
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped,unused-ignore]
 
 from ..wsgi.middleware import LongpollMiddleware
+from . import ServerOptions
 from .http import HTTPServer, Limits
 from .lifecycle import stop_serving
 from .longpoll import LongpollRouter
@@ -76,9 +77,11 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
     """
 
     #: The largest body of a request to the application (read whole before it runs).
-    max_request_body_size = 16 * 1024 * 1024
+    max_request_body_size = ServerOptions.max_request_body_size
     #: Seconds a client has for its request line and headers (and a keep-alive idle).
-    header_timeout = 30.0
+    header_timeout = ServerOptions.header_timeout
+    #: Seconds a client has for a request body once its headers are in.
+    body_timeout = ServerOptions.body_timeout
 
     def _router(self) -> LongpollRouter:
         cfg = self.cfg
@@ -109,7 +112,8 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
         fields = cfg.limit_request_fields or 32768
         field_size = cfg.limit_request_field_size or 65536
         return Limits(
-            header_timeout=max(float(cfg.keepalive), self.header_timeout),
+            header_timeout=max(float(cfg.keepalive), self.header_timeout or 0) or None,
+            body_timeout=self.body_timeout,
             max_request_line=cfg.limit_request_line or 65536,
             max_header_count=fields,
             max_header_bytes=min(fields * field_size, 1024 * 1024),

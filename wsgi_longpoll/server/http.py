@@ -116,15 +116,20 @@ class Router(Protocol):
 
 
 class Limits:
-    """The connection limits of an :class:`HTTPServer`."""
+    """The connection limits of an :class:`HTTPServer`.
+
+    :param header_timeout: seconds for a request line and headers (and a keep-alive idle);
+        ``None``: no limit.
+    :param body_timeout: seconds for a body once its headers are in; ``None``: no limit.
+    """
 
     __slots__ = ("header_timeout", "body_timeout", "max_request_line", "max_header_bytes",
                  "max_header_count")
 
     def __init__(
         self,
-        header_timeout: float | None = 30,
-        body_timeout: float | None = 30,
+        header_timeout: float | None,
+        body_timeout: float | None,
         max_request_line: int = 8192,
         max_header_bytes: int = 65536,
         max_header_count: int = 100,
@@ -412,14 +417,14 @@ class Connection:
 class HTTPServer(StreamServer):  # type: ignore[misc]
     """A gevent ``StreamServer`` whose connections speak HTTP/1.1 to a :class:`Router`."""
 
-    def __init__(self, listener: Any, router: Router, limits: Limits | None = None,
+    def __init__(self, listener: Any, router: Router, limits: Limits,
                  *, access_log: bool = False, spawn: Any = "default") -> None:
         # A long accept queue: a burst of connections (thousands of subscribers coming
         # back at once) must not meet dropped SYNs and a second's retransmission.
         backlog = 4096 if isinstance(listener, tuple) else None
         super().__init__(listener, backlog=backlog, spawn=spawn)
         self.router = router
-        self.limits = limits or Limits()
+        self.limits = limits
         self.access_log = access_log
         self.closing = False
         self.connections: set[Connection] = set()

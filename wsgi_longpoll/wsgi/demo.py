@@ -31,12 +31,13 @@ import html
 import importlib.resources
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Response
 
+from ..endpoints import EndpointOptions
 from .answers import not_found
 
 if TYPE_CHECKING:
@@ -77,8 +78,8 @@ class DemoApp:
 
     def __init__(
         self,
-        subscription_path: str = "/events",
-        publish_path: str = "/publish",
+        subscription_path: str = cast(str, EndpointOptions.subscription_path),
+        publish_path: str = cast(str, EndpointOptions.publish_path),
         category: str = "chat",
         timeout_seconds: int = 45,
         app: WSGIApplication | None = None,

@@ -149,23 +149,26 @@ class LongpollMiddleware:
         before it gets a ``: keep-alive`` comment, so that proxies keep it open.
     :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
         waits before it reconnects once the stream ends.
+
+    The options but the hooks and *client_script_path* are
+    :class:`~wsgi_longpoll.endpoints.EndpointOptions`', with its defaults and checks.
     """
 
     #: The default ``max_body_size``: 1 MiB.
-    default_max_body_size = 1024 * 1024
+    default_max_body_size = EndpointOptions.max_body_size
     #: The default ``max_categories_per_request``.
-    default_max_categories_per_request = 16
+    default_max_categories_per_request = EndpointOptions.max_categories_per_request
     #: The default ``sse_keepalive_seconds``.
-    default_sse_keepalive_seconds = 15.0
+    default_sse_keepalive_seconds = EndpointOptions.sse_keepalive_seconds
     #: The default ``sse_retry_ms``.
-    default_sse_retry_ms = 2000
+    default_sse_retry_ms = EndpointOptions.sse_retry_ms
 
     def __init__(
         self,
         app: WSGIApplication,
         manager: LongpollManager,
-        subscription_path: str | None = "/events",
-        publish_path: str | None = "/publish",
+        subscription_path: str | None = EndpointOptions.subscription_path,
+        publish_path: str | None = EndpointOptions.publish_path,
         *,
         before_subscription: Hook | None = None,
         before_publish: Hook | None = None,

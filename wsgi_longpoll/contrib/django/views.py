@@ -16,7 +16,7 @@ other POST.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -24,14 +24,17 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from ...protocol import error_body
-from ...wsgi.middleware import LongpollMiddleware
 from .._common import Answer, run_middleware, warn_if_not_in_gevent
 from .conf import LongpollSettings, UserHook, current
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["publish", "subscribe"]
 
 logger = logging.getLogger(__name__)
 
+# The paths the views give the middleware, wherever the URLconf put them.
 _SUBSCRIPTION_PATH = "/events"
 _PUBLISH_PATH = "/publish"
 
@@ -39,16 +42,17 @@ _PUBLISH_PATH = "/publish"
 #: Where the views put ``request.user`` for the authorization hooks.
 _USER_KEY = "wsgi_longpoll.django.user"
 
-_built: tuple[LongpollSettings, Any, LongpollMiddleware] | None = None
+_built: tuple[LongpollSettings, Any, WSGIApplication] | None = None
 
 
-def _middleware(loaded: LongpollSettings, manager: Any) -> LongpollMiddleware:
-    """The middleware the views hand requests to, built once per settings and manager."""
+def _application(loaded: LongpollSettings, manager: Any) -> WSGIApplication:
+    """The middleware the views hand their requests to (inside CORS's when configured),
+    built once per settings and manager; it answers the fixed paths the views give it,
+    wherever the URLconf put them."""
     global _built
     built = _built
     if built is not None and built[0] is loaded and built[1] is manager:
         return built[2]
-    options = loaded.options
     can_read, can_publish = loaded.can_read_category, loaded.can_publish
 
     def may_read(request: Any, category: str) -> bool:
@@ -58,18 +62,12 @@ def _middleware(loaded: LongpollSettings, manager: Any) -> LongpollMiddleware:
         return can_publish is not None and _checked(can_publish, request.environ[_USER_KEY],
                                                     category)
 
-    middleware = LongpollMiddleware(
-        _not_ours,
-        manager,
-        _SUBSCRIPTION_PATH,
-        _PUBLISH_PATH,
-        authorize_subscribe=may_read,
-        authorize_publish=may_publish,
-        max_body_size=options["MAX_BODY_SIZE"],
-        max_categories_per_request=options["MAX_CATEGORIES_PER_REQUEST"],
-    )
-    _built = (loaded, manager, middleware)
-    return middleware
+    application = loaded.configuration.application(
+        manager, may_read, may_publish,
+        paths=(_SUBSCRIPTION_PATH, _PUBLISH_PATH),
+    )[1]
+    _built = (loaded, manager, application)
+    return application
 
 
 def _checked(hook: UserHook, user: Any, category: str) -> bool:
@@ -79,15 +77,11 @@ def _checked(hook: UserHook, user: Any, category: str) -> bool:
     return verdict
 
 
-def _not_ours(environ: object, start_response: object) -> list[bytes]:
-    raise RuntimeError("the long-poll views only hand over the long-poll paths")
-
-
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request,
                _USER_KEY: getattr(request, "user", None)}
-    return _response(run_middleware(_middleware(loaded, manager), environ))
+    return _response(run_middleware(_application(loaded, manager), environ))
 
 
 def _response(answer: Answer) -> HttpResponseBase:
@@ -97,6 +91,8 @@ def _response(answer: Answer) -> HttpResponseBase:
                                          reason=answer.reason)
     else:
         response = HttpResponse(answer.body, status=answer.status_code, reason=answer.reason)
+    if not any(name.lower() == "content-type" for name, _ in answer.headers):
+        del response["Content-Type"]  # Django's default: a CORS preflight's 204
     for name, value in answer.headers:
         response[name] = value
     return response
