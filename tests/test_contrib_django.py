@@ -133,6 +133,15 @@ def subscribe(test_client: Any, query: str) -> Any:
     return test_client.get(f"/longpoll/events?timeout=1&{query}")
 
 
+def test_the_test_client_is_not_taken_for_several_processes(project: None) -> None:
+    """Django's test client says ``wsgi.multiprocess`` in every environ; the views run in
+    this process all the same, and the in-memory manager must not refuse them."""
+    test_client = client("ann")
+    assert test_client.get("/longpoll/events").wsgi_request.META["wsgi.multiprocess"]
+    answer = subscribe(test_client, "category=user-ann")
+    assert answer.status_code == 200 and "timeout" in answer.json()
+
+
 def test_subscribe_authorized_by_logged_in_user(project: None) -> None:
     assert subscribe(client(), "category=user-ann").status_code == 403
     ann = client("ann")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ manager = LongpollManager()
 
 
 def hello(environ, start_response):
-    if environ["PATH_INFO"] == "/waiting":
+    if environ["PATH_INFO"] == "/waiting":  # how many polls wait: the tests wait for them
         body = str(manager.waiting_count()).encode()
     else:
         body = b"hello " + environ["PATH_INFO"].encode()
@@ -44,6 +48,65 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+TESTS = Path(__file__).resolve().parent
+WORKER = "wsgi_longpoll.server.gunicorn.LongpollWorker"
+#: The longest a test waits for gunicorn to start, stop or answer.
+WAIT_SECONDS = 30
+#: The applications, by name: (module:variable, the path of their subscription).
+APPS = {
+    "middleware": ("longpoll_app:application", "/events"),
+    "flask": ("longpoll_flask_app:app", "/events"),
+    "django": ("longpoll_django_site.wsgi:application", "/longpoll/events"),
+}
+
+
+@dataclass
+class Gunicorn:
+    """A gunicorn started by :func:`gunicorn`."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def up(self) -> bool:
+        """Whether it answers (``/waiting``, which every test application has)."""
+        try:
+            return requests.get(f"{self.base}/waiting", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def waiting(self) -> int:
+        return int(requests.get(f"{self.base}/waiting", timeout=WAIT_SECONDS).text)
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, app: str, *options: str,
+             env: dict[str, str] | None = None) -> Iterator[Gunicorn]:
+    """Run ``gunicorn -k LongpollWorker -w 1`` (*options* may override both) on *app*, an
+    application of tests/ or of *tmp_path*; killed at the end if still running."""
+    (tmp_path / "longpoll_app.py").write_text(APP)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    environ = {key: value for key, value in os.environ.items()
+               if key != "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), environ.get("PYTHONPATH", "")])
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", WORKER, "-w", "1",
+             "-b", f"127.0.0.1:{port}", "--chdir", str(tmp_path), "--log-level", "info",
+             *options, app],
+            stdout=output, stderr=subprocess.STDOUT, env={**environ, **(env or {})})
+    try:
+        yield Gunicorn(process, f"http://127.0.0.1:{port}", log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT_SECONDS)
 
 
 def test_long_poll_and_publish_through_gunicorn(tmp_path: Path) -> None:
@@ -130,3 +193,53 @@ def test_importing_the_worker_then_patching_gives_no_monkey_patch_warning() -> N
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
+
+
+# -- several workers on the in-memory engine --------------------------------------------
+
+
+@pytest.mark.parametrize(("app", "options"), [
+    pytest.param("middleware", (), id="middleware"),
+    pytest.param("middleware", ("--preload",), id="middleware-preload"),
+    pytest.param("flask", (), id="flask"),
+    pytest.param("django", (), id="django"),  # its manager is built on first use
+])
+def test_several_workers_on_the_in_memory_engine_refuse_to_boot(
+    tmp_path: Path, app: str, options: tuple[str, ...]
+) -> None:
+    with gunicorn(tmp_path, APPS[app][0], "-w", "2", *options) as server:
+        assert server.process.wait(WAIT_SECONDS) == 3  # gunicorn: "Worker failed to boot."
+        output = server.output()
+    assert "[ERROR] gunicorn -w 2 runs several processes, but the long-poll manager keeps" \
+        in output
+    for advice in ("redis_url=", "(gunicorn -w 1)", "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1"):
+        assert advice in output, advice
+    assert "Traceback" not in output
+
+
+def test_the_variable_lets_several_workers_boot_with_a_warning(tmp_path: Path) -> None:
+    with gunicorn(tmp_path, APPS["flask"][0], "-w", "2", "-e",
+                  "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1") as server:
+        wait_until(server.up, WAIT_SECONDS)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(WAIT_SECONDS) == 0
+        output = server.output()
+    warnings = [line for line in output.splitlines() if "runs several processes" in line]
+    assert len(warnings) == 2  # one per worker
+    assert all("[WARNING]" in line and "ALLOW_MEMORY_MULTIPROCESS is set" in line
+               for line in warnings)
+
+
+def test_gunicorns_gevent_worker_answers_500_saying_why_and_logs_it(tmp_path: Path) -> None:
+    """Not our worker: the extension's middleware sees ``wsgi.multiprocess`` at the first
+    long poll and refuses it, in the answer and in gunicorn's log."""
+    with gunicorn(tmp_path, APPS["flask"][0], "-k", "gevent", "-w", "2") as server:
+        wait_until(server.up, WAIT_SECONDS)
+        answer = requests.get(f"{server.base}/events", params={"category": "a", "timeout": 1},
+                              timeout=WAIT_SECONDS)
+        assert answer.status_code == 500
+        assert "(wsgi.multiprocess) runs several processes" in answer.json()["error"]
+        wait_until(lambda: "[ERROR] gunicorn/" in server.output(), WAIT_SECONDS)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(WAIT_SECONDS)
+    assert "runs several processes" in server.output()

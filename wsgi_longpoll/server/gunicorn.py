@@ -10,6 +10,10 @@ middleware, which might change its answers) is left to the application: every re
 then goes through the bridge. Name the middleware yourself by setting the application's
 ``wsgi_longpoll_middleware`` attribute to it.
 
+With more than one worker (``-w 2``), a worker whose application holds a manager on the
+in-memory engine refuses to boot, saying why in gunicorn's log, and gunicorn stops (see
+:mod:`wsgi_longpoll.multiprocess`; ``WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1`` allows it).
+
 On SIGTERM the worker stops accepting, answers every parked long poll at once (the
 manager drains), closes idle keep-alive connections and gives requests in progress up to
 gunicorn's ``graceful_timeout``.
@@ -18,14 +22,18 @@ gunicorn's ``graceful_timeout``.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pool import Pool
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped,unused-ignore]
 
-from ..manager import LongpollManager
+from .. import multiprocess
+from ..errors import MemoryEngineInSeveralProcesses
+from ..manager import LongpollManager, live_managers
 from ..wsgi.middleware import LongpollMiddleware
 from .http import HTTPServer, Limits
 from .longpoll import LongpollRouter
@@ -83,6 +91,23 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
     #: Seconds a client has for its request line and headers (and a keep-alive idle).
     header_timeout = 30.0
 
+    def load_wsgi(self) -> None:
+        """Load the application; with several workers, refuse every manager on an
+        in-memory engine (see :mod:`wsgi_longpoll.multiprocess`): say why in gunicorn's
+        log and stop gunicorn ("Worker failed to boot")."""
+        workers = self.cfg.workers
+        if workers <= 1:
+            super().load_wsgi()
+            return
+        server, log = f"gunicorn -w {workers}", logging.getLogger("gunicorn.error")
+        multiprocess.declare_several_processes(server, log)
+        try:
+            super().load_wsgi()
+        except MemoryEngineInSeveralProcesses:  # a manager built while loading; logged
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if multiprocess.refusal(live_managers(), server, log) is not None:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
     def _router(self) -> LongpollRouter:
         cfg = self.cfg
         environ: dict[str, Any] = base_environ(cfg)
@@ -95,9 +120,6 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
             self.log.warning("no LongpollMiddleware found in the application: every request "
                            "goes through the WSGI bridge")
             return _no_manager_router(self.wsgi, bridge, self.max_request_body_size)
-        # The middleware warns, once, of several processes on an in-memory engine; the
-        # native path has no environ to show it, so ask now.
-        middleware._check_multiprocess({"wsgi.multiprocess": cfg.workers > 1})
         if native:
             self.log.info("long-poll paths answered natively: %s, %s",
                         middleware.subscription_path, middleware.publish_path)

@@ -21,7 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request
 
-from ..engines.memory import MemoryEngine
+from .. import multiprocess
 from ..event import Event, Gap
 from ..manager import (
     CapacityExceeded,
@@ -216,21 +216,27 @@ class LongpollMiddleware:
             )
             return json_error(start_response, "500 Internal Server Error",
                               _THREADED_SERVER_ERROR, headers)
-        if not self._multiprocess_checked:
-            self._check_multiprocess(environ)
+        refused = self._check_multiprocess(environ)
+        if refused is not None:
+            return json_error(start_response, "500 Internal Server Error", refused, headers)
         return for_method(environ, handler(environ, start_response))
 
-    def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
-        """Warn, once, when several processes serve with an in-memory engine."""
-        self._multiprocess_checked = True
-        if environ.get("wsgi.multiprocess") and _is_in_memory(self.manager):
-            logger.warning(
-                "the server runs several processes (wsgi.multiprocess) but the manager "
-                "keeps its events in this process's memory: a subscriber only sees the "
-                "events published to its own process, and resumes miss the others'. "
-                "Use one process, or the Redis engine (LongpollManager(redis_url=...), "
-                "see docs/scaling.md)."
-            )
+    def _check_multiprocess(self, environ: WSGIEnvironment) -> str | None:
+        """Why the long-poll paths are refused: several processes (``wsgi.multiprocess``)
+        on an in-memory engine (see :mod:`wsgi_longpoll.multiprocess`), or ``None``.
+
+        Decided, and logged (to gunicorn's error log too under gunicorn), on the first
+        request; every later one gets the same answer.
+        """
+        if not self._multiprocess_checked:
+            self._multiprocess_checked = True
+            self._multiprocess_refusal: str | None = None
+            if environ.get("wsgi.multiprocess"):
+                software = str(environ.get("SERVER_SOFTWARE") or "the server")
+                log = logging.getLogger("gunicorn.error") if "gunicorn" in software else None
+                self._multiprocess_refusal = multiprocess.refusal(
+                    [self.manager], f"{software} (wsgi.multiprocess)", log)
+        return self._multiprocess_refusal
 
     def _run_hook_per_category(
         self, environ: WSGIEnvironment, start_response: StartResponse,
@@ -451,11 +457,6 @@ def _client_script_files(module_path: str) -> dict[str, str]:
 def _quote_surrogates(text: Any, safe: Any = "", encoding: Any = None, errors: Any = None) -> str:
     # What parse_qsl decoded with surrogateescape, quoted back to the same bytes.
     return quote(str(text).encode("utf-8", "surrogateescape"), safe=safe)
-
-
-def _is_in_memory(manager: LongpollManager) -> bool:
-    """Whether *manager* keeps its events in this process (not in Redis)."""
-    return isinstance(manager.engine, MemoryEngine)
 
 
 def _forbidden(

@@ -10,6 +10,8 @@ from django.apps import AppConfig
 from django.core import checks
 from gevent.monkey import is_module_patched
 
+from ...multiprocess import several_processes
+
 __all__ = ["LongpollConfig", "check_server"]
 
 #: What ``manage.py runserver`` without gevent's monkey-patching gets told.
@@ -47,3 +49,10 @@ class LongpollConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_server)
+        if several_processes() is not None:
+            # One worker of several (gunicorn -w 4 with LongpollWorker): build the manager
+            # now, so that one on the in-memory engine stops the worker at boot rather
+            # than failing the first long poll (see wsgi_longpoll.multiprocess).
+            from .conf import get_manager
+
+            get_manager()

@@ -52,6 +52,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from ...manager import LongpollManager
+from ...multiprocess import check_new_manager
 from ...wsgi.middleware import LongpollMiddleware
 from .._common import manager_from_options
 
@@ -134,12 +135,18 @@ _cache: dict[str, Any] = {}
 
 
 def current() -> tuple[LongpollSettings, LongpollManager]:
-    """The settings and the manager, built once (again after ``setting_changed``)."""
+    """The settings and the manager, built once (again after ``setting_changed``).
+
+    :raises MemoryEngineInSeveralProcesses: if the process is one of several (a gunicorn
+        worker among several, see :mod:`wsgi_longpoll.multiprocess`) and the manager
+        keeps its events in memory.
+    """
     with _lock:
         if "manager" not in _cache:
             loaded = load_settings()
             options = loaded.options
             manager = options["MANAGER"] or manager_from_options(options)
+            check_new_manager(manager)  # one process of several: not on memory
             _cache.update(settings=loaded, manager=manager)
         return _cache["settings"], _cache["manager"]
 

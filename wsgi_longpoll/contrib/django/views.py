@@ -72,8 +72,17 @@ def _not_ours(environ: object, start_response: object) -> list[bytes]:
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request}
+    if _from_test_client(request):
+        environ["wsgi.multiprocess"] = False  # the view runs in the test's own process
     middleware = _middleware(loaded, manager, getattr(request, "user", None))
     return _response(run_middleware(middleware, environ))
+
+
+def _from_test_client(request: HttpRequest) -> bool:
+    """Whether Django's test client (or ``RequestFactory``) made *request*: its environ
+    says ``wsgi.multiprocess`` whatever the process, which the middleware would refuse on
+    the in-memory engine (see :mod:`wsgi_longpoll.multiprocess`)."""
+    return type(request.META.get("wsgi.input")).__module__ == "django.test.client"
 
 
 def _response(answer: Answer) -> HttpResponseBase:
