@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -243,3 +245,88 @@ def test_gunicorns_gevent_worker_answers_500_saying_why_and_logs_it(tmp_path: Pa
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(WAIT_SECONDS)
     assert "runs several processes" in server.output()
+
+
+# -- waiting polls never starve the rest -------------------------------------------------
+
+
+class Polls:
+    """*count* long polls on raw sockets (``Connection: close``: an answer ends with EOF)."""
+
+    def __init__(self, base: str, path: str, count: int, category: str = "news") -> None:
+        port = int(base.rsplit(":", 1)[1])
+        request = (f"GET {path}?category={category}&timeout=60 HTTP/1.1\r\nHost: t\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        self.sockets: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_SECONDS)
+            sock.sendall(request)
+            self.sockets.append(sock)
+
+    def answers(self, within: float) -> list[bytes]:
+        """Every answer that came within *within* seconds (fewer: some did not)."""
+        selector = selectors.DefaultSelector()
+        received: dict[socket.socket, bytearray] = {}
+        for sock in self.sockets:
+            sock.setblocking(False)
+            received[sock] = bytearray()
+            selector.register(sock, selectors.EVENT_READ)
+        answers: list[bytes] = []
+        deadline = time.monotonic() + within
+        while received and time.monotonic() < deadline:
+            for key, _ in selector.select(0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionError:
+                    data = b""
+                if data:
+                    received[sock] += data
+                    continue
+                answers.append(bytes(received.pop(sock)))
+                selector.unregister(sock)
+        selector.close()
+        return answers
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def body(answer: bytes) -> dict[str, object]:
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    if b"transfer-encoding: chunked" in head.lower():
+        size, _, rest = rest.partition(b"\r\n")
+        rest = rest[:int(size, 16)]
+    document = json.loads(rest)
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.mark.parametrize("app", ["middleware", "flask"])
+def test_waiting_polls_beyond_worker_connections_leave_room_to_publish(
+    tmp_path: Path, app: str
+) -> None:
+    """60 waiting polls, ``worker_connections = 50``: the publish is still answered, and
+    every poll gets its event."""
+    target, path = APPS[app]
+    with gunicorn(tmp_path, target, "--worker-connections", "50") as server:
+        wait_until(server.up, WAIT_SECONDS)
+        assert ("up to 50050 connections at once: 50 for requests (worker_connections) and "
+                "50000 for waiting subscribers (max_waiting_subscribers)") in server.output()
+        polls = Polls(server.base, path, 60)
+        try:
+            wait_until(lambda: server.waiting() == 60, WAIT_SECONDS)
+            published = requests.post(f"{server.base}/publish",
+                                      json={"category": "news", "data": "hi"},
+                                      timeout=WAIT_SECONDS)
+            assert published.json() == {"success": True}
+            answers = polls.answers(within=WAIT_SECONDS)
+        finally:
+            polls.close()
+    assert len(answers) == 60
+    for answer in answers:
+        events = body(answer)["events"]
+        assert isinstance(events, list) and [event["data"] for event in events] == ["hi"]

@@ -47,6 +47,7 @@ __all__ = [
     "ServerInfo",
     "ServerOptions",
     "default_max_waiting",
+    "open_files_limit",
     "parse_address",
 ]
 
@@ -119,7 +120,7 @@ def parse_address(address: str) -> tuple[str, int]:
 OPEN_FILES_HEADROOM = 256
 
 
-def _open_files_limit() -> int | None:
+def open_files_limit() -> int | None:
     """The soft limit on open file descriptors, or ``None`` if there is none."""
     try:
         import resource
@@ -135,7 +136,7 @@ def default_max_waiting() -> int:
     limit when that is small), and no more than
     :attr:`LongpollManager.default_max_waiting_subscribers`."""
     default = LongpollManager.default_max_waiting_subscribers
-    limit = _open_files_limit()
+    limit = open_files_limit()
     if limit is None:
         return default
     headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
@@ -144,7 +145,7 @@ def default_max_waiting() -> int:
 
 def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:
     """Log a warning if *max_waiting_subscribers* cannot all hold a socket; whether it did."""
-    limit = _open_files_limit()
+    limit = open_files_limit()
     if limit is None or max_waiting_subscribers < limit:
         return False
     logger.warning(

@@ -35,6 +35,7 @@ from .. import multiprocess
 from ..errors import MemoryEngineInSeveralProcesses
 from ..manager import LongpollManager, live_managers
 from ..wsgi.middleware import LongpollMiddleware
+from . import open_files_limit
 from .http import HTTPServer, Limits
 from .longpoll import LongpollRouter
 from .wsgi import WSGIBridge
@@ -80,7 +81,9 @@ def _no_manager_router(app: WSGIApplication, bridge: WSGIBridge, body_limit: int
 class LongpollWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker with :mod:`wsgi_longpoll.server`'s HTTP/1.1 server.
 
-    gunicorn's settings used: ``worker_connections`` (connections per worker),
+    gunicorn's settings used: ``worker_connections`` (connections per worker for requests;
+    the waiting polls get as many places again as the managers'
+    ``max_waiting_subscribers``, so that they never take the places of publishes),
     ``graceful_timeout``, ``limit_request_line``, ``limit_request_fields`` and
     ``limit_request_field_size``. The access log is this package's
     (``wsgi_longpoll.access``), written when gunicorn's ``accesslog`` is set.
@@ -139,14 +142,41 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
             max_header_bytes=min(fields * field_size, 1024 * 1024),
         )
 
+    def _connection_limit(self) -> int:
+        """The most connections served at once: ``worker_connections`` for requests and
+        keep-alive connections, plus every subscriber the application's managers let wait
+        (their ``max_waiting_subscribers``; more are answered 503), so that waiting polls
+        never take the places of publishes and other requests. Said once, at boot."""
+        managers = live_managers()
+        if managers:
+            waiting = sum(manager.max_waiting_subscribers for manager in managers)
+            whose = "max_waiting_subscribers"
+        else:  # a manager built on first use (Django's): the default limit
+            waiting = LongpollManager.default_max_waiting_subscribers
+            whose = "the default max_waiting_subscribers: no manager is built yet"
+        requests = int(self.worker_connections)
+        limit = requests + waiting
+        message = (f"up to {limit} connections at once: {requests} for "
+                   f"requests (worker_connections) and {waiting} for waiting subscribers "
+                   f"({whose})")
+        open_files = open_files_limit()
+        if open_files is not None and limit > open_files:
+            self.log.warning("%s; but the open-files limit (ulimit -n) is %d: past it, new "
+                             "connections wait until others close (raise it, or lower "
+                             "max_waiting_subscribers)", message, open_files)
+        else:
+            self.log.info("%s", message)
+        return limit
+
     def run(self) -> None:
+        connections = self._connection_limit()
         router = self._router()
         limits = self._limits()
         servers: list[HTTPServer] = []
         for listener in self.sockets:
             listener.setblocking(1)
             server = HTTPServer(listener, router, limits, access_log=bool(self.cfg.accesslog),
-                                spawn=Pool(self.worker_connections))
+                                spawn=Pool(connections))
             if self.cfg.workers > 1:
                 server.max_accept = 1
             server.start()
