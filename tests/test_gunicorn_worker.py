@@ -330,3 +330,36 @@ def test_waiting_polls_beyond_worker_connections_leave_room_to_publish(
     for answer in answers:
         events = body(answer)["events"]
         assert isinstance(events, list) and [event["data"] for event in events] == ["hi"]
+
+
+# -- SIGTERM answers every waiting poll --------------------------------------------------
+
+#: Seconds the waiting polls have to be answered after SIGTERM: well under gunicorn's
+#: graceful timeout (30 s), which a worker that leaves them waiting would use up.
+ANSWERED_WITHIN = 5.0
+
+
+def _sigterm_answers_every_waiting_poll(tmp_path: Path, app: str) -> None:
+    target, path = APPS[app]
+    with gunicorn(tmp_path, target, "--graceful-timeout", "30") as server:
+        wait_until(server.up, WAIT_SECONDS)
+        polls = Polls(server.base, path, 200)
+        try:
+            wait_until(lambda: server.waiting() == 200, WAIT_SECONDS)
+            server.process.send_signal(signal.SIGTERM)
+            answers = polls.answers(within=ANSWERED_WITHIN)
+        finally:
+            polls.close()
+        assert server.process.wait(WAIT_SECONDS) == 0
+    assert len(answers) == 200, f"{200 - len(answers)} polls not answered"
+    for answer in answers:
+        assert body(answer)["timeout"] == "no events before timeout"
+
+
+def test_sigterm_answers_every_waiting_poll_of_the_middleware(tmp_path: Path) -> None:
+    _sigterm_answers_every_waiting_poll(tmp_path, "middleware")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: hold hand-off")
+def test_sigterm_answers_every_waiting_poll_of_the_flask_extension(tmp_path: Path) -> None:
+    _sigterm_answers_every_waiting_poll(tmp_path, "flask")
