@@ -7,9 +7,16 @@ from django.urls import include, path
 
 from wsgi_longpoll.contrib.django import get_manager
 
+#: What ``GET /hello`` answers (the reload test edits it).
+GREETING = "hello"
+
 
 def anyone_publishes(user: Any, category: str) -> bool:
     return True
+
+
+def hello(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(GREETING, content_type="text/plain")
 
 
 def waiting(request: HttpRequest) -> HttpResponse:
@@ -19,5 +26,6 @@ def waiting(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("longpoll/", include("wsgi_longpoll.contrib.django.urls")),
+    path("hello", hello),
     path("waiting", waiting),
 ]

@@ -52,9 +52,16 @@ Configuration (``app.config``; the manager options are ignored when a manager is
     Serve the browser client (ES module) at this path and ``longpoll.global.js`` beside
     it, default ``None`` (not served).
 
-Long polls wait on gevent: serve the application with ``gunicorn -k gevent`` or gevent's
+Long polls wait on gevent: serve the application with ``gunicorn -k
+wsgi_longpoll.server.gunicorn.LongpollWorker``, ``gunicorn -k gevent`` or gevent's
 ``WSGIServer``. The first long poll served outside a gevent greenlet logs a warning once;
 under a threaded server without gevent (``flask run``) the views answer 500 saying so.
+
+For development, the extension adds a command to the ``flask`` command line that serves the
+application on this package's server, where long polls wait, with ``flask run``'s
+defaults (127.0.0.1:5000, werkzeug's reloader in debug mode)::
+
+    flask --app myapp --debug longpoll run [--host 127.0.0.1] [--port 5000] [--no-reload]
 """
 
 from __future__ import annotations
@@ -66,7 +73,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 try:
+    import click
     from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+    from flask.cli import with_appcontext
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "wsgi_longpoll.contrib.flask needs Flask: pip install 'wsgi_longpoll[flask]'"
@@ -75,7 +84,15 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from ..event import Event
 from ..manager import LongpollManager
 from ..wsgi.middleware import LongpollMiddleware
-from ._common import manager_from_options, run_middleware, verdict, warn_if_not_in_gevent
+from . import _devserver
+from ._common import (
+    Answer,
+    manager_from_options,
+    run_middleware,
+    threaded_server_refusal,
+    verdict,
+    warn_if_not_in_gevent,
+)
 
 __all__ = ["LongPoll"]
 
@@ -178,6 +195,7 @@ class LongPoll:
                                    methods=["GET", "HEAD"])
             blueprint.add_url_rule(global_path, "client_script", self._view,
                                    methods=["GET", "HEAD"])
+        blueprint.cli.add_command(run_command)  # flask longpoll run
         app.register_blueprint(blueprint)
         self._apps[app] = _AppState(manager, middleware)
         app.extensions[EXTENSION_NAME] = self
@@ -256,12 +274,52 @@ class LongPoll:
     def _view(self) -> Response:
         state = self._state(current_app._get_current_object())  # type: ignore[attr-defined]
         environ = request.environ
+        if request.endpoint in _LONG_POLL_ENDPOINTS:
+            refused = threaded_server_refusal(environ, "flask longpoll run", logger)
+            if refused is not None:
+                return _response(refused)
         if request.endpoint == f"{EXTENSION_NAME}.subscribe":
             warn_if_not_in_gevent(logger)
         if request.url_rule is not None and environ.get("PATH_INFO") != request.url_rule.rule:
             environ = {**environ, "PATH_INFO": request.url_rule.rule}
-        answer = run_middleware(state.middleware, environ)
         # A Server-Sent Events stream goes on after the view returns, without the
         # request context (it needs only the manager).
-        return current_app.response_class(answer.chunks, status=answer.status,
-                                          headers=answer.headers)
+        return _response(run_middleware(state.middleware, environ))
+
+
+_LONG_POLL_ENDPOINTS = frozenset({f"{EXTENSION_NAME}.subscribe", f"{EXTENSION_NAME}.publish"})
+
+
+def _response(answer: Answer) -> Response:
+    return current_app.response_class(answer.chunks, status=answer.status,
+                                      headers=answer.headers)
+
+
+@click.command("run")
+@click.option("--host", "-h", default="127.0.0.1", show_default=True,
+              help="The interface to bind to.")
+@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="The port to bind to.")
+@click.option("--reload/--no-reload", default=None,
+              help="Restart when the code changes. On by default in debug mode (flask "
+                   "--debug), as with flask run.")
+@with_appcontext
+def run_command(host: str, port: int, reload: bool | None) -> None:
+    """Run the application on wsgi_longpoll's server, where long polls wait.
+
+    flask run cannot hold long polls; this development server can, as gunicorn with
+    LongpollWorker does in production.
+    """
+    # werkzeug's reloader, the one flask run uses (no public name: pinned by the tests).
+    from werkzeug._reloader import run_with_reloader
+    from werkzeug.serving import is_running_from_reloader
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        _devserver.run(lambda: app, address, reload=app.debug if reload is None else reload,
+                       run_with_reloader=run_with_reloader,
+                       in_reloader_child=is_running_from_reloader(),
+                       announce=lambda line: click.echo(f" * {line}", err=True))
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot listen on {address}: {error}") from error

@@ -61,17 +61,19 @@ class ServerInfo:
     :param address: ``":8080"`` (every interface), ``"127.0.0.1:8080"`` or
         ``"[::1]:8080"``; port 0 picks a free port (see :attr:`Server.port`).
     :param timeout_seconds: the longest ``timeout`` a subscriber may ask for; 0 means 110.
-    :param subscription_uri: the path of the subscribe endpoint (GET).
+    :param subscription_uri: the path of the subscribe endpoint (GET); ``None`` turns it
+        off (the application's own views answer long polls: the Flask extension's and
+        the Django app's development servers).
     :param handler_to_run_before_subscription: a hook run before each subscribe request.
-    :param publish_uri: the path of the publish endpoint (POST).
+    :param publish_uri: the path of the publish endpoint (POST); ``None`` turns it off.
     :param handler_to_run_before_publish: a hook run before each publish request.
     """
 
     address: str = ":8080"
     timeout_seconds: int = 110
-    subscription_uri: str = "/events"
+    subscription_uri: str | None = "/events"
     handler_to_run_before_subscription: Hook | None = None
-    publish_uri: str = "/publish"
+    publish_uri: str | None = "/publish"
     handler_to_run_before_publish: Hook | None = None
 
 

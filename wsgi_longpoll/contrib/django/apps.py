@@ -17,8 +17,9 @@ __all__ = ["LongpollConfig", "check_server"]
 #: What ``manage.py runserver`` without gevent's monkey-patching gets told.
 RUNSERVER_WARNING = (
     "runserver serves each request in a thread of its own, where long polls cannot wait on "
-    "gevent: /events answers 500 there. Serve the project with gunicorn -k gevent "
-    "(gunicorn -k gevent myproject.wsgi), or monkey-patch with gevent first."
+    "gevent: the long-poll views answer 500 there. For development, run "
+    "python manage.py runlongpoll (the same, with long polls); in production, gunicorn -k "
+    "wsgi_longpoll.server.gunicorn.LongpollWorker myproject.wsgi."
 )
 
 

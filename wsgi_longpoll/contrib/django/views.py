@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from ...protocol import error_body
 from ...wsgi.middleware import LongpollMiddleware
-from .._common import Answer, run_middleware, warn_if_not_in_gevent
+from .._common import Answer, run_middleware, threaded_server_refusal, warn_if_not_in_gevent
 from .conf import LongpollSettings, UserHook, current
 
 __all__ = ["publish", "subscribe"]
@@ -70,6 +70,9 @@ def _not_ours(environ: object, start_response: object) -> list[bytes]:
 
 
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
+    refused = threaded_server_refusal(request.META, "python manage.py runlongpoll", logger)
+    if refused is not None:
+        return _response(refused)
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request}
     if _from_test_client(request):
