@@ -53,8 +53,17 @@ FRAMEWORKS = [pytest.param(FLASK, id="flask"), pytest.param(DJANGO, id="django")
 
 @dataclass
 class Running:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     base: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stopped(self) -> str:
+        """The output, once the command has exited (bounded)."""
+        self.process.wait(WAIT_SECONDS)
+        return self.output()
 
     def get(self, path: str) -> str | None:
         try:
@@ -86,11 +95,13 @@ def running(framework: Framework, tmp_path: Path, *options: str,
     env = {**os.environ, "PYTHONPATH": str(tmp_path),
            "DJANGO_SETTINGS_MODULE": "longpoll_django_site.settings",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    process = subprocess.Popen(framework.command(tmp_path, port, *options), cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    log = tmp_path / "output.log"
+    with log.open("wb") as output:  # a file: a full pipe would stall the access log
+        process = subprocess.Popen(framework.command(tmp_path, port, *options), cwd=tmp_path,
+                                   env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
-        yield Running(process, f"http://127.0.0.1:{port}")
+        yield Running(process, f"http://127.0.0.1:{port}", log)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -135,7 +146,7 @@ def test_the_command_serves_long_polls_and_answers_them_on_stop(
         answers: list[dict[str, object]] = []
         poll = long_poll(server, framework, answers)
         server.process.send_signal(signum)
-        output, _ = server.process.communicate(timeout=WAIT_SECONDS)
+        output = server.stopped()
         poll.join(WAIT_SECONDS)
     assert server.process.returncode == 0, output
     assert answers == [answers[0]] and answers[0]["timeout"] == "no events before timeout"
@@ -148,6 +159,9 @@ def test_the_command_reloads_changed_code(tmp_path: Path, framework: Framework) 
     reload = ("--reload",) if framework is FLASK else ()  # Django's reloads by default
     with running(framework, tmp_path, *reload) as server:
         wait_until(lambda: server.get("/hello") == "hello", "the server to answer")
+        if framework is DJANGO:  # its reloader looks at the code while the server starts
+            wait_until(lambda: "longpoll_django_site/urls.py first seen" in server.output(),
+                       "Django's reloader to see the code")
         round_trip(server, framework, "before")
         source = framework.source(tmp_path)
         source.write_text(source.read_text().replace('GREETING = "hello"',
@@ -157,20 +171,24 @@ def test_the_command_reloads_changed_code(tmp_path: Path, framework: Framework) 
         wait_until(lambda: server.get("/hello") == "hello again", "the reloaded code")
         round_trip(server, framework, "after")
         server.signal_all(signal.SIGINT)
-        output, _ = server.process.communicate(timeout=WAIT_SECONDS)
+        output = server.stopped()
         wait_until(lambda: not server.accepts(), "the reloader's child to stop")
     assert server.process.returncode == 0, output
     assert "reloading on code changes" in output
 
 
+@pytest.mark.parametrize("reload", [False, True], ids=["no-reload", "reload"])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_an_address_in_use_is_an_error(tmp_path: Path, framework: Framework) -> None:
+def test_an_address_in_use_is_an_error(tmp_path: Path, framework: Framework,
+                                       reload: bool) -> None:
+    options = ("--reload",) if framework is FLASK else ()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with running(framework, tmp_path, framework.no_reload(), port=port) as server:
-            output, _ = server.process.communicate(timeout=WAIT_SECONDS)
+        with running(framework, tmp_path, *(options if reload else (framework.no_reload(),)),
+                     port=port) as server:
+            output = server.stopped()
     assert server.process.returncode == 1, output
     assert f"cannot listen on 127.0.0.1:{port}" in output
     assert "Traceback" not in output

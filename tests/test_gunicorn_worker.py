@@ -210,18 +210,24 @@ def test_several_workers_on_the_in_memory_engine_refuse_to_boot(
     tmp_path: Path, app: str, options: tuple[str, ...]
 ) -> None:
     with gunicorn(tmp_path, APPS[app][0], "-w", "2", *options) as server:
-        assert server.process.wait(WAIT_SECONDS) == 3  # gunicorn: "Worker failed to boot."
+        # 3, gunicorn's "Worker failed to boot."; or 1 when both workers fail at once and
+        # gunicorn's arbiter, halting for the first, reaps the second (its own traceback).
+        assert server.process.wait(WAIT_SECONDS) in (1, 3)
         output = server.output()
+    assert "Worker failed to boot." in output
     assert "[ERROR] gunicorn -w 2 runs several processes, but the long-poll manager keeps" \
         in output
     for advice in ("redis_url=", "(gunicorn -w 1)", "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1"):
         assert advice in output, advice
-    assert "Traceback" not in output
+    assert "MemoryEngineInSeveralProcesses" not in output  # said, not raised at gunicorn
+    assert "Exception in worker process" not in output
 
 
 def test_the_variable_lets_several_workers_boot_with_a_warning(tmp_path: Path) -> None:
     with gunicorn(tmp_path, APPS["flask"][0], "-w", "2", "-e",
                   "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1") as server:
+        # Both workers running (a SIGTERM during a worker's boot may be lost in gunicorn).
+        wait_until(lambda: server.output().count("connections at once") == 2, WAIT_SECONDS)
         wait_until(server.up, WAIT_SECONDS)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(WAIT_SECONDS) == 0
@@ -235,7 +241,8 @@ def test_the_variable_lets_several_workers_boot_with_a_warning(tmp_path: Path) -
 def test_gunicorns_gevent_worker_answers_500_saying_why_and_logs_it(tmp_path: Path) -> None:
     """Not our worker: the extension's middleware sees ``wsgi.multiprocess`` at the first
     long poll and refuses it, in the answer and in gunicorn's log."""
-    with gunicorn(tmp_path, APPS["flask"][0], "-k", "gevent", "-w", "2") as server:
+    with gunicorn(tmp_path, APPS["flask"][0], "-k", "gevent", "-w", "2",
+                  "--graceful-timeout", "5") as server:
         wait_until(server.up, WAIT_SECONDS)
         answer = requests.get(f"{server.base}/events", params={"category": "a", "timeout": 1},
                               timeout=WAIT_SECONDS)

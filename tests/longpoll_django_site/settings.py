@@ -13,3 +13,11 @@ LONGPOLL = {
     "MAX_LONGPOLL_TIMEOUT_SECONDS": 120,
     "CAN_PUBLISH": "longpoll_django_site.urls.anyone_publishes",
 }
+# The autoreloader's log, to stderr: the reload test waits until it has seen the code
+# (runlongpoll with reload only; silent otherwise).
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"django.utils.autoreload": {"handlers": ["stderr"], "level": "DEBUG"}},
+}

@@ -8,10 +8,11 @@ server, where a long poll waits on gevent as it will under
 ``flask run`` and ``runserver``. The server's own long-poll paths are off: the
 framework's views answer them, with the extension's manager and authorization.
 
-With the reloader, the command runs twice: a parent that only restarts its child when
-code changes (the framework's ``run_with_reloader``), and the child, which serves. The
-child binds in its main thread, so that an address in use ends the command with an error,
-and stops the server (answering every waiting poll) when it exits, on a reload too.
+With the reloader, the command runs twice, as ``flask run`` and ``runserver`` do: a parent
+that only restarts its child when the code changes (the framework's
+``run_with_reloader``), and the child, which serves from the reloader's thread once the
+reloader has looked at the code, and stops the server (answering every waiting poll) when
+it exits, on a reload too.
 
 The process is not monkey-patched: the server's hub runs in a thread of its own, and a
 view that blocks (a database query) holds up the other requests while it runs, as on a
@@ -21,7 +22,9 @@ single-threaded development server. Use it for development only.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,32 +39,38 @@ __all__ = ["DevelopmentServer", "run"]
 
 
 class DevelopmentServer:
-    """*app* served on a :class:`~wsgi_longpoll.Server` at *address* (``host:port``).
+    """The application that *make_app* builds, served on a :class:`~wsgi_longpoll.Server`
+    at *address* (``host:port``).
 
+    :param make_app: builds the application when the server starts.
     :param shutdown_timeout: seconds that requests in progress get to finish on stop
         (waiting long polls are answered at once).
     """
 
-    def __init__(self, app: WSGIApplication, address: str, shutdown_timeout: float = 1.0
-                 ) -> None:
+    def __init__(self, make_app: Callable[[], WSGIApplication], address: str,
+                 shutdown_timeout: float = 1.0) -> None:
+        self.make_app = make_app
         self.address = address
         self.shutdown_timeout = shutdown_timeout
-        self.server = Server(app=app)
+        self.server: Server | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
-        """Bind and serve (in the server's own thread).
+        """Build the application, bind and serve (in the server's own thread).
 
         :raises OSError: if the address cannot be bound.
         :raises ValueError: if it is not ``host:port``.
         """
         _show_access_log()
-        self.server.start(ServerInfo(address=self.address, subscription_uri=None,
-                                     publish_uri=None))
+        server = Server(app=self.make_app())
+        server.start(ServerInfo(address=self.address, subscription_uri=None,
+                                publish_uri=None))
+        self.server = server
 
     @property
     def url(self) -> str:
-        """The server's URL."""
+        """The server's URL, once started."""
+        assert self.server is not None
         host = self.address.rpartition(":")[0] or "127.0.0.1"
         return f"http://{host}:{self.server.port}/"
 
@@ -83,54 +92,57 @@ class DevelopmentServer:
         """Answer every waiting long poll of every manager, then stop the server.
         Idempotent; a no-op if it never started."""
         self._stop.set()
-        if not self.server.running:
+        server = self.server
+        if server is None or not server.running:
             return
         for manager in live_managers():
             manager.drain()
-        self.server.stop(self.shutdown_timeout)
+        server.stop(self.shutdown_timeout)
 
 
 def run(
-    make_app: Callable[[], WSGIApplication],
-    address: str,
+    server: DevelopmentServer,
     *,
     reload: bool,
     run_with_reloader: Callable[[Callable[[], None]], None],
-    in_reloader_child: bool,
     announce: Callable[[str], None],
+    complain: Callable[[str], None],
 ) -> None:
-    """Serve the application that *make_app* builds at *address* until SIGINT or SIGTERM;
-    with *reload*, restart when the code changes.
+    """Serve until SIGINT or SIGTERM; with *reload*, restart when the code changes.
 
-    :param make_app: builds the application, in the process that serves only.
     :param run_with_reloader: the framework's: ``run_with_reloader(main_func)`` restarts
         this command in a child process (the parent's part), or watches the code and runs
         *main_func* in a thread (the child's).
-    :param in_reloader_child: whether this process is the reloader's child.
     :param announce: writes a line for the user.
-    :raises OSError: if the address cannot be bound.
-    :raises ValueError: if *address* is not ``host:port``.
+    :param complain: writes an error for the user.
+    :raises OSError: without *reload*, if the address cannot be bound (with it, the child
+        says so and exits with status 1, as ``runserver`` does).
+    :raises ValueError: without *reload*, if the address is not ``host:port``.
     """
-    server = None
-    if not reload or in_reloader_child:
-        server = DevelopmentServer(make_app(), address)
+    if not reload:
         server.start()
-        reloading = ", reloading on code changes" if reload else ""
-        announce(f"Serving on {server.url} (wsgi_longpoll's server{reloading}); "
-                 "CTRL+C to quit")
-    try:
-        if server is not None and not reload:
+        announce(f"Serving on {server.url} (wsgi_longpoll's server); CTRL+C to quit")
+        try:
             server.wait()
-        else:
-            run_with_reloader(_wait_for_ever)
+        finally:
+            server.stop()
+        return
+
+    def serve() -> None:  # in the child, in the reloader's thread
+        try:
+            server.start()
+        except (OSError, ValueError) as error:
+            complain(f"cannot listen on {server.address}: {error}")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # a thread cannot end the command otherwise
+        announce(f"Serving on {server.url} (wsgi_longpoll's server, reloading on code "
+                 "changes); CTRL+C to quit")
+
+    try:
+        run_with_reloader(serve)
     finally:
-        if server is not None:
-            server.stop()  # on CTRL+C, SIGTERM, and each reload of the child
-
-
-def _wait_for_ever() -> None:
-    """The reloader's *main_func*: the server runs in threads of its own already."""
-    threading.Event().wait()
+        server.stop()  # the child's, on CTRL+C, SIGTERM and each reload
 
 
 def _show_access_log() -> None:

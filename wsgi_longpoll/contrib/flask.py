@@ -312,14 +312,14 @@ def run_command(host: str, port: int, reload: bool | None) -> None:
     """
     # werkzeug's reloader, the one flask run uses (no public name: pinned by the tests).
     from werkzeug._reloader import run_with_reloader
-    from werkzeug.serving import is_running_from_reloader
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        _devserver.run(lambda: app, address, reload=app.debug if reload is None else reload,
+        _devserver.run(_devserver.DevelopmentServer(lambda: app, address),
+                       reload=app.debug if reload is None else reload,
                        run_with_reloader=run_with_reloader,
-                       in_reloader_child=is_running_from_reloader(),
-                       announce=lambda line: click.echo(f" * {line}", err=True))
+                       announce=lambda line: click.echo(f" * {line}", err=True),
+                       complain=lambda line: click.echo(f"Error: {line}", err=True))
     except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot listen on {address}: {error}") from error

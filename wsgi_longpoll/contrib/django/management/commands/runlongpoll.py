@@ -18,7 +18,6 @@ For development only (see :mod:`wsgi_longpoll.contrib._devserver`).
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
@@ -72,12 +71,11 @@ class Command(BaseCommand):
             return application
 
         try:
-            _devserver.run(
-                make_app, address, reload=options["use_reloader"],
-                run_with_reloader=autoreload.run_with_reloader,
-                in_reloader_child=os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) == "true",
-                announce=self.stdout.write,
-            )
+            _devserver.run(_devserver.DevelopmentServer(make_app, address),
+                           reload=options["use_reloader"],
+                           run_with_reloader=autoreload.run_with_reloader,
+                           announce=self.stdout.write,
+                           complain=lambda line: self.stderr.write(f"Error: {line}"))
         except OSError as error:
             raise CommandError(f"cannot listen on {address}: {error}") from error
 
