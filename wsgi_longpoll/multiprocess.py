@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from gevent.monkey import get_original
 
 from .engines.memory import MemoryEngine
 from .errors import MemoryEngineInSeveralProcesses
@@ -55,7 +56,8 @@ logger = logging.getLogger(__name__)
 ALLOW_VARIABLE = "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
-_lock = threading.Lock()
+# A real OS lock even when gevent has patched the process: any thread may ask.
+_lock = get_original("_thread", "allocate_lock")()
 #: The managers already logged about: once each.
 _reported: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
 #: How this process was declared one of several, and where to log about it.
