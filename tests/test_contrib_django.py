@@ -133,6 +133,15 @@ def subscribe(test_client: Any, query: str) -> Any:
     return test_client.get(f"/longpoll/events?timeout=1&{query}")
 
 
+def test_the_test_client_is_not_taken_for_several_processes(project: None) -> None:
+    """Django's test client says ``wsgi.multiprocess`` in every environ; the views run in
+    this process all the same, and the in-memory manager must not refuse them."""
+    test_client = client("ann")
+    assert test_client.get("/longpoll/events").wsgi_request.META["wsgi.multiprocess"]
+    answer = subscribe(test_client, "category=user-ann")
+    assert answer.status_code == 200 and "timeout" in answer.json()
+
+
 def test_subscribe_authorized_by_logged_in_user(project: None) -> None:
     assert subscribe(client(), "category=user-ann").status_code == 403
     ann = client("ann")
@@ -267,18 +276,24 @@ def test_system_check_warns_under_runserver(project: None,
     assert not [m for m in run_checks() if m.id.startswith("wsgi_longpoll")]
     monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
     warning, = [m for m in run_checks() if m.id == "wsgi_longpoll.W001"]
-    assert "gunicorn -k gevent" in warning.msg
+    assert "python manage.py runlongpoll" in warning.msg
     monkeypatch.setattr(sys, "argv", ["manage.py", "check"])
     with override_settings(LONGPOLL={"MAX_TIMEOUT": 3}):
         error, = [m for m in run_checks() if m.id == "wsgi_longpoll.E001"]
         assert "unknown keys: MAX_TIMEOUT" in error.msg
 
 
-def test_threaded_runserver_gets_the_500(project: None) -> None:
-    answer = client("ann").get("/longpoll/events?category=user-ann&timeout=1",
-                               **{"wsgi.multithread": True})
-    assert answer.status_code == 500
-    assert "needs a gevent server" in answer.json()["error"]
+def test_threaded_runserver_gets_a_500_that_points_at_runlongpoll(project: None) -> None:
+    ann = client("ann")
+    for answer in (
+        ann.get("/longpoll/events?category=user-ann&timeout=1", **{"wsgi.multithread": True}),
+        ann.post("/longpoll/publish", {"category": "open", "data": 1},
+                 content_type="application/json", **{"wsgi.multithread": True}),
+    ):
+        assert answer.status_code == 500
+        error = answer.json()["error"]
+        assert "runs each request in a thread" in error
+        assert "run python manage.py runlongpoll instead" in error
 
 
 def test_long_poll_over_gevent_server(project: None, monkeypatch: pytest.MonkeyPatch,

@@ -187,10 +187,17 @@ def test_answers_are_the_middleware_s(method: str, url: str, body: bytes) -> Non
     assert answers[0] == answers[1]
 
 
-def test_threaded_server_without_gevent_is_refused(client: TestApp) -> None:
-    answer = client.get("/events?category=public&timeout=1",
-                        extra_environ={"wsgi.multithread": True}, status=500)
-    assert "needs a gevent server" in answer.json["error"]
+def test_threaded_server_without_gevent_gets_a_500_that_points_at_the_command(
+    client: TestApp,
+) -> None:
+    threaded = {"wsgi.multithread": True}
+    for answer in (
+        client.get("/events?category=public&timeout=1", extra_environ=threaded, status=500),
+        client.post_json("/publish", {"category": "public", "data": 1}, extra_environ=threaded,
+                         status=500),
+    ):
+        assert "runs each request in a thread" in answer.json["error"]
+        assert "run flask longpoll run instead" in answer.json["error"]
 
 
 def test_warns_once_outside_gevent(client: TestApp, caplog: pytest.LogCaptureFixture,

@@ -191,32 +191,66 @@ def test_integers_beyond_a_double_are_refused() -> None:
 # -- 12. several processes and the in-memory engine --------------------------------------
 
 
-def test_several_processes_with_the_in_memory_engine_warn_once(
+@pytest.mark.parametrize("path", ["/events?timeout=1&category=a", "/publish"])
+def test_several_processes_with_the_in_memory_engine_are_refused_with_500(
+    caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    app = make_app()
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
+        environ = {"wsgi.multiprocess": True}
+        answers = [app.get(path, extra_environ=environ, status=500) if "events" in path
+                   else app.post_json(path, {"category": "a", "data": 1},
+                                      extra_environ=environ, status=500)
+                   for _ in range(3)]
+    for answer in answers:  # every one, not only the first
+        assert answer.status_int == 500
+        error = answer.json["error"]
+        assert "(wsgi.multiprocess) runs several processes" in error
+        assert "redis_url" in error and "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1" in error
+    refusals = [r for r in caplog.records if "several processes" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR
+    assert app.get("/other", extra_environ={"wsgi.multiprocess": True}).text == "inner"
+
+
+def test_under_gunicorn_the_refusal_reaches_gunicorns_error_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = make_app()
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.wsgi.middleware"):
+    with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
+        app.get("/events?timeout=1&category=a", status=500, extra_environ={
+            "wsgi.multiprocess": True, "SERVER_SOFTWARE": "gunicorn/23.0.0"})
+    logged = [r for r in caplog.records if r.name == "gunicorn.error"]
+    assert len(logged) == 1
+    assert logged[0].getMessage().startswith("gunicorn/23.0.0 (wsgi.multiprocess) runs several")
+
+
+def test_several_processes_allowed_by_the_variable_serve_and_warn_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS", "1")
+    app = make_app()
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
         for _ in range(3):
-            app.get("/events?timeout=1&category=a&since_time=1",
-                    extra_environ={"wsgi.multiprocess": True})
-    warnings = [r for r in caplog.records if "wsgi.multiprocess" in r.getMessage()]
-    assert len(warnings) == 1
+            answer = app.get("/events?timeout=1&category=a&since_time=1",
+                             extra_environ={"wsgi.multiprocess": True})
+            assert answer.json["timeout"] == "no events before timeout"
+    warnings = [r for r in caplog.records if "several processes" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "docs/scaling.md" in warnings[0].getMessage()
-    assert "Redis" in warnings[0].getMessage()
 
 
 def test_one_process_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     app = make_app()
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.wsgi.middleware"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
         app.get("/events?timeout=1&category=a&since_time=1",
                 extra_environ={"wsgi.multiprocess": False})
-    assert not [r for r in caplog.records if "wsgi.multiprocess" in r.getMessage()]
+    assert not [r for r in caplog.records if "several processes" in r.getMessage()]
 
 
-def test_a_shared_engine_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_shared_engine_serves_several_processes(caplog: pytest.LogCaptureFixture) -> None:
     manager = LongpollManager(30)
     manager.engine = object()  # type: ignore[assignment]  # not a MemoryEngine: shared
     middleware = LongpollMiddleware(inner_app, manager)
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.wsgi.middleware"):
-        middleware._check_multiprocess({"wsgi.multiprocess": True})
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
+        assert middleware._check_multiprocess({"wsgi.multiprocess": True}) is None
     assert not caplog.records

@@ -28,7 +28,7 @@ from wsgi_longpoll.server import default_max_waiting
 def test_default_max_waiting_leaves_headroom(
     monkeypatch: pytest.MonkeyPatch, limit: int | None, expected: int
 ) -> None:
-    monkeypatch.setattr(server_module, "_open_files_limit", lambda: limit)
+    monkeypatch.setattr(server_module, "open_files_limit", lambda: limit)
     assert default_max_waiting() == expected
 
 
@@ -44,7 +44,7 @@ def test_the_server_uses_the_derived_default() -> None:
 def test_a_warning_at_start_when_set_above_the_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(server_module, "_open_files_limit", lambda: 1000)
+    monkeypatch.setattr(server_module, "open_files_limit", lambda: 1000)
     server = Server(access_log=False, max_waiting_subscribers=5000)
     with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.server"):
         server.start(ServerInfo(address="127.0.0.1:0"))

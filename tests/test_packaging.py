@@ -15,8 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from test_examples import WAIT_SECONDS, free_port
 
 import wsgi_longpoll
@@ -185,3 +189,70 @@ def test_a_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
         )
         assert done.returncode == 1
         assert f"pip install 'wsgi_longpoll[{extra}]'" in done.stderr
+
+
+def setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """``install_requires`` and ``extras_require`` as setup.py declares them."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    found: dict[str, Any] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in ("install_requires", "extras_require"):
+            found[node.arg] = ast.literal_eval(node.value)
+    return found["install_requires"], found["extras_require"]
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions *requirements* bring, with their dependencies (and the extras'
+    dependencies they ask for), as installed here; by normalised name."""
+    pending = [Requirement(text) for text in requirements]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        names.add(name)
+        try:
+            declared = metadata.distribution(requirement.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed: nothing of it can be imported either
+        for text in declared:
+            child = Requirement(text)
+            wanted = requirement.extras or {""}
+            if child.marker is None or any(child.marker.evaluate({"extra": extra})
+                                           for extra in wanted):
+                pending.append(child)
+    return names
+
+
+def test_the_gunicorn_extra_installs_what_the_worker_imports() -> None:
+    """``pip install 'wsgi_longpoll[gunicorn]'`` then ``-k ...LongpollWorker``: importing the
+    worker (and gunicorn's gevent worker under it) needs nothing but the package's
+    requirements and the extra's, with what they depend on; every other installed
+    distribution is hidden from the import."""
+    core, extras = setup_requirements()
+    assert any(canonicalize_name(Requirement(text).name) == "packaging"
+               for text in extras["gunicorn"])
+    allowed = installed_closure([*core, *extras["gunicorn"]]) | {"wsgi-longpoll"}
+    hidden = sorted(
+        module for module, distributions in metadata.packages_distributions().items()
+        if not {canonicalize_name(name) for name in distributions} & allowed
+    )
+    assert "flask" in hidden  # the check hides what the extra does not bring
+    script = (
+        "import json, sys\n"
+        "hidden = set(json.loads(sys.argv[1]))\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in hidden:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "import gunicorn.app.wsgiapp, gunicorn.workers.ggevent\n"
+        "import wsgi_longpoll.server.gunicorn\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(hidden)],
+                          capture_output=True, text=True, timeout=WAIT_SECONDS, check=False)
+    assert done.returncode == 0, done.stderr

@@ -10,6 +10,7 @@ __all__ = [
     "CapacityExceeded",
     "LongpollError",
     "ManagerClosed",
+    "MemoryEngineInSeveralProcesses",
     "OutcomeUnknown",
     "StorageUnavailable",
 ]
@@ -41,4 +42,12 @@ class OutcomeUnknown(StorageUnavailable):
     """The store took the event but did not confirm it in time: it may be published.
 
     Retry with the same idempotency key to publish it at most once.
+    """
+
+
+class MemoryEngineInSeveralProcesses(LongpollError, RuntimeError):
+    """A manager that keeps its events in this process's memory is to serve in one of
+    several processes, where each subscriber would only see its own process's events.
+
+    The message says what to do (see :mod:`wsgi_longpoll.multiprocess`).
     """

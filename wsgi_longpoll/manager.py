@@ -11,6 +11,7 @@ events back through :meth:`LongpollManager.deliver`, the one delivery path of ev
 from __future__ import annotations
 
 import socket
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "OutcomeUnknown",
     "StorageUnavailable",
     "Subscriber",
+    "live_managers",
 ]
 
 # A real OS lock even when the process is monkey-patched: publish may come from any OS
@@ -269,6 +271,8 @@ class LongpollManager:
         self._draining = False
         self._closed = False
         engine.bind(self.deliver)
+        with _live_lock:
+            _live.add(self)
 
     @property
     def max_event_buffer_size(self) -> int:
@@ -587,6 +591,24 @@ class LongpollManager:
                 return
             self._closed = True
         self.engine.close()
+
+
+#: Every manager made in this process and not yet garbage-collected.
+_live: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
+_live_lock = _allocate_lock()
+
+
+def live_managers() -> list[LongpollManager]:
+    """The managers of this process that are not closed, in no particular order.
+
+    A server finds here the managers an application built, wherever it keeps them (a
+    Flask extension, a Django app): :class:`~wsgi_longpoll.server.gunicorn.LongpollWorker`
+    checks them at boot (:mod:`wsgi_longpoll.multiprocess`) and sizes its connection
+    limit from their ``max_waiting_subscribers``.
+    """
+    with _live_lock:
+        managers = list(_live)
+    return [manager for manager in managers if not manager.closed]
 
 
 def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engine:

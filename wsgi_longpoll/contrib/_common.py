@@ -22,11 +22,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.monkey import is_module_patched
 
 from ..endpoints import EndpointOptions
 from ..engines.options import MemoryOptions, RedisOptions
 from ..manager import LongpollManager, ManagerOptions
 from ..options import Option, build, convert, options_of
+from ..protocol import error_body
+from ..wsgi.answers import JSON_HEADERS
 from ..wsgi.cors import CORSMiddleware, CORSOptions
 from ..wsgi.middleware import Authorize, LongpollMiddleware
 
@@ -42,6 +45,7 @@ __all__ = [
     "read_configuration",
     "run_middleware",
     "unknown_keys_error",
+    "threaded_server_refusal",
     "verdict",
     "warn_if_not_in_gevent",
 ]
@@ -263,3 +267,24 @@ def warn_if_not_in_gevent(logger: logging.Logger) -> bool:
     _warned = True
     logger.warning(GEVENT_NEEDED)
     return True
+
+
+def threaded_server_refusal(
+    environ: WSGIEnvironment, command: str, logger: logging.Logger
+) -> Answer | None:
+    """The 500 answer to a long poll or publish served by a threaded server without gevent
+    (``flask run``, ``manage.py runserver``), naming *command*, the framework's
+    development server that holds long polls; ``None`` under any other server.
+
+    The refusal is logged to *logger*.
+    """
+    if not environ.get("wsgi.multithread") or is_module_patched("threading"):
+        return None
+    message = (
+        "This server runs each request in a thread, where a long poll cannot wait (it "
+        f"would hold a whole thread). For development, run {command} instead (this "
+        "package's server, with code reload); in production, gunicorn -k "
+        "wsgi_longpoll.server.gunicorn.LongpollWorker (see docs/frameworks.md)."
+    )
+    logger.error("refusing %s: %s", environ.get("PATH_INFO"), message)
+    return Answer("500 Internal Server Error", list(JSON_HEADERS), [error_body(message)])

@@ -51,6 +51,12 @@ hand-off, :data:`wsgi_longpoll.endpoints.HOLD_KEY`). Under any other gevent serv
 (``gunicorn -k gevent``, gevent's ``WSGIServer``) long polls wait in the view, on gevent.
 The first long poll served outside a gevent greenlet logs a warning once;
 under a threaded server without gevent (``flask run``) the views answer 500 saying so.
+
+For development, the extension adds a command to the ``flask`` command line that serves the
+application on this package's server, where long polls wait, with ``flask run``'s
+defaults (127.0.0.1:5000, werkzeug's reloader in debug mode)::
+
+    flask --app myapp --debug longpoll run [--host 127.0.0.1] [--port 5000] [--no-reload]
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
+    import click
     from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+    from flask.cli import with_appcontext
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "wsgi_longpoll.contrib.flask needs Flask: pip install 'wsgi_longpoll[flask]'"
@@ -72,11 +80,14 @@ from ..event import Event
 from ..manager import LongpollManager
 from ..options import Option
 from ..wsgi.middleware import LongpollMiddleware
+from . import _devserver
 from ._common import (
     CONFIG_OPTIONS,
+    Answer,
     Configuration,
     read_configuration,
     run_middleware,
+    threaded_server_refusal,
     unknown_keys_error,
     verdict,
     warn_if_not_in_gevent,
@@ -187,6 +198,7 @@ class LongPoll:
                                    methods=["GET", "HEAD"])
             blueprint.add_url_rule(global_path, "client_script", self._view,
                                    methods=["GET", "HEAD"])
+        blueprint.cli.add_command(run_command)  # flask longpoll run
         app.register_blueprint(blueprint)
         self._apps[app] = _AppState(manager, middleware, application)
         app.extensions[EXTENSION_NAME] = self
@@ -265,15 +277,55 @@ class LongPoll:
     def _view(self) -> Response:
         state = self._state(current_app._get_current_object())  # type: ignore[attr-defined]
         environ = request.environ
+        if request.endpoint in _LONG_POLL_ENDPOINTS:
+            refused = threaded_server_refusal(environ, "flask longpoll run", logger)
+            if refused is not None:
+                return _response(refused)
         if request.endpoint == f"{EXTENSION_NAME}.subscribe":
             warn_if_not_in_gevent(logger)
         if request.url_rule is not None and environ.get("PATH_INFO") != request.url_rule.rule:
             environ = {**environ, "PATH_INFO": request.url_rule.rule}
-        answer = run_middleware(state.application, environ)
         # A Server-Sent Events stream goes on after the view returns, without the
         # request context (it needs only the manager).
-        response = current_app.response_class(answer.chunks, status=answer.status,
-                                              headers=answer.headers)
-        if not any(name.lower() == "content-type" for name, _ in answer.headers):
-            del response.headers["Content-Type"]  # Flask's default: a CORS preflight's 204
-        return response
+        return _response(run_middleware(state.application, environ))
+
+
+_LONG_POLL_ENDPOINTS = frozenset({f"{EXTENSION_NAME}.subscribe", f"{EXTENSION_NAME}.publish"})
+
+
+def _response(answer: Answer) -> Response:
+    response = current_app.response_class(answer.chunks, status=answer.status,
+                                          headers=answer.headers)
+    if not any(name.lower() == "content-type" for name, _ in answer.headers):
+        del response.headers["Content-Type"]  # Flask's default: a CORS preflight's 204
+    return response
+
+
+@click.command("run")
+@click.option("--host", "-h", default="127.0.0.1", show_default=True,
+              help="The interface to bind to.")
+@click.option("--port", "-p", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="The port to bind to.")
+@click.option("--reload/--no-reload", default=None,
+              help="Restart when the code changes. On by default in debug mode (flask "
+                   "--debug), as with flask run.")
+@with_appcontext
+def run_command(host: str, port: int, reload: bool | None) -> None:
+    """Run the application on wsgi_longpoll's server, where long polls wait.
+
+    flask run cannot hold long polls; this development server can, as gunicorn with
+    LongpollWorker does in production.
+    """
+    # werkzeug's reloader, the one flask run uses (no public name: pinned by the tests).
+    from werkzeug._reloader import run_with_reloader
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        _devserver.run(_devserver.DevelopmentServer(lambda: app, address),
+                       reload=app.debug if reload is None else reload,
+                       run_with_reloader=run_with_reloader,
+                       announce=lambda line: click.echo(f" * {line}", err=True),
+                       complain=lambda line: click.echo(f"Error: {line}", err=True))
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot listen on {address}: {error}") from error

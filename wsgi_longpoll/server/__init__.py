@@ -50,6 +50,7 @@ __all__ = [
     "ServerInfo",
     "ServerOptions",
     "default_max_waiting",
+    "open_files_limit",
     "parse_address",
 ]
 
@@ -63,9 +64,11 @@ class ServerInfo:
     :param address: ``":8080"`` (every interface), ``"127.0.0.1:8080"`` or
         ``"[::1]:8080"``; port 0 picks a free port (see :attr:`Server.port`).
     :param timeout_seconds: the longest ``timeout`` a subscriber may ask for; 0 means 110.
-    :param subscription_uri: the path of the subscribe endpoint (GET).
+    :param subscription_uri: the path of the subscribe endpoint (GET); ``None`` turns it
+        off (the application's own views answer long polls: the Flask extension's and
+        the Django app's development servers).
     :param handler_to_run_before_subscription: a hook run before each subscribe request.
-    :param publish_uri: the path of the publish endpoint (POST).
+    :param publish_uri: the path of the publish endpoint (POST); ``None`` turns it off.
     :param handler_to_run_before_publish: a hook run before each publish request.
 
     *timeout_seconds*, *subscription_uri* and *publish_uri* are the seed's names of the
@@ -79,12 +82,12 @@ class ServerInfo:
         ManagerOptions, "max_longpoll_timeout_seconds", name="timeout_seconds",
         aliases=["--max-longpoll-timeout-seconds"],
     )
-    subscription_uri: str = option_from(
+    subscription_uri: str | None = option_from(
         EndpointOptions, "subscription_path", name="subscription_uri",
         aliases=["--subscription-path"],
     )
     handler_to_run_before_subscription: Hook | None = None
-    publish_uri: str = option_from(
+    publish_uri: str | None = option_from(
         EndpointOptions, "publish_path", name="publish_uri", aliases=["--publish-path"],
     )
     handler_to_run_before_publish: Hook | None = None
@@ -135,7 +138,7 @@ def parse_address(address: str) -> tuple[str, int]:
 OPEN_FILES_HEADROOM = 256
 
 
-def _open_files_limit() -> int | None:
+def open_files_limit() -> int | None:
     """The soft limit on open file descriptors, or ``None`` if there is none."""
     try:
         import resource
@@ -151,7 +154,7 @@ def default_max_waiting() -> int:
     limit when that is small), and no more than
     :attr:`LongpollManager.default_max_waiting_subscribers`."""
     default = LongpollManager.default_max_waiting_subscribers
-    limit = _open_files_limit()
+    limit = open_files_limit()
     if limit is None:
         return default
     headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
@@ -160,7 +163,7 @@ def default_max_waiting() -> int:
 
 def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:
     """Log a warning if *max_waiting_subscribers* cannot all hold a socket; whether it did."""
-    limit = _open_files_limit()
+    limit = open_files_limit()
     if limit is None or max_waiting_subscribers < limit:
         return False
     logger.warning(

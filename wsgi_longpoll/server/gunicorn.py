@@ -17,20 +17,29 @@ to hold it:
 On SIGTERM the worker stops accepting, answers every parked long poll and ends every
 stream at once (each manager a subscriber was parked on drains), closes idle keep-alive
 connections and gives requests in progress up to gunicorn's ``graceful_timeout``.
+
+With more than one worker (``-w 2``), a worker whose application holds a manager on the
+in-memory engine refuses to boot, saying why in gunicorn's log, and gunicorn stops (see
+:mod:`wsgi_longpoll.multiprocess`; ``WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1`` allows it).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pool import Pool
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped,unused-ignore]
 
+from .. import multiprocess
+from ..errors import MemoryEngineInSeveralProcesses
+from ..manager import LongpollManager, live_managers
 from ..wsgi.middleware import LongpollMiddleware
-from . import ServerOptions
+from . import ServerOptions, open_files_limit
 from .http import HTTPServer, Limits
 from .lifecycle import stop_serving
 from .longpoll import LongpollRouter
@@ -70,7 +79,9 @@ def find_middleware(app: Any) -> tuple[LongpollMiddleware | None, bool]:
 class LongpollWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker with :mod:`wsgi_longpoll.server`'s HTTP/1.1 server.
 
-    gunicorn's settings used: ``worker_connections`` (connections per worker),
+    gunicorn's settings used: ``worker_connections`` (connections per worker for requests;
+    the waiting polls get as many places again as the managers'
+    ``max_waiting_subscribers``, so that they never take the places of publishes),
     ``graceful_timeout``, ``limit_request_line``, ``limit_request_fields`` and
     ``limit_request_field_size``. The access log is this package's
     (``wsgi_longpoll.access``), written when gunicorn's ``accesslog`` is set.
@@ -82,6 +93,23 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
     header_timeout = ServerOptions.header_timeout
     #: Seconds a client has for a request body once its headers are in.
     body_timeout = ServerOptions.body_timeout
+
+    def load_wsgi(self) -> None:
+        """Load the application; with several workers, refuse every manager on an
+        in-memory engine (see :mod:`wsgi_longpoll.multiprocess`): say why in gunicorn's
+        log and stop gunicorn ("Worker failed to boot")."""
+        workers = self.cfg.workers
+        if workers <= 1:
+            super().load_wsgi()
+            return
+        server, log = f"gunicorn -w {workers}", logging.getLogger("gunicorn.error")
+        multiprocess.declare_several_processes(server, log)
+        try:
+            super().load_wsgi()
+        except MemoryEngineInSeveralProcesses:  # a manager built while loading; logged
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if multiprocess.refusal(live_managers(), server, log) is not None:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def _router(self) -> LongpollRouter:
         cfg = self.cfg
@@ -96,9 +124,6 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
                           "through the WSGI bridge, and the long polls its views hold (the "
                           "Flask extension's, the Django app's) are parked by the server")
             return LongpollRouter(None, bridge, self.max_request_body_size)
-        # The middleware warns, once, of several processes on an in-memory engine; the
-        # native path has no environ to show it, so ask now.
-        middleware._check_multiprocess({"wsgi.multiprocess": cfg.workers > 1})
         if native:
             self.log.info("long-poll paths answered natively: %s, %s",
                           middleware.subscription_path, middleware.publish_path)
@@ -119,14 +144,41 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
             max_header_bytes=min(fields * field_size, 1024 * 1024),
         )
 
+    def _connection_limit(self) -> int:
+        """The most connections served at once: ``worker_connections`` for requests and
+        keep-alive connections, plus every subscriber the application's managers let wait
+        (their ``max_waiting_subscribers``; more are answered 503), so that waiting polls
+        never take the places of publishes and other requests. Said once, at boot."""
+        managers = live_managers()
+        if managers:
+            waiting = sum(manager.max_waiting_subscribers for manager in managers)
+            whose = "max_waiting_subscribers"
+        else:  # a manager built on first use (Django's): the default limit
+            waiting = LongpollManager.default_max_waiting_subscribers
+            whose = "the default max_waiting_subscribers: no manager is built yet"
+        requests = int(self.worker_connections)
+        limit = requests + waiting
+        message = (f"up to {limit} connections at once: {requests} for "
+                   f"requests (worker_connections) and {waiting} for waiting subscribers "
+                   f"({whose})")
+        open_files = open_files_limit()
+        if open_files is not None and limit > open_files:
+            self.log.warning("%s; but the open-files limit (ulimit -n) is %d: past it, new "
+                             "connections wait until others close (raise it, or lower "
+                             "max_waiting_subscribers)", message, open_files)
+        else:
+            self.log.info("%s", message)
+        return limit
+
     def run(self) -> None:
+        connections = self._connection_limit()
         router = self._router()
         limits = self._limits()
         servers: list[HTTPServer] = []
         for listener in self.sockets:
             listener.setblocking(1)
             server = HTTPServer(listener, router, limits, access_log=bool(self.cfg.accesslog),
-                                spawn=Pool(self.worker_connections))
+                                spawn=Pool(connections))
             if self.cfg.workers > 1:
                 server.max_accept = 1
             server.start()

@@ -20,6 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request
 
+from .. import multiprocess
 from ..endpoints import (
     HOLD_KEY,
     JSON_HEADERS,
@@ -31,7 +32,6 @@ from ..endpoints import (
     RequestParts,
     refusal,
 )
-from ..engines.memory import MemoryEngine
 from ..event import Event, Gap
 from ..manager import CapacityExceeded, Delivery, LongpollManager, StorageUnavailable
 from ..protocol import PUBLISH_BODY_ERROR, events_body, now_ms, timeout_body
@@ -244,21 +244,27 @@ class LongpollMiddleware:
             )
             return json_error(start_response, "500 Internal Server Error",
                               _THREADED_SERVER_ERROR, headers)
-        if not self._multiprocess_checked:
-            self._check_multiprocess(environ)
+        refused = self._check_multiprocess(environ)
+        if refused is not None:
+            return json_error(start_response, "500 Internal Server Error", refused, headers)
         return for_method(environ, handler(environ, start_response))
 
-    def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
-        """Warn, once, when several processes serve with an in-memory engine."""
-        self._multiprocess_checked = True
-        if environ.get("wsgi.multiprocess") and _is_in_memory(self.manager):
-            logger.warning(
-                "the server runs several processes (wsgi.multiprocess) but the manager "
-                "keeps its events in this process's memory: a subscriber only sees the "
-                "events published to its own process, and resumes miss the others'. "
-                "Use one process, or the Redis engine (LongpollManager(redis_url=...), "
-                "see docs/scaling.md)."
-            )
+    def _check_multiprocess(self, environ: WSGIEnvironment) -> str | None:
+        """Why the long-poll paths are refused: several processes (``wsgi.multiprocess``)
+        on an in-memory engine (see :mod:`wsgi_longpoll.multiprocess`), or ``None``.
+
+        Decided, and logged (to gunicorn's error log too under gunicorn), on the first
+        request; every later one gets the same answer.
+        """
+        if not self._multiprocess_checked:
+            self._multiprocess_checked = True
+            self._multiprocess_refusal: str | None = None
+            if environ.get("wsgi.multiprocess"):
+                software = str(environ.get("SERVER_SOFTWARE") or "the server")
+                log = logging.getLogger("gunicorn.error") if "gunicorn" in software else None
+                self._multiprocess_refusal = multiprocess.refusal(
+                    [self.manager], f"{software} (wsgi.multiprocess)", log)
+        return self._multiprocess_refusal
 
     def _subscribe(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -398,9 +404,6 @@ def _client_script_files(module_path: str) -> dict[str, str]:
     return {module_path: "longpoll.js", plain_path: "longpoll.global.js"}
 
 
-def _is_in_memory(manager: LongpollManager) -> bool:
-    """Whether *manager* keeps its events in this process (not in Redis)."""
-    return isinstance(manager.engine, MemoryEngine)
 
 
 class _BodyTooLarge(Exception):

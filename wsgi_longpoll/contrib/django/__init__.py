@@ -22,7 +22,12 @@ Add it to ``INSTALLED_APPS``, include its URLs, and configure it with ``settings
 
 The views run inside Django, after its middleware: ``request.user`` is set, and the
 authorization hooks get it. Long polls wait on gevent: serve the project with
-``gunicorn -k gevent`` (``runserver`` cannot hold long polls; a system check says so).
+``gunicorn -k wsgi_longpoll.server.gunicorn.LongpollWorker`` or ``gunicorn -k gevent``.
+``runserver`` cannot hold long polls (a system check says so); for development, the app's
+management command serves the project on this package's server, with Django's
+autoreloader (see :mod:`~wsgi_longpoll.contrib.django.management.commands.runlongpoll`)::
+
+    python manage.py runlongpoll [addrport] [--noreload]
 """
 
 from __future__ import annotations

@@ -10,13 +10,16 @@ from django.apps import AppConfig
 from django.core import checks
 from gevent.monkey import is_module_patched
 
+from ...multiprocess import several_processes
+
 __all__ = ["LongpollConfig", "check_server"]
 
 #: What ``manage.py runserver`` without gevent's monkey-patching gets told.
 RUNSERVER_WARNING = (
     "runserver serves each request in a thread of its own, where long polls cannot wait on "
-    "gevent: /events answers 500 there. Serve the project with gunicorn -k gevent "
-    "(gunicorn -k gevent myproject.wsgi), or monkey-patch with gevent first."
+    "gevent: the long-poll views answer 500 there. For development, run "
+    "python manage.py runlongpoll (the same, with long polls); in production, gunicorn -k "
+    "wsgi_longpoll.server.gunicorn.LongpollWorker myproject.wsgi."
 )
 
 
@@ -47,3 +50,10 @@ class LongpollConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_server)
+        if several_processes() is not None:
+            # One worker of several (gunicorn -w 4 with LongpollWorker): build the manager
+            # now, so that one on the in-memory engine stops the worker at boot rather
+            # than failing the first long poll (see wsgi_longpoll.multiprocess).
+            from .conf import get_manager
+
+            get_manager()

@@ -60,6 +60,7 @@ from django.utils.module_loading import import_string
 
 from ...endpoints import EndpointOptions
 from ...manager import LongpollManager
+from ...multiprocess import check_new_manager
 from ...options import Option, convert, options_of
 from .._common import CONFIG_OPTIONS, Configuration, read_configuration, unknown_keys_error
 
@@ -174,11 +175,17 @@ _cache: dict[str, Any] = {}
 
 
 def current() -> tuple[LongpollSettings, LongpollManager]:
-    """The settings and the manager, built once (again after ``setting_changed``)."""
+    """The settings and the manager, built once (again after ``setting_changed``).
+
+    :raises MemoryEngineInSeveralProcesses: if the process is one of several (a gunicorn
+        worker among several, see :mod:`wsgi_longpoll.multiprocess`) and the manager
+        keeps its events in memory.
+    """
     with _lock:
         if "manager" not in _cache:
             loaded = load_settings()
             manager = loaded.manager or loaded.configuration.manager()
+            check_new_manager(manager)  # one process of several: not on memory
             _cache.update(settings=loaded, manager=manager)
         return _cache["settings"], _cache["manager"]
 

@@ -24,7 +24,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from ...protocol import error_body
-from .._common import Answer, run_middleware, warn_if_not_in_gevent
+from .._common import Answer, run_middleware, threaded_server_refusal, warn_if_not_in_gevent
 from .conf import LongpollSettings, UserHook, current
 
 if TYPE_CHECKING:
@@ -78,10 +78,22 @@ def _checked(hook: UserHook, user: Any, category: str) -> bool:
 
 
 def _answer(request: HttpRequest, path: str) -> HttpResponseBase:
+    refused = threaded_server_refusal(request.META, "python manage.py runlongpoll", logger)
+    if refused is not None:
+        return _response(refused)
     loaded, manager = current()
     environ = {**request.META, "PATH_INFO": path, "wsgi.input": request,
                _USER_KEY: getattr(request, "user", None)}
+    if _from_test_client(request):
+        environ["wsgi.multiprocess"] = False  # the view runs in the test's own process
     return _response(run_middleware(_application(loaded, manager), environ))
+
+
+def _from_test_client(request: HttpRequest) -> bool:
+    """Whether Django's test client (or ``RequestFactory``) made *request*: its environ
+    says ``wsgi.multiprocess`` whatever the process, which the middleware would refuse on
+    the in-memory engine (see :mod:`wsgi_longpoll.multiprocess`)."""
+    return type(request.META.get("wsgi.input")).__module__ == "django.test.client"
 
 
 def _response(answer: Answer) -> HttpResponseBase:
