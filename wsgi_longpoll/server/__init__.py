@@ -418,7 +418,11 @@ class Server:
             self._manager = manager
             self._wsgi_server = wsgi_server
             self._stopped.clear()
-            logger.info("serving long polls on %s (port %d)", server_info.address, self.port)
+            paths = [path for path in (server_info.subscription_uri, server_info.publish_uri)
+                     if path is not None]
+            logger.info("serving %s on %s (port %d)",
+                        f"long polls at {', '.join(paths)}" if paths else "the application",
+                        server_info.address, self.port)
 
     def _make_router(
         self, middleware: LongpollMiddleware, manager: LongpollManager, info: ServerInfo
