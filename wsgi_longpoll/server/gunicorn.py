@@ -30,6 +30,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 from gevent.pool import Pool
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped,unused-ignore]
 from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped,unused-ignore]
@@ -183,10 +184,18 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
                 server.max_accept = 1
             server.start()
             servers.append(server)
+        self._stopping = gevent.event.Event()
         while self.alive:
             self.notify()
-            gevent.sleep(1.0)
+            self._stopping.wait(1.0)
         self._shutdown(servers, router)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop at once (not at the next heartbeat, up to a second later)."""
+        super().handle_exit(sig, frame)
+        stopping = getattr(self, "_stopping", None)
+        if stopping is not None:
+            stopping.set()
 
     def _shutdown(self, servers: list[HTTPServer], router: LongpollRouter) -> None:
         """Stop accepting, answer parked polls, close idle connections, drain."""

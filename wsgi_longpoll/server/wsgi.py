@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     #: Parks a hold: ``park(connection, request, manager, hold, extra_header_lines)``.
     Park = Callable[[Connection, Request, LongpollManager, Hold, bytes], None]
+    #: What an application held: its manager, the hold, the header lines to send with it.
+    Held = tuple[LongpollManager, Hold, bytes]
 
 __all__ = ["WSGIBridge", "make_environ"]
 
@@ -127,13 +129,21 @@ class WSGIBridge:
         self.park: Park | None = None
 
     def handle(self, connection: Connection, request: Request) -> None:
-        """Run the application for *request* and stream its answer."""
-        self.run(connection, request, make_environ(connection, request, self.base_environ),
-                 self.app)
+        """Run the application for *request* and stream its answer, or park the
+        subscriber it held (once everything of the application's call is freed: a parked
+        poll keeps none of it)."""
+        held = self.run(connection, request,
+                        make_environ(connection, request, self.base_environ), self.app)
+        if held is not None and self.park is not None:
+            self.park(connection, request, *held)
 
     def run(self, connection: Connection, request: Request, environ: WSGIEnvironment,
-            app: Callable[..., Iterable[bytes]]) -> None:
-        """Run *app* (a WSGI application, or a werkzeug response) with *environ*."""
+            app: Callable[..., Iterable[bytes]]) -> Held | None:
+        """Run *app* (a WSGI application, or a werkzeug response) with *environ*.
+
+        :returns: what the application held, to park: its manager, the hold and the
+            header lines of its answer that go with it; ``None`` when it was answered.
+        """
         response = _Response()
         sock = connection.sock
         head_request = request.method == b"HEAD"
@@ -220,7 +230,7 @@ class WSGIBridge:
             logger.exception("the application failed on %s %s", environ["REQUEST_METHOD"],
                              environ["PATH_INFO"])
             self.internal_error(connection, request, response)
-            return
+            return None
         try:
             if isinstance(result, (list, tuple)) and len(result) == 1 and not response.sent:
                 send_head(bytes(result[0]), True)
@@ -243,17 +253,17 @@ class WSGIBridge:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        if response.held is not None and self.park is not None:
+        if response.held is not None:
             manager, hold = response.held
             extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers
                             if name.lower() not in _HOLD_OWN_HEADERS)
-            self.park(connection, request, manager, hold, extra.encode("latin-1"))
-            return
+            return manager, hold, extra.encode("latin-1")
         if response.length is not None and response.written != response.length \
                 and not response.no_body:
             connection.keep_alive = False  # the client cannot tell where the next one starts
         connection.server.log_access(connection, request, response.status or b"500",
                                      response.written)
+        return None
 
     @staticmethod
     def internal_error(connection: Connection, request: Request, response: _Response) -> None:
