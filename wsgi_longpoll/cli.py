@@ -13,6 +13,7 @@ from types import FrameType
 from typing import TypeVar
 
 from . import __version__
+from .errors import EventsLost
 from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
 from .wsgi.auth import bearer_token
 from .wsgi.demo import DemoApp
@@ -261,19 +262,16 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        server.serve_forever()
-    except _ShutdownRequested as reason:
-        logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.stop(args.shutdown_timeout)
-    events, acknowledged, size = _discarded(server)
-    if events:
-        logger.error(
-            "stopped, but %d events (%d bytes; %d acknowledged events) could not be "
-            "written to %s and are lost", events, size, acknowledged, args.persist_file,
-        )
+        try:
+            server.serve_forever()
+        except _ShutdownRequested as reason:
+            logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            server.stop(args.shutdown_timeout)
+    except EventsLost as lost:
+        logger.error("stopped, but %s", lost)
         return 1
     logger.info("stopped")
     return 0
@@ -287,16 +285,6 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         for field in dataclasses.fields(ServerOptions)
         if field.name not in NOT_ON_THE_COMMAND_LINE
     })
-
-
-def _discarded(server: Server) -> tuple[int, int, int]:
-    """Events, acknowledged events and bytes the persister could not write before it closed."""
-    persister = getattr(server.manager.engine, "persister", None)  # the memory engine's
-    return (
-        int(getattr(persister, "discarded_events", 0)),
-        int(getattr(persister, "discarded_acknowledged_events", 0)),
-        int(getattr(persister, "discarded_bytes", 0)),
-    )
 
 
 def _display_host(address: str) -> str:
