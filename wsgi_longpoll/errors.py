@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CapacityExceeded",
     "EventsLost",
+    "IdempotencyConflict",
     "LongpollError",
     "ManagerClosed",
     "OutcomeUnknown",
@@ -43,6 +44,28 @@ class OutcomeUnknown(StorageUnavailable):
 
     Retry with the same idempotency key to publish it at most once.
     """
+
+
+class IdempotencyConflict(LongpollError, ValueError):
+    """A publish reused an idempotency key of its category for another event.
+
+    Within the idempotency window, a key stands for one event: a retry must carry the same
+    data (as JSON values: whitespace and the order of object keys aside). Nothing was
+    published; publish a new event with a new key.
+
+    :param key: the idempotency key that was reused.
+    :param category: the category it was used in.
+    """
+
+    def __init__(self, key: str, category: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {key!r} was used for another event in category "
+            f"{category[:100]!r}: use a new key for a new event"
+        )
+        #: The idempotency key that was reused.
+        self.key = key
+        #: The category it was used in.
+        self.category = category
 
 
 class EventsLost(LongpollError, RuntimeError):

@@ -23,7 +23,13 @@ from gevent.monkey import get_original
 from ._gevent import peer_closed
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
-from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
+from .errors import (
+    CapacityExceeded,
+    IdempotencyConflict,
+    ManagerClosed,
+    OutcomeUnknown,
+    StorageUnavailable,
+)
 from .event import Event, Gap
 from .protocol import validate_category
 
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CapacityExceeded",
     "Delivery",
+    "IdempotencyConflict",
     "LongpollManager",
     "ManagerClosed",
     "ManagerStats",
@@ -271,13 +278,16 @@ class LongpollManager:
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
         :param idempotency_key: makes retries safe: a publish to the same category with
-            the same key within the engine's ``idempotency_window_seconds`` (5 minutes)
-            publishes nothing and returns the event the first one published.
+            the same key and the same *data* (as JSON values: whitespace and the order of
+            object keys aside) within the engine's ``idempotency_window_seconds``
+            (5 minutes) publishes nothing and returns the event the first one published.
         :returns: the event, with its id and timestamp.
         :raises ValueError: for an invalid category or ``None`` data.
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ManagerClosed: once :meth:`close` has been called.
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises IdempotencyConflict: (a :class:`ValueError`) if *idempotency_key* was used
+            in *category* within the window for other *data*; nothing was published.
         :raises StorageUnavailable: if the engine could not store the event (Redis
             unreachable); the event was not published.
         :raises OutcomeUnknown: (a :class:`StorageUnavailable`) if the engine did not

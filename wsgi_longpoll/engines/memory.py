@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gevent.monkey import get_original
 
-from ..errors import CapacityExceeded
+from ..errors import CapacityExceeded, IdempotencyConflict
 from ..event import Event, Gap, new_event_id
 from ..protocol import MAX_TIMESTAMP, now_ms
 from .base import (
@@ -24,6 +24,7 @@ from .base import (
     ReadResult,
     WatchCounts,
     check_engine_options,
+    data_digest,
     merge_by_position,
 )
 from .buffer import EventBuffer, Floor, missed
@@ -41,6 +42,15 @@ _LAST = 1 << 63
 
 #: How many skipped events :meth:`MemoryEngine._restore` logs one by one.
 _LOGGED_SKIPPED_EVENTS = 20
+
+
+class _Remembered(NamedTuple):
+    """What an idempotency key stands for: enough to answer a retry, not the event."""
+
+    expires: int  # epoch ms
+    timestamp: int
+    id: str
+    digest: bytes  # of the data (see data_digest)
 
 
 class Persister(Protocol):
@@ -152,8 +162,8 @@ class MemoryEngine(Engine):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
         self._watched = WatchCounts()
-        #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
-        self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
+        #: ``(category, idempotency key)`` to what it stands for, oldest first.
+        self._keys: dict[tuple[str, str], _Remembered] = {}
         self._listener: Listener | None = None
         #: The position of the newest event: timestamps never go back, and the sequence
         #: numbers every event across every category in publish order.
@@ -172,10 +182,14 @@ class MemoryEngine(Engine):
         with self._lock:
             if self.persister is not None:  # refused before anything is stored
                 self.persister.check()
+            digest = b""
             if idempotency_key is not None:
+                digest = data_digest(data)
                 known = self._remembered(category, idempotency_key)
                 if known is not None:
-                    return known
+                    if known.digest != digest:
+                        raise IdempotencyConflict(idempotency_key, category)
+                    return Event(known.timestamp, category, known.id, data)
             timestamp = max(now_ms(), self._last_timestamp)
             event = Event(timestamp, category, new_event_id(), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
@@ -205,22 +219,23 @@ class MemoryEngine(Engine):
                 self._listener([((timestamp, self._last_seq), event)])
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
-                self._keys[category, idempotency_key] = (expires, event)
+                self._keys[category, idempotency_key] = _Remembered(
+                    expires, timestamp, event.id, digest
+                )
         if self.persister is not None:
             self.persister.wait_written(event)  # without the lock: it may wait for the disk
         return event
 
-    def _remembered(self, category: str, key: str) -> Event | None:
-        """The event stored with *key* in *category* within the window, if any."""
+    def _remembered(self, category: str, key: str) -> _Remembered | None:
+        """What *key* stands for in *category* within the window, if anything."""
         keys = self._keys
         now = now_ms()
         # Every key lives as long as the window: the oldest expire first.
         while keys and (
-            next(iter(keys.values()))[0] < now or len(keys) > self.max_idempotency_keys
+            next(iter(keys.values())).expires < now or len(keys) > self.max_idempotency_keys
         ):
             del keys[next(iter(keys))]
-        known = keys.get((category, key))
-        return None if known is None else known[1]
+        return keys.get((category, key))
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
         held, size = len(buffer), buffer.size_bytes
