@@ -16,6 +16,7 @@ from conftest import redis_engine_class, wait_until
 
 from wsgi_longpoll import LongpollManager
 from wsgi_longpoll.engines import Engine, MemoryEngine, Position
+from wsgi_longpoll.errors import IdempotencyConflict
 from wsgi_longpoll.event import Event
 
 
@@ -161,6 +162,19 @@ def test_an_idempotency_key_stores_a_retried_append_once(engine: Engine) -> None
     other = engine.append("b", "once", idempotency_key="key-1")  # keys are per category
     fresh = engine.append("a", "twice", idempotency_key="key-2")
     assert engine.read(["a", "b"], 0, None).events == [first, other, fresh]
+
+
+def test_an_idempotency_key_reused_for_other_data_is_refused(engine: Engine) -> None:
+    first = engine.append("a", {"id": 7, "items": [1, 2]}, idempotency_key="key-1")
+    # The same data as JSON values (object keys in another order): the same event.
+    assert engine.append("a", {"items": [1, 2], "id": 7}, idempotency_key="key-1") == first
+    for other in ({"id": 8, "items": [1, 2]}, {"id": 7, "items": [2, 1]}, "text",
+                  {"id": 7.0, "items": [1, 2]}, {"id": True, "items": [1, 2]}):
+        with pytest.raises(IdempotencyConflict, match="'key-1'") as refused:
+            engine.append("a", other, idempotency_key="key-1")
+        assert (refused.value.key, refused.value.category) == ("key-1", "a")
+        assert isinstance(refused.value, ValueError)
+    assert engine.read(["a"], 0, None).events == [first]
 
 
 def test_refuses_values_json_cannot_hold(engine: Engine) -> None:

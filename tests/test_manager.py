@@ -313,6 +313,46 @@ def test_max_categories_pushes_out_the_category_idle_longest() -> None:
     assert manager.stats().publish_errors == 0
 
 
+def test_every_category_pushed_out_under_churn_resumes_with_a_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Few floors kept: the rest share one, and no pushed-out category is silent.
+    monkeypatch.setattr(MemoryEngine, "max_kept_floors", 5, raising=False)
+    manager = LongpollManager(max_categories=3)
+    start = manager.publish("start", 0)
+    published = {f"c{n}": manager.publish(f"c{n}", n) for n in range(50)}
+    order = {event.id: index for index, event in enumerate(published.values())}
+    for category, event in published.items():
+        gaps = manager.subscribe(category, 0.001, since_time=start.timestamp,
+                                 last_id=start.id).gaps
+        if not manager.buffered_events(category):  # pushed out: its own or the shared floor
+            assert [gap.category for gap in gaps] == [category]
+            assert order[gaps[0].last_id] >= order[event.id]
+    # The last pushed out keep their own floor, exactly.
+    for n in range(42, 47):
+        gaps = manager.subscribe(f"c{n}", 0.001, since_time=start.timestamp,
+                                 last_id=start.id).gaps
+        assert gaps[0].last_id == published[f"c{n}"].id
+    # A cursor newer than the shared floor is not told of a gap it cannot have.
+    last = published["c49"]
+    assert manager.subscribe("never", 0.001, since_time=last.timestamp).gaps == []
+
+
+def test_floors_of_pushed_out_categories_are_kept_at_least_a_time_to_live(
+    engine_clock: list[int],
+) -> None:
+    manager = LongpollManager(max_categories=1, event_time_to_live_seconds=10)
+    a = manager.publish("a", 1)
+    manager.publish("b", 1)  # pushes out "a"
+    engine_clock[0] += 19_000  # "a"'s event is 19 s old: its floor still counts
+    manager.publish("b", 2)
+    gaps = manager.subscribe("a", 0.001, since_time=a.timestamp - 1).gaps
+    assert [gap.last_id for gap in gaps] == [a.id]
+    engine_clock[0] += 2_000  # two times to live: forgotten, like an emptied category
+    manager.publish("b", 3)
+    assert manager.subscribe("a", 0.001, since_time=a.timestamp - 1).gaps == []
+
+
 def test_max_categories_refuses_only_when_every_category_has_subscribers() -> None:
     manager = LongpollManager(max_categories=2)
     manager.publish("a", 1)

@@ -256,16 +256,31 @@ def test_loaded_events_obey_buffer_size_and_time_to_live(
     assert [e.data for e in manager.buffered_events("recent")] == [2, 3, 4]
 
 
-def test_events_published_after_reload_sort_after_loaded_ones_from_the_future(
+def test_events_published_after_reload_sort_after_loaded_ones_from_the_near_future(
     event_file: Path, make_persister: Callable[..., FilePersister]
 ) -> None:
-    # The wall clock went back an hour since these were written.
-    future = now_ms() + 3_600_000
+    # The wall clock went back 30 s since this was written: within the bound, kept.
+    future = now_ms() + 30_000
     event_file.write_bytes(record(future, "news", "before", UUIDS[0]))
     manager = LongpollManager(persister=make_persister())
     event = manager.publish("news", "after")
     assert event.timestamp >= future
     assert [e.data for e in manager.buffered_events("news")] == ["before", "after"]
+
+
+def test_events_further_ahead_than_the_bound_are_skipped_and_do_not_hold_the_clock(
+    event_file: Path, make_persister: Callable[..., FilePersister],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The wall clock went back an hour since this was written: beyond the bound (60 s).
+    future = now_ms() + 3_600_000
+    event_file.write_bytes(record(future, "news", "from the future", UUIDS[0]))
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.engines.memory"):
+        manager = LongpollManager(persister=make_persister())
+    assert "more than 60 s ahead of the clock" in caplog.text
+    event = manager.publish("news", "after")
+    assert event.timestamp <= now_ms()
+    assert [e.data for e in manager.buffered_events("news")] == ["after"]
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -517,8 +532,7 @@ def test_interrupted_compaction_leaves_a_loadable_file(
         manager.publish("news", "after")
         persister.flush()
     assert "compaction failed" in caplog.text
-    lock = event_file.with_name("events.log.lock")  # the persister's lock, kept
-    assert sorted(event_file.parent.iterdir()) == [event_file, lock]
+    assert sorted(event_file.parent.iterdir()) == [event_file]  # the half-written one went
     manager.close()
     monkeypatch.undo()
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from . import __version__
 from .endpoints import EndpointOptions
 from .engines.options import EngineOptions, MemoryOptions, RedisOptions
+from .errors import EventsLost
 from .manager import ManagerOptions
 from .options import Option, convert, options_of
 from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
@@ -235,19 +236,16 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        server.serve_forever()
-    except _ShutdownRequested as reason:
-        logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.stop(args.shutdown_timeout)
-    events, acknowledged, size = _discarded(server)
-    if events:
-        logger.error(
-            "stopped, but %d events (%d bytes; %d acknowledged events) could not be "
-            "written to %s and are lost", events, size, acknowledged, args.persist_file,
-        )
+        try:
+            server.serve_forever()
+        except _ShutdownRequested as reason:
+            logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            server.stop(args.shutdown_timeout)
+    except EventsLost as lost:
+        logger.error("stopped, but %s", lost)
         return 1
     logger.info("stopped")
     return 0
@@ -270,16 +268,6 @@ def server_info(args: argparse.Namespace, before_publish: Hook | None = None) ->
         handler_to_run_before_publish=before_publish,
         **{item.attribute: getattr(args, item.attribute)
            for item in options_of(ServerInfo).values()},
-    )
-
-
-def _discarded(server: Server) -> tuple[int, int, int]:
-    """Events, acknowledged events and bytes the persister could not write before it closed."""
-    persister = getattr(server.manager.engine, "persister", None)  # the memory engine's
-    return (
-        int(getattr(persister, "discarded_events", 0)),
-        int(getattr(persister, "discarded_acknowledged_events", 0)),
-        int(getattr(persister, "discarded_bytes", 0)),
     )
 
 

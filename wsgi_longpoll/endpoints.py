@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from .errors import (
     CapacityExceeded,
+    IdempotencyConflict,
     LongpollError,
     ManagerClosed,
     OutcomeUnknown,
@@ -41,6 +42,7 @@ from .protocol import (
     SUBSCRIBE_METHOD_ERROR,
     ProtocolError,
     error_body,
+    idempotency_conflict_error,
     now_ms,
     parse_idempotency_key,
     parse_publish_body,
@@ -441,6 +443,8 @@ class Endpoints(Generic[C]):
             self.manager.publish(document.category, document.data, idempotency_key=key)
         except ProtocolError as error:
             return error_answer("400 Bad Request", str(error))
+        except IdempotencyConflict as error:
+            return error_answer("422 Unprocessable Content", idempotency_conflict_error(error.key))
         except (ManagerClosed, CapacityExceeded, StorageUnavailable) as error:
             return refusal(error)
         return PUBLISH_SUCCESS

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "CapacityExceeded",
+    "EventsLost",
+    "IdempotencyConflict",
     "LongpollError",
     "ManagerClosed",
     "MemoryEngineInSeveralProcesses",
@@ -51,3 +53,56 @@ class MemoryEngineInSeveralProcesses(LongpollError, RuntimeError):
 
     The message says what to do (see :mod:`wsgi_longpoll.multiprocess`).
     """
+
+
+class IdempotencyConflict(LongpollError, ValueError):
+    """A publish reused an idempotency key of its category for another event.
+
+    Within the idempotency window, a key stands for one event: a retry must carry the same
+    data (as JSON values: whitespace and the order of object keys aside). Nothing was
+    published; publish a new event with a new key.
+
+    :param key: the idempotency key that was reused.
+    :param category: the category it was used in.
+    """
+
+    def __init__(self, key: str, category: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {key!r} was used for another event in category "
+            f"{category[:100]!r}: use a new key for a new event"
+        )
+        #: The idempotency key that was reused.
+        self.key = key
+        #: The category it was used in.
+        self.category = category
+
+
+class EventsLost(LongpollError, RuntimeError):
+    """Events that were published could not be written to the persist file: they are lost.
+
+    Raised by :meth:`wsgi_longpoll.server.Server.stop` once everything is stopped and
+    closed, when the persister still held events it could not write (a full disk, a
+    file-size limit, an I/O error); ``wsgi-longpoll serve`` exits with status 1 then.
+
+    :param events: the events lost.
+    :param acknowledged_events: of them, those whose publish was answered as a success
+        (all of them, unless publishes are acknowledged only after the write).
+    :param size_bytes: the bytes of those events.
+    :param file_name: the persist file.
+    """
+
+    def __init__(
+        self, events: int, acknowledged_events: int, size_bytes: int, file_name: str
+    ) -> None:
+        super().__init__(
+            f"{events} events ({size_bytes} bytes; {acknowledged_events} acknowledged "
+            f"events) could not be written to {file_name} and are lost"
+        )
+        #: The events lost.
+        self.events = events
+        #: Of them, those whose publish was answered as a success.
+        self.acknowledged_events = acknowledged_events
+        #: Their bytes.
+        self.size_bytes = size_bytes
+        #: The persist file.
+        self.file_name = file_name

@@ -25,7 +25,13 @@ from ._gevent import peer_closed
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
 from .engines.options import MemoryOptions, RedisOptions
-from .errors import CapacityExceeded, ManagerClosed, OutcomeUnknown, StorageUnavailable
+from .errors import (
+    CapacityExceeded,
+    IdempotencyConflict,
+    ManagerClosed,
+    OutcomeUnknown,
+    StorageUnavailable,
+)
 from .event import Event, Gap
 from .options import at_least, build, check_options, option, options_of
 from .protocol import validate_category
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CapacityExceeded",
     "Delivery",
+    "IdempotencyConflict",
     "LongpollManager",
     "ManagerClosed",
     "ManagerOptions",
@@ -304,13 +311,16 @@ class LongpollManager:
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
         :param idempotency_key: makes retries safe: a publish to the same category with
-            the same key within the engine's ``idempotency_window_seconds`` (5 minutes)
-            publishes nothing and returns the event the first one published.
+            the same key and the same *data* (as JSON values: whitespace and the order of
+            object keys aside) within the engine's ``idempotency_window_seconds``
+            (5 minutes) publishes nothing and returns the event the first one published.
         :returns: the event, with its id and timestamp.
         :raises ValueError: for an invalid category or ``None`` data.
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ManagerClosed: once :meth:`close` has been called.
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises IdempotencyConflict: (a :class:`ValueError`) if *idempotency_key* was used
+            in *category* within the window for other *data*; nothing was published.
         :raises StorageUnavailable: if the engine could not store the event (Redis
             unreachable); the event was not published.
         :raises OutcomeUnknown: (a :class:`StorageUnavailable`) if the engine did not

@@ -27,6 +27,7 @@ __all__ = [
     "SubscribeQuery",
     "error_body",
     "events_body",
+    "idempotency_conflict_error",
     "now_ms",
     "parse_idempotency_key",
     "parse_publish_body",
@@ -108,6 +109,14 @@ def now_ms() -> int:
 
 def too_many_categories_error(max_categories: int) -> str:
     return f"Too many categories: at most {max_categories} in one request."
+
+
+def idempotency_conflict_error(key: str) -> str:
+    """The message of a ``422``: *key* was used in the category for another event."""
+    return (
+        f"Idempotency-Key {key!r} was already used in this category for another event "
+        "(other data): use a new key for a new event."
+    )
 
 
 def timeout_error(max_timeout: int) -> str:

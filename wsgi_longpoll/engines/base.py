@@ -11,7 +11,9 @@ one cursor ``(since_time, last_id)`` resumes several categories at once.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ __all__ = [
     "Position",
     "ReadResult",
     "WatchCounts",
+    "data_digest",
     "merge_by_position",
 ]
 
@@ -49,6 +52,24 @@ def merge_by_position(
 
 def _position(entry: tuple[Position, Event]) -> Position:
     return entry[0]
+
+
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
+_UNSORTED = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def data_digest(data: Any) -> bytes:
+    """A digest of *data* as JSON values: the same whatever the whitespace or the order of
+    object keys it came with. Two publishes with the same idempotency key must agree on it.
+
+    :raises TypeError: if *data* cannot be encoded as JSON.
+    :raises ValueError: for a value JSON cannot hold (NaN, infinities).
+    """
+    try:
+        text = _CANONICAL.encode(data)
+    except TypeError:  # keys that do not sort (a Python caller's int and str keys)
+        text = _UNSORTED.encode(data)
+    return hashlib.sha256(text.encode("ascii")).digest()  # ensure_ascii: escapes only
 
 
 class WatchCounts:
@@ -134,11 +155,14 @@ class Engine(ABC):
         events that are served at once) when this returns. With *idempotency_key*, an
         append to the same category with the same key within
         :attr:`idempotency_window_seconds` stores nothing and returns the event the first
-        one stored, so that a publisher can retry safely.
+        one stored, so that a publisher can retry safely; the same key with other *data*
+        (other JSON values, see :func:`data_digest`) raises :class:`IdempotencyConflict`.
 
         :raises TypeError: if *data* cannot be encoded as JSON.
         :raises ValueError: for a value JSON cannot hold (NaN, infinities).
         :raises CapacityExceeded: if *category* is new and ``max_categories`` hold events.
+        :raises IdempotencyConflict: if *idempotency_key* stands for another event of
+            *category*; nothing was stored.
         :raises StorageUnavailable: if the event could not be stored; it was not published.
         :raises OutcomeUnknown: if the store did not confirm in time; it may be published.
         """

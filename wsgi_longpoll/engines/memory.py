@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gevent.monkey import get_original
 
-from ..errors import CapacityExceeded
+from ..errors import CapacityExceeded, IdempotencyConflict
 from ..event import Event, Gap, new_event_id
 from ..protocol import MAX_TIMESTAMP, now_ms
 from .base import (
@@ -23,6 +23,7 @@ from .base import (
     Position,
     ReadResult,
     WatchCounts,
+    data_digest,
     merge_by_position,
 )
 from .buffer import EventBuffer, Floor, missed
@@ -38,6 +39,18 @@ _RLock = get_original("_thread", "RLock")
 
 #: Higher than any sequence number: ``(ms, _LAST)`` comes after every event of ``ms``.
 _LAST = 1 << 63
+
+#: How many skipped events :meth:`MemoryEngine._restore` logs one by one.
+_LOGGED_SKIPPED_EVENTS = 20
+
+
+class _Remembered(NamedTuple):
+    """What an idempotency key stands for: enough to answer a retry, not the event."""
+
+    expires: int  # epoch ms
+    timestamp: int
+    id: str
+    digest: bytes  # of the data (see data_digest)
 
 
 class Persister(Protocol):
@@ -84,7 +97,9 @@ class MemoryEngine(Engine):
         ``0``) keeps them.
     :param max_categories: how many categories may hold events at once. A new category
         beyond it pushes out the category published to least recently that nobody waits
-        on (its subscribers resume with the gap signal); only when every category has
+        on; its floor (the newest event it held) is kept for the gap signal (see
+        :attr:`max_kept_floors`), and a subscriber that had not seen it resumes with a gap,
+        also once the category holds events again. Only when every category has
         subscribers waiting is the publish refused (:class:`CapacityExceeded`).
     :param persister: stores every event and gives them back on start.
     :param delete_event_after_first_retrieval: an event served from a buffer is removed
@@ -101,6 +116,17 @@ class MemoryEngine(Engine):
     default_max_buffered_bytes = MemoryOptions.max_buffered_bytes
     #: How many idempotency keys are remembered at most (the oldest are forgotten first).
     max_idempotency_keys = 100_000
+    #: How many floors of categories pushed out by ``max_categories`` are kept, each for
+    #: as long as an emptied category keeps its own (two times to live after its event;
+    #: for ever without a time to live), at about 300 bytes and the category's name each.
+    #: Beyond it the oldest floor goes first into one floor shared by every category
+    #: that has none of its own: a cursor older than it, in such a category, is given
+    #: the gap (one that may have lost nothing: told rather than not).
+    max_kept_floors = 10_000
+    #: How far ahead of the clock a restored event's timestamp may be, in seconds.
+    #: Timestamps never go back, so such an event holds every new event's timestamp at
+    #: its own until the clock catches up; one further ahead is skipped with a warning.
+    max_restored_lead_seconds = 60.0
 
     def __init__(
         self,
@@ -132,8 +158,11 @@ class MemoryEngine(Engine):
         #: Least recently published to first.
         self._buffers: dict[str, EventBuffer] = {}
         #: The newest event of each category pushed out by ``max_categories``, for the gap
-        #: signal; as many as ``max_categories`` at most, the oldest forgotten first.
+        #: signal, oldest first; ``max_kept_floors`` at most.
         self._forgotten: dict[str, Floor] = {}
+        #: The newest of the floors let go to keep ``max_kept_floors``: the floor of every
+        #: category that has none of its own.
+        self._shared_floor: Floor | None = None
         #: Events and bytes held in every buffer.
         self._held = 0
         self._bytes = 0
@@ -141,8 +170,8 @@ class MemoryEngine(Engine):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
         self._watched = WatchCounts()
-        #: ``(category, idempotency key)`` to ``(expiry in epoch ms, event)``.
-        self._keys: dict[tuple[str, str], tuple[int, Event]] = {}
+        #: ``(category, idempotency key)`` to what it stands for, oldest first.
+        self._keys: dict[tuple[str, str], _Remembered] = {}
         self._listener: Listener | None = None
         #: The position of the newest event: timestamps never go back, and the sequence
         #: numbers every event across every category in publish order.
@@ -161,10 +190,14 @@ class MemoryEngine(Engine):
         with self._lock:
             if self.persister is not None:  # refused before anything is stored
                 self.persister.check()
+            digest = b""
             if idempotency_key is not None:
+                digest = data_digest(data)
                 known = self._remembered(category, idempotency_key)
                 if known is not None:
-                    return known
+                    if known.digest != digest:
+                        raise IdempotencyConflict(idempotency_key, category)
+                    return Event(known.timestamp, category, known.id, data)
             timestamp = max(now_ms(), self._last_timestamp)
             event = Event(timestamp, category, new_event_id(), data)
             event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
@@ -179,7 +212,7 @@ class MemoryEngine(Engine):
             watched = category in self._watched
             if buffer is None and not (watched and self.delete_event_after_first_retrieval):
                 buffer = EventBuffer(self.max_event_buffer_size)
-                buffer.floor = self._forgotten.pop(category, None)
+                buffer.floor = self._forgotten.pop(category, self._shared_floor)
             if buffer is not None:
                 self._buffers[category] = buffer
                 if not (watched and self.delete_event_after_first_retrieval):
@@ -194,22 +227,23 @@ class MemoryEngine(Engine):
                 self._listener([((timestamp, self._last_seq), event)])
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
-                self._keys[category, idempotency_key] = (expires, event)
+                self._keys[category, idempotency_key] = _Remembered(
+                    expires, timestamp, event.id, digest
+                )
         if self.persister is not None:
             self.persister.wait_written(event)  # without the lock: it may wait for the disk
         return event
 
-    def _remembered(self, category: str, key: str) -> Event | None:
-        """The event stored with *key* in *category* within the window, if any."""
+    def _remembered(self, category: str, key: str) -> _Remembered | None:
+        """What *key* stands for in *category* within the window, if anything."""
         keys = self._keys
         now = now_ms()
         # Every key lives as long as the window: the oldest expire first.
         while keys and (
-            next(iter(keys.values()))[0] < now or len(keys) > self.max_idempotency_keys
+            next(iter(keys.values())).expires < now or len(keys) > self.max_idempotency_keys
         ):
             del keys[next(iter(keys))]
-        known = keys.get((category, key))
-        return None if known is None else known[1]
+        return keys.get((category, key))
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
         held, size = len(buffer), buffer.size_bytes
@@ -251,10 +285,29 @@ class MemoryEngine(Engine):
         self._bytes -= buffer.size_bytes
         newest = buffer.newest()
         if newest is not None:
-            self._forgotten[category] = newest
-            if len(self._forgotten) > self.max_categories:
-                del self._forgotten[next(iter(self._forgotten))]
+            self._keep_floor(category, newest)
         logger.debug("max_categories: pushed out %r, the category idle longest", category)
+
+    def _keep_floor(self, category: str, floor: Floor) -> None:
+        """Remember *floor* for *category*, which holds no buffer any more; beyond
+        ``max_kept_floors`` the oldest floor kept goes into the shared floor."""
+        forgotten = self._forgotten
+        forgotten[category] = floor
+        while len(forgotten) > self.max_kept_floors:
+            oldest = forgotten.pop(next(iter(forgotten)))
+            shared = self._shared_floor
+            if shared is None:
+                logger.info(
+                    "max_kept_floors (%d) reached: the categories pushed out longest ago "
+                    "share one floor", self.max_kept_floors,
+                )
+            if shared is None or oldest.seq > shared.seq:
+                self._shared_floor = oldest
+
+    def _floor_of_absent(self, category: str) -> Floor | None:
+        """The floor of *category*, which holds no buffer: its own, else the shared one."""
+        floor = self._forgotten.get(category)
+        return self._shared_floor if floor is None else floor
 
     def read(
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
@@ -274,7 +327,8 @@ class MemoryEngine(Engine):
             gaps = [
                 Gap(category, floor.timestamp, floor.id)
                 for category in categories
-                if (floor := self._forgotten.get(category)) is not None
+                if category not in self._buffers
+                and (floor := self._floor_of_absent(category)) is not None
                 and missed(floor, since_time, last_id, last_seq)
             ]
             found: list[tuple[EventBuffer, list[tuple[Position, Event]]]] = []
@@ -339,7 +393,8 @@ class MemoryEngine(Engine):
     # -- housekeeping -----------------------------------------------------------------
 
     def sweep(self, now: int | None = None) -> None:
-        """Drop expired events and forget categories empty for a whole time to live.
+        """Drop expired events, and forget categories empty for a whole time to live and
+        the floors as old as theirs.
 
         Runs at most once a ``sweep_interval_ms``; *now* is the clock, in epoch ms.
         """
@@ -360,6 +415,13 @@ class MemoryEngine(Engine):
                 # to live; until then it remembers what it dropped, for the gap signal.
                 if not len(buffer) and (buffer.floor is None or buffer.floor.timestamp < forget):
                     del self._buffers[category]
+            # Kept floors go by the same rule, the oldest first (kept in push-out order,
+            # which is about their age: the category pushed out is the one idle longest).
+            forgotten = self._forgotten
+            while forgotten and next(iter(forgotten.values())).timestamp < forget:
+                del forgotten[next(iter(forgotten))]
+            if self._shared_floor is not None and self._shared_floor.timestamp < forget:
+                self._shared_floor = None
 
     def all_events(self) -> list[Event]:
         """Every buffered event, in publish order."""
@@ -395,10 +457,22 @@ class MemoryEngine(Engine):
 
     def _restore(self, events: Iterable[Event]) -> None:
         ordered = sorted(events, key=lambda event: event.timestamp)  # stable: ties keep order
-        cutoff = None if self._ttl_ms is None else now_ms() - self._ttl_ms
+        now = now_ms()
+        cutoff = None if self._ttl_ms is None else now - self._ttl_ms
+        # The clock must stay resumable (JavaScript's safe integers), and must not be held
+        # by an event from the future for longer than max_restored_lead_seconds.
+        latest = min(MAX_TIMESTAMP, now + int(self.max_restored_lead_seconds * 1000))
+        skipped = 0
         for event in ordered:
-            if not 0 <= event.timestamp <= MAX_TIMESTAMP:  # the clock must stay resumable
-                logger.warning("skipped a stored event with timestamp %d", event.timestamp)
+            if not 0 <= event.timestamp <= latest:
+                skipped += 1
+                if skipped <= _LOGGED_SKIPPED_EVENTS:
+                    why = (
+                        f"more than {self.max_restored_lead_seconds:g} s ahead of the clock"
+                        if 0 <= event.timestamp <= MAX_TIMESTAMP else "out of range"
+                    )
+                    logger.warning("skipped a stored event with timestamp %d (id %s): %s",
+                                   event.timestamp, event.id, why)
                 continue
             if cutoff is None or event.timestamp >= cutoff:
                 self._last_seq += 1
@@ -411,4 +485,7 @@ class MemoryEngine(Engine):
             self._last_timestamp = max(self._last_timestamp, event.timestamp)
         if self.persister is not None:
             self.persister.compact(self.all_events())
-        logger.info("restored %d events in %d categories", len(ordered), len(self._buffers))
+        if skipped > _LOGGED_SKIPPED_EVENTS:
+            logger.warning("%d more stored events skipped", skipped - _LOGGED_SKIPPED_EVENTS)
+        logger.info("restored %d events in %d categories", len(ordered) - skipped,
+                    len(self._buffers))

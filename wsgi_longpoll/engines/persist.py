@@ -9,9 +9,10 @@ Writing happens in a real OS thread (even in a process monkey-patched by gevent)
 gevent hub that answers subscribers. The same thread rewrites the file when it has grown
 too much (see :class:`FilePersister` for the rule), in order with the appends.
 
-**Guarantees.** One persister per file: the file's sidecar ``<file_name>.lock`` is
-locked (``flock``) for the persister's life, and a second persister, in this process or
-another, raises :class:`PersistFileLocked`. Once a write has failed (disk full, file too
+**Guarantees.** One persister per file: the file itself (its device and inode) is locked
+(``flock``) for the persister's life, and a second persister, in this process or another,
+by whatever name it reaches the file (a symbolic or a hard link), raises
+:class:`PersistFileLocked`. Once a write has failed (disk full, file too
 large, an I/O error) :meth:`FilePersister.check` raises :class:`PersistenceFailed`, and
 the memory engine refuses events with it, until a retry of the unwritten bytes
 succeeds, so that no event is acknowledged that cannot be written. With
@@ -185,9 +186,13 @@ class FilePersister:
     old one as ``<file_name>.compacting``, synced, then renamed over it: a crash at any
     moment leaves either the old or the new file whole.
 
-    **One writer**: ``<file_name>.lock`` is locked with ``flock`` while the persister is
-    open (the lock survives the rename of compaction); a second persister on the same
-    file raises :class:`PersistFileLocked`.
+    **One writer**: the file itself is locked with ``flock`` while the persister is open;
+    compaction locks the new file before it renames it over the old one. A second
+    persister on the same file, by any name (a symbolic or a hard link), raises
+    :class:`PersistFileLocked`. *file_name*'s symbolic links are resolved once, here:
+    compaction rewrites the file they lead to, in its directory, and leaves the links
+    be. A hard link to the file keeps the old content after a compaction (a warning
+    says so at start).
 
     **Write failures**: a failed write is logged, counted (:attr:`write_failures`) and
     retried every *write_flush_period_seconds* with the bytes it could not write. From
@@ -265,21 +270,21 @@ class FilePersister:
         self.discarded_events = 0
         self.discarded_bytes = 0
         self._write_error: OSError | None = None
-        self._lock_fd = _lock_file(path + ".lock", path)
+        #: The file written: *file_name* with its symbolic links resolved.
+        self._path = os.path.realpath(path)
+        self._fd = _open_locked(self._path, path)
         try:
-            self._fd = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
-            )
-        except OSError:
-            os.close(self._lock_fd)
-            raise
-        try:
-            # What the manager's compaction rule counts: bytes since the last rewrite.
-            self._appended_bytes = os.fstat(self._fd).st_size
+            status = os.fstat(self._fd)
         except OSError:
             os.close(self._fd)
-            os.close(self._lock_fd)
             raise
+        if status.st_nlink > 1:
+            logger.warning(
+                "%s has %d hard links: compaction replaces the file, and the other names "
+                "keep its old content", path, status.st_nlink,
+            )
+        # What the manager's compaction rule counts: bytes since the last rewrite.
+        self._appended_bytes = status.st_size
         self._compacted_bytes = 0
         # Handed from append to the writer under _lock: encoded events and commands, in
         # order. The writer wakes on _wakeups only when it must: the first event when it
@@ -300,7 +305,6 @@ class FilePersister:
             _start_new_thread(self._run, ())
         except BaseException:
             os.close(self._fd)
-            os.close(self._lock_fd)
             raise
         _open_persisters.add(self)
 
@@ -321,7 +325,7 @@ class FilePersister:
         """
         events: list[Event] = []
         skipped = 0
-        with open(self.file_name, "rb") as stream:
+        with open(self._path, "rb") as stream:
             for number, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue
@@ -525,9 +529,7 @@ class FilePersister:
             logger.exception("%s: the writer thread failed; events are no longer written", self)
         finally:
             with contextlib.suppress(OSError):
-                os.close(self._fd)
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)  # releases the flock
+                os.close(self._fd)  # releases the flock
             with self._lock:
                 self._finished.release()
                 acks = [item for item in self._pending if isinstance(item, _Ack)]
@@ -657,7 +659,7 @@ class FilePersister:
 
     def _compact(self, events: list[Event]) -> bool:
         """Replace the file by one holding *events*; log and return ``False`` on failure."""
-        temporary = self.file_name + ".compacting"
+        temporary = self._path + ".compacting"  # next to the file, on its disk
         try:
             fd = os.open(
                 temporary,
@@ -678,7 +680,8 @@ class FilePersister:
                     _write_out(fd, chunk)
             _write_out(fd, chunk)
             os.fsync(fd)
-            os.replace(temporary, self.file_name)
+            _lock(fd)  # before it is in place: the file is never unlocked
+            os.replace(temporary, self._path)
         except BaseException as error:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -689,7 +692,7 @@ class FilePersister:
             return False
         old_fd, self._fd = self._fd, fd
         os.close(old_fd)
-        _fsync_directory(os.path.dirname(self.file_name))
+        _fsync_directory(os.path.dirname(self._path))
         logger.info("%s: compacted to %d events", self.file_name, len(events))
         return True
 
@@ -705,34 +708,75 @@ def _checked(event: Event) -> Event:
     return event
 
 
-def _lock_file(lock_path: str, path: str) -> int:
-    """Open and ``flock`` *lock_path* for *path*'s writer; return its descriptor.
+def _open_locked(path: str, name: str) -> int:
+    """Open the event file *path* for appending and ``flock`` it; return its descriptor.
+
+    The lock is on the file itself (its device and inode), whatever name it was reached
+    by (*name*, for messages). A file replaced by a compaction between the open and the
+    lock is let go, and the file now in place is locked instead.
 
     :raises PersistFileLocked: if another open file description holds the lock.
+    :raises OSError: if the file cannot be created or opened for appending.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    if fcntl is None:  # pragma: no cover - no flock on this platform
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        holder = b""
-        with contextlib.suppress(OSError):
-            holder = os.pread(fd, 32, 0).strip()
-        os.close(fd)
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    attempts = 0
+    while True:
+        attempts += 1
+        fd = os.open(path, flags, 0o666)
+        try:
+            try:
+                _lock(fd)
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = _lock_holder(fd)
+                # A holder that is gone by now may have replaced the file: look again.
+                if _in_place(fd, path) and (holder is not None or attempts >= 3):
+                    raise PersistFileLocked(
+                        error.errno,
+                        f"{name} is in use by {holder or 'another process'} (it holds a "
+                        "lock on the file); two servers must not share a persist file",
+                        name,
+                    ) from None
+            else:
+                if _in_place(fd, path):
+                    return fd
+        except BaseException:
+            os.close(fd)
             raise
-        who = f"process {holder.decode('ascii', 'replace')}" if holder else "another process"
-        raise PersistFileLocked(
-            error.errno,
-            f"{path} is in use by {who} (it holds {lock_path}); "
-            "two servers must not share a persist file",
-            path,
-        ) from None
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-    return fd
+        os.close(fd)  # replaced by a compaction meanwhile: try the file now in place
+
+
+def _in_place(fd: int, path: str) -> bool:
+    """Whether *fd*'s file is the one at *path* (not one a rename replaced)."""
+    status = os.fstat(fd)
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (status.st_dev, status.st_ino)
+
+
+def _lock(fd: int) -> None:
+    """``flock`` *fd*'s file, exclusively, without waiting (where the platform can)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _lock_holder(fd: int) -> str | None:
+    """Who holds the ``flock`` on *fd*'s file, ``"process <pid>"``, where ``/proc/locks``
+    tells (Linux); else ``None``."""
+    with contextlib.suppress(OSError, ValueError):
+        status = os.fstat(fd)
+        device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}"
+        wanted = f"{device}:{status.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146791 0 EOF"; waiters have "->"
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+                    return f"process {fields[4]}"
+    return None
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._gevent import get_hub_if_exists
-from ..errors import OutcomeUnknown, StorageUnavailable
+from ..errors import IdempotencyConflict, OutcomeUnknown, StorageUnavailable
 from ..event import Event, Gap, encode_json
 from .base import (
     Engine,
@@ -47,6 +47,7 @@ from .base import (
     Position,
     ReadResult,
     WatchCounts,
+    data_digest,
     merge_by_position,
 )
 from .options import RedisOptions
@@ -79,7 +80,9 @@ local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: counter hash, category set, stream, floor, idempotency key.
 # ARGV: category, data, buffer size, time to live in ms (0: none), max categories,
-#       prefix of the streams, prefix of the floors, idempotency window in ms.
+#       prefix of the streams, prefix of the floors, idempotency window in ms, digest of
+#       the data (hex; empty for a key of our own).
+# Returns the entry id, then a space and the digest of the data stored with the key.
 _PUBLISH = _EXPIRE + """
 local known = redis.call('GET', KEYS[5])
 if known then return known end
@@ -123,8 +126,9 @@ local id = string.format('%d-%d', ms, seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', size, id, 'd', ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[3], 2 * ttl) end
 redis.call('ZADD', KEYS[2], clock, ARGV[1])
-redis.call('SET', KEYS[5], id, 'PX', ARGV[8])
-return id
+local remembered = id .. ' ' .. ARGV[9]
+redis.call('SET', KEYS[5], remembered, 'PX', ARGV[8])
+return remembered
 """
 
 # KEYS: counter hash, then the streams, then their floors.
@@ -321,12 +325,17 @@ class RedisEngine(Engine):
         of a command whose answer was lost cannot store the event twice.
 
         :raises TypeError: if *data* cannot be encoded as JSON.
+        :raises IdempotencyConflict: if *idempotency_key* stands for other data in
+            *category*; nothing was published.
         :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
         :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
         encoded = encode_json(data)
+        digest = ""  # none for a key of our own: it is never sent twice
         if idempotency_key is None:
             idempotency_key = uuid.uuid4().hex
+        else:
+            digest = data_digest(data).hex()
         key = self._idempotency_prefix + hashlib.sha256(
             category.encode("utf-8", "surrogateescape") + b"\0"
             + idempotency_key.encode("utf-8", "surrogateescape")
@@ -336,9 +345,9 @@ class RedisEngine(Engine):
         args = [category.encode("utf-8", "surrogateescape"), encoded,
                 self.max_event_buffer_size, self._ttl_ms, self.max_categories,
                 self._stream_prefix, self._floor_prefix,
-                int(self.idempotency_window_seconds * 1000)]
+                int(self.idempotency_window_seconds * 1000), digest]
         try:
-            entry_id = self._call(self._publish_script, keys, args)
+            reply = self._call(self._publish_script, keys, args)
         except StorageUnavailable as error:
             # Failing to connect is "not published"; a command sent and not answered, or
             # a connection lost while waiting for the answer, may have been carried out.
@@ -348,6 +357,9 @@ class RedisEngine(Engine):
                     "have been published"
                 ) from error.__cause__
             raise
+        entry_id, _, remembered = reply.partition(b" ")
+        if remembered and remembered.decode("ascii") != digest:
+            raise IdempotencyConflict(idempotency_key, category)
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), data)
 

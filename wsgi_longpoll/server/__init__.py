@@ -30,6 +30,7 @@ from gevent.pool import Pool
 
 from ..endpoints import EndpointOptions
 from ..engines.options import MemoryOptions, RedisOptions
+from ..errors import EventsLost
 from ..manager import LongpollManager, ManagerOptions
 from ..options import at_least, check_options, more_than, option, option_from, subset
 from ..wsgi.answers import not_found
@@ -43,6 +44,8 @@ from .wsgi import WSGIBridge
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+
+    from ..engines.persist import FilePersister
 
 __all__ = [
     "FilePersistorInfo",
@@ -319,6 +322,8 @@ class Server:
         self._lock = threading.Lock()
         self._wsgi_server: HTTPServer | None = None
         self._manager: LongpollManager | None = None
+        #: The running server's persister, until :meth:`stop` has reported its losses.
+        self._persister: FilePersister | None = None
         self._thread: threading.Thread | None = None
         self._stop_signal: Any = None  # the hub thread's async watcher
         self._shutdown_timeout = 0.0
@@ -416,6 +421,7 @@ class Server:
                     persister.close()
                 raise
             self._manager = manager
+            self._persister = persister
             self._wsgi_server = wsgi_server
             self._stopped.clear()
             paths = [path for path in (server_info.subscription_uri, server_info.publish_uri)
@@ -521,25 +527,41 @@ class Server:
         called again afterwards.
 
         :param shutdown_timeout: seconds, or a :class:`datetime.timedelta`.
+        :raises EventsLost: once everything is stopped and closed, if the persister
+            could not write every event it was given (a full disk, a file-size limit, an
+            I/O error): the exception names how many are lost, and how many of them were
+            acknowledged (see ``docs/persistence.md``). Raised once; a later ``stop`` is
+            a no-op.
         """
         timeout = _seconds(shutdown_timeout)
         with self._lock:
             if not self.running or self._wsgi_server is None:
                 if self._wsgi_server is not None:  # serving died: still release the engine
                     self._close_manager()
-                return
-            self._shutdown_timeout = timeout
-            thread = self._thread
-            if thread is None:  # in the caller's own gevent hub
-                self._shutdown(self._wsgi_server)
-                self._stopped.set()
-                return
-            self._stop_signal.send()
-            if thread is not threading.current_thread():
-                thread.join(timeout + 10)
-                if thread.is_alive():
-                    logger.error("the server thread did not stop within %.1f s", timeout + 10)
-            self._thread = None
+            else:
+                self._shutdown_timeout = timeout
+                thread = self._thread
+                if thread is None:  # in the caller's own gevent hub
+                    self._shutdown(self._wsgi_server)
+                    self._stopped.set()
+                else:
+                    self._stop_signal.send()
+                    if thread is not threading.current_thread():
+                        thread.join(timeout + 10)
+                        if thread.is_alive():
+                            logger.error("the server thread did not stop within %.1f s",
+                                         timeout + 10)
+                    self._thread = None
+            persister = self._persister
+            if persister is not None and persister.closed:
+                self._persister = None
+            else:
+                persister = None
+        if persister is not None and persister.discarded_events:
+            raise EventsLost(
+                persister.discarded_events, persister.discarded_acknowledged_events,
+                persister.discarded_bytes, persister.file_name,
+            )
 
     def serve_forever(self) -> None:
         """Block until :meth:`stop` is called (from a signal handler or another thread)."""
@@ -551,7 +573,7 @@ class Server:
             pass
 
 
-def _make_persister(info: FilePersistorInfo | None) -> Any:
+def _make_persister(info: FilePersistorInfo | None) -> FilePersister | None:
     if info is None or not info.use:
         return None
     from ..engines.persist import FilePersister
