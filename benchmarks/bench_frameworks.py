@@ -23,7 +23,7 @@ For each, two measurements:
   parked - ``VmRSS`` idle) / N. A warm-up fan-out to 100 comes first. ``--lpload`` also runs
   the Go load generator's ``fanout`` (anonymous, on the ``fanout-*`` categories the apps leave
   open) for comparison with figures measured with it.
-- **SIGTERM**: park M polls (``timeout=60``) the same way, send SIGTERM to the ``serve``
+- **SIGTERM**: park M polls (``timeout=110``) the same way, send SIGTERM to the ``serve``
   process or gunicorn's master, and time until every poll has an answer, counting whole 200
   answers, other statuses, empty replies (closed without a byte), resets and answers cut
   short; and until the worker and the signalled process have exited.
@@ -70,6 +70,9 @@ ROOT = HERE.parent
 APPS = HERE / "apps"
 
 WORKER = "wsgi_longpoll.server.gunicorn.LongpollWorker"
+#: The ``timeout`` of the polls parked for SIGTERM: longer than any grace period measured,
+#: so that no poll is answered by its own timeout (110 is the standalone server's limit).
+SIGTERM_POLL_TIMEOUT = 110
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,6 @@ def _command(deployment: Deployment, port: int, args: argparse.Namespace) -> lis
     if deployment.app is None:
         return [sys.executable, "-m", "wsgi_longpoll", "serve", "--address",
                 f"127.0.0.1:{port}", "--no-access-log", "--no-demo", "--log-level", "WARNING",
-                "--max-waiting-subscribers", "100000",
                 "--shutdown-timeout", f"{args.serve_shutdown_timeout:g}"]
     command = [sys.executable, "-m", "gunicorn", "-w", "1", "-k", WORKER,
                "-b", f"127.0.0.1:{port}", "--pythonpath", str(APPS),
@@ -317,7 +319,7 @@ def measure_sigterm(running: Running, count: int, limit: float, label: str
     report = progress(f"{label} SIGTERM with {count:,} parked")
     user = int.from_bytes(os.urandom(4), "big")
     target = _log_in(running, user)
-    request = target.subscribe_request(f"user-{user}", 60, close=True)
+    request = target.subscribe_request(f"user-{user}", SIGTERM_POLL_TIMEOUT, close=True)
     sockets = loadgen._park(target, request, count, report)
     result = ShutdownResult(count)
     poller = select.epoll(count + 1)
@@ -443,7 +445,7 @@ def tables(rounds: list[dict[str, dict[str, Any]]], count: int, polls: int) -> s
                         f"{figures['answered']:,.0f} |")
     if not all("sigterm" in run for runs in rounds for run in runs.values()):
         return "\n".join(lines)
-    lines += ["", f"SIGTERM with {polls:,} parked polls (timeout=60):", "",
+    lines += ["", f"SIGTERM with {polls:,} parked polls (timeout={SIGTERM_POLL_TIMEOUT}):", "",
               "| round | deployment | 200 answers | empty replies | resets | cut short | "
               "other status | unanswered | last answer after | worker exited after | "
               "process exited after (status) |",
@@ -499,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         args.subscribers, args.sigterm_polls = 1_000, 200
     if args.worker_connections is None:
         args.worker_connections = max(args.subscribers, args.sigterm_polls) + 1_000
+    if max(args.graceful_timeout, args.serve_shutdown_timeout) + 15 >= SIGTERM_POLL_TIMEOUT:
+        print(f"bench_frameworks.py: the grace periods must end well before the polls' "
+              f"timeout ({SIGTERM_POLL_TIMEOUT} s)", file=sys.stderr)
+        return 2
     limit = loadgen.raise_open_files_limit()
     needed = max(args.subscribers, args.sigterm_polls, args.worker_connections) + 100
     if needed > limit:
