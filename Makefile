@@ -57,3 +57,9 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 .PHONY: bench
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Fan-out and SIGTERM of the standalone server and of the Flask and Django integrations
+# under gunicorn's LongpollWorker (issue 18). BENCH_ARGS="--quick": 1,000 subscribers.
+.PHONY: bench-frameworks
+bench-frameworks: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_frameworks.py $(BENCH_ARGS)

@@ -92,6 +92,8 @@ class Target:
     :param subscribe_path: the subscription path (GET).
     :param publish_path: the publish path (POST).
     :param pid: the server's process id, when it runs on this machine (for its memory).
+    :param headers: header lines sent with every request (a session ``Cookie``, say).
+    :param publish_headers: header lines sent with publishes only (a CSRF token, say).
     """
 
     host: str
@@ -99,6 +101,8 @@ class Target:
     subscribe_path: str = "/events"
     publish_path: str = "/publish"
     pid: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    publish_headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_url(
@@ -136,7 +140,7 @@ class Target:
             connection += "Accept: text/event-stream\r\n"
         return (
             f"GET {self.subscribe_path}?{urlencode(params)} HTTP/1.1\r\n"
-            f"Host: {self.host}:{self.port}\r\n{connection}\r\n"
+            f"Host: {self.host}:{self.port}\r\n{connection}{self._header_lines()}\r\n"
         ).encode()
 
     def publish_request(self, category: str, data: Any, *, close: bool = False) -> bytes:
@@ -146,8 +150,11 @@ class Target:
         return (
             f"POST {self.publish_path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"{connection}\r\n"
+            f"{connection}{self._header_lines(self.publish_headers)}\r\n"
         ).encode() + body
+
+    def _header_lines(self, extra: tuple[tuple[str, str], ...] = ()) -> str:
+        return "".join(f"{name}: {value}\r\n" for name, value in (*self.headers, *extra))
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(self.address, timeout=30)
@@ -395,8 +402,10 @@ class FanoutResult:
 
 
 def fanout(target: Target, count: int, progress: Progress = _quiet,
-           timeout: float = 60.0, *, stream: bool = False) -> FanoutResult:
-    """Park *count* subscribers on a fresh category, publish once, time the answers.
+           timeout: float = 60.0, *, stream: bool = False,
+           category: str | None = None) -> FanoutResult:
+    """Park *count* subscribers on a fresh category (or *category*), publish once, time
+    the answers.
 
     The clock runs from sending the publish until the last subscriber has read its whole
     answer; an answer counts as good only if it is a 200 holding the published event.
@@ -405,7 +414,7 @@ def fanout(target: Target, count: int, progress: Progress = _quiet,
     streams stay open until then.
     """
     tag = os.urandom(4).hex()
-    category = f"fanout-{count}-{tag}"
+    category = category or f"fanout-{count}-{tag}"
     marker = f"event-{tag}"
     rss_idle = read_rss_kb(target.pid) if target.pid else None
     request = target.subscribe_request(category, 60, close=not stream, stream=stream)
