@@ -166,3 +166,32 @@ def test_without_the_server_the_middleware_waits_in_its_greenlet(
     manager.publish("c", "buffered")
     answer = app.get("/events?category=c&timeout=1&since_time=1")
     assert answer.json["events"][0]["data"] == "buffered"
+
+
+def test_one_fan_out_answers_each_held_poll_with_its_own_headers(
+    manager: LongpollManager,
+) -> None:
+    """Polls whose applications answered with other headers (a session cookie each) share
+    the encoded events, not each other's headers."""
+    endpoints: Endpoints[None] = Endpoints(manager)
+    count = iter(range(1000))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        result = endpoints.subscribe(RequestParts("GET", "category=c&timeout=20"), None)
+        assert isinstance(result, Hold)
+        environ[HOLD_KEY](manager, result)
+        start_response("200 OK", [*result.headers.items, ("Set-Cookie", f"s={next(count)}")])
+        return [b""]
+
+    server = _serve(app)
+    try:
+        polls = [_poll_in_thread(f"http://127.0.0.1:{server.port}/anywhere") for _ in range(3)]
+        wait_until(lambda: manager.waiting_count("c") == 3)
+        event = manager.publish("c", "shared")
+        for thread, _ in polls:
+            thread.join(30)
+    finally:
+        server.stop(5)
+    answers = [answers[0] for _, answers in polls]
+    assert {answer.content for answer in answers} == {b'{"events":[' + event.to_json() + b"]}"}
+    assert sorted(answer.headers["Set-Cookie"] for answer in answers) == ["s=0", "s=1", "s=2"]

@@ -113,8 +113,8 @@ class LongpollRouter:
             self.max_body_size = options.max_body_size
             self._checks = any((endpoints.before_subscription, endpoints.before_publish,
                                 endpoints.authorize_subscribe, endpoints.authorize_publish))
-        #: The last answer encoded for a delivery: ``(events, head, response)``.
-        self.answer_cache: tuple[Any, bytes, bytes] = (None, b"", b"")
+        #: The last answer encoded for a delivery: ``(events, head, response, body)``.
+        self.answer_cache: tuple[Any, bytes, bytes, bytes] = (None, b"", b"", b"")
         #: The last stream write encoded for a delivery: ``(events, body)``.
         self.stream_cache: tuple[Any, bytes] = (None, b"")
 
@@ -222,19 +222,24 @@ class LongpollRouter:
 
     def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
         """The whole response of *poll* to *events*, encoded once for every poll that
-        gets the same list in one delivery with the same headers (and no gaps)."""
+        gets the same list in one delivery with the same headers (and no gaps); the body
+        alone is shared by those whose headers differ (a session cookie of their own)."""
         connection, request = poll.connection, poll.request
-        if poll.gaps or request.version != "1.1" or not request.keep_alive or \
-                connection.server.closing:
+        if poll.gaps:
             body = events_body(events, poll.gaps)
             return connection.response_head(request, _OK, poll.head, len(body)) + body
-        cached_events, head, response = self.answer_cache
-        if cached_events is events and head == poll.head:
+        cached_events, head, response, body = self.answer_cache
+        if cached_events is not events:
+            body = events_body(events)
+            head = response = b""
+            self.answer_cache = (events, head, response, body)
+        if request.version != "1.1" or not request.keep_alive or connection.server.closing:
+            return connection.response_head(request, _OK, poll.head, len(body)) + body
+        if head == poll.head and response:
             connection.keep_alive = True
             return response
-        body = events_body(events)
         response = connection.response_head(request, _OK, poll.head, len(body)) + body
-        self.answer_cache = (events, poll.head, response)
+        self.answer_cache = (events, poll.head, response, body)
         return response
 
     def _stream(self, connection: Connection, request: Request, manager: LongpollManager,
