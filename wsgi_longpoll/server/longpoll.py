@@ -209,7 +209,7 @@ class LongpollRouter:
         try:
             delivery = manager.attach(poll, hold.categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
+            self.refuse(connection, request, error, extra)
             return
         if delivery is not None:
             if delivery.events:
@@ -219,6 +219,14 @@ class LongpollRouter:
             connection.send_response(request, _OK, poll.head, body)
             return
         poll.wait(hold.timeout)
+
+    def refuse(self, connection: Connection, request: Request,
+               error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
+        """Answer a hold the manager refused (503), and close the connection: at the
+        subscriber cap, a refused client that kept its connection open would hold a
+        descriptor that ``/healthz`` and every other request need."""
+        connection.keep_alive = request.keep_alive = False
+        self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
 
     def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
         """The whole response of *poll* to *events*, encoded once for every poll that
@@ -246,7 +254,7 @@ class LongpollRouter:
         try:
             delivery = manager.attach(stream, categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
+            self.refuse(connection, request, error, extra)
             return
         connection.keep_alive = request.keep_alive = False  # the stream ends with the socket
         frame = stream.frame
