@@ -111,6 +111,65 @@ def test_invalid_byte_in_the_target_is_400(server: Server, target: bytes) -> Non
     assert answer.count(b"HTTP/1.1 ") == 1
 
 
+# -- what a request must say: Host, transfer codings -----------------------------------
+
+@pytest.mark.parametrize("head", [
+    b"GET /anything HTTP/1.1\r\n",
+    b"GET /anything HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+    b"GET /anything HTTP/1.1\r\nHost: a\r\nhost: a\r\n",
+    b"GET /anything HTTP/1.0\r\nHost: a\r\nHost: b\r\n",
+    b"GET /anything HTTP/1.1\r\nHost: a b\r\n",
+    b"GET /anything HTTP/1.1\r\nHost: a/b\r\n",
+    b"GET /anything HTTP/1.1\r\nHost: a:80x\r\n",
+], ids=["http11-without-host", "two-hosts", "two-equal-hosts", "http10-two-hosts",
+        "host-with-a-space", "host-with-a-slash", "host-with-a-bad-port"])
+def test_a_missing_repeated_or_invalid_host_is_400_and_close(server: Server, head: bytes) -> None:
+    smuggled = publish_request()
+    answer = exchange(server, head + b"\r\n" + smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert status_of(answer) == 400
+    assert b"Host header" in answer.partition(b"\r\n\r\n")[2]
+    assert b"\r\nConnection: close\r\n" in answer
+    assert_not_published(server)
+
+
+@pytest.mark.parametrize("host",
+                         [b"t", b"", b"127.0.0.1:8080", b"[::1]:8080", b"a-b.example_c.org:"],
+                         ids=["name", "empty", "address-and-port", "ipv6", "empty-port"])
+def test_one_valid_host_is_answered(server: Server, host: bytes) -> None:
+    answer = exchange(server, b"GET /anything HTTP/1.1\r\nHost: " + host
+                      + b"\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 200
+    assert answer.endswith(b"app:/anything:")
+
+
+def test_http_10_needs_no_host(server: Server) -> None:
+    assert status_of(exchange(server, b"GET /anything HTTP/1.0\r\n\r\n")) == 200
+
+
+@pytest.mark.parametrize("codings", [
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: identity, chunked\r\n",
+], ids=["gzip-chunked", "two-lines", "identity-chunked"])
+def test_a_transfer_coding_besides_chunked_is_501_and_close(
+    server: Server, codings: bytes
+) -> None:
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PUBLISH), PUBLISH)
+    answer = exchange(server, b"POST /publish HTTP/1.1\r\nHost: t\r\n" + codings + b"\r\n"
+                      + body + publish_request())
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert status_of(answer) == 501
+    assert b"\r\nConnection: close\r\n" in answer
+    assert_not_published(server)
+
+
+def test_chunked_with_empty_list_elements_is_read(server: Server) -> None:
+    answer = exchange(server, b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: , chunked\r\n"
+                      b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert answer.endswith(b"app:/c:abc")
+
+
 # -- HEAD ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("path", "status"), [
@@ -204,30 +263,31 @@ def test_connection_close_closes_after_the_answer(server: Server) -> None:
 # -- limits and timeouts ---------------------------------------------------------------
 
 def test_request_line_over_the_limit_is_414(server: Server) -> None:
-    answer = exchange(server, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+    answer = exchange(server, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
     assert status_of(answer) == 414
 
 
 def test_header_block_over_the_limit_is_400(server: Server) -> None:
     headers = b"".join(b"X-%d: %s\r\n" % (n, b"v" * 1000) for n in range(70))
-    answer = exchange(server, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    answer = exchange(server, b"GET / HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
     assert status_of(answer) == 400
 
 
 def test_app_body_over_the_limit_is_413(server: Server) -> None:
-    answer = exchange(server, b"POST /anything HTTP/1.1\r\nContent-Length: 1001\r\n\r\n"
+    answer = exchange(server, b"POST /anything HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n"
                       + b"x" * 1001)
     assert status_of(answer) == 413
 
 
 def test_chunked_app_body_over_the_limit_is_413(server: Server) -> None:
-    answer = exchange(server, b"POST /anything HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = exchange(server, b"POST /anything HTTP/1.1\r\nHost: t\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n"
                       + b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\nx\r\n0\r\n\r\n")
     assert status_of(answer) == 413
 
 
 def test_chunked_app_body_is_read_whole(server: Server) -> None:
-    answer = exchange(server, b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+    answer = exchange(server, b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
                       b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
     assert answer.endswith(b"app:/c:abcde")
 
