@@ -16,6 +16,7 @@ from wsgiref.validate import validator
 
 import pytest
 import requests
+from conftest import wait_until
 from test_malformed_http import read_until_closed, status_of
 
 from wsgi_longpoll import Server, ServerInfo
@@ -55,7 +56,8 @@ def exchange(server: Server, data: bytes) -> bytes:
 
 
 def read_response(sock: socket.socket, buffered: bytearray) -> tuple[bytes, bytes]:
-    """Read one response with a ``Content-Length`` (or none): ``(head, body)``."""
+    """Read one response with a ``Content-Length`` (or none), or a chunked one whose
+    data has no ``0\\r\\n\\r\\n``: ``(head, body)``, the body dechunked."""
     while b"\r\n\r\n" not in buffered:
         chunk = sock.recv(65536)
         assert chunk, f"closed mid-response: {bytes(buffered)!r}"
@@ -66,6 +68,14 @@ def read_response(sock: socket.socket, buffered: bytearray) -> tuple[bytes, byte
         name, _, value = line.partition(b":")
         if name.lower() == b"content-length":
             length = int(value)
+        elif name.lower() == b"transfer-encoding":
+            while b"0\r\n\r\n" not in rest:
+                chunk = sock.recv(65536)
+                assert chunk
+                rest += chunk
+            end = rest.index(b"0\r\n\r\n") + 5
+            buffered[:] = rest[end:]
+            return head, dechunk(rest[:end])
     while len(rest) < length:
         chunk = sock.recv(65536)
         assert chunk
@@ -302,6 +312,106 @@ def test_a_body_that_trickles_in_is_408(server: Server) -> None:
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
         "error": "Request body not received in time."}
     assert_not_published(server)
+
+
+# -- a client that shuts its side (half-close) -----------------------------------------
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read up to the end of a response's head: ``(head, what came after it)``, the head
+    with the CRLF of its last line."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the head: {received!r}"
+        received += chunk
+    end = received.index(b"\r\n\r\n") + 4
+    return received[:end - 2], received[end:]
+
+
+def dechunk(body: bytes) -> bytes:
+    """The data of a whole chunked body, checked to end with the last chunk."""
+    data = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n"
+            return data
+        data += body[:size]
+        assert body[size:size + 2] == b"\r\n"
+        body = body[size + 2:]
+
+
+def test_a_half_closed_long_poll_gets_the_events_published_later(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /events?category=half&timeout=5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # the request is all it sends
+        # The server writes the head at once, to tell a half-close from a hang-up.
+        head, rest = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nTransfer-Encoding: chunked\r\n" in head
+        assert server.manager.waiting_count("half") == 1
+        event = server.manager.publish("half", {"n": 1})
+        body = rest + read_until_closed(sock)
+    answer = json.loads(dechunk(body))
+    assert [(e["id"], e["data"]) for e in answer["events"]] == [(event.id, {"n": 1})]
+    assert server.manager.waiting_count("half") == 0
+
+
+def test_a_half_closed_http_10_long_poll_gets_its_timeout_answer(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /events?category=half10&timeout=1 HTTP/1.0\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length" not in head and b"Transfer-Encoding" not in head  # to the close
+    assert json.loads(body)["timeout"] == "no events before timeout"
+
+
+def test_a_long_poll_whose_client_closed_is_dropped_and_its_slot_freed() -> None:
+    server = Server(access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=100))
+    try:
+        sock = connect(server)
+        sock.sendall(b"GET /events?category=gone&timeout=100 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: server.manager.waiting_count("gone") == 1)
+        sock.close()  # the server sees the same end of file as for a half-close
+        # The head it then writes meets a reset: the poll is dropped, long before its
+        # timeout, and the connection closed.
+        wait_until(lambda: server.manager.waiting_count("gone") == 0, timeout=20)
+        wait_until(lambda: not server._wsgi_server.connections)  # type: ignore[union-attr]
+        assert_still_answering(server)
+    finally:
+        server.stop(5)
+
+
+@pytest.mark.parametrize("requests_sent", [
+    b"GET /events?category=pipe&timeout=5 HTTP/1.1\r\nHost: t\r\n\r\n"
+    b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /events?category=pipe&timeout=5 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    b"GET /after HTTP/1.0\r\n\r\n",
+], ids=["http11", "http10"])
+def test_requests_pipelined_before_a_half_close_are_all_answered(
+    server: Server, requests_sent: bytes
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(requests_sent)
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: server.manager.waiting_count("pipe") == 1)
+        event = server.manager.publish("pipe", 1)
+        buffered = bytearray()
+        first = read_response(sock, buffered)[1]
+        second = read_response(sock, buffered)[1]
+        assert read_until_closed(sock) == b""
+    assert json.loads(first)["events"][0]["id"] == event.id
+    assert second == b"app:/after:"
+
+
+def assert_still_answering(server: Server) -> None:
+    answer = requests.get(f"http://127.0.0.1:{server.port}/events?category=alive&timeout=1",
+                          timeout=10)
+    assert answer.json()["timeout"] == "no events before timeout"
 
 
 # -- the WSGI bridge -------------------------------------------------------------------
