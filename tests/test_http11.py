@@ -314,6 +314,28 @@ def test_a_body_that_trickles_in_is_408(server: Server) -> None:
     assert_not_published(server)
 
 
+# -- refusals -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accept", [b"", b"Accept: text/event-stream\r\n"],
+                         ids=["long-poll", "stream"])
+def test_a_refused_subscriber_is_answered_503_and_its_connection_closed(accept: bytes) -> None:
+    # No header timeout: only the server's own close ends the refused connection.
+    server = Server(access_log=False, max_waiting_subscribers=1, header_timeout=None)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    try:
+        with connect(server) as waiting, connect(server) as refused:
+            waiting.sendall(b"GET /events?category=c&timeout=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+            wait_until(lambda: server.manager.waiting_count() == 1)
+            refused.sendall(b"GET /events?category=c&timeout=30 HTTP/1.1\r\nHost: t\r\n"
+                            + accept + b"\r\n")
+            answer = read_until_closed(refused)  # bounded by the socket's 15 s timeout
+        assert status_of(answer) == 503
+        assert b"\r\nConnection: close\r\n" in answer
+        assert b"\r\nRetry-After: " in answer
+    finally:
+        server.stop(5)
+
+
 # -- a client that shuts its side (half-close) -----------------------------------------
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
