@@ -4,12 +4,13 @@ changes one fails here first, by name."""
 from __future__ import annotations
 
 import socket
+import struct
 
 import gevent
 import gevent.socket
 from gevent.server import StreamServer
 
-from wsgi_longpoll._gevent import pause_accepting, peer_closed, raw_socket, read_watcher
+from wsgi_longpoll._gevent import pause_accepting, peek, peer_closed, raw_socket, read_watcher
 
 
 def _pair() -> tuple[gevent.socket.socket, gevent.socket.socket]:
@@ -58,6 +59,35 @@ def test_peer_closed_tells_a_hang_up_from_data() -> None:
         assert left.recv(1) == b"x"
         right.close()
         assert peer_closed(left)
+
+
+def test_peek_reads_nothing_and_tells_data_end_of_file_and_reset_apart() -> None:
+    left, right = _pair()
+    with left:
+        assert peek(left) is None  # nothing yet
+        right.sendall(b"xy")
+        assert peek(left) == b"x"
+        assert left.recv(2) == b"xy"  # it was left unread
+        right.shutdown(socket.SHUT_WR)
+        assert peek(left) == b""  # end of file
+        right.close()
+    with gevent.socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = gevent.socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset
+            with gevent.Timeout(5):
+                while True:
+                    try:
+                        if peek(accepted) is None:
+                            gevent.sleep(0.001)  # not arrived yet
+                            continue
+                    except ConnectionResetError:
+                        break
+                    raise AssertionError("a reset read as data or an end of file")
 
 
 def test_pause_accepting_stops_then_resumes_accepting() -> None:

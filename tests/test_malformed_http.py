@@ -83,19 +83,20 @@ CASES = [
     ("request-line-too-long",
      b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, False),
     ("header-line-too-long",
-     b"GET /events HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 400, False),
+     b"GET /events HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 400, False),
     ("too-many-headers",
-     b"GET /events HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(150)) + b"\r\n",
+     b"GET /events HTTP/1.1\r\nHost: t\r\n"
+     + b"".join(b"X-%d: y\r\n" % n for n in range(150)) + b"\r\n",
      400, False),
     ("binary-garbage", bytes(range(256)) * 4, 400, False),
     ("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, False),
     ("unknown-http-version", b"GET /events HTTP/9.9\r\n\r\n", 400, False),
     ("negative-content-length",
-     b"POST /publish HTTP/1.1\r\nContent-Length: -1\r\n\r\n" + PUBLISH, 400, False),
+     b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n" + PUBLISH, 400, False),
     ("content-length-not-a-number",
-     b"POST /publish HTTP/1.1\r\nContent-Length: 1x\r\n\r\n" + PUBLISH, 400, False),
+     b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n" + PUBLISH, 400, False),
     ("body-shorter-than-content-length",
-     b"POST /publish HTTP/1.1\r\nContent-Length: 500\r\n\r\n" + PUBLISH, 400, True),
+     b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n" + PUBLISH, 400, True),
     ("chunk-size-not-hex", chunked_publish(b"zz\r\n" + PUBLISH + b"\r\n0\r\n\r\n"), 400, True),
     ("chunk-size-enormous",
      chunked_publish(b"ffffffffffffffffffffffff\r\n" + PUBLISH), 400, True),
@@ -105,7 +106,8 @@ CASES = [
     ("chunked-without-last-chunk",
      chunked_publish(b"%x\r\n" % len(PUBLISH) + PUBLISH + b"\r\n"), 400, True),
     ("publish-body-over-the-limit",
-     b"POST /publish HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 1000, 413, True),
+     b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 1000,
+     413, True),
 ]
 
 
@@ -137,7 +139,8 @@ def test_truncated_request_then_hang_up(server: Server, sent: bytes) -> None:
 def test_bad_chunk_closes_the_connection_so_nothing_after_it_is_taken_as_a_request(
     server: Server,
 ) -> None:
-    smuggled = b"POST /publish HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(PUBLISH) + PUBLISH
+    smuggled = (b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(PUBLISH)
+                + PUBLISH)
     with connect(server) as sock:
         sock.sendall(chunked_publish(b"zz\r\n" + smuggled))
         answer = read_until_closed(sock)
@@ -147,8 +150,10 @@ def test_bad_chunk_closes_the_connection_so_nothing_after_it_is_taken_as_a_reque
 
 
 def test_pipelined_requests_are_each_answered(server: Server) -> None:
-    one = b"POST /publish HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(PUBLISH) + PUBLISH
-    last = b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\nConnection: close\r\n\r\n"
+    one = (b"POST /publish HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(PUBLISH)
+           + PUBLISH)
+    last = (b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\nHost: t\r\n"
+            b"Connection: close\r\n\r\n")
     with connect(server) as sock:
         sock.sendall(one + one + last)
         answer = read_until_closed(sock)
@@ -158,7 +163,7 @@ def test_pipelined_requests_are_each_answered(server: Server) -> None:
 
 def test_slowloris_is_cut_after_the_header_timeout(server: Server) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /events?timeout=1&category=c HTTP/1.1\r\n")
+        sock.sendall(b"GET /events?timeout=1&category=c HTTP/1.1\r\nHost: t\r\n")
         closed = threading.Event()
 
         def dribble() -> None:  # one header byte every 0.2 s: never a complete request
@@ -181,7 +186,7 @@ def test_slowloris_is_cut_after_the_header_timeout(server: Server) -> None:
 
 def test_idle_keep_alive_connection_is_closed_after_the_header_timeout(server: Server) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = read_until_closed(sock)  # answered, then idle until the server hangs up
     assert status_of(answer) == 200
 
@@ -218,7 +223,7 @@ def test_header_timeout_none_waits_for_headers(server: Server) -> None:
     patient.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
     try:
         with socket.create_connection(("127.0.0.1", patient.port), timeout=15) as sock:
-            sock.sendall(b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\n")
+            sock.sendall(b"GET /events?timeout=1&category=c&since_time=1 HTTP/1.1\r\nHost: t\r\n")
             sock.settimeout(HEADER_TIMEOUT * 2)
             with pytest.raises(TimeoutError):
                 sock.recv(1)  # still waiting for the rest of the headers

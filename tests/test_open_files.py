@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 import requests
+from conftest import wait_until
 
 from wsgi_longpoll import LongpollManager, Server, ServerInfo
 from wsgi_longpoll import server as server_module
@@ -20,19 +23,22 @@ from wsgi_longpoll.server import default_max_waiting
 
 @pytest.mark.parametrize(("limit", "expected"), [
     (None, LongpollManager.default_max_waiting_subscribers),
-    (1024, 1024 - 102),
-    (20_000, 20_000 - 256),
+    (1024, 1024 - 10 - 102),
+    (20_000, 20_000 - 10 - 256),
     (1_000_000, LongpollManager.default_max_waiting_subscribers),
-    (5, 5 - 1),
+    (15, 15 - 10 - 1),
+    (5, 1),
 ])
-def test_default_max_waiting_leaves_headroom(
+def test_default_max_waiting_leaves_headroom_besides_the_open_files(
     monkeypatch: pytest.MonkeyPatch, limit: int | None, expected: int
 ) -> None:
     monkeypatch.setattr(server_module, "open_files_limit", lambda: limit)
+    monkeypatch.setattr(server_module, "_open_files_count", lambda: 10)
     assert default_max_waiting() == expected
 
 
-def test_the_server_uses_the_derived_default() -> None:
+def test_the_server_uses_the_derived_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "_open_files_count", lambda: 10)  # as it starts
     server = Server(access_log=False)
     server.start(ServerInfo(address="127.0.0.1:0"))
     try:
@@ -107,3 +113,87 @@ def test_accepts_without_files_are_logged_once_per_interval_without_tracebacks()
     assert 1 <= len(failures) <= 5, errors  # about once a second for 2.5 s
     assert "Too many open files" in failures[0]
     assert "Traceback" not in errors
+
+
+#: ``python -m wsgi_longpoll`` with its arguments, under an open-files limit of 128.
+WITH_128_FILES = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit("
+    "resource.RLIMIT_NOFILE)[1])); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'wsgi_longpoll', *sys.argv[1:]])"
+)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One response with a ``Content-Length``, read whole."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return received
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_health_and_stats_answer_at_the_subscriber_cap_under_the_open_files_limit() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", WITH_128_FILES, "serve", "--address", "127.0.0.1:0",
+         "--no-access-log", "--no-demo", "--timeout-seconds", "60",
+         "--stats-path", "/stats", "--health-path", "/healthz"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None
+    base_url = None
+    for line in process.stderr:  # the banner names the port once it is bound
+        match = re.search(r"subscribe at (http://[\d.]+:\d+)/", line)
+        if match:
+            base_url = match.group(1)
+            break
+    errors: list[str] = []
+    drain = threading.Thread(target=lambda: errors.extend(process.stderr))  # type: ignore[arg-type]
+    drain.start()
+    port = int(base_url.rpartition(":")[2]) if base_url else 0
+    parked: list[socket.socket] = []
+    refused: list[socket.socket] = []
+    try:
+        assert base_url is not None, "the server exited before it was ready"
+        cap = requests.get(f"{base_url}/stats", timeout=10).json()["max_waiting_subscribers"]
+        assert cap < 128
+        for _ in range(cap):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /events?category=full&timeout=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+            parked.append(sock)
+        wait_until(lambda: requests.get(f"{base_url}/stats", timeout=10)
+                   .json()["waiting_subscribers"] == cap)
+        # More subscribers than the descriptors left: each is refused, and its
+        # connection closed, though the client keeps its end open.
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            refused.append(sock)
+            sock.sendall(b"GET /events?category=full&timeout=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            assert b"\r\nConnection: close\r\n" in answer
+            assert sock.recv(1) == b""  # closed by the server
+        health = requests.get(f"{base_url}/healthz", timeout=10)
+        assert health.status_code == 200
+        stats = requests.get(f"{base_url}/stats", timeout=10).json()
+        assert stats["waiting_subscribers"] == cap
+    finally:
+        for sock in parked + refused:
+            sock.close()
+        process.terminate()
+        try:
+            process.wait(20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        drain.join(10)
+    assert "Traceback" not in "".join(errors)

@@ -14,7 +14,8 @@ from typing import Any
 
 from gevent._hub_local import get_hub_if_exists
 
-__all__ = ["get_hub_if_exists", "pause_accepting", "peer_closed", "raw_socket", "read_watcher"]
+__all__ = ["get_hub_if_exists", "pause_accepting", "peek", "peer_closed", "raw_socket",
+           "read_watcher"]
 
 
 def raw_socket(sock: Any) -> Any:
@@ -35,6 +36,18 @@ def pause_accepting(server: Any, seconds: float) -> None:
     server.stop_accepting()
     server._timer = server.loop.timer(seconds)
     server._timer.start(server._start_accepting_if_started)
+
+
+def peek(sock: Any) -> bytes | None:
+    """The next byte the peer of *sock* sent, left unread: ``b""`` when the peer shut its
+    side (a hang-up and a half-close look the same), ``None`` when nothing is there.
+
+    :raises OSError: if the connection failed (a reset).
+    """
+    try:
+        return bytes(raw_socket(sock).recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return None
 
 
 def peer_closed(sock: Any) -> bool:

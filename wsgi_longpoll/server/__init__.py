@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,8 +137,9 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-#: File descriptors kept free of parked polls: the listener, the accept of a new request,
-#: log and persistence files, Redis connections, the application's own.
+#: File descriptors kept free of parked polls, besides those open when the server starts:
+#: the connections of every other request (``/healthz``, ``/stats``, publishes, refused
+#: subscribers), files and Redis connections opened later.
 OPEN_FILES_HEADROOM = 256
 
 
@@ -151,17 +153,31 @@ def open_files_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def _open_files_count() -> int:
+    """How many file descriptors the process has open (0 where that cannot be read)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return max(len(os.listdir(directory)) - 1, 0)  # less the listing's own
+        except OSError:
+            continue
+    return 0
+
+
 def default_max_waiting() -> int:
     """The default ``max_waiting_subscribers``: what the open-files limit allows (each
-    waiting subscriber holds a socket), less :data:`OPEN_FILES_HEADROOM` (a tenth of the
-    limit when that is small), and no more than
-    :attr:`LongpollManager.default_max_waiting_subscribers`."""
+    waiting subscriber holds a socket), less the descriptors open already and
+    :data:`OPEN_FILES_HEADROOM` (a tenth of the limit when that is small), and no more
+    than :attr:`LongpollManager.default_max_waiting_subscribers`.
+
+    So with every subscriber slot taken, the headroom is left for other requests: a
+    refused subscriber's connection (closed after its 503), ``/healthz``, ``/stats``.
+    """
     default = LongpollManager.default_max_waiting_subscribers
     limit = open_files_limit()
     if limit is None:
         return default
     headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
-    return max(1, min(default, limit - headroom))
+    return max(1, min(default, limit - _open_files_count() - headroom))
 
 
 def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:

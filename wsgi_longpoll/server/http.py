@@ -13,6 +13,12 @@ closed), a body within ``body_timeout`` of its headers (else 408), and every fra
 llhttp finds (two ``Content-Length`` headers, ``Content-Length`` with
 ``Transfer-Encoding``, a NUL or other invalid byte in the target, a bad chunk) answered
 with 400 and a closed connection, so that no byte after it is taken as a request.
+
+And RFC 9112's rules on what a request must say: an HTTP/1.1 request without ``Host``,
+any request with two ``Host`` lines or an invalid one, is answered with 400; a transfer
+coding other than ``chunked`` (``Transfer-Encoding: gzip, chunked``) with 501, since the
+body is not decoded; both close the connection. (llhttp itself answers a
+``Transfer-Encoding`` whose last coding is not ``chunked``: 400.)
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import re
 import socket
 import time
 from email.utils import formatdate
@@ -43,6 +50,11 @@ _RECV_SIZE = 65536
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _date_cache: tuple[int, bytes] = (0, b"")
+
+#: RFC 9110's ``Host = uri-host [ ":" port ]`` (an IP literal in brackets, or a name or
+#: IPv4 address of unreserved, percent-encoded and sub-delimiter characters).
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]*\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)"
+                   rb"(?::[0-9]*)?")
 
 
 def http_date() -> bytes:
@@ -167,8 +179,8 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "address", "parser", "queue", "current", "url_parts",
-        "head_size", "header_count", "unparsed", "failure", "upgraded", "busy",
-        "keep_alive", "idle_since", "deadline", "expired", "__weakref__",
+        "head_size", "header_count", "unparsed", "host", "hosts", "codings", "failure",
+        "upgraded", "busy", "keep_alive", "idle_since", "deadline", "expired", "__weakref__",
     )
 
     def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
@@ -184,6 +196,11 @@ class Connection:
         self.head_size = 0
         self.header_count = 0
         self.unparsed = 0
+        #: The ``Host`` value of the request being read, and how many it has.
+        self.host = b""
+        self.hosts = 0
+        #: Its ``Transfer-Encoding`` values, or ``None``.
+        self.codings: list[bytes] | None = None
         self.failure: _Reject | None = None
         self.upgraded = False
         #: A request is being read or answered (``stop`` leaves it time to finish).
@@ -204,6 +221,8 @@ class Connection:
         request.started = _monotonic()
         self.url_parts.clear()
         self.head_size = self.header_count = self.unparsed = 0
+        self.hosts = 0
+        self.codings = None
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
@@ -222,7 +241,16 @@ class Connection:
         if self.head_size > limits.max_header_bytes or self.header_count > limits.max_header_count:
             raise _Reject("400 Bad Request", "Request headers too large.")
         request.headers.append((name, value))
-        if len(name) == 6 and name.lower() == b"expect":
+        size = len(name)
+        if size == 4 and name.lower() == b"host":
+            self.host = value
+            self.hosts += 1
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            if self.codings is None:
+                self.codings = [value]
+            else:
+                self.codings.append(value)
+        elif size == 6 and name.lower() == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject("417 Expectation Failed", "Unsupported expectation.")
             request.expect_continue = True
@@ -235,6 +263,16 @@ class Connection:
         if version not in ("1.1", "1.0"):
             raise _Reject("400 Bad Request", "Unsupported HTTP version.")
         request.version = version
+        hosts = self.hosts
+        if hosts != 1:
+            if hosts:
+                raise _Reject("400 Bad Request", "More than one Host header.")
+            if version == "1.1":
+                raise _Reject("400 Bad Request", "Missing Host header.")
+        elif _HOST.fullmatch(self.host) is None:
+            raise _Reject("400 Bad Request", "Invalid Host header.")
+        if self.codings is not None:
+            self.check_codings(self.codings)
         request.method = parser.get_method()
         request.keep_alive = parser.should_keep_alive()
         target = request.target = b"".join(self.url_parts)
@@ -257,6 +295,17 @@ class Connection:
             request.expect_continue = False  # 100 Continue is HTTP/1.1's
         request.headers_done = _monotonic()
         self.busy = True
+
+    @staticmethod
+    def check_codings(values: list[bytes]) -> None:
+        """Refuse a body with a transfer coding besides ``chunked``: it is not decoded."""
+        if len(values) == 1 and values[0].lower() == b"chunked":
+            return
+        codings = [coding.strip().lower() for value in values for coding in value.split(b",")]
+        codings = [coding for coding in codings if coding]  # empty list elements are allowed
+        if codings != [b"chunked"]:  # llhttp refused any list that does not end in it
+            raise _Reject("501 Not Implemented",
+                          "Unsupported transfer coding: only chunked is understood.")
 
     def on_body(self, body: bytes) -> None:
         request = self.current

@@ -17,8 +17,9 @@ A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
 from whatever greenlet or thread published; subscribers handed the same events share one
 encoded answer. Only a partial write (a full socket buffer) is left to the connection's
 greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
-request (the answer already written) or a hang-up, and on a timer for the protocol's
-timeout answer.
+request (the answer already written) or the client's end of file (a hang-up, or a
+half-close whose answer is still owed: see :class:`ParkedPoll`), and on a timer for the
+protocol's timeout answer.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from .._gevent import peer_closed, raw_socket, read_watcher
+from .._gevent import peek, peer_closed, raw_socket, read_watcher
 from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
 from ..event import Event
 from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Subscriber
@@ -61,7 +62,7 @@ _monotonic = get_original("time", "monotonic")
 _get_thread_ident = get_original("_thread", "get_ident")
 
 #: Why a parked connection's greenlet woke.
-_READABLE, _TIMER, _WAKE = 1, 2, 3
+_READABLE, _TIMER, _WAKE, _CHECK = 1, 2, 3, 4
 
 
 def _path_bytes(path: str | None) -> bytes | None:
@@ -71,6 +72,14 @@ def _path_bytes(path: str | None) -> bytes | None:
         return path.encode("latin-1")  # PATH_INFO is the raw path decoded as latin-1
     except UnicodeEncodeError:
         return path.encode("utf-8")
+
+
+def _reset(sock: Any) -> bool:
+    """Whether the connection of *sock* failed (the peer reset it)."""
+    try:
+        return bool(raw_socket(sock).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError:
+        return True
 
 
 def _text(value: bytes | None) -> str:
@@ -209,7 +218,7 @@ class LongpollRouter:
         try:
             delivery = manager.attach(poll, hold.categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
+            self.refuse(connection, request, error, extra)
             return
         if delivery is not None:
             if delivery.events:
@@ -219,6 +228,14 @@ class LongpollRouter:
             connection.send_response(request, _OK, poll.head, body)
             return
         poll.wait(hold.timeout)
+
+    def refuse(self, connection: Connection, request: Request,
+               error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
+        """Answer a hold the manager refused (503), and close the connection: at the
+        subscriber cap, a refused client that kept its connection open would hold a
+        descriptor that ``/healthz`` and every other request need."""
+        connection.keep_alive = request.keep_alive = False
+        self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
 
     def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
         """The whole response of *poll* to *events*, encoded once for every poll that
@@ -251,7 +268,7 @@ class LongpollRouter:
         try:
             delivery = manager.attach(stream, categories, hold.since_time, hold.last_id)
         except (CapacityExceeded, StorageUnavailable) as error:
-            self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
+            self.refuse(connection, request, error, extra)
             return
         connection.keep_alive = request.keep_alive = False  # the stream ends with the socket
         frame = stream.frame
@@ -286,10 +303,29 @@ class LongpollRouter:
 
 
 class ParkedPoll(Subscriber):
-    """A long poll waiting on its connection; answered straight to the socket."""
+    """A long poll waiting on its connection; answered straight to the socket.
+
+    A client that shuts its side of the connection while it waits (its end of file)
+    has either hung up or half-closed (``shutdown(SHUT_WR)``: it sent its request and
+    waits for the answer); a reader cannot tell them apart. So the poll then writes its
+    answer's head at once (``Transfer-Encoding: chunked``, or on HTTP/1.0 a body that
+    ends with the connection), and the peer's kernel tells: a client that closed answers
+    data with a reset, within a round trip (the poll is dropped and its slot freed); a
+    half-closed one takes the head and gets the body when events come or at the
+    timeout, as usual, then the answers to requests it sent before its end of file.
+
+    The reset is looked for over :attr:`PROBE_CHECKS`. A client that half-closes and only
+    later hangs up keeps its slot until its answer is written (nothing is sent to it
+    meanwhile), as does one on HTTP/1.0 that sent more requests before its end of file
+    (no head is written early: it would end the connection before their answers).
+    """
 
     __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
-                 "broken", "waiter", "hub", "watching")
+                 "broken", "waiter", "hub", "watching", "deferred", "answer")
+
+    #: Seconds between the looks for a reset after the head is written to a client that
+    #: shut its side (about 6 s in all: a reset comes a round trip after the head).
+    PROBE_CHECKS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
     def __init__(self, router: LongpollRouter, manager: LongpollManager,
                  connection: Connection, request: Request, head: bytes) -> None:
@@ -308,6 +344,10 @@ class ParkedPoll(Subscriber):
         self.hub: Hub | None = None
         #: Whether the socket wakes the greenlet after the answer (else deliver must).
         self.watching = True
+        #: The client shut its side: the greenlet writes the answer (its head is out).
+        self.deferred = False
+        #: The events to answer with when :attr:`deferred` (``[]``: the timeout answer).
+        self.answer: list[Event] | None = None
 
     def _claim(self) -> bool:
         with _claim_lock:
@@ -318,14 +358,22 @@ class ParkedPoll(Subscriber):
 
     def deliver(self, events: list[Event]) -> bool:
         if self._claim():
-            self._write(self.router.encode(self, events))
+            if self.deferred:  # final once claimed: it is set under the claim's lock
+                self.answer = events
+                self._wake()
+            else:
+                self._write(self.router.encode(self, events))
         return True
 
     def release(self) -> None:
         if self._claim():
-            request = self.request
-            body = timeout_body(now_ms(), self.gaps)
-            self._write(self.connection.response_head(request, _OK, self.head, len(body)) + body)
+            if self.deferred:
+                self.answer = []
+            else:
+                request = self.request
+                body = timeout_body(now_ms(), self.gaps)
+                self._write(self.connection.response_head(request, _OK, self.head, len(body))
+                            + body)
         self._wake()
 
     def _write(self, data: bytes) -> None:
@@ -373,6 +421,7 @@ class ParkedPoll(Subscriber):
         hub = gevent.get_hub()
         loop = hub.loop
         waiter = Waiter(hub)
+        deadline = _monotonic() + max(timeout, 0.0)
         timer = loop.timer(max(timeout, 0.0))
         timer.start(waiter.switch, _TIMER)
         sock = connection.sock
@@ -395,11 +444,19 @@ class ParkedPoll(Subscriber):
                 reason = waiter.get()
                 waiter.clear()
                 if reason == _READABLE and not self.answered:
-                    if peer_closed(connection.sock):
+                    io.stop()  # the next request (answered after this one) or the end
+                    queued, self.watching = not self.watching, False
+                    try:
+                        peeked = peek(sock)
+                    except OSError:  # reset
                         hung_up = True
                         break
-                    io.stop()  # a pipelined request: answered after this one
-                    self.watching = False
+                    # A hang-up or a half-close: the head tells, but on HTTP/1.0 it
+                    # ends the connection, and the requests read after this one with it.
+                    if peeked == b"" and (request.version == "1.1" or not queued):
+                        timer.stop()
+                        hung_up = not self._wait_after_shut(waiter, loop, deadline)
+                        break
                     continue
                 if reason == _WAKE and not (self.broken or self.pending or self.answered):
                     continue
@@ -412,6 +469,8 @@ class ParkedPoll(Subscriber):
         if hung_up:
             connection.keep_alive = False
             self._claim()
+            return
+        if self.deferred:
             return
         request = self.request
         if self._claim():  # timed out
@@ -426,6 +485,62 @@ class ParkedPoll(Subscriber):
             send_all(connection.sock, pending)
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
+
+    def _wait_after_shut(self, waiter: Waiter, loop: Any, deadline: float) -> bool:
+        """The client shut its side: write the answer's head, look for the reset of a
+        client that is gone, and write the body when it comes. Whether the client was
+        still there (else the caller drops the poll)."""
+        with _claim_lock:
+            if not self.answered:
+                self.deferred = True
+        if not self.deferred:  # answered meanwhile: written (or left to the caller)
+            return True
+        connection, request = self.connection, self.request
+        sock = connection.sock
+        chunked = request.version == "1.1"
+        if not chunked:
+            request.keep_alive = False  # the body ends with the connection
+        head = connection.response_head(
+            request, _OK, self.head + b"Transfer-Encoding: chunked\r\n" if chunked else self.head,
+            None)
+        try:
+            # Without waiting: a client that leaves earlier answers unread is not waited for.
+            if raw_socket(sock).send(head) < len(head):
+                return False
+        except OSError:  # BlockingIOError too
+            return False
+        # No other switch until the answer is in (so no wake is lost).
+        timer = loop.timer(max(deadline - _monotonic(), 0.0))
+        timer.start(waiter.switch, _TIMER)
+        checks = iter(self.PROBE_CHECKS)
+        check = loop.timer(next(checks))
+        check.start(waiter.switch, _CHECK)
+        try:
+            while self.answer is None:
+                reason = waiter.get()
+                waiter.clear()
+                if reason == _TIMER:
+                    if self._claim():
+                        self.answer = []
+                elif reason == _CHECK:
+                    if _reset(sock):  # a client that closed: its kernel answered the head
+                        return False
+                    delay = next(checks, None)
+                    if delay is not None:
+                        check.close()
+                        check = loop.timer(delay)
+                        check.start(waiter.switch, _CHECK)
+        finally:
+            timer.close()
+            check.close()
+        events = self.answer
+        body = events_body(events, self.gaps) if events else timeout_body(now_ms(), self.gaps)
+        try:
+            send_all(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
+        except OSError:
+            return False
+        connection.server.log_access(connection, request, _OK, len(body))
+        return True
 
 
 class ParkedStream(Subscriber):
