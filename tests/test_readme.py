@@ -63,3 +63,30 @@ def test_the_readme_flask_snippet_keeps_each_users_channel_private(readme_app: A
     finally:
         server.stop(5)
     assert [event["data"] for event in answers[0].json()["events"]] == [{"order": 42}]
+
+
+def test_the_frameworks_pages_flask_example_serves_its_client_and_refuses_strangers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = (README.parent / "docs" / "frameworks.md").read_text(encoding="utf-8")
+    (snippet,) = re.findall(r"```python\n(# myapp/__init__.py\n.*?)```", text, flags=re.S)
+    path = tmp_path / "frameworks_myapp.py"
+    path.write_text(snippet, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("frameworks_myapp", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setenv("SECRET_KEY", "test")
+    spec.loader.exec_module(module)
+    server = Server(app=module.create_app(), access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", subscription_uri=None, publish_uri=None))
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        # The page's import, and the plain script beside it.
+        assert requests.get(f"{base}/longpoll.js", timeout=10).status_code == 200
+        assert requests.get(f"{base}/longpoll.global.js", timeout=10).status_code == 200
+        assert requests.get(f"{base}/events?category=user-1&timeout=1",
+                            timeout=10).status_code == 403
+        assert requests.post(f"{base}/messages/1", json={"text": "x"},
+                             timeout=10).status_code == 401
+    finally:
+        server.stop(5)
