@@ -545,6 +545,9 @@ def run_commands(block: Block, sandbox: Sandbox, server: Server | None, clauses:
                 port = re.search(r"127\.0\.0\.1:(\d+)", " ".join(argv))
                 assert port, f"{block.name}: {command!r} serves on no address of 127.0.0.1"
                 process.wait_until_listening(int(port[1]))
+                if argv[0] == "wsgi-longpoll":  # says so once its signal handlers are set
+                    process.wait_for(lambda: "Ctrl-C stops" in process.stderr.read_text(),
+                                     "wsgi-longpoll serve to say it serves")
                 process.interrupt()
             else:
                 process.finish()
