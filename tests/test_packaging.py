@@ -11,8 +11,6 @@ import fnmatch
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -21,7 +19,7 @@ from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from test_examples import WAIT_SECONDS, free_port
+from test_examples import WAIT_SECONDS
 
 import wsgi_longpoll
 
@@ -133,41 +131,6 @@ def test_readme_first_screen_tells_make_and_pip_users_what_to_run() -> None:
 def test_readme_links_are_absolute() -> None:
     """An index page renders the README away from the repository: relative links break."""
     assert re.findall(r"\]\((?!https://)([^)]*)\)", README) == []
-
-
-def test_readme_standalone_snippet_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    start = README.index("```python\nfrom wsgi_longpoll import FilePersistorInfo")
-    snippet = README[start + len("```python\n"):README.index("```", start + 10)]
-    assert "finally:" in snippet
-    port = free_port()
-    script = tmp_path / "snippet.py"
-    # The one addition: say when the main thread is inside the try, serving.
-    instrumented = snippet.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace(
-        "    server.serve_forever()", "    print('serving', flush=True); server.serve_forever()")
-    assert "print('serving'" in instrumented
-    script.write_text(instrumented)
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == b"serving\n"  # bounded by pytest-timeout
-        assert accepts(port)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=WAIT_SECONDS)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(WAIT_SECONDS)
-    assert process.returncode == 0, err.decode()
-    assert b"Traceback" not in err
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def test_a_missing_extra_names_the_pip_command(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ worker writes its figures there every *interval* seconds:
 
     def post_worker_init(worker):
         from myapp import manager
-        LongpollMetrics(manager, shared_store=True).start(interval=5)
+        from wsgi_longpoll.engines import MemoryEngine
+        in_memory = isinstance(manager.engine, MemoryEngine)   # each worker's own events
+        LongpollMetrics(manager, shared_store=not in_memory).start(interval=5)
 
     def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
