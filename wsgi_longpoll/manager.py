@@ -33,6 +33,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .event import Event, Gap
+from .limits import MAX_DEFAULT_WAITING, default_max_waiting, warn_if_above_open_files_limit
 from .options import at_least, build, check_options, option, options_of
 from .protocol import validate_category
 
@@ -72,9 +73,11 @@ class ManagerOptions:
         110, check=at_least(0),
         help="the longest long-poll 'timeout' a client may ask for; 0 means the default",
     )
-    max_waiting_subscribers: int = option(
-        50_000, check=at_least(1),
-        help="subscribers that may wait at once; one more is refused (503)",
+    max_waiting_subscribers: int | None = option(
+        None, check=at_least(1),
+        help="subscribers that may wait at once; one more is refused (503). None: what the "
+        "open-files limit (ulimit -n) allows, less the files open and some headroom, at "
+        "most 50,000",
     )
 
     def __post_init__(self) -> None:
@@ -206,7 +209,9 @@ class LongpollManager:
         (in memory); the oldest events of all go first, with the gap signal. ``None``: no
         bound but the others.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
-        raises :class:`CapacityExceeded`.
+        raises :class:`CapacityExceeded`. ``None``: what the open-files limit allows (see
+        :func:`wsgi_longpoll.limits.default_max_waiting`); a value above that limit is
+        logged as a warning.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
         process (see :mod:`wsgi_longpoll.engines.redis` and ``docs/scaling.md``), so that
         every process and host pointed at it serves one event stream. Needs the
@@ -223,8 +228,8 @@ class LongpollManager:
 
     #: The default ``max_categories``.
     default_max_categories = MemoryOptions.max_categories
-    #: The default ``max_waiting_subscribers``.
-    default_max_waiting_subscribers = ManagerOptions.max_waiting_subscribers
+    #: The most ``max_waiting_subscribers`` is by default, however high the open-files limit.
+    default_max_waiting_subscribers = MAX_DEFAULT_WAITING
 
     def __init__(
         self,
@@ -237,7 +242,7 @@ class LongpollManager:
         engine: Engine | None = None,
         persister: Persister | None = None,
         max_categories: int = MemoryOptions.max_categories,
-        max_waiting_subscribers: int = ManagerOptions.max_waiting_subscribers,
+        max_waiting_subscribers: int | None = ManagerOptions.max_waiting_subscribers,
         max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
@@ -251,7 +256,12 @@ class LongpollManager:
             max_longpoll_timeout_seconds=max_longpoll_timeout_seconds,
             max_waiting_subscribers=max_waiting_subscribers,
         )
-        self.max_waiting_subscribers = max_waiting_subscribers
+        if max_waiting_subscribers is None:
+            max_waiting_subscribers = default_max_waiting()
+        else:
+            warn_if_above_open_files_limit(max_waiting_subscribers)
+        #: Subscribers that may wait at once; one more raises :class:`CapacityExceeded`.
+        self.max_waiting_subscribers: int = max_waiting_subscribers
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or ManagerOptions.max_longpoll_timeout_seconds
         )

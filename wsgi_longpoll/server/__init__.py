@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from gevent.pool import Pool
 from ..endpoints import EndpointOptions
 from ..engines.options import MemoryOptions, RedisOptions
 from ..errors import EventsLost
+from ..limits import default_max_waiting, open_files_limit
 from ..manager import LongpollManager, ManagerOptions
 from ..options import at_least, check_options, more_than, option, option_from, subset
 from ..wsgi.answers import not_found
@@ -137,61 +137,6 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-#: File descriptors kept free of parked polls, besides those open when the server starts:
-#: the connections of every other request (``/healthz``, ``/stats``, publishes, refused
-#: subscribers), files and Redis connections opened later.
-OPEN_FILES_HEADROOM = 256
-
-
-def open_files_limit() -> int | None:
-    """The soft limit on open file descriptors, or ``None`` if there is none."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def _open_files_count() -> int:
-    """How many file descriptors the process has open (0 where that cannot be read)."""
-    for directory in ("/proc/self/fd", "/dev/fd"):
-        try:
-            return max(len(os.listdir(directory)) - 1, 0)  # less the listing's own
-        except OSError:
-            continue
-    return 0
-
-
-def default_max_waiting() -> int:
-    """The default ``max_waiting_subscribers``: what the open-files limit allows (each
-    waiting subscriber holds a socket), less the descriptors open already and
-    :data:`OPEN_FILES_HEADROOM` (a tenth of the limit when that is small), and no more
-    than :attr:`LongpollManager.default_max_waiting_subscribers`.
-
-    So with every subscriber slot taken, the headroom is left for other requests: a
-    refused subscriber's connection (closed after its 503), ``/healthz``, ``/stats``.
-    """
-    default = LongpollManager.default_max_waiting_subscribers
-    limit = open_files_limit()
-    if limit is None:
-        return default
-    headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
-    return max(1, min(default, limit - _open_files_count() - headroom))
-
-
-def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:
-    """Log a warning if *max_waiting_subscribers* cannot all hold a socket; whether it did."""
-    limit = open_files_limit()
-    if limit is None or max_waiting_subscribers < limit:
-        return False
-    logger.warning(
-        "max_waiting_subscribers is %d but the open-files limit (ulimit -n) is %d: "
-        "connections beyond it will be refused; raise the limit or lower the option",
-        max_waiting_subscribers, limit)
-    return True
-
-
 def _seconds(duration: float | datetime.timedelta) -> float:
     if isinstance(duration, datetime.timedelta):
         return duration.total_seconds()
@@ -277,11 +222,7 @@ class ServerOptions:
     cors_allow_headers: tuple[str, ...] = option_from(CORSOptions, "allow_headers")
     cors_max_age: int = option_from(CORSOptions, "max_age")
     # The server's own.
-    max_waiting_subscribers: int | None = option(
-        None, check=at_least(1),
-        help="subscribers that may wait at once (more: 503); None: the open-files limit "
-        "(ulimit -n) less some headroom, at most the manager's default",
-    )
+    max_waiting_subscribers: int | None = option_from(ManagerOptions, "max_waiting_subscribers")
     access_log: bool = option(True, help="log each request")
     header_timeout: float | None = option(
         30.0, check=more_than(0), zero_means_none=True,
@@ -397,13 +338,11 @@ class Server:
                     options.delete_event_after_first_retrieval,
                     persister=persister,
                     max_categories=options.max_categories,
-                    max_waiting_subscribers=(options.max_waiting_subscribers
-                                             or default_max_waiting()),
+                    max_waiting_subscribers=options.max_waiting_subscribers,
                     max_buffered_bytes=options.max_buffered_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
                 )
-                warn_if_above_open_files_limit(manager.max_waiting_subscribers)
                 middleware = LongpollMiddleware(
                     options.app or not_found,
                     manager,
