@@ -7,7 +7,6 @@ import json
 import os
 import re
 import resource
-import selectors
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_until
+from fanout_client import read_answers
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
 from wsgi_longpoll.server.gunicorn import find_middleware
@@ -299,29 +299,7 @@ class Polls:
 
     def answers(self, within: float) -> list[bytes]:
         """Every answer that came within *within* seconds (fewer: some did not)."""
-        selector = selectors.DefaultSelector()
-        received: dict[socket.socket, bytearray] = {}
-        for sock in self.sockets:
-            sock.setblocking(False)
-            received[sock] = bytearray()
-            selector.register(sock, selectors.EVENT_READ)
-        answers: list[bytes] = []
-        deadline = time.monotonic() + within
-        while received and time.monotonic() < deadline:
-            for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(65536)
-                except ConnectionError:
-                    data = b""
-                if data:
-                    received[sock] += data
-                    continue
-                answers.append(bytes(received.pop(sock)))
-                selector.unregister(sock)
-        selector.close()
-        return answers
+        return read_answers(self.sockets, within)
 
     def close(self) -> None:
         for sock in self.sockets:
