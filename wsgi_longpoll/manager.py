@@ -635,6 +635,12 @@ def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engin
     """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
     (the engine options, by name)."""
     if options["redis_url"] is None:
+        memory = options_of(MemoryOptions)
+        given = [name for name, item in options_of(RedisOptions).items()
+                 if name in options and name not in memory and options[name] != item.default]
+        if given:
+            raise ValueError(f"{', '.join(given)} needs redis_url: without it the events are "
+                             "kept in this process's memory")
         return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
     redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:
