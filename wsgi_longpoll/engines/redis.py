@@ -793,7 +793,10 @@ class RedisEngine(Engine):
     def _deliver(self, batch: list[tuple[Position, Event]],
                  gaps: list[tuple[Position, Gap]]) -> None:
         if self._listener is not None:
-            self._listener(batch, gaps)
+            if gaps:
+                self._listener(batch, gaps)
+            else:  # a listener of its own may take the batch alone
+                self._listener(batch)
 
     def close(self) -> None:
         """Stop the reader and close the connections."""
