@@ -269,7 +269,8 @@ def cooperative_address(client: redis.Redis) -> Address:
         host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
         path=kwargs.get("path"), db=int(kwargs.get("db", 0) or 0),
         username=kwargs.get("username"), password=kwargs.get("password"),
-        ssl_context=context,
+        ssl_context=context, timeout=float(kwargs.get("socket_timeout") or 5.0),
+        connect_timeout=float(kwargs.get("socket_connect_timeout") or 5.0),
     )
 
 
@@ -289,10 +290,14 @@ _LEAD = object()
 class _Append:
     """One event waiting for its group commit."""
 
-    __slots__ = ("category", "keys", "args", "size", "waiter", "lead")
+    __slots__ = ("category", "key", "digest", "keys", "args", "size", "waiter", "lead")
 
-    def __init__(self, category: str, keys: list[bytes], args: list[Any], size: int) -> None:
+    def __init__(self, category: str, key: str, digest: str, keys: list[bytes],
+                 args: list[Any], size: int) -> None:
         self.category = category
+        #: The idempotency key, and the digest of the data sent with it.
+        self.key = key
+        self.digest = digest
         self.keys = keys
         self.args = args
         self.size = size
@@ -307,8 +312,8 @@ class _HubState:
     def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
         self.pool = CooperativePool(
-            lambda: RedisConnection(engine._address, engine.socket_timeout),
-            engine.pool_size, engine.socket_timeout,
+            lambda: RedisConnection(engine._address),
+            engine.pool_size, engine._address.timeout,
         )
         self.hub = self.pool.hub
         self.queue: list[_Append] = []
@@ -594,20 +599,7 @@ class RedisEngine(Engine):
         :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
         :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
-        name = _category_bytes(category)
-        encoded = encode_json(data)
-        digest = ""  # none for a key of our own: it is never sent twice
-        if idempotency_key is None:
-            idempotency_key = uuid.uuid4().hex
-        else:
-            digest = data_digest(data).hex()
-        key = self._idempotency_prefix + hashlib.sha256(
-            name + b"\0" + idempotency_key.encode("utf-8", "surrogateescape")
-        ).hexdigest().encode("ascii")
-        item = _Append(
-            category, [self._stream_prefix + name, self._floor_prefix + name, key],
-            [name, encoded, digest], len(encoded),
-        )
+        item = self._pending(category, data, idempotency_key)
         state = self._hub_state()
         outcome = self._commit([item])[0] if state is None else state.commit(item)
         if isinstance(outcome, BaseException):
@@ -618,10 +610,29 @@ class RedisEngine(Engine):
                 f"{outcome[1:].decode('utf-8', 'replace')}"
             )
         entry_id, _, remembered = outcome.partition(b" ")
-        if remembered and remembered.decode("ascii") != digest:
-            raise IdempotencyConflict(idempotency_key, category)
+        if remembered and remembered.decode("ascii") != item.digest:
+            raise IdempotencyConflict(item.key, category)
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), data)
+
+    def _pending(self, category: str, data: Any, idempotency_key: str | None = None
+                 ) -> _Append:
+        """The append of *data* to *category*, ready for a group commit."""
+        name = _category_bytes(category)
+        encoded = encode_json(data)
+        digest = ""  # none for a key of our own: it is never sent twice
+        if idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+        else:
+            digest = data_digest(data).hex()
+        key = self._idempotency_prefix + hashlib.sha256(
+            name + b"\0" + idempotency_key.encode("utf-8", "surrogateescape")
+        ).hexdigest().encode("ascii")
+        return _Append(
+            category, idempotency_key, digest,
+            [self._stream_prefix + name, self._floor_prefix + name, key],
+            [name, encoded, digest], len(encoded),
+        )
 
     def _commit(self, batch: list[_Append], pool: CooperativePool | None = None) -> list[Any]:
         """Publish *batch* in one call of the publish script: one outcome per event, a

@@ -74,6 +74,10 @@ class Address:
     ssl_context: ssl.SSLContext | None = None
     #: The name the server's certificate is checked against, with TLS.
     server_hostname: str | None = None
+    #: Seconds for each reply ...
+    timeout: float = 5.0
+    #: ... and for connecting.
+    connect_timeout: float = 5.0
 
     def __str__(self) -> str:
         return self.path if self.path is not None else f"{self.host}:{self.port}"
@@ -155,14 +159,13 @@ def _parse(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
 class RedisConnection:
     """One connection to Redis on a gevent socket of the caller's hub.
 
-    :param address: where to connect.
-    :param timeout: seconds for connecting and for each reply.
+    :param address: where to connect, and the timeouts.
     :raises ConnectFailed: if the connection (or its ``AUTH``/``SELECT``) fails.
     """
 
-    def __init__(self, address: Address, timeout: float) -> None:
+    def __init__(self, address: Address) -> None:
         self.address = address
-        self.timeout = timeout
+        self.timeout = address.timeout
         self._reader: Any = hiredis.Reader(replyError=ReplyError) if hiredis else None
         self._buffer = bytearray()
         try:
@@ -188,14 +191,15 @@ class RedisConnection:
         address = self.address
         if address.path is not None:
             sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
+            sock.settimeout(address.connect_timeout)
             try:
                 sock.connect(address.path)
             except BaseException:
                 sock.close()
                 raise
         else:
-            sock = gsocket.create_connection((address.host, address.port), self.timeout)
+            sock = gsocket.create_connection((address.host, address.port),
+                                             address.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if address.ssl_context is not None:  # gevent's, so that the TLS socket is too
