@@ -18,6 +18,7 @@ by :func:`parse_reply`.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -30,9 +31,10 @@ from gevent.lock import Semaphore
 
 from .._gevent import raw_socket
 
-try:  # pragma: no cover - depends on the installed extras
-    import hiredis  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
+hiredis: Any
+try:  # the hiredis extra, when installed
+    hiredis = importlib.import_module("hiredis")
+except ImportError:
     hiredis = None
 
 __all__ = [
