@@ -58,7 +58,13 @@ class ConnectFailed(OSError):
 
 
 class CommandFailed(OSError):
-    """The connection failed or timed out after a command was sent: it may have run."""
+    """The connection failed or timed out after a command was sent: it may have run.
+
+    :attr:`closed` tells a connection that Redis had closed (a restart: the command
+    most likely never reached the Redis that answers now) from a timeout.
+    """
+
+    closed = False
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,9 @@ class RedisConnection:
             self._sock.sendall(pack_command(*args))
             reply = self._read_reply()
         except (OSError, ssl.SSLError) as error:
-            raise CommandFailed(str(error) or type(error).__name__) from error
+            failure = CommandFailed(str(error) or type(error).__name__)
+            failure.closed = isinstance(error, ConnectionError)
+            raise failure from error
         if isinstance(reply, ReplyError):
             raise reply
         return reply
@@ -307,23 +315,33 @@ class CooperativePool:
                     break
                 connection.close()
                 connection = None
-            if connection is None:
-                connection = self._connect()
-            try:
-                reply = connection.call(*args)
-            except CommandFailed:
-                connection.close()
-                raise
-            except BaseException as error:
-                if isinstance(error, ReplyError):
-                    idle.append(connection)
-                else:  # killed mid-command: the reply may be pending on it
-                    connection.close()
-                raise
-            idle.append(connection)
-            return reply
+            if connection is not None:
+                try:
+                    return self._call(connection, args)
+                except CommandFailed as error:
+                    # A pooled connection Redis had closed (a restart not seen yet): once
+                    # more on a new one. The engine's commands may run twice (reads, and
+                    # publishes made idempotent by their keys).
+                    if not error.closed:
+                        raise
+            return self._call(self._connect(), args)
         finally:
             slots.release()
+
+    def _call(self, connection: RedisConnection, args: tuple[Any, ...]) -> Any:
+        try:
+            reply = connection.call(*args)
+        except CommandFailed:
+            connection.close()
+            raise
+        except BaseException as error:
+            if isinstance(error, ReplyError):
+                self._idle.append(connection)
+            else:  # killed mid-command: the reply may be pending on it
+                connection.close()
+            raise
+        self._idle.append(connection)
+        return reply
 
     def close(self) -> None:
         """Close the idle connections (those in use close when their call ends)."""
