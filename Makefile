@@ -63,3 +63,10 @@ bench: $(BENCH_STAMP)
 .PHONY: bench-frameworks
 bench-frameworks: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_frameworks.py $(BENCH_ARGS)
+
+# The Redis engine against the in-memory engine, per request (issue 19): publish,
+# immediate subscribe, fan-out, two processes, a herd of re-polls. Needs wrk.
+# BENCH_ARGS="--compare-src /path/to/older/checkout" measures a second tree alternately.
+.PHONY: bench-redis
+bench-redis: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/redis_bench.py $(BENCH_ARGS)

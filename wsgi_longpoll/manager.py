@@ -352,15 +352,25 @@ class LongpollManager:
             self._events_published += 1
         return event
 
-    def deliver(self, batch: Sequence[tuple[Position, Event]]) -> None:
+    def deliver(
+        self, batch: Sequence[tuple[Position, Event]],
+        gaps: Sequence[tuple[Position, Gap]] = (),
+    ) -> None:
         """Hand each waiting subscriber the events of *batch* after its cursor.
 
-        The engine's listener: *batch* is in position order. Subscribers that are done
-        (:meth:`Subscriber.deliver` returned ``True``) are forgotten.
+        The engine's listener: *batch* is in position order. Each of *gaps* (events of
+        its category dropped before they could be delivered, the newest at its position)
+        goes to the subscribers whose cursor is older, with their next answer.
+        Subscribers that are done (:meth:`Subscriber.deliver` returned ``True``) are
+        forgotten.
         """
         finished: list[Subscriber] = []
         with self._lock:
             waiters = self._waiters
+            for position, gap in gaps:
+                for subscriber in waiters.get(gap.category, ()):
+                    if subscriber.cursor < position and gap not in subscriber.gaps:
+                        subscriber.gaps.append(gap)
             by_category: dict[str, list[tuple[Position, Event]]] = {}
             for entry in batch:
                 if entry[1].category in waiters:
