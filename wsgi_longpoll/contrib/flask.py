@@ -61,9 +61,10 @@ defaults (127.0.0.1:5000, werkzeug's reloader in debug mode)::
 
 from __future__ import annotations
 
+import datetime
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,6 +80,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from ..event import Event
 from ..manager import LongpollManager
 from ..options import Option
+from ..tokens import subscribe_token
 from ..wsgi.middleware import LongpollMiddleware
 from . import _devserver
 from ._common import (
@@ -238,6 +240,33 @@ class LongPoll:
         Usable from views, CLI commands and background work alike.
         """
         return self.manager.publish(category, data)
+
+    def subscribe_token(self, categories: str | Iterable[str],
+                        ttl: float | datetime.timedelta, *, subject: str | None = None) -> str:
+        """A token that lets its holder subscribe to *categories* for *ttl* (seconds or a
+        :class:`~datetime.timedelta`), signed with ``LONGPOLL_SUBSCRIBE_SECRET`` of the
+        current application (or the only one).
+
+        Hand it to the page (the browser client's ``token`` option) or to a
+        :class:`~wsgi_longpoll.client.Follower`; a long-poll tier run with the same
+        secret (``wsgi-longpoll serve --subscribe-secret``), and this extension's own
+        subscribe view, let it read those categories and no other until it expires. See
+        :func:`wsgi_longpoll.tokens.subscribe_token`.
+
+        :param subject: who it is for (the ``sub`` claim), for your own logs.
+        :raises RuntimeError: if ``LONGPOLL_SUBSCRIBE_SECRET`` is not set.
+        """
+        if has_app_context():
+            state = self._state(current_app._get_current_object())  # type: ignore[attr-defined]
+        elif len(self._apps) == 1:
+            state = next(iter(self._apps.values()))
+        else:
+            raise RuntimeError("LongPoll.subscribe_token needs an application context (or "
+                               "exactly one application set up with init_app)")
+        secret = state.middleware.options.subscribe_secret
+        if secret is None:
+            raise RuntimeError("set LONGPOLL_SUBSCRIBE_SECRET to issue subscribe tokens")
+        return subscribe_token(secret, categories, ttl, subject=subject)
 
     # -- authorization ----------------------------------------------------------------
 
