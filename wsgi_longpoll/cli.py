@@ -27,7 +27,7 @@ from .server import (
     inherited_socket,
     parse_address,
 )
-from .server.supervisor import Supervisor, bind
+from .server.supervisor import REUSE_PORT, Supervisor, bind
 from .wsgi.answers import Hook
 from .wsgi.auth import bearer_token
 from .wsgi.cors import CORSOptions
@@ -318,20 +318,24 @@ def _supervise(args: argparse.Namespace) -> int:
                          "events of its own.", reason, multiprocess.ALLOW_VARIABLE)
             return 1
         logger.warning("%s Going on: %s is set.", reason, multiprocess.ALLOW_VARIABLE)
+    reuse_port = REUSE_PORT and not args.address.startswith(FD_PREFIX)
     try:
         server_options(args)  # refuse invalid options before any process starts
         if args.address.startswith(FD_PREFIX):
-            listener = inherited_socket(args.address)
+            held = inherited_socket(args.address)
         else:
-            listener = bind(*parse_address(args.address))
+            host, port = parse_address(args.address)
+            # With SO_REUSEPORT, the supervisor's socket only holds the port.
+            held = bind(host, port, backlog=None if reuse_port else 4096,
+                        reuse_port=reuse_port)
     except (OSError, ValueError) as error:
         logger.error("cannot start: %s", error)
         return 1
-    port = listener.getsockname()[1]
-    address = f"{FD_PREFIX}{listener.fileno()}"
+    port = held.getsockname()[1]
 
     def work(ready: Callable[[], None]) -> int:
-        server = _start(args, address)
+        listener = bind(host, port, reuse_port=True) if reuse_port else held
+        server = _start(args, f"{FD_PREFIX}{listener.fileno()}")
         if server is None:
             return 1
         ready()
@@ -342,7 +346,7 @@ def _supervise(args: argparse.Namespace) -> int:
     try:
         status = supervisor.run()
     finally:
-        listener.close()
+        held.close()
     if status:
         logger.error("stopped: a worker's exit status was %d", status)
     else:

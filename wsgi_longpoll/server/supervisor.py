@@ -1,9 +1,10 @@
 """Several worker processes on one listening socket: ``wsgi-longpoll serve --workers N``.
 
-One server process uses one core. :class:`Supervisor` binds the address once and forks
-*N* workers that inherit the listening socket; each runs a server with a gevent hub of
-its own and accepts from the shared socket, so the kernel hands each new connection to
-one of them. The workers share nothing but the socket: their events must be in Redis
+One server process uses one core. :class:`Supervisor` forks *N* workers, each running a
+server with a gevent hub of its own on the same port: on Linux each worker listens on a
+socket of its own bound with ``SO_REUSEPORT`` (the supervisor holds the port), and the
+kernel spreads new connections evenly across them; elsewhere they inherit one listening
+socket from the supervisor and accept from it in turn (:data:`REUSE_PORT`). The workers share nothing but the socket: their events must be in Redis
 (``--redis-url``), or a subscriber would only see what was published to its own worker
 (see :mod:`wsgi_longpoll.multiprocess`).
 
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["Supervisor", "Worker", "bind", "exit_status"]
+__all__ = ["REUSE_PORT", "Supervisor", "Worker", "bind", "exit_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,38 @@ logger = logging.getLogger(__name__)
 WorkerTarget = Callable[[Callable[[], None]], int]
 
 
-def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
-    """A TCP socket listening on *host*:*port* (``""``: every interface), to share.
+#: Whether each worker listens on a socket of its own, bound with ``SO_REUSEPORT``: on
+#: Linux, where the kernel then spreads new connections evenly across the workers' sockets
+#: (by a hash of each connection's addresses). Elsewhere the workers share one socket,
+#: and the worker that wakes first accepts: a burst of connections may go to one.
+REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
+
+def bind(host: str, port: int, *, backlog: int | None = 4096,
+         reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to *host*:*port* (``""``: every interface), listening unless
+    *backlog* is ``None``.
+
+    :param reuse_port: set ``SO_REUSEPORT``, so that the workers' sockets share the port.
+        A bound socket that does not listen then holds the port (port 0: picks it) for
+        the workers, and gets none of their connections.
     :raises OSError: if the address cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=backlog)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def exit_status(wait_status: int) -> int:
