@@ -1,12 +1,13 @@
-"""Several worker processes on one listening socket: ``wsgi-longpoll serve --workers N``.
+"""Several worker processes on one port: ``wsgi-longpoll serve --workers N``.
 
 One server process uses one core. :class:`Supervisor` forks *N* workers, each running a
 server with a gevent hub of its own on the same port: on Linux each worker listens on a
 socket of its own bound with ``SO_REUSEPORT`` (the supervisor holds the port), and the
 kernel spreads new connections evenly across them; elsewhere they inherit one listening
-socket from the supervisor and accept from it in turn (:data:`REUSE_PORT`). The workers share nothing but the socket: their events must be in Redis
-(``--redis-url``), or a subscriber would only see what was published to its own worker
-(see :mod:`wsgi_longpoll.multiprocess`).
+socket from the supervisor and accept from it in turn (:data:`REUSE_PORT`). The workers
+share nothing but the port: their events must be in Redis (``--redis-url``), or a
+subscriber would only see what was published to its own worker (see
+:mod:`wsgi_longpoll.multiprocess`).
 
 The supervisor does no request work. It:
 

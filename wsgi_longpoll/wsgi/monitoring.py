@@ -9,8 +9,8 @@ balancer with 200 while the manager takes events and 503 once it is closed.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
