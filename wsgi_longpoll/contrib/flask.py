@@ -34,6 +34,10 @@ manager is given): every option of the package under its one name, as
 ``LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS``, ``LONGPOLL_MAX_EVENT_BUFFER_SIZE``, ...
     The manager's and its engine's options; ``LONGPOLL_REDIS_URL`` keeps the events in
     Redis (extra ``[redis]``), shared by every worker.
+``LONGPOLL_SUBSCRIBE_SECRET``, ``LONGPOLL_SUBSCRIBE_SECRET_PREVIOUS``
+    Require a signed subscribe token on every subscribe, and issue them with
+    :meth:`LongPoll.subscribe_token` (see :mod:`wsgi_longpoll.tokens`): for a long-poll
+    tier apart from the application, the application may serve no long poll at all.
 ``LONGPOLL_CORS_ORIGINS``, ``LONGPOLL_CORS_ALLOW_HEADERS``, ...
     Let pages of other origins subscribe and publish (see
     :class:`~wsgi_longpoll.wsgi.cors.CORSOptions`).
