@@ -255,9 +255,10 @@ def _start(args: argparse.Namespace, address: str) -> Server | None:
 
 def _announce(args: argparse.Namespace, port: int, workers: int = 1) -> None:
     processes = f" ({workers} processes)" if workers > 1 else ""
+    publish = "no publish path" if args.publish_uri is None else f"publish at {args.publish_uri}"
     print(
         f"wsgi-longpoll: subscribe at http://{_display_host(args.address)}:{port}"
-        f"{args.subscription_uri}, publish at {args.publish_uri}{processes}; Ctrl-C stops",
+        f"{args.subscription_uri}, {publish}{processes}; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )
