@@ -128,6 +128,10 @@ class _Stop(Exception):
     pass
 
 
+def _stopped_before_serving(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 class Supervisor:
     """Runs *target* in *workers* forked processes until SIGTERM or SIGINT.
 
@@ -332,7 +336,9 @@ class Supervisor:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Stopped while it starts (another worker failed to boot): exit 0, as a worker
+            # stopped once serving does; the target sets a handler of its own to drain.
+            signal.signal(signal.SIGTERM, _stopped_before_serving)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             os.close(self._wake_read)
             os.close(self._wake_write)
