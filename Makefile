@@ -70,3 +70,10 @@ bench-frameworks: $(BENCH_STAMP)
 .PHONY: bench-redis
 bench-redis: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/redis_bench.py $(BENCH_ARGS)
+
+# A long-poll tier apart from the application (issue 19): a Flask app under flask run issues
+# subscribe tokens and publishes to Redis; wsgi-longpoll serve --workers 2 holds 10,000
+# subscribers. BENCH_ARGS="--subscribers 2000 --rounds 1" for a short run.
+.PHONY: bench-tier
+bench-tier: $(STAMP)
+	$(BIN)/python benchmarks/tier.py $(BENCH_ARGS)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,11 +51,13 @@ if TYPE_CHECKING:
     from ..engines.persist import FilePersister
 
 __all__ = [
+    "FD_PREFIX",
     "FilePersistorInfo",
     "Server",
     "ServerInfo",
     "ServerOptions",
     "default_max_waiting",
+    "inherited_socket",
     "open_files_limit",
     "parse_address",
 ]
@@ -67,6 +71,8 @@ class ServerInfo:
 
     :param address: ``":8080"`` (every interface), ``"127.0.0.1:8080"`` or
         ``"[::1]:8080"``; port 0 picks a free port (see :attr:`Server.port`).
+        ``"fd://3"`` serves a listening socket the process inherited as file descriptor
+        3 (gunicorn's form; each worker of ``wsgi-longpoll serve --workers`` gets one).
     :param timeout_seconds: the longest ``timeout`` a subscriber may ask for; 0 means 110.
     :param subscription_uri: the path of the subscribe endpoint (GET); ``None`` turns it
         off (the application's own views answer long polls: the Flask extension's and
@@ -117,6 +123,34 @@ class FilePersistorInfo:
     write_flush_period_seconds: float = 1
     fsync: bool = False
     acknowledge_after_write: bool = False
+
+
+#: What an address that names an inherited socket starts with (``fd://3``).
+FD_PREFIX = "fd://"
+
+
+def inherited_socket(address: str) -> socket.socket:
+    """The listening socket *address* (``fd://N``) names, on a descriptor of its own.
+
+    :raises ValueError: if *address* is not ``fd://`` and a number, or the descriptor is
+        not a listening TCP socket.
+    """
+    number = address[len(FD_PREFIX):]
+    if not number.isdigit():
+        raise ValueError(f"invalid address {address!r}: expected fd:// and a number")
+    try:
+        sock = socket.socket(fileno=os.dup(int(number)))
+    except OSError as error:
+        raise ValueError(f"invalid address {address!r}: {error.strerror}") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.close()
+        raise ValueError(f"invalid address {address!r}: not a listening TCP socket")
+    sock.setblocking(False)  # shared with other processes: an accept that lost the race
+    return sock              # must not block
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -177,6 +211,9 @@ class ServerOptions:
     :param sse_keepalive_seconds: how often an idle Server-Sent Events stream gets a
         keep-alive comment.
     :param sse_retry_ms: the ``retry:`` a stream tells browsers to wait before reconnecting.
+    :param subscribe_secret: require on every subscribe a token signed with this secret
+        (a long-poll tier apart from the application: see :mod:`wsgi_longpoll.tokens`).
+    :param subscribe_secret_previous: also accept tokens signed with this one (rotation).
     :param cors_origins: origins whose pages may use the endpoints across origins
         (see :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware`); empty: none.
     :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
@@ -216,6 +253,9 @@ class ServerOptions:
     max_categories_per_request: int = option_from(EndpointOptions, "max_categories_per_request")
     sse_keepalive_seconds: float = option_from(EndpointOptions, "sse_keepalive_seconds")
     sse_retry_ms: int = option_from(EndpointOptions, "sse_retry_ms")
+    subscribe_secret: str | None = option_from(EndpointOptions, "subscribe_secret")
+    subscribe_secret_previous: str | None = option_from(
+        EndpointOptions, "subscribe_secret_previous")
     # CORS's.
     cors_origins: tuple[str, ...] = option_from(CORSOptions, "origins")
     cors_allow_credentials: bool = option_from(CORSOptions, "allow_credentials")
@@ -325,7 +365,12 @@ class Server:
         with self._lock:
             if self.running:
                 raise RuntimeError("the server is already running; stop it first")
-            host, port = parse_address(server_info.address)
+            address = server_info.address
+            inherited = address.startswith(FD_PREFIX)
+            if inherited:
+                inherited_socket(address).close()  # refuse a wrong one here, at once
+            else:
+                host, port = parse_address(address)
             if server_info.timeout_seconds < 0:
                 raise ValueError("timeout_seconds must be 0 (the default, 110) or more")
             options = self.options
@@ -354,6 +399,8 @@ class Server:
                     max_categories_per_request=options.max_categories_per_request,
                     sse_keepalive_seconds=options.sse_keepalive_seconds,
                     sse_retry_ms=options.sse_retry_ms,
+                    subscribe_secret=options.subscribe_secret,
+                    subscribe_secret_previous=options.subscribe_secret_previous,
                 )
                 router = self._make_router(middleware, manager, server_info)
                 limits = Limits(header_timeout=options.header_timeout,
@@ -361,8 +408,9 @@ class Server:
 
                 def make_server() -> HTTPServer:
                     # Built in the thread whose hub serves it: gevent objects belong to a hub.
+                    listener = inherited_socket(address) if inherited else (host, port)
                     return HTTPServer(
-                        (host, port), router, limits, access_log=options.access_log,
+                        listener, router, limits, access_log=options.access_log,
                         spawn=Pool(),  # a pool lets stop() wait for, then end, the handlers
                     )
 
