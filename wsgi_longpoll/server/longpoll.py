@@ -174,6 +174,9 @@ class LongpollRouter:
         #: The answers encoded last: by the identity of a delivery's list of events, and
         #: by what an answer from the buffer holds (see :meth:`park`).
         self.encodings = _Encodings()
+        #: The encoding of the delivery answered last (the list of events it encodes
+        #: is a new one for each delivery).
+        self.delivered: _Encoded | None = None
 
     def _route(self, path: bytes) -> bytes:
         return unquote_to_bytes(path) if b"%" in path else path
@@ -305,16 +308,18 @@ class LongpollRouter:
         return encoded
 
     @staticmethod
-    def response(poll: ParkedPoll, encoded: _Encoded) -> bytes:
+    def response(poll: ParkedPoll, encoded: _Encoded, *, dated: bool = True) -> bytes:
         """The whole response of *poll* with *encoded*'s body: made once for every poll
         with the same header lines, HTTP version and keep-alive (``Connection: close``
-        and HTTP/1.0 polls share theirs as keep-alive ones do)."""
+        and HTTP/1.0 polls share theirs as keep-alive ones do); once a second, for its
+        ``Date``, unless not *dated* (the responses of one delivery)."""
         connection, request = poll.connection, poll.request
         keep_alive = request.keep_alive and not connection.server.closing
-        date = http_date()
-        if encoded.date != date:  # a response is made again each second, for its Date
-            encoded.date = date
-            encoded.responses.clear()
+        if dated:
+            date = http_date()
+            if encoded.date != date:
+                encoded.date = date
+                encoded.responses.clear()
         key = (poll.head, request.version, keep_alive)
         response = encoded.responses.get(key)
         if response is None:
@@ -333,7 +338,10 @@ class LongpollRouter:
             connection = poll.connection
             body = events_body(events, poll.gaps)
             return connection.response_head(poll.request, _OK, poll.head, len(body)) + body
-        return self.response(poll, self.encoded(id(events), events))
+        encoded = self.delivered
+        if encoded is None or encoded.events is not events:
+            encoded = self.delivered = self.encoded(id(events), events)
+        return self.response(poll, encoded, dated=False)
 
     def stream_frame(self, events: list[Event], chunked: bool) -> Frame:
         """The write of *events* to a stream, one :class:`~wsgi_longpoll.backlog.Frame`
