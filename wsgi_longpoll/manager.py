@@ -329,7 +329,9 @@ class LongpollManager:
     def publish(self, category: str, data: Any, *, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; the engine hands it to the waiting subscribers.
 
-        The event is stored (and handed to the persister) when this returns.
+        The event is stored (and handed to the persister) when this returns; the
+        subscribers waiting on a gevent hub get it from a callback of their hub, after
+        this returns (see :meth:`deliver`).
 
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
