@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import wait_until
 
-from tests.conftest import wait_until
 from wsgi_longpoll import Server, ServerInfo
 from wsgi_longpoll.engines import MemoryEngine
 from wsgi_longpoll.server import longpoll
@@ -439,3 +439,32 @@ def test_the_events_kept_for_a_re_poll_go_after_the_grace(engine_clock: list[int
     engine.unwatch(["busy"])
     engine.append("busy", 11)
     assert [event.data for event in engine.events("busy")] == [9, 10, 11]
+
+
+def test_the_subscribers_of_a_destroyed_hub_are_forgotten_at_the_next_publish() -> None:
+    import gevent
+
+    from wsgi_longpoll.manager import LongpollManager, Subscriber
+
+    manager = LongpollManager()
+
+    class Parked(Subscriber):
+        def deliver(self, events: Any) -> bool:
+            raise AssertionError("delivered on a hub that is gone")
+
+        def release(self) -> None:
+            pass
+
+    def wait_on_a_hub_that_goes() -> None:
+        hub = gevent.get_hub()
+        subscriber = Parked()
+        subscriber.hub = hub
+        assert manager.attach(subscriber, "gone") is None
+        hub.destroy(destroy_loop=True)
+
+    thread = threading.Thread(target=wait_on_a_hub_that_goes)
+    thread.start()
+    thread.join(10)
+    assert manager.waiting_count("gone") == 1
+    manager.publish("gone", 1)  # does not fail, and forgets it
+    assert manager.waiting_count("gone") == 0

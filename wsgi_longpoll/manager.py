@@ -379,23 +379,32 @@ class LongpollManager:
         """
         finished: list[Subscriber] = []
         with self._lock:
+            gone: list[_Fanout] = []
             for hub, fanout in self._fanouts.items():
                 waiters = fanout.waiters
                 if not any(entry[1].category in waiters for entry in batch):
                     continue
                 if hub is None:
-                    finished, delivered = self._fan_out(waiters, batch)
+                    done, delivered = self._fan_out(waiters, batch)
                     self._events_delivered += delivered
-                    for subscriber in finished:
-                        self._remove(subscriber)
+                    finished += done
+                    continue
+                loop = hub.loop
+                if loop is None:  # a destroyed hub: nothing will ever wake its subscribers
+                    gone.append(fanout)
                     continue
                 fanout.batches.append(batch)
                 if not fanout.scheduled:
                     fanout.scheduled = True
                     if hub.thread_ident == _get_thread_ident():
-                        hub.loop.run_callback(self._flush, fanout)
+                        loop.run_callback(self._flush, fanout)
                     else:
-                        hub.loop.run_callback_threadsafe(self._flush, fanout)
+                        loop.run_callback_threadsafe(self._flush, fanout)
+            for fanout in gone:
+                finished += {subscriber: None for waiters in fanout.waiters.values()
+                             for subscriber in waiters}
+            for subscriber in finished:
+                self._remove(subscriber)
         for subscriber in finished:
             self.engine.unwatch(subscriber.categories)
 

@@ -127,6 +127,7 @@ class MemoryEngine(Engine):
     #: ones: meanwhile its category keeps the events after them beyond
     #: ``max_event_buffer_size`` (``max_buffered_bytes`` and the time to live still
     #: apply), so that on a hot channel a re-poll that comes in time meets no eviction.
+    #: ``0``: none (the size alone decides).
     repoll_grace_seconds = 10.0
     #: How far ahead of the clock a restored event's timestamp may be, in seconds.
     #: Timestamps never go back, so such an event holds every new event's timestamp at
@@ -258,6 +259,8 @@ class MemoryEngine(Engine):
     def _keep(self, category: str, seq: int, now: int) -> None:
         """Keep the events of *category* after number *seq* (handed out: their
         subscribers come back after it) for ``repoll_grace_seconds`` from *now*."""
+        if self.repoll_grace_seconds <= 0:
+            return
         until = now + int(self.repoll_grace_seconds * 1000)
         kept = self._kept.get(category)
         if kept is None:
