@@ -128,7 +128,7 @@ class MemoryEngine(Engine):
     #: ``max_event_buffer_size`` (``max_buffered_bytes`` and the time to live still
     #: apply), so that on a hot channel a re-poll that comes in time meets no eviction.
     #: ``0``: none (the size alone decides).
-    repoll_grace_seconds = 10.0
+    repoll_grace_seconds = 30.0
     #: How far ahead of the clock a restored event's timestamp may be, in seconds.
     #: Timestamps never go back, so such an event holds every new event's timestamp at
     #: its own until the clock catches up; one further ahead is skipped with a warning.
