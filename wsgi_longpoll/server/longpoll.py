@@ -14,9 +14,10 @@ cookie, CORS) go with the answer.
 A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
 :class:`~wsgi_longpoll.manager.Subscriber` holding its connection. The manager's
 :meth:`~ParkedPoll.deliver` writes the answer to the socket at once, without blocking,
-from whatever greenlet or thread published; subscribers handed the same events share one
-encoded answer. Only a partial write (a full socket buffer) is left to the connection's
-greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
+from a callback of the server's hub after the publisher has its answer; subscribers
+handed the same events share one encoded answer (one response, whatever their HTTP
+version and keep-alive), and so do re-polls that find the same events in the buffer.
+Only a partial write (a full socket buffer) is left to the connection's greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
 request (the answer already written) or the client's end of file (a hang-up, or a
 half-close whose answer is still owed: see :class:`ParkedPoll`), and on a timer for the
 protocol's timeout answer.
@@ -299,10 +300,11 @@ class LongpollRouter:
         self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
 
     def encoded(self, key: object, events: list[Event]) -> _Encoded:
-        """The encoding of *events*, shared by every answer made under *key*."""
+        """The encoding of *events*, shared by every answer made under *key* (what
+        identifies the events)."""
         encodings = self.encodings
         encoded: _Encoded | None = encodings.get(key)
-        if encoded is None or (encoded.events is not events and key == id(events)):
+        if encoded is None:
             encoded = _Encoded(events, events_body(events))
             encodings.put(key, encoded, len(encoded.body))
         return encoded
@@ -340,16 +342,18 @@ class LongpollRouter:
             return connection.response_head(poll.request, _OK, poll.head, len(body)) + body
         encoded = self.delivered
         if encoded is None or encoded.events is not events:
+            # By the list's identity: the encoding kept holds it, so no other list
+            # can have its id meanwhile.
             encoded = self.delivered = self.encoded(id(events), events)
         return self.response(poll, encoded, dated=False)
 
     def stream_frame(self, events: list[Event], chunked: bool) -> Frame:
         """The write of *events* to a stream, one :class:`~wsgi_longpoll.backlog.Frame`
         for every stream that gets the same list in one delivery."""
-        key = ("stream", id(events))
+        key = ("stream", id(events))  # the encoding kept holds the list (see encode)
         encodings = self.encodings
         encoded: _Encoded | None = encodings.get(key)
-        if encoded is None or encoded.events is not events:
+        if encoded is None:
             encoded = _Encoded(events, batch_body(events))
             encodings.put(key, encoded, len(encoded.body))
         if chunked:
