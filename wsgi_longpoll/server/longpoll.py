@@ -17,10 +17,11 @@ A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
 from a callback of the server's hub after the publisher has its answer; subscribers
 handed the same events share one encoded answer (one response, whatever their HTTP
 version and keep-alive), and so do re-polls that find the same events in the buffer.
-Only a partial write (a full socket buffer) is left to the connection's greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
-request (the answer already written) or the client's end of file (a hang-up, or a
-half-close whose answer is still owed: see :class:`ParkedPoll`), and on a timer for the
-protocol's timeout answer.
+Only a partial write (a full socket buffer) is left to the connection's greenlet. While
+parked, that greenlet waits on the socket, which wakes it for the next request (the
+answer already written) or the client's end of file (a hang-up, or a half-close whose
+answer is still owed: see :class:`ParkedPoll`), and on a timer for the protocol's
+timeout answer.
 """
 
 from __future__ import annotations
