@@ -10,9 +10,11 @@ events back through :meth:`LongpollManager.deliver`, the one delivery path of ev
 
 from __future__ import annotations
 
+import logging
 import socket
 import weakref
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from ._gevent import peer_closed
+from .backlog import StreamBacklog
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
 from .engines.options import MemoryOptions, RedisOptions
@@ -53,6 +56,8 @@ __all__ = [
     "Subscriber",
     "live_managers",
 ]
+
+logger = logging.getLogger(__name__)
 
 # A real OS lock even when the process is monkey-patched: publish may come from any OS
 # thread, and the lock is never held across a greenlet switch.
@@ -123,9 +128,18 @@ class Subscriber(ABC):
     :meth:`LongpollManager.attach` sets :attr:`categories`, :attr:`cursor` and
     :attr:`gaps`; the manager then calls :meth:`deliver` with the events after the
     cursor as they are published, until the subscriber is done or detached.
+
+    A subscriber with a :attr:`hub` is delivered to on that hub's loop, after the
+    publisher has its answer (the publisher's wait does not grow with the subscribers);
+    one without, from inside :meth:`LongpollManager.publish`.
     """
 
     __slots__ = ("categories", "cursor", "gaps")
+
+    #: The gevent hub whose loop delivers to it, or ``None``: inside the publish call.
+    #: Its :meth:`attach <LongpollManager.attach>` and :meth:`detach
+    #: <LongpollManager.detach>` must come from that hub's thread.
+    hub: Hub | None = None
 
     def __init__(self) -> None:
         #: The categories it waits on.
@@ -139,10 +153,11 @@ class Subscriber(ABC):
     def deliver(self, events: list[Event]) -> bool:
         """Take *events* (oldest first, all after the cursor).
 
-        Called with the manager's lock held, from whichever thread or greenlet published:
-        never block, never switch greenlets. Every single-category subscriber that gets
-        the same events in one delivery gets the same list object, so that an answer can
-        be encoded once (compare with ``is``).
+        Called from a callback of the subscriber's :attr:`hub` (or, without one, with the
+        manager's lock held, from whichever thread or greenlet published): never block,
+        never switch greenlets. Every single-category subscriber at the same position
+        gets the same list object in one delivery, so that an answer can be encoded once
+        (compare with ``is``).
 
         :returns: ``True`` when done waiting: the manager forgets the subscriber at once.
             ``False`` to go on receiving until :meth:`LongpollManager.detach`.
@@ -163,7 +178,7 @@ class _WaitingGreenlet(Subscriber):
         super().__init__()
         self.pending: list[Event] = []
         self.waiter = Waiter(hub)
-        self.hub = hub
+        self.hub: Hub = hub
 
     def deliver(self, events: list[Event]) -> bool:
         if not self.pending:
@@ -280,13 +295,21 @@ class LongpollManager:
         #: Where the events are kept.
         self.engine: Engine = engine
         self._lock = _allocate_lock()
-        self._waiters: dict[str, dict[Subscriber, None]] = {}
+        #: The waiting subscribers by the hub that delivers to them (``None``: the
+        #: publisher, inside the publish call).
+        self._fanouts: dict[Hub | None, _Fanout] = {}
+        # An event not kept (delete after first retrieval) goes to whoever waits when it
+        # is published, not to whoever waits later.
+        self._deferred = not getattr(engine, "delete_event_after_first_retrieval", False)
         self._waiting = 0
         self._events_published = 0
         self._events_delivered = 0
         self._publish_errors = 0
         self._draining = False
         self._closed = False
+        #: The frames the streams of this manager hold for readers that are behind, and
+        #: their cap (``stream_backlog.bytes``, ``stream_backlog.max_bytes``).
+        self.stream_backlog = StreamBacklog()
         engine.bind(self.deliver)
         with _live_lock:
             _live.add(self)
@@ -316,7 +339,9 @@ class LongpollManager:
     def publish(self, category: str, data: Any, *, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; the engine hands it to the waiting subscribers.
 
-        The event is stored (and handed to the persister) when this returns.
+        The event is stored (and handed to the persister) when this returns; the
+        subscribers waiting on a gevent hub get it from a callback of their hub, after
+        this returns (see :meth:`deliver`).
 
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
@@ -360,57 +385,120 @@ class LongpollManager:
 
         The engine's listener: *batch* is in position order. Each of *gaps* (events of
         its category dropped before they could be delivered, the newest at its position)
-        goes to the subscribers whose cursor is older, with their next answer.
-        Subscribers that are done (:meth:`Subscriber.deliver` returned ``True``) are
-        forgotten.
+        goes to the subscribers whose cursor is older, with their next answer (at once:
+        before the events of *batch* reach them). Subscribers without a hub
+        get them now; the others from a callback of their hub, which the first batch
+        since the last one schedules (and which takes every batch queued by then), so
+        that the publisher's answer does not wait for the fan-out and each subscriber
+        gets its events in publish order. Subscribers that are done
+        (:meth:`Subscriber.deliver` returned ``True``) are forgotten.
         """
         finished: list[Subscriber] = []
         with self._lock:
-            waiters = self._waiters
             for position, gap in gaps:
-                for subscriber in waiters.get(gap.category, ()):
-                    if subscriber.cursor < position and gap not in subscriber.gaps:
-                        subscriber.gaps.append(gap)
-            by_category: dict[str, list[tuple[Position, Event]]] = {}
-            for entry in batch:
-                if entry[1].category in waiters:
-                    by_category.setdefault(entry[1].category, []).append(entry)
-            several: dict[Subscriber, None] = {}
-            for category, entries in by_category.items():
-                first, last = entries[0][0], entries[-1][0]
-                shared: list[Event] | None = None
-                for subscriber in waiters[category]:
-                    if len(subscriber.categories) > 1:
-                        several[subscriber] = None
-                        continue
-                    cursor = subscriber.cursor
-                    if cursor >= last:
-                        continue
-                    if cursor < first:
-                        if shared is None:
-                            shared = [event for _, event in entries]
-                        events = shared
+                for fanout in self._fanouts.values():
+                    for subscriber in fanout.waiters.get(gap.category, ()):
+                        if subscriber.cursor < position and gap not in subscriber.gaps:
+                            subscriber.gaps.append(gap)
+            gone: list[_Fanout] = []
+            for hub, fanout in self._fanouts.items():
+                waiters = fanout.waiters
+                if not any(entry[1].category in waiters for entry in batch):
+                    continue
+                if hub is None:
+                    done, delivered = self._fan_out(waiters, batch)
+                    self._events_delivered += delivered
+                    finished += done
+                    continue
+                loop = hub.loop
+                if loop is None:  # a destroyed hub: nothing will ever wake its subscribers
+                    gone.append(fanout)
+                    continue
+                fanout.batches.append(batch)
+                if not fanout.scheduled:
+                    fanout.scheduled = True
+                    if hub.thread_ident == _get_thread_ident():
+                        loop.run_callback(self._flush, fanout)
                     else:
-                        events = [event for position, event in entries if position > cursor]
-                    subscriber.cursor = last
-                    self._events_delivered += len(events)
-                    if subscriber.deliver(events):
-                        finished.append(subscriber)
-            for subscriber in several:
-                cursor, categories = subscriber.cursor, subscriber.categories
-                mine = [
-                    (position, event) for position, event in batch
-                    if position > cursor and event.category in categories
-                ]
-                if mine:
-                    subscriber.cursor = mine[-1][0]
-                    self._events_delivered += len(mine)
-                    if subscriber.deliver([event for _, event in mine]):
-                        finished.append(subscriber)
+                        loop.run_callback_threadsafe(self._flush, fanout)
+            for fanout in gone:
+                finished += {subscriber: None for waiters in fanout.waiters.values()
+                             for subscriber in waiters}
             for subscriber in finished:
                 self._remove(subscriber)
         for subscriber in finished:
             self.engine.unwatch(subscriber.categories)
+
+    def _flush(self, fanout: _Fanout) -> None:
+        """Deliver what was queued for the subscribers of *fanout* (on its hub)."""
+        try:
+            with self._lock:
+                fanout.scheduled = False
+                batches, fanout.batches = fanout.batches, []
+            if not batches:
+                return
+            # Only this hub's thread adds or removes its subscribers (see Subscriber.hub):
+            # the fan-out runs without the lock, and publishers meanwhile only queue.
+            finished, delivered = self._fan_out(fanout.waiters, _merge(batches))
+            with self._lock:
+                self._events_delivered += delivered
+                for subscriber in finished:
+                    self._remove(subscriber)
+            for subscriber in finished:
+                self.engine.unwatch(subscriber.categories)
+        except Exception:  # a callback of the hub: nobody else would hear of it
+            logger.exception("delivering events failed")
+
+    def _fan_out(self, waiters: dict[str, dict[Subscriber, None]],
+                 batch: Sequence[tuple[Position, Event]]) -> tuple[list[Subscriber], int]:
+        """Hand the subscribers of *waiters* the events of *batch* (in position order)
+        after their cursor; return those that are done, and how many events went."""
+        finished: list[Subscriber] = []
+        delivered = 0
+        by_category: dict[str, list[tuple[Position, Event]]] = {}
+        for entry in batch:
+            if entry[1].category in waiters:
+                by_category.setdefault(entry[1].category, []).append(entry)
+        several: dict[Subscriber, None] = {}
+        for category, entries in by_category.items():
+            first, last = entries[0][0], entries[-1][0]
+            # The events after each position, one list for every subscriber there.
+            shared: dict[int, list[Event]] = {}
+            positions: list[Position] | None = None
+            for subscriber in list(waiters.get(category, ())):
+                if len(subscriber.categories) > 1:
+                    several[subscriber] = None
+                    continue
+                cursor = subscriber.cursor
+                if cursor >= last:
+                    continue
+                if cursor < first:
+                    start = 0
+                else:
+                    if positions is None:
+                        positions = [position for position, _ in entries]
+                    start = bisect_right(positions, cursor)
+                events = shared.get(start)
+                if events is None:
+                    events = shared[start] = [event for _, event in entries[start:]]
+                subscriber.cursor = last
+                delivered += len(events)
+                if subscriber.deliver(events):
+                    finished.append(subscriber)
+        for subscriber in several:
+            if subscriber in finished:
+                continue
+            cursor, categories = subscriber.cursor, subscriber.categories
+            mine = [
+                (position, event) for position, event in batch
+                if position > cursor and event.category in categories
+            ]
+            if mine:
+                subscriber.cursor = mine[-1][0]
+                delivered += len(mine)
+                if subscriber.deliver([event for _, event in mine]):
+                    finished.append(subscriber)
+        return finished, delivered
 
     # -- subscribing ------------------------------------------------------------------
 
@@ -456,8 +544,13 @@ class LongpollManager:
             subscriber.cursor = found.position
             subscriber.gaps = found.gaps
             self._waiting += 1
+            hub = subscriber.hub if self._deferred else None
+            fanout = self._fanouts.get(hub)
+            if fanout is None:
+                fanout = self._fanouts[hub] = _Fanout()
+            waiters = fanout.waiters
             for category in categories:
-                self._waiters.setdefault(category, {})[subscriber] = None
+                waiters.setdefault(category, {})[subscriber] = None
         try:
             self.engine.watch(categories, found.position)
         except BaseException:  # a failed, killed or timed-out watch leaves nothing behind
@@ -476,14 +569,19 @@ class LongpollManager:
     def _remove(self, subscriber: Subscriber) -> bool:
         """Forget *subscriber* (called with the lock held); whether it was waiting."""
         categories = subscriber.categories
-        if not categories or subscriber not in self._waiters.get(categories[0], ()):
+        hub = subscriber.hub if self._deferred else None
+        fanout = self._fanouts.get(hub)
+        if (not categories or fanout is None
+                or subscriber not in fanout.waiters.get(categories[0], ())):
             return False
         self._waiting -= 1
         for category in categories:
-            waiters = self._waiters[category]
+            waiters = fanout.waiters[category]
             del waiters[subscriber]
             if not waiters:
-                del self._waiters[category]
+                del fanout.waiters[category]
+        if not fanout.waiters:  # what it still has queued is for nobody
+            del self._fanouts[hub]
         return True
 
     def subscribe(
@@ -559,7 +657,8 @@ class LongpollManager:
         """How many subscribers are waiting, in *category* or in all categories."""
         with self._lock:
             if category is not None:
-                return len(self._waiters.get(category, ()))
+                return sum(len(fanout.waiters.get(category, ()))
+                           for fanout in self._fanouts.values())
             return self._waiting
 
     def stats(self) -> ManagerStats:
@@ -607,7 +706,8 @@ class LongpollManager:
             self._draining = True
             waiting = {
                 subscriber: None
-                for waiters in self._waiters.values()
+                for fanout in self._fanouts.values()
+                for waiters in fanout.waiters.values()
                 for subscriber in waiters
             }
         for subscriber in waiting:
@@ -621,6 +721,33 @@ class LongpollManager:
                 return
             self._closed = True
         self.engine.close()
+
+
+class _Fanout:
+    """The subscribers delivered to from one hub, and the batches queued for them."""
+
+    __slots__ = ("waiters", "batches", "scheduled")
+
+    def __init__(self) -> None:
+        #: Category to its subscribers, in the order they came.
+        self.waiters: dict[str, dict[Subscriber, None]] = {}
+        #: The engine's batches not delivered yet, in the order it handed them.
+        self.batches: list[Sequence[tuple[Position, Event]]] = []
+        #: Whether a callback of the hub is to deliver them.
+        self.scheduled = False
+
+
+def _merge(
+    batches: list[Sequence[tuple[Position, Event]]],
+) -> Sequence[tuple[Position, Event]]:
+    """The batches queued for a fan-out as one, in position order, each event once (an
+    engine's catch-up of a new watch repeats events and goes back in position)."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = [entry for batch in batches for entry in batch]
+    if all(merged[i][0] < merged[i + 1][0] for i in range(len(merged) - 1)):
+        return merged
+    return sorted(dict(merged).items())
 
 
 #: Every manager made in this process and not yet garbage-collected.

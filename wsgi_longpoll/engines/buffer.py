@@ -63,8 +63,9 @@ class EventBuffer:
         """The sequence number of the buffered event *event_id*, or ``None``."""
         return self._seq_by_id.get(event_id)
 
-    def append(self, event: Event, seq: int) -> None:
-        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``."""
+    def append(self, event: Event, seq: int, keep_after: int | None = None) -> None:
+        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``
+        but those published after number *keep_after* (which a subscriber is still owed)."""
         if len(self) and (
             event.timestamp < self._events[-1].timestamp or seq <= self._seqs[-1]
         ):
@@ -73,8 +74,13 @@ class EventBuffer:
         self._events.append(event)
         self._seqs.append(seq)
         self.size_bytes += len(event.to_json())
-        if len(self) > self.max_size:
-            self.drop_oldest(len(self) - self.max_size)
+        excess = len(self) - self.max_size
+        if excess > 0:
+            if keep_after is not None:
+                start = self._start
+                excess = min(excess, bisect_right(self._seqs, keep_after, lo=start) - start)
+            if excess > 0:
+                self.drop_oldest(excess)
 
     def expire(self, cutoff: int) -> int:
         """Drop the events with ``timestamp < cutoff``; return how many went."""

@@ -123,6 +123,12 @@ class MemoryEngine(Engine):
     #: that has none of its own: a cursor older than it, in such a category, is given
     #: the gap (one that may have lost nothing: told rather than not).
     max_kept_floors = 10_000
+    #: How long, in seconds, a subscriber handed events has to come back for the next
+    #: ones: meanwhile its category keeps the events after them beyond
+    #: ``max_event_buffer_size`` (``max_buffered_bytes`` and the time to live still
+    #: apply), so that on a hot channel a re-poll that comes in time meets no eviction.
+    #: ``0``: none (the size alone decides).
+    repoll_grace_seconds = 30.0
     #: How far ahead of the clock a restored event's timestamp may be, in seconds.
     #: Timestamps never go back, so such an event holds every new event's timestamp at
     #: its own until the clock catches up; one further ahead is skipped with a warning.
@@ -170,6 +176,10 @@ class MemoryEngine(Engine):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
         self._watched = WatchCounts()
+        #: What each category keeps beyond its size for the subscribers handed events
+        #: lately, oldest first: ``[made, until, seq]`` (epoch ms; the events after
+        #: number ``seq`` are kept until then).
+        self._kept: dict[str, deque[list[int]]] = {}
         #: ``(category, idempotency key)`` to what it stands for, oldest first.
         self._keys: dict[tuple[str, str], _Remembered] = {}
         self._listener: Listener | None = None
@@ -224,6 +234,7 @@ class MemoryEngine(Engine):
                     persister.compact(self.all_events())
             self.sweep(timestamp)
             if watched and self._listener is not None:
+                self._keep(category, self._last_seq, timestamp)
                 self._listener([((timestamp, self._last_seq), event)])
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
@@ -245,9 +256,39 @@ class MemoryEngine(Engine):
             del keys[next(iter(keys))]
         return keys.get((category, key))
 
+    def _keep(self, category: str, seq: int, now: int) -> None:
+        """Keep the events of *category* after number *seq* (handed out: their
+        subscribers come back after it) for ``repoll_grace_seconds`` from *now*."""
+        if self.repoll_grace_seconds <= 0:
+            return
+        until = now + int(self.repoll_grace_seconds * 1000)
+        kept = self._kept.get(category)
+        if kept is None:
+            if len(self._kept) > 2 * len(self._buffers) + 1024:
+                for name in list(self._kept):
+                    self._kept_after(name, now)
+            self._kept[category] = deque([[now, until, seq]])
+        elif now - kept[-1][0] < 1000:  # one entry a second: the oldest seq, kept longer
+            kept[-1][1] = until
+        else:
+            kept.append([now, until, seq])
+
+    def _kept_after(self, category: str, now: int) -> int | None:
+        """The number after which *category*'s events are kept beyond its size, if any."""
+        kept = self._kept.get(category)
+        if kept is None:
+            return None
+        while kept and kept[0][1] < now:
+            kept.popleft()
+        if not kept:
+            del self._kept[category]
+            return None
+        return kept[0][2]
+
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
         held, size = len(buffer), buffer.size_bytes
-        buffer.append(event, seq)
+        buffer.append(event, seq, self._kept_after(event.category, event.timestamp)
+                      if self._kept else None)
         self._held += len(buffer) - held
         self._bytes += buffer.size_bytes - size
         self._order.append((seq, event.category))
@@ -342,6 +383,10 @@ class MemoryEngine(Engine):
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
                     self._drop_newest(buffer, len(entries))
+            elif found:  # the subscriber comes back after them: keep what follows
+                clock = now_ms()
+                for _, entries in found:
+                    self._keep(entries[-1][1].category, now[1], clock)
             merged = merge_by_position([entries for _, entries in found])
             position = now if since_time <= now[0] else (since_time, _LAST)
             return ReadResult([event for _, event in merged], gaps, position)
@@ -378,6 +423,10 @@ class MemoryEngine(Engine):
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
                     self._drop_newest(buffer, len(entries))
+            else:
+                clock = now_ms()
+                for _, entries in found:
+                    self._keep(entries[-1][1].category, self._last_seq, clock)
             if self._listener is not None:
                 self._listener(merge_by_position([entries for _, entries in found]))
 
