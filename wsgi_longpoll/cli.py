@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from . import __version__
+from .budget import BudgetOptions
 from .endpoints import EndpointOptions
 from .engines.options import EngineOptions, MemoryOptions, RedisOptions
 from .errors import EventsLost
@@ -39,6 +40,7 @@ SECTIONS = {
     MemoryOptions: "events (MemoryOptions)",
     RedisOptions: "several processes and hosts (RedisOptions)",
     ManagerOptions: "subscribers (ManagerOptions)",
+    BudgetOptions: "memory (BudgetOptions)",
     EndpointOptions: "endpoints (EndpointOptions)",
     CORSOptions: "security and cross-origin use (CORSOptions)",
     ServerOptions: "the server (ServerOptions)",

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import socket
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -36,6 +37,7 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from .._gevent import peek, peer_closed, raw_socket, read_watcher
+from ..budget import PARKED_ANSWERS, STREAM_BACKLOGS
 from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
 from ..event import Event
 from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Subscriber
@@ -48,7 +50,8 @@ from .wsgi import WSGIBridge, make_environ
 if TYPE_CHECKING:
     from gevent.hub import Hub
 
-__all__ = ["LongpollRouter", "ParkedPoll", "ParkedStream"]
+__all__ = ["LongpollRouter", "ParkedPoll", "ParkedStream", "StreamBacklogs",
+           "stream_backlog_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,31 @@ def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode("latin-1")
 
 
+def stream_backlog_bytes(streams: Iterable[ParkedStream]) -> int:
+    """The bytes *streams* hold that their readers have not taken yet: what the memory
+    budget counts as their backlogs (:data:`~wsgi_longpoll.budget.STREAM_BACKLOGS`).
+
+    Each stream keeps what its socket did not take in its own :attr:`ParkedStream.pending`.
+    """
+    return sum(len(stream.pending) for stream in streams)
+
+
+class StreamBacklogs:
+    """The open event streams of one manager on one router, which the manager's memory
+    budget reads (:meth:`~wsgi_longpoll.budget.MemoryBudget.add_source`) while the router
+    lives."""
+
+    __slots__ = ("streams", "__weakref__")
+
+    def __init__(self) -> None:
+        #: The streams open now.
+        self.streams: dict[ParkedStream, None] = {}
+
+    def held_bytes(self) -> int:
+        """What the streams hold unread (:func:`stream_backlog_bytes`)."""
+        return stream_backlog_bytes(list(self.streams))
+
+
 class LongpollRouter:
     """Routes a connection's requests: the middleware's long-poll paths natively, every
     other path to the WSGI application through the bridge; parks every hold.
@@ -107,6 +135,9 @@ class LongpollRouter:
         #: Every manager a subscriber was parked on: drained when the server stops.
         self.managers: weakref.WeakSet[LongpollManager] = weakref.WeakSet()
         self._parked_on: LongpollManager | None = None
+        #: The open event streams, by manager (what each manager's budget reads).
+        self.streams: weakref.WeakKeyDictionary[LongpollManager, StreamBacklogs] = (
+            weakref.WeakKeyDictionary())
         #: The protocol; its checks see a :class:`RequestContext` (``None`` when there are none).
         self.endpoints: Endpoints[Any] | None = None
         self.subscription_path = self.publish_path = None
@@ -114,7 +145,7 @@ class LongpollRouter:
         self.native = native and middleware is not None
         self._checks = False
         if middleware is not None:
-            self.managers.add(middleware.manager)
+            self._add_manager(middleware.manager)
             endpoints = self.endpoints = middleware.endpoints
             options = endpoints.options
             self.subscription_path = _path_bytes(options.subscription_path)
@@ -126,6 +157,13 @@ class LongpollRouter:
         self.answer_cache: tuple[Any, bytes, bytes, bytes] = (None, b"", b"", b"")
         #: The last stream write encoded for a delivery: ``(events, body)``.
         self.stream_cache: tuple[Any, bytes] = (None, b"")
+
+    def _add_manager(self, manager: LongpollManager) -> None:
+        if manager in self.managers:
+            return
+        self.managers.add(manager)
+        backlogs = self.streams[manager] = StreamBacklogs()
+        manager.budget.add_source(STREAM_BACKLOGS, backlogs.held_bytes)
 
     def _route(self, path: bytes) -> bytes:
         return unquote_to_bytes(path) if b"%" in path else path
@@ -209,7 +247,7 @@ class LongpollRouter:
         """Answer *hold* on *connection*: at once if events are there, else from the
         publisher. *extra* are header lines to send with it (an application's own)."""
         if manager is not self._parked_on:  # a WeakSet's add makes a weak reference
-            self.managers.add(manager)
+            self._add_manager(manager)
             self._parked_on = manager
         if hold.stream:
             self._stream(connection, request, manager, hold, extra)
@@ -225,9 +263,18 @@ class LongpollRouter:
                 body = events_body(delivery.events, delivery.gaps)
             else:
                 body = timeout_body(now_ms(), delivery.gaps)
-            connection.send_response(request, _OK, poll.head, body)
+            budget = manager.budget
+            budget.charge(PARKED_ANSWERS, len(body))  # held until the reader takes it
+            try:
+                connection.send_response(request, _OK, poll.head, body)
+            finally:
+                budget.refund(PARKED_ANSWERS, len(body))
             return
-        poll.wait(hold.timeout)
+        try:
+            poll.wait(hold.timeout)
+        finally:
+            if poll.charged:  # no delivery once the wait is over: the charge is final
+                manager.budget.refund(PARKED_ANSWERS, poll.charged)
 
     def refuse(self, connection: Connection, request: Request,
                error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
@@ -299,7 +346,12 @@ class LongpollRouter:
         if stream.gaps:
             with stream.lock:
                 stream.pending = frame(batch_body([], stream.gaps)) + stream.pending
-        stream.run(hold.timeout, hold.keepalive)
+        streams = self.streams[manager].streams
+        streams[stream] = None
+        try:
+            stream.run(hold.timeout, hold.keepalive)
+        finally:
+            del streams[stream]
 
 
 class ParkedPoll(Subscriber):
@@ -321,7 +373,7 @@ class ParkedPoll(Subscriber):
     """
 
     __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
-                 "broken", "waiter", "hub", "watching", "deferred", "answer")
+                 "broken", "waiter", "hub", "watching", "deferred", "answer", "charged")
 
     #: Seconds between the looks for a reset after the head is written to a client that
     #: shut its side (about 6 s in all: a reset comes a round trip after the head).
@@ -348,6 +400,8 @@ class ParkedPoll(Subscriber):
         self.deferred = False
         #: The events to answer with when :attr:`deferred` (``[]``: the timeout answer).
         self.answer: list[Event] | None = None
+        #: The bytes of :attr:`pending` charged to the memory budget (parked answers).
+        self.charged = 0
 
     def _claim(self) -> bool:
         with _claim_lock:
@@ -390,6 +444,9 @@ class ParkedPoll(Subscriber):
             return
         if sent < len(data):
             self.pending = data[sent:]
+            # Held until the greenlet writes it: refunded when the poll is done (park).
+            self.charged = len(self.pending)
+            self.manager.budget.charge(PARKED_ANSWERS, self.charged)
             self._wake()
             return
         connection = self.connection
@@ -535,10 +592,14 @@ class ParkedPoll(Subscriber):
             check.close()
         events = self.answer
         body = events_body(events, self.gaps) if events else timeout_body(now_ms(), self.gaps)
+        budget = self.manager.budget
+        budget.charge(PARKED_ANSWERS, len(body))
         try:
             send_all(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
         except OSError:
             return False
+        finally:
+            budget.refund(PARKED_ANSWERS, len(body))
         connection.server.log_access(connection, request, _OK, len(body))
         return True
 
