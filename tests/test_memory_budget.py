@@ -185,18 +185,23 @@ def test_unread_answers_are_counted_and_turn_new_subscribers_away_at_their_share
         assert answer.status_code == 200
 
 
-def test_a_parked_poll_answer_its_reader_does_not_take_is_counted_until_it_is_gone() -> None:
-    with serving(max_memory_bytes=64 * MiB) as base_url, requests.Session() as session:
-        stalled = stalled_reader(
-            port_of(base_url),
-            b"GET /events?category=big&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+def test_one_answer_to_many_parked_polls_that_do_not_read_is_held_once() -> None:
+    with serving(max_memory_bytes=256 * MiB) as base_url, requests.Session() as session:
+        stalled = [
+            stalled_reader(port_of(base_url),
+                           b"GET /events?category=big&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(10)
+        ]
         try:
-            wait_until(lambda: stats(base_url)["waiting_subscribers"] == 1)
-            # More than the socket buffers take (a few MiB on loopback).
+            wait_until(lambda: stats(base_url)["waiting_subscribers"] == 10)
+            # More than the socket buffers take (a few MiB on loopback), to each of ten.
             publish(session, base_url, "big", "x" * (6 * MiB)).raise_for_status()
-            wait_until(lambda: stats(base_url)["parked_answer_bytes"] > MiB)
+            wait_until(lambda: stats(base_url)["waiting_subscribers"] == 0)
+            # One encoded answer, shared by the ten polls, not ten copies.
+            assert 6 * MiB < stats(base_url)["parked_answer_bytes"] < 7 * MiB
         finally:
-            stalled.close()
+            for sock in stalled:
+                sock.close()
         wait_until(lambda: stats(base_url)["parked_answer_bytes"] == 0)
 
 
@@ -228,7 +233,7 @@ def test_the_shares_add_up_to_the_budget() -> None:
     assert MemoryBudget(None).limit(BUFFERED_EVENTS) is None
 
 
-def test_a_budget_counts_charges_and_sources_and_forgets_a_source_that_is_gone() -> None:
+def test_a_budget_counts_shared_answers_once_and_forgets_a_source_that_is_gone() -> None:
     budget = MemoryBudget(800)  # 100 for parked answers
 
     class Holder:
@@ -238,11 +243,15 @@ def test_a_budget_counts_charges_and_sources_and_forgets_a_source_that_is_gone()
     holder = Holder()
     budget.add_source(STREAM_BACKLOGS, holder.held)
     budget.add_source(IDEMPOTENCY_KEYS, lambda: 7)
-    budget.charge(PARKED_ANSWERS, 60)
+    answer, other = b"a" * 60, b"o" * 40
+    budget.hold(PARKED_ANSWERS, answer)
+    budget.hold(PARKED_ANSWERS, answer)  # shared by two polls: counted once
     assert not budget.exhausted(PARKED_ANSWERS)
-    budget.charge(PARKED_ANSWERS, 40)
+    budget.hold(PARKED_ANSWERS, other)
     assert budget.exhausted(PARKED_ANSWERS)
-    budget.refund(PARKED_ANSWERS, 40)
+    budget.release(PARKED_ANSWERS, other)
+    budget.release(PARKED_ANSWERS, answer)
+    assert budget.held(PARKED_ANSWERS) == 60  # one poll still holds it
     use = budget.use()
     assert (use.stream_backlogs, use.idempotency_keys, use.parked_answers) == (30, 7, 60)
     assert use.total == 97

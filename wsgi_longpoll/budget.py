@@ -118,7 +118,7 @@ class MemoryBudget:
 
     Each kind of thing held gets its share of *max_bytes* (:attr:`shares`; the shares add
     up to one, so the kinds together stay within the budget). What each kind holds is
-    either counted here, with :meth:`charge` and :meth:`refund` (parked answers), or read
+    either counted here, with :meth:`hold` and :meth:`release` (parked answers), or read
     when asked from the functions that know it (:meth:`add_source`: the engine's events
     and keys, a server's streams).
 
@@ -136,6 +136,9 @@ class MemoryBudget:
         self.max_bytes = max_bytes
         self._lock = _allocate_lock()
         self._counted = dict.fromkeys(KINDS, 0)
+        #: What :meth:`hold` counts, by kind and identity: ``[object, holds]`` (the
+        #: object is kept, so that its identity is not reused while it is counted).
+        self._objects: dict[tuple[str, int], list[Any]] = {}
         #: Per kind, the functions that say what else it holds; a bound method is held
         #: weakly, so that a server that is gone stops counting.
         self._sources: dict[str, list[Callable[[], Callable[[], int] | None]]] = {
@@ -146,15 +149,28 @@ class MemoryBudget:
         """The bytes *kind* may hold (at least 1); ``None`` when there is no budget."""
         return share(self.max_bytes, kind)
 
-    def charge(self, kind: str, size: int) -> None:
-        """Count *size* more bytes held by *kind* (until :meth:`refund`)."""
-        with self._lock:
-            self._counted[kind] += size
+    def hold(self, kind: str, data: bytes) -> None:
+        """Count *data* as held by *kind* until a matching :meth:`release`.
 
-    def refund(self, kind: str, size: int) -> None:
-        """Count *size* bytes :meth:`charge` counted as no longer held."""
+        The same object held several times (one encoded answer shared by every poll of
+        a delivery) counts once, for as long as any hold lasts.
+        """
         with self._lock:
-            self._counted[kind] -= size
+            entry = self._objects.get((kind, id(data)))
+            if entry is None:
+                self._objects[kind, id(data)] = [data, 1]
+                self._counted[kind] += len(data)
+            else:
+                entry[1] += 1
+
+    def release(self, kind: str, data: bytes) -> None:
+        """End one :meth:`hold` of *data*."""
+        with self._lock:
+            entry = self._objects[kind, id(data)]
+            entry[1] -= 1
+            if not entry[1]:
+                del self._objects[kind, id(data)]
+                self._counted[kind] -= len(data)
 
     def add_source(self, kind: str, source: Callable[[], int]) -> None:
         """Add what *source* returns to what *kind* holds, each time it is asked.

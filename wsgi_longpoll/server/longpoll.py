@@ -264,17 +264,17 @@ class LongpollRouter:
             else:
                 body = timeout_body(now_ms(), delivery.gaps)
             budget = manager.budget
-            budget.charge(PARKED_ANSWERS, len(body))  # held until the reader takes it
+            budget.hold(PARKED_ANSWERS, body)  # until the reader takes it
             try:
                 connection.send_response(request, _OK, poll.head, body)
             finally:
-                budget.refund(PARKED_ANSWERS, len(body))
+                budget.release(PARKED_ANSWERS, body)
             return
         try:
             poll.wait(hold.timeout)
         finally:
-            if poll.charged:  # no delivery once the wait is over: the charge is final
-                manager.budget.refund(PARKED_ANSWERS, poll.charged)
+            if poll.held is not None:  # no delivery once the wait is over: it is final
+                manager.budget.release(PARKED_ANSWERS, poll.held)
 
     def refuse(self, connection: Connection, request: Request,
                error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
@@ -373,7 +373,7 @@ class ParkedPoll(Subscriber):
     """
 
     __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
-                 "broken", "waiter", "hub", "watching", "deferred", "answer", "charged")
+                 "broken", "waiter", "hub", "watching", "deferred", "answer", "held")
 
     #: Seconds between the looks for a reset after the head is written to a client that
     #: shut its side (about 6 s in all: a reset comes a round trip after the head).
@@ -389,8 +389,9 @@ class ParkedPoll(Subscriber):
         self.connection = connection
         self.request = request
         self.answered = False
-        #: What is left to write after a partial write.
-        self.pending = b""
+        #: What is left to write after a partial write (a view of the answer, which
+        #: every poll of a delivery may share).
+        self.pending: bytes | memoryview = b""
         self.broken = False
         self.waiter: Waiter | None = None
         self.hub: Hub | None = None
@@ -400,8 +401,9 @@ class ParkedPoll(Subscriber):
         self.deferred = False
         #: The events to answer with when :attr:`deferred` (``[]``: the timeout answer).
         self.answer: list[Event] | None = None
-        #: The bytes of :attr:`pending` charged to the memory budget (parked answers).
-        self.charged = 0
+        #: The answer :attr:`pending` is part of, held in the memory budget (parked
+        #: answers) until the poll is done.
+        self.held: bytes | None = None
 
     def _claim(self) -> bool:
         with _claim_lock:
@@ -443,10 +445,10 @@ class ParkedPoll(Subscriber):
             self._wake()
             return
         if sent < len(data):
-            self.pending = data[sent:]
-            # Held until the greenlet writes it: refunded when the poll is done (park).
-            self.charged = len(self.pending)
-            self.manager.budget.charge(PARKED_ANSWERS, self.charged)
+            self.pending = memoryview(data)[sent:]  # not a copy: the answer may be shared
+            # Held until the greenlet writes it: released when the poll is done (park).
+            self.held = data
+            self.manager.budget.hold(PARKED_ANSWERS, data)
             self._wake()
             return
         connection = self.connection
@@ -539,7 +541,7 @@ class ParkedPoll(Subscriber):
             return
         if self.pending:
             pending, self.pending = self.pending, b""
-            send_all(connection.sock, pending)
+            connection.sock.sendall(pending)  # gevent waits for the socket to drain
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
 
@@ -593,13 +595,13 @@ class ParkedPoll(Subscriber):
         events = self.answer
         body = events_body(events, self.gaps) if events else timeout_body(now_ms(), self.gaps)
         budget = self.manager.budget
-        budget.charge(PARKED_ANSWERS, len(body))
+        budget.hold(PARKED_ANSWERS, body)
         try:
             send_all(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
         except OSError:
             return False
         finally:
-            budget.refund(PARKED_ANSWERS, len(body))
+            budget.release(PARKED_ANSWERS, body)
         connection.server.log_access(connection, request, _OK, len(body))
         return True
 
