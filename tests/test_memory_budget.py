@@ -66,8 +66,10 @@ def publish(session: requests.Session, base_url: str, category: str, data: Any,
 def events_held(category: str) -> list[Event]:
     """Every :class:`Event` of *category* alive in this process (the server's included)."""
     gc.collect()
+    # type(), not isinstance(): that would ask lazy objects other tests left behind
+    # (Django's settings) for their class.
     return [item for item in gc.get_objects()
-            if isinstance(item, Event) and item.category == category]
+            if type(item) is Event and item.category == category]
 
 
 def newest_event(session: requests.Session, base_url: str, category: str) -> dict[str, Any]:
