@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,9 +122,10 @@ def test_distinct_idempotency_keys_keep_memory_within_the_budget() -> None:
     # its own Idempotency-Key, under a budget of 8 MiB (4 MiB for events, 1 MiB for keys).
     budget = 8 * MiB
     data = "x" * (16 * 1024)
+    category = f"keyed-{uuid.uuid4()}"  # no other test's events count
     with serving(max_memory_bytes=budget) as base_url, requests.Session() as session:
         for n in range(1000):
-            publish(session, base_url, "big", data, key=f"key-{n}").raise_for_status()
+            publish(session, base_url, category, data, key=f"key-{n}").raise_for_status()
         figures = stats(base_url)
         assert figures["max_memory_bytes"] == budget
         assert 0 < figures["buffered_event_bytes"] <= budget // 2
@@ -132,12 +134,12 @@ def test_distinct_idempotency_keys_keep_memory_within_the_budget() -> None:
         # The key table holds no event: only the buffered ones are alive.
         buffered = figures["buffered_events"]
         assert buffered < 1000
-        assert len(events_held("big")) <= buffered
+        assert len(events_held(category)) <= buffered
         # The first event is long evicted; its key still stands for it.
-        newest = newest_event(session, base_url, "big")
-        assert publish(session, base_url, "big", data, key="key-0").status_code == 200
-        assert newest_event(session, base_url, "big") == newest  # nothing published again
-        other = publish(session, base_url, "big", "other", key="key-0")
+        newest = newest_event(session, base_url, category)
+        assert publish(session, base_url, category, data, key="key-0").status_code == 200
+        assert newest_event(session, base_url, category) == newest  # nothing published again
+        other = publish(session, base_url, category, "other", key="key-0")
         assert other.status_code == 422
         assert "key-0" in other.json()["error"]
 
