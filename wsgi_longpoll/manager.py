@@ -25,6 +25,14 @@ from gevent.monkey import get_original
 
 from ._gevent import peer_closed
 from .backlog import StreamBacklog
+from .budget import (
+    BUFFERED_EVENTS,
+    IDEMPOTENCY_KEYS,
+    PARKED_ANSWERS,
+    STREAM_BACKLOGS,
+    BudgetOptions,
+    MemoryBudget,
+)
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
 from .engines.options import MemoryOptions, RedisOptions
@@ -66,9 +74,10 @@ _get_thread_ident = get_original("_thread", "get_ident")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ManagerOptions:
+class ManagerOptions(BudgetOptions):
     """The manager's own options (its engine's are :class:`~.engines.MemoryOptions`' or
-    :class:`~.engines.RedisOptions`'), each defined once (see :mod:`wsgi_longpoll.options`).
+    :class:`~.engines.RedisOptions`'), each defined once (see :mod:`wsgi_longpoll.options`):
+    the memory budget's (:class:`~wsgi_longpoll.budget.BudgetOptions`) and these.
 
     :raises TypeError: naming the option, for a value of the wrong type.
     :raises ValueError: naming the option, for a value out of range.
@@ -120,6 +129,15 @@ class ManagerStats:
     events_delivered: int
     #: Publish calls that failed after validation (closed manager, storage errors).
     publish_errors: int
+    #: Bytes of the events buffered in this process (see :mod:`wsgi_longpoll.budget`;
+    #: ``0`` with Redis, which holds them).
+    buffered_event_bytes: int = 0
+    #: Bytes of the idempotency keys remembered in this process (``0`` with Redis).
+    idempotency_key_bytes: int = 0
+    #: Bytes that event streams were sent and their readers have not taken yet.
+    stream_backlog_bytes: int = 0
+    #: Bytes of long-poll answers their readers have not taken yet.
+    parked_answer_bytes: int = 0
 
 
 class Subscriber(ABC):
@@ -220,9 +238,13 @@ class LongpollManager:
         out the category idle longest that nobody waits on (its subscribers get the gap
         signal), and only when every category has waiting subscribers does publishing to
         one more raise :class:`CapacityExceeded`.
-    :param max_buffered_bytes: the most bytes of events held across every category
-        (in memory); the oldest events of all go first, with the gap signal. ``None``: no
-        bound but the others.
+    :param max_memory_bytes: the most bytes clients can make the server hold, split by
+        fixed shares between the events buffered in memory (the oldest of all go first,
+        with the gap signal), the idempotency keys remembered (the oldest are forgotten
+        first), the backlogs of event streams and the long-poll answers not yet read
+        (new subscribers are refused); see :mod:`wsgi_longpoll.budget` and
+        :attr:`budget`. ``None``: no bound but the others. With *engine*, the events and
+        keys keep to the engine's own limits.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`. ``None``: what the open-files limit allows (see
         :func:`wsgi_longpoll.limits.default_max_waiting`); a value above that limit is
@@ -258,7 +280,7 @@ class LongpollManager:
         persister: Persister | None = None,
         max_categories: int = MemoryOptions.max_categories,
         max_waiting_subscribers: int | None = ManagerOptions.max_waiting_subscribers,
-        max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
+        max_memory_bytes: int | None = ManagerOptions.max_memory_bytes,
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
     ) -> None:
@@ -270,6 +292,7 @@ class LongpollManager:
         self.options = ManagerOptions(
             max_longpoll_timeout_seconds=max_longpoll_timeout_seconds,
             max_waiting_subscribers=max_waiting_subscribers,
+            max_memory_bytes=max_memory_bytes,
         )
         if max_waiting_subscribers is None:
             max_waiting_subscribers = default_max_waiting()
@@ -277,11 +300,14 @@ class LongpollManager:
             warn_if_above_open_files_limit(max_waiting_subscribers)
         #: Subscribers that may wait at once; one more raises :class:`CapacityExceeded`.
         self.max_waiting_subscribers: int = max_waiting_subscribers
+        #: The memory budget: what each kind of thing clients make the server hold may
+        #: take of ``max_memory_bytes``, and what it holds (:meth:`MemoryBudget.use`).
+        self.budget = MemoryBudget(max_memory_bytes)
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or ManagerOptions.max_longpoll_timeout_seconds
         )
         if engine is None:
-            engine = _build_engine(engine_options, persister)
+            engine = _build_engine(engine_options, persister, self.budget)
         else:
             given = [name for name, value in engine_options.items()
                      if value != _ENGINE_OPTIONS[name].default]
@@ -294,6 +320,8 @@ class LongpollManager:
                 )
         #: Where the events are kept.
         self.engine: Engine = engine
+        self.budget.add_source(BUFFERED_EVENTS, self._buffered_event_bytes)
+        self.budget.add_source(IDEMPOTENCY_KEYS, self._idempotency_key_bytes)
         self._lock = _allocate_lock()
         #: The waiting subscribers by the hub that delivers to them (``None``: the
         #: publisher, inside the publish call).
@@ -308,11 +336,27 @@ class LongpollManager:
         self._draining = False
         self._closed = False
         #: The frames the streams of this manager hold for readers that are behind, and
-        #: their cap (``stream_backlog.bytes``, ``stream_backlog.max_bytes``).
-        self.stream_backlog = StreamBacklog()
+        #: their cap (``stream_backlog.bytes``, ``stream_backlog.max_bytes``): the
+        #: budget's share for stream backlogs.
+        self.stream_backlog = backlog = StreamBacklog()
+        stream_share = self.budget.limit(STREAM_BACKLOGS)
+        if stream_share is not None:
+            backlog.max_bytes = stream_share
+        self.budget.add_source(STREAM_BACKLOGS, lambda: backlog.bytes)
         engine.bind(self.deliver)
         with _live_lock:
             _live.add(self)
+
+    def _buffered_event_bytes(self) -> int:
+        return self.engine.buffered_bytes
+
+    def _idempotency_key_bytes(self) -> int:
+        return self.engine.idempotency_key_bytes
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        """The memory budget, in bytes; ``None``: no bound."""
+        return self.budget.max_bytes
 
     @property
     def max_event_buffer_size(self) -> int:
@@ -520,7 +564,8 @@ class LongpollManager:
             :meth:`~Subscriber.deliver` or :meth:`~Subscriber.release`, and its owner
             calls :meth:`detach` when it stops waiting (timeout, hang-up).
         :raises ValueError: for an invalid category.
-        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
+        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already, or
+            long-poll answers not yet read fill their share of ``max_memory_bytes``.
         :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
         categories = (categories,) if isinstance(categories, str) else tuple(categories)
@@ -528,6 +573,11 @@ class LongpollManager:
             raise ValueError("at least one category is needed")
         for category in categories:
             validate_category(category)
+        if self.budget.exhausted(PARKED_ANSWERS):
+            raise CapacityExceeded(
+                f"{self.budget.held(PARKED_ANSWERS)} bytes of answers wait for their "
+                f"readers, the share of max_memory_bytes ({self.budget.max_bytes}) for them"
+            )
         found = self.engine.read(categories, since_time, last_id)
         with self._lock:
             if found.events:
@@ -670,6 +720,7 @@ class LongpollManager:
         :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
         categories, buffered = self.engine.counts()
+        use = self.budget.use()
         with self._lock:
             return ManagerStats(
                 categories=categories,
@@ -678,6 +729,10 @@ class LongpollManager:
                 events_published=self._events_published,
                 events_delivered=self._events_delivered,
                 publish_errors=self._publish_errors,
+                buffered_event_bytes=use.buffered_events,
+                idempotency_key_bytes=use.idempotency_keys,
+                stream_backlog_bytes=use.stream_backlogs,
+                parked_answer_bytes=use.parked_answers,
             )
 
     def check(self) -> None:
@@ -768,9 +823,10 @@ def live_managers() -> list[LongpollManager]:
     return [manager for manager in managers if not manager.closed]
 
 
-def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engine:
+def _build_engine(options: dict[str, Any], persister: Persister | None,
+                  budget: MemoryBudget) -> Engine:
     """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
-    (the engine options, by name)."""
+    (the engine options, by name), within the events' and keys' shares of *budget*."""
     if options["redis_url"] is None:
         memory = options_of(MemoryOptions)
         given = [name for name, item in options_of(RedisOptions).items()
@@ -778,7 +834,9 @@ def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engin
         if given:
             raise ValueError(f"{', '.join(given)} needs redis_url: without it the events are "
                              "kept in this process's memory")
-        return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
+        return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister,
+                            max_buffered_bytes=budget.limit(BUFFERED_EVENTS),
+                            max_idempotency_key_bytes=budget.limit(IDEMPOTENCY_KEYS))
     redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:
         raise ValueError(

@@ -7,7 +7,16 @@ from typing import NamedTuple
 
 from ..event import Event
 
-__all__ = ["EventBuffer", "Floor", "missed"]
+__all__ = ["EVENT_OVERHEAD_BYTES", "EventBuffer", "Floor", "event_cost", "missed"]
+
+#: About what an event costs beside its JSON: the :class:`~wsgi_longpoll.event.Event`,
+#: its id and category, its sequence number and its entries in the indexes.
+EVENT_OVERHEAD_BYTES = 480
+
+
+def event_cost(event: Event) -> int:
+    """The bytes a buffer counts for *event*: its JSON and :data:`EVENT_OVERHEAD_BYTES`."""
+    return len(event.to_json()) + EVENT_OVERHEAD_BYTES
 
 
 def _timestamp(event: Event) -> int:
@@ -49,7 +58,7 @@ class EventBuffer:
         self._seq_by_id: dict[str, int] = {}
         #: The newest event dropped for size or age, if any.
         self.floor: Floor | None = None
-        #: The bytes of the JSON form of the events held.
+        #: The bytes of the events held, as :func:`event_cost` counts them.
         self.size_bytes = 0
 
     def __len__(self) -> int:
@@ -73,7 +82,7 @@ class EventBuffer:
         self._seq_by_id[event.id] = seq
         self._events.append(event)
         self._seqs.append(seq)
-        self.size_bytes += len(event.to_json())
+        self.size_bytes += event_cost(event)
         excess = len(self) - self.max_size
         if excess > 0:
             if keep_after is not None:
@@ -126,7 +135,7 @@ class EventBuffer:
         position = len(self._events) - min(count, len(self))
         for event in self._events[position:]:
             del self._seq_by_id[event.id]
-            self.size_bytes -= len(event.to_json())
+            self.size_bytes -= event_cost(event)
         del self._events[position:]
         del self._seqs[position:]
 
@@ -165,7 +174,7 @@ class EventBuffer:
         events = self._events
         for event in events[self._start : end]:
             del self._seq_by_id[event.id]
-            self.size_bytes -= len(event.to_json())
+            self.size_bytes -= event_cost(event)
         newest = events[end - 1]
         self.floor = Floor(newest.timestamp, self._seqs[end - 1], newest.id)
         # The dead prefix is never read again: let its events go now, not when it is cut.

@@ -39,6 +39,7 @@ from gevent.monkey import get_original
 
 from .._gevent import peek, peer_closed, raw_socket, read_watcher
 from ..backlog import Frame
+from ..budget import PARKED_ANSWERS
 from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
 from ..event import Event
 from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Subscriber
@@ -165,7 +166,7 @@ class LongpollRouter:
         self.native = native and middleware is not None
         self._checks = False
         if middleware is not None:
-            self.managers.add(middleware.manager)
+            self._add_manager(middleware.manager)
             endpoints = self.endpoints = middleware.endpoints
             options = endpoints.options
             self.subscription_path = _path_bytes(options.subscription_path)
@@ -179,6 +180,11 @@ class LongpollRouter:
         #: The encoding of the delivery answered last (the list of events it encodes
         #: is a new one for each delivery).
         self.delivered: _Encoded | None = None
+
+    def _add_manager(self, manager: LongpollManager) -> None:
+        if manager in self.managers:
+            return
+        self.managers.add(manager)
 
     def _route(self, path: bytes) -> bytes:
         return unquote_to_bytes(path) if b"%" in path else path
@@ -264,7 +270,7 @@ class LongpollRouter:
         """Answer *hold* on *connection*: at once if events are there, else from the
         publisher. *extra* are header lines to send with it (an application's own)."""
         if manager is not self._parked_on:  # a WeakSet's add makes a weak reference
-            self.managers.add(manager)
+            self._add_manager(manager)
             self._parked_on = manager
         if hold.stream:
             self._stream(connection, request, manager, hold, extra)
@@ -277,22 +283,35 @@ class LongpollRouter:
             return
         if delivery is not None:
             events = delivery.events
+            budget = manager.budget
             if events and not delivery.gaps and request.method != b"HEAD":
                 # Re-polls at the same position (a hot channel's subscribers come back
                 # together) share one encoding: the same first and last event and count,
                 # in the same categories, are the same events.
                 key = (hold.categories, events[0].id, events[-1].id, len(events))
                 encoded = self.encoded(key, events)
-                send_all(connection.sock, self.response(poll, encoded))
+                budget.hold(PARKED_ANSWERS, encoded.body)  # until the reader takes it
+                try:
+                    send_all(connection.sock, self.response(poll, encoded))
+                finally:
+                    budget.release(PARKED_ANSWERS, encoded.body)
                 connection.server.log_access(connection, request, _OK, len(encoded.body))
                 return
             if events:
                 body = events_body(events, delivery.gaps)
             else:
                 body = timeout_body(now_ms(), delivery.gaps)
-            connection.send_response(request, _OK, poll.head, body)
+            budget.hold(PARKED_ANSWERS, body)  # until the reader takes it
+            try:
+                connection.send_response(request, _OK, poll.head, body)
+            finally:
+                budget.release(PARKED_ANSWERS, body)
             return
-        poll.wait(hold.timeout)
+        try:
+            poll.wait(hold.timeout)
+        finally:
+            if poll.held is not None:  # no delivery once the wait is over: it is final
+                manager.budget.release(PARKED_ANSWERS, poll.held)
 
     def refuse(self, connection: Connection, request: Request,
                error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
@@ -429,7 +448,7 @@ class ParkedPoll(Subscriber):
     """
 
     __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
-                 "broken", "waiter", "hub", "watching", "deferred", "answer")
+                 "broken", "waiter", "hub", "watching", "deferred", "answer", "held")
 
     #: Seconds between the looks for a reset after the head is written to a client that
     #: shut its side (about 6 s in all: a reset comes a round trip after the head).
@@ -445,8 +464,9 @@ class ParkedPoll(Subscriber):
         self.connection = connection
         self.request = request
         self.answered = False
-        #: What is left to write after a partial write.
-        self.pending = b""
+        #: What is left to write after a partial write (a view of the answer, which
+        #: every poll of a delivery may share).
+        self.pending: bytes | memoryview = b""
         self.broken = False
         self.waiter: Waiter | None = None
         #: The hub of the connection's greenlet, which delivers to it.
@@ -457,6 +477,9 @@ class ParkedPoll(Subscriber):
         self.deferred = False
         #: The events to answer with when :attr:`deferred` (``[]``: the timeout answer).
         self.answer: list[Event] | None = None
+        #: The answer :attr:`pending` is part of, held in the memory budget (parked
+        #: answers) until the poll is done.
+        self.held: bytes | None = None
 
     def _claim(self) -> bool:
         with _claim_lock:
@@ -498,7 +521,10 @@ class ParkedPoll(Subscriber):
             self._wake()
             return
         if sent < len(data):
-            self.pending = data[sent:]
+            self.pending = memoryview(data)[sent:]  # not a copy: the answer may be shared
+            # Held until the greenlet writes it: released when the poll is done (park).
+            self.held = data
+            self.manager.budget.hold(PARKED_ANSWERS, data)
             self._wake()
             return
         connection = self.connection
@@ -591,7 +617,7 @@ class ParkedPoll(Subscriber):
             return
         if self.pending:
             pending, self.pending = self.pending, b""
-            send_all(connection.sock, pending)
+            connection.sock.sendall(pending)  # gevent waits for the socket to drain
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
 
@@ -644,10 +670,14 @@ class ParkedPoll(Subscriber):
             check.close()
         events = self.answer
         body = events_body(events, self.gaps) if events else timeout_body(now_ms(), self.gaps)
+        budget = self.manager.budget
+        budget.hold(PARKED_ANSWERS, body)
         try:
             send_all(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
         except OSError:
             return False
+        finally:
+            budget.release(PARKED_ANSWERS, body)
         connection.server.log_access(connection, request, _OK, len(body))
         return True
 
