@@ -84,7 +84,7 @@ class Request:
         self.query = b""
         #: ``"1.0"`` or ``"1.1"``.
         self.version = "1.1"
-        #: ``(name, value)`` as sent, in order.
+        #: ``(name, value)`` in the order sent, names in lower case.
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_parts: list[bytes] = []
         self.body_size = 0
@@ -111,7 +111,7 @@ class Request:
     def header(self, name: bytes) -> bytes | None:
         """The first value of header *name* (lower case), or ``None``."""
         for key, value in self.headers:
-            if key.lower() == name:
+            if key == name:
                 return value
         return None
 
@@ -179,8 +179,9 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "address", "parser", "queue", "current", "url_parts",
-        "head_size", "header_count", "unparsed", "host", "hosts", "codings", "failure",
-        "upgraded", "busy", "keep_alive", "idle_since", "deadline", "expired", "__weakref__",
+        "head_size", "header_count", "unparsed", "host", "hosts", "valid_host", "codings",
+        "failure", "upgraded", "busy", "keep_alive", "idle_since", "deadline", "expired",
+        "__weakref__",
     )
 
     def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
@@ -199,6 +200,8 @@ class Connection:
         #: The ``Host`` value of the request being read, and how many it has.
         self.host = b""
         self.hosts = 0
+        #: The last ``Host`` value found valid (a client sends the same one each time).
+        self.valid_host: bytes | None = None
         #: Its ``Transfer-Encoding`` values, or ``None``.
         self.codings: list[bytes] | None = None
         self.failure: _Reject | None = None
@@ -240,17 +243,17 @@ class Connection:
         self.unparsed = 0
         if self.head_size > limits.max_header_bytes or self.header_count > limits.max_header_count:
             raise _Reject("400 Bad Request", "Request headers too large.")
+        name = name.lower()
         request.headers.append((name, value))
-        size = len(name)
-        if size == 4 and name.lower() == b"host":
+        if name == b"host":
             self.host = value
             self.hosts += 1
-        elif size == 17 and name.lower() == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             if self.codings is None:
                 self.codings = [value]
             else:
                 self.codings.append(value)
-        elif size == 6 and name.lower() == b"expect":
+        elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject("417 Expectation Failed", "Unsupported expectation.")
             request.expect_continue = True
@@ -269,8 +272,10 @@ class Connection:
                 raise _Reject("400 Bad Request", "More than one Host header.")
             if version == "1.1":
                 raise _Reject("400 Bad Request", "Missing Host header.")
-        elif _HOST.fullmatch(self.host) is None:
-            raise _Reject("400 Bad Request", "Invalid Host header.")
+        elif self.host != self.valid_host:
+            if _HOST.fullmatch(self.host) is None:
+                raise _Reject("400 Bad Request", "Invalid Host header.")
+            self.valid_host = self.host
         if self.codings is not None:
             self.check_codings(self.codings)
         request.method = parser.get_method()
@@ -359,10 +364,11 @@ class Connection:
         router = server.router
         limits = server.limits
         queue = self.queue
+        answered = False
         while True:
             while queue:
                 request = queue.pop(0)
-                self.busy = True
+                self.busy = answered = True
                 router.handle(self, request)
                 self.idle_since = _monotonic()
                 if not self.keep_alive or server.closing:
@@ -392,6 +398,11 @@ class Connection:
                     return
                 self.deadline = deadline  # the server's sweeper enforces it
             try:
+                if answered and current is None:
+                    # A client sends its next request once it has read the answer: wait
+                    # for it, rather than try a read that would fail (the socket's
+                    # readiness is level-triggered: nothing already there is missed).
+                    wait(read_event)
                 while True:
                     try:
                         data = raw.recv(_RECV_SIZE)
@@ -400,6 +411,7 @@ class Connection:
                         wait(read_event)  # gevent's recv would try once more first
             finally:
                 self.deadline = 0.0
+            answered = False
             if self.expired:
                 self.timed_out(self.current)
                 return
@@ -460,7 +472,9 @@ class Connection:
         """Send a whole response (no body to HEAD)."""
         head = self.response_head(request, status, headers, len(body))
         send_all(self.sock, head if request.method == b"HEAD" else head + body)
-        self.server.log_access(self, request, status, len(body))
+        server = self.server
+        if server.access_log:
+            server.log_access(self, request, status, len(body))
 
 
 class HTTPServer(StreamServer):  # type: ignore[misc]
