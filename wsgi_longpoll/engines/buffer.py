@@ -63,18 +63,22 @@ class EventBuffer:
         """The sequence number of the buffered event *event_id*, or ``None``."""
         return self._seq_by_id.get(event_id)
 
-    def append(self, event: Event, seq: int) -> None:
-        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``."""
-        if len(self) and (
-            event.timestamp < self._events[-1].timestamp or seq <= self._seqs[-1]
-        ):
+    def append(self, event: Event, seq: int) -> int:
+        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``;
+        return how many were evicted."""
+        events = self._events
+        held = len(events) - self._start
+        if held and (event.timestamp < events[-1].timestamp or seq <= self._seqs[-1]):
             raise ValueError("events must be appended in timestamp and sequence order")
         self._seq_by_id[event.id] = seq
-        self._events.append(event)
+        events.append(event)
         self._seqs.append(seq)
         self.size_bytes += len(event.to_json())
-        if len(self) > self.max_size:
-            self.drop_oldest(len(self) - self.max_size)
+        evicted = held + 1 - self.max_size
+        if evicted > 0:
+            self.drop_oldest(evicted)
+            return evicted
+        return 0
 
     def expire(self, cutoff: int) -> int:
         """Drop the events with ``timestamp < cutoff``; return how many went."""

@@ -199,9 +199,9 @@ class MemoryEngine(Engine):
                         raise IdempotencyConflict(idempotency_key, category)
                     return Event(known.timestamp, category, known.id, data)
             timestamp = max(now_ms(), self._last_timestamp)
-            event = Event(timestamp, category, new_event_id(), data)
-            event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
-            event = event.compact()  # and keep that form alone
+            # Encoded once, here (a value JSON cannot hold fails the publish); the event
+            # keeps that form alone.
+            event = Event.encoded(timestamp, category, new_event_id(), data)
             if category not in self._buffers and len(self._buffers) >= self.max_categories:
                 self.sweep()  # expired categories may make room
                 if len(self._buffers) >= self.max_categories:
@@ -222,7 +222,8 @@ class MemoryEngine(Engine):
                 persister.append(event)
                 if persister.wants_compaction:
                     persister.compact(self.all_events())
-            self.sweep(timestamp)
+            if self._ttl_ms is not None:
+                self.sweep(timestamp)
             if watched and self._listener is not None:
                 self._listener([((timestamp, self._last_seq), event)])
             if idempotency_key is not None:
@@ -246,9 +247,8 @@ class MemoryEngine(Engine):
         return keys.get((category, key))
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
-        held, size = len(buffer), buffer.size_bytes
-        buffer.append(event, seq)
-        self._held += len(buffer) - held
+        size = buffer.size_bytes
+        self._held += 1 - buffer.append(event, seq)
         self._bytes += buffer.size_bytes - size
         self._order.append((seq, event.category))
         if self.max_buffered_bytes is not None:
