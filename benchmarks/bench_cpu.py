@@ -32,6 +32,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -297,8 +298,10 @@ def measure_callgrind(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("bench_cpu: --callgrind needs valgrind (apt-get install valgrind)")
     out = Path(tempfile.mkdtemp(prefix="bench_cpu-callgrind-"))
     port = _free_port()
+    server = ([part.replace("{port}", str(port)) for part in shlex.split(args.command)]
+              if args.command else our_command(port))
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.%p",
-               *our_command(port)]
+               *server]
     progress(f"starting the server under callgrind ({out})")
     with open(out / "server.log", "wb") as log:
         process = subprocess.Popen(command, cwd=args.source or ROOT, stdout=log,
@@ -330,7 +333,7 @@ def measure_callgrind(args: argparse.Namespace) -> dict[str, Any]:
                      f"({errors} errors); profile {files[-1]}")
     finally:
         _stop(process)
-    return {"mode": "callgrind", "source": str(args.source or ROOT), "cases": figures}
+    return {"mode": "callgrind", "command": server, "cases": figures}
 
 
 def callgrind_table(result: dict[str, Any]) -> str:
@@ -361,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--callgrind", type=int, default=0, metavar="N",
                         help="count instructions per request under callgrind, N requests "
                         "per case (instead of wrk)")
+    parser.add_argument("--command", default=None,
+                        help="under callgrind, run this server instead of ours ('{port}' "
+                        "stands for its port), e.g. \"/path/to/golongpoll -addr "
+                        "127.0.0.1:{port}\"")
     parser.add_argument("--think-ms", type=float, default=2.0,
                         help="under callgrind, the pause of each connection between an "
                         "answer and its next request")

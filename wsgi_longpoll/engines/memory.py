@@ -313,7 +313,8 @@ class MemoryEngine(Engine):
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
     ) -> ReadResult:
         with self._lock:
-            self.sweep()
+            if self._ttl_ms is not None:
+                self.sweep()
             now = (self._last_timestamp, self._last_seq)
             if since_time is None:
                 return ReadResult(position=now)
@@ -331,20 +332,28 @@ class MemoryEngine(Engine):
                 and (floor := self._floor_of_absent(category)) is not None
                 and missed(floor, since_time, last_id, last_seq)
             ]
+            events: list[Event] = []
             found: list[tuple[EventBuffer, list[tuple[Position, Event]]]] = []
             for category, buffer in buffers:
                 if buffer.missed(since_time, last_id, last_seq):
                     assert buffer.floor is not None
                     gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
+                if len(buffers) == 1:  # in publish order already: no positions to merge by
+                    events = buffer.after(since_time, last_id, last_seq)
+                    if events and self.delete_event_after_first_retrieval:
+                        self._drop_newest(buffer, len(events))
+                    continue
                 entries = buffer.entries_after(since_time, last_id, last_seq)
                 if entries:
                     found.append((buffer, entries))
-            if self.delete_event_after_first_retrieval:
-                for buffer, entries in found:
-                    self._drop_newest(buffer, len(entries))
-            merged = merge_by_position([entries for _, entries in found])
+            if found:
+                if self.delete_event_after_first_retrieval:
+                    for buffer, entries in found:
+                        self._drop_newest(buffer, len(entries))
+                events = [event for _, event in merge_by_position(
+                    [entries for _, entries in found])]
             position = now if since_time <= now[0] else (since_time, _LAST)
-            return ReadResult([event for _, event in merged], gaps, position)
+            return ReadResult(events, gaps, position)
 
     def events(self, category: str) -> list[Event]:
         with self._lock:

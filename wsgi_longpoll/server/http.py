@@ -463,9 +463,11 @@ class Connection:
             connection = b"Connection: keep-alive\r\n" if request.version == "1.0" else b""
         else:
             connection = b"Connection: close\r\n"
-        length_line = b"" if length is None else b"Content-Length: %d\r\n" % length
-        return b"HTTP/1.1 %s\r\n%s%sDate: %s\r\n%s\r\n" % (
-            status, headers, length_line, http_date(), connection)
+        if length is None:
+            return b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n" % (
+                status, headers, http_date(), connection)
+        return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\nDate: %s\r\n%s\r\n" % (
+            status, headers, length, http_date(), connection)
 
     def send_response(self, request: Request, status: bytes, headers: bytes,
                       body: bytes) -> None:
