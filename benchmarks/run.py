@@ -542,6 +542,14 @@ def measure_all(args: argparse.Namespace, commit: str) -> None:
     print(f"figures: {args.out / 'results.json'}", file=sys.stderr)
 
 
+def _shown(path: Path) -> str:
+    """*path*, relative to the checkout when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def lpload_binary(args: argparse.Namespace) -> Path | None:
     """``--lpload``, or lpload built from its source; ``None`` (said why) when neither."""
     if args.lpload is not None:
@@ -591,7 +599,7 @@ def measure_lpload(args: argparse.Namespace, commit: str, settings: lpload.Setti
         f"Measured {date} at commit `{commit}` ({os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}), load average {load_before:.2f} before and "
         f"{load_after:.2f} after (1-min); the servers alternately within each row, "
-        f"lpload `{binary}`.",
+        f"lpload `{_shown(binary)}`.",
     ]
     lpload.write_section(markdown, lpload.section(
         rendered, settings, "Hot channel (issue 21): lpload", details))
