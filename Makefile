@@ -46,7 +46,10 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks (benchmarks/RESULTS.md): figures, never pass/fail. BENCH_ARGS="--quick" for a
-# short run, BENCH_ARGS="--compare-url http://127.0.0.1:8081" to measure a second server.
+# short run, BENCH_ARGS="--compare-url http://127.0.0.1:8081" to measure a second server,
+# BENCH_ARGS="--golongpoll PATH" to start golongpoll's reference build as that server.
+# With Go installed, `make bench` also builds lpload into .venv/lpload and writes the
+# hot-channel table (issue 21) into benchmarks/RESULTS.md; without it, it says how to get Go.
 BENCH_STAMP := $(VENV)/.bench-stamp
 BENCH_ARGS ?=
 
@@ -84,3 +87,9 @@ bench-redis: $(BENCH_STAMP)
 .PHONY: bench-tier
 bench-tier: $(STAMP)
 	$(BIN)/python benchmarks/tier.py $(BENCH_ARGS)
+
+# Server CPU per publish and per immediate subscribe beside golongpoll (issue 21):
+# BENCH_ARGS="--golongpoll PATH --rounds 3", or "--callgrind 20000" (instructions per request).
+.PHONY: bench-cpu
+bench-cpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_cpu.py $(BENCH_ARGS)

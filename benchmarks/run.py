@@ -4,14 +4,23 @@ By default it starts our standalone server (``python -m wsgi_longpoll serve``) o
 port of 127.0.0.1 and measures it; ``--url`` measures a server that is already running
 instead (any server speaking the protocol: golongpoll, another build of ours), and
 ``--compare-url`` measures a second one in the same sitting, so the two can be compared.
+``--golongpoll PATH`` starts golongpoll's reference build (``build-golongpoll.sh`` in the
+team's shared reference) as that second server.
 Figures are printed, written to ``results.json``, and plotted to ``fanout.png``; nothing
 here passes or fails.
+
+Then, when Go is installed (or ``--lpload`` names a built binary), the hot-channel table of
+issue 21 (:mod:`lpload`): long polls and streams on 100 categories and on 1, and a fan-out,
+measured with the Go load generator on both servers alternately; written to
+``results/lpload.json`` and to its section of ``RESULTS.md`` (not by ``--quick``, whose
+smoke figures would replace the real ones).
 
 Examples::
 
     python benchmarks/run.py
     python benchmarks/run.py --quick
     python benchmarks/run.py --compare-url http://127.0.0.1:8081 --compare-pid 4242
+    python benchmarks/run.py --golongpoll /path/to/golongpoll --only-lpload
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
+import lpload  # noqa: E402
 from loadgen import Target  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +112,35 @@ def our_server(log_path: Path) -> Iterator[Target]:
         yield Target("127.0.0.1", port, pid=process.pid)
     finally:
         process.send_signal(signal.SIGINT)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def golongpoll_server(binary: Path, log_path: Path) -> Iterator[Target]:
+    """Start golongpoll's reference build on a free port; stop it afterwards."""
+    port = _free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(binary), "-addr", f"127.0.0.1:{port}"], stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{binary} exited with {process.returncode}; see {log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{binary} did not listen in 30 s") from None
+                time.sleep(0.05)
+        yield Target("127.0.0.1", port, pid=process.pid)
+    finally:
+        process.terminate()
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
@@ -397,8 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="a short smoke run: 2 s rates, fan-out to 200/1000, "
                         "latency with 1,000 subscribers for 3 s")
+    parser.add_argument("--golongpoll", type=Path, default=None, metavar="PATH",
+                        help="start this golongpoll reference binary and measure it as the "
+                        "second server (named golongpoll)")
+    parser.add_argument("--compare-sse", action="store_true",
+                        help="the second server streams Server-Sent Events (golongpoll "
+                        "does not: its stream rows are left out)")
+    parser.add_argument("--lpload", type=Path, default=None, metavar="PATH",
+                        help="a built lpload binary (default: build it with Go into "
+                        ".venv/lpload)")
+    parser.add_argument("--lpload-source", type=Path, default=None, metavar="DIR",
+                        help="lpload's source folder (default: $LPLOAD_SOURCE, else "
+                        "../shared/reference/lpload beside the checkout)")
+    parser.add_argument("--skip-lpload", action="store_true",
+                        help="leave out the hot-channel table (lpload)")
+    parser.add_argument("--only-lpload", action="store_true",
+                        help="only the hot-channel table (lpload)")
+    parser.add_argument("--results-md", type=Path, default=None, metavar="PATH",
+                        help="where the hot-channel section goes (default: RESULTS.md "
+                        "beside this script; a --quick run writes none unless given)")
     parser.add_argument("--out", type=Path, default=HERE / "results",
-                        help="directory for results.json and fanout.png")
+                        help="directory for results.json, fanout.png and lpload.json")
     return parser
 
 
@@ -408,8 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.fanout = 2.0, [200, 1000]
         args.latency_subscribers = min(args.latency_subscribers, 1000)
         args.latency_seconds = 3.0
+    settings = lpload.Settings.quick() if args.quick else lpload.Settings()
+    if args.golongpoll is not None and args.compare_name == "other":
+        args.compare_name = "golongpoll"
     limit = loadgen.raise_open_files_limit()
-    largest = max([*args.fanout, args.latency_subscribers])
+    largest = max([*args.fanout, args.latency_subscribers]
+                  + ([] if args.skip_lpload else [settings.subscribers, settings.fanout]))
     if largest + 100 > limit:
         print(f"run.py: {largest:,} subscribers need more than the {limit:,} open files "
               f"this process may have", file=sys.stderr)
@@ -423,14 +485,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run.py: requests/s measured with {args.loadgen}", file=sys.stderr)
 
     commit = _commit()  # once: others may commit while the benchmark runs
+    with contextlib.ExitStack() as stack:
+        if args.golongpoll is not None:
+            started = stack.enter_context(
+                golongpoll_server(args.golongpoll, args.out / "golongpoll.log"))
+            args.compare_url, args.compare_pid = started.url, started.pid
+        if not args.only_lpload:
+            measure_all(args, commit)
+        if not args.skip_lpload:
+            measure_lpload(args, commit, settings)
+    print(f"{time.monotonic() - _started:.0f} s in all", file=sys.stderr)
+    return 0
+
+
+def first_server(args: argparse.Namespace, commit: str,
+                 stack: contextlib.ExitStack) -> tuple[str, Target]:
+    """The first server's name and target: ``--url``'s, or ours, started on *stack*."""
+    if args.url:
+        return (args.name or "server",
+                Target.from_url(args.url, args.subscribe_path, args.publish_path, args.pid))
+    return (args.name or f"wsgi_longpoll {commit}",
+            stack.enter_context(our_server(args.out / "server.log")))
+
+
+def measure_all(args: argparse.Namespace, commit: str) -> None:
+    """Requests/s, fan-out, memory and latency (the table of BENCHMARKS.md)."""
     runs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
-        if args.url:
-            first = Target.from_url(args.url, args.subscribe_path, args.publish_path, args.pid)
-            first_name = args.name or "server"
-        else:
-            first = stack.enter_context(our_server(args.out / "server.log"))
-            first_name = args.name or f"wsgi_longpoll {commit}"
+        first_name, first = first_server(args, commit, stack)
         runs[first_name] = measure(first, args, first_name)
     if args.compare_url:
         second = Target.from_url(args.compare_url, args.subscribe_path, args.publish_path,
@@ -457,9 +539,71 @@ def main(argv: list[str] | None = None) -> int:
               "benchmarks/requirements.txt)", file=sys.stderr)
     else:
         print(f"\nplot: {args.out / 'fanout.png'}", file=sys.stderr)
-    print(f"figures: {args.out / 'results.json'}; "
-          f"{time.monotonic() - _started:.0f} s in all", file=sys.stderr)
-    return 0
+    print(f"figures: {args.out / 'results.json'}", file=sys.stderr)
+
+
+def _shown(path: Path) -> str:
+    """*path*, relative to the checkout when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def lpload_binary(args: argparse.Namespace) -> Path | None:
+    """``--lpload``, or lpload built from its source; ``None`` (said why) when neither."""
+    if args.lpload is not None:
+        return Path(args.lpload)
+    source = lpload.find_source(args.lpload_source)
+    if source is None:
+        print("run.py: no hot-channel table: lpload's source was not found; give "
+              "--lpload-source DIR (../shared/reference/lpload) or set LPLOAD_SOURCE",
+              file=sys.stderr)
+        return None
+    if shutil.which("go") is None:
+        print(f"run.py: no hot-channel table: {lpload.GO_MISSING}", file=sys.stderr)
+        return None
+    progress("lpload")(f"building {lpload.DEFAULT_BINARY} from {source}")
+    return lpload.build(source)
+
+
+def measure_lpload(args: argparse.Namespace, commit: str, settings: lpload.Settings) -> None:
+    """The hot-channel table of issue 21 (see :mod:`lpload`), on a freshly started server."""
+    binary = lpload_binary(args)
+    if binary is None:
+        return
+    load_before = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        first_name, first = first_server(args, commit, stack)
+        servers = {first_name: (first.url, first.pid, True)}
+        if args.compare_url:
+            servers[args.compare_name] = (args.compare_url.rstrip("/"), args.compare_pid,
+                                          args.compare_sse)
+        results = lpload.measure(binary, servers, settings, progress("lpload"))
+    load_after = os.getloadavg()[0]
+    rendered = lpload.table(results, list(servers), settings)
+    print(rendered)
+    date = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    document = {"commit": commit, "date": date, "settings": dataclasses.asdict(settings),
+                "servers": {name: {"url": url, "pid": pid, "streams": streams}
+                            for name, (url, pid, streams) in servers.items()},
+                "load_average": [load_before, load_after], "results": results,
+                "table": rendered}
+    (args.out / "lpload.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"figures: {args.out / 'lpload.json'}", file=sys.stderr)
+    markdown = args.results_md or (None if args.quick else HERE / "RESULTS.md")
+    if markdown is None:
+        print("run.py: a --quick run leaves RESULTS.md alone", file=sys.stderr)
+        return
+    details = [
+        f"Measured {date} at commit `{commit}` ({os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}), load average {load_before:.2f} before and "
+        f"{load_after:.2f} after (1-min); the servers alternately within each row, "
+        f"lpload `{_shown(binary)}`.",
+    ]
+    lpload.write_section(markdown, lpload.section(
+        rendered, settings, "Hot channel (issue 21): lpload", details))
+    print(f"table: the hot-channel section of {markdown}", file=sys.stderr)
 
 
 if __name__ == "__main__":

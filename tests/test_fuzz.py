@@ -31,7 +31,10 @@ from wsgi_longpoll.protocol import (
     PUBLISH_CATEGORY_ERROR,
     PUBLISH_DATA_ERROR,
     SINCE_TIME_ERROR,
+    _parse_go_int,
+    category_is_valid,
     parse_publish_body,
+    query_pairs,
     timeout_error,
     too_many_categories_error,
 )
@@ -164,6 +167,46 @@ def check_subscribe_answer(status: int, headers: dict[str, str], body: bytes) ->
 def test_any_query_string_gets_a_protocol_answer(query: bytes) -> None:
     app, _ = make_app()
     check_subscribe_answer(*call(app, "GET", "/events", query))
+
+
+@PROFILE
+@given(query=st.one_of(RAW_QUERY, PAIRS_QUERY, ESCAPED_QUERY).map(
+    lambda raw: raw.decode("latin-1")))
+@example(query="a&&b=&=c&d=e=f&&")
+@example(query="a=b+c&%41=1")
+def test_query_pairs_are_parse_qsls(query: str) -> None:
+    assert query_pairs(query) == urllib.parse.parse_qsl(
+        query, keep_blank_values=True, errors="surrogateescape")
+
+
+def _go_atoi_int64(text: str) -> int | None:
+    """Go's ``strconv.ParseInt(text, 10, 64)``, spelled out."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not digits or any(char not in "0123456789" for char in digits):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+@PROFILE
+@given(text=st.one_of(
+    st.text(max_size=25),
+    st.text(alphabet="0123456789+-", max_size=25),
+    st.integers(min_value=-(2**64), max_value=2**64).map(str),
+))
+@example(text="9223372036854775807")
+@example(text="9223372036854775808")
+@example(text="000000000000000000000000001")
+@example(text="\u0663")  # ARABIC-INDIC DIGIT THREE: a digit, not an ASCII one
+def test_go_integers_parse_as_go_parses_them(text: str) -> None:
+    assert _parse_go_int(text) == _go_atoi_int64(text)
+
+
+@PROFILE
+@given(category=st.text(max_size=1100) | st.text(alphabet="ab", min_size=1020, max_size=1030))
+def test_a_category_is_valid_when_1_to_1024_bytes_of_utf8(category: str) -> None:
+    size = len(category.encode("utf-8", "surrogatepass"))
+    assert category_is_valid(category) == (0 < size <= 1024)
 
 
 @PROFILE

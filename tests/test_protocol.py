@@ -174,3 +174,27 @@ def test_new_event_ids_are_canonical_random_uuids() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text  # canonical, lower case
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_never_hands_out_its_parents_next_event_ids() -> None:
+    import os
+
+    from wsgi_longpoll.event import new_event_id
+
+    new_event_id()  # the random bytes of the next ids are read already
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids to the parent, then out at once
+        try:
+            os.write(write_end, ",".join(new_event_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            child = set(pipe.read().decode().split(","))
+    finally:
+        os.waitpid(pid, 0)
+    parent = {new_event_id() for _ in range(10)}
+    assert len(child) == 10
+    assert not child & parent

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 
 from .errors import (
     CapacityExceeded,
@@ -47,6 +47,7 @@ from .protocol import (
     parse_idempotency_key,
     parse_publish_body,
     parse_subscribe_query,
+    query_pairs,
 )
 from .sse import accepts_event_stream, parse_last_event_id, stream_start
 from .tokens import MIN_SECRET_BYTES, SubscribeTokenRejected, TokenVerifier
@@ -473,7 +474,7 @@ class Endpoints(Generic[C]):
                         context: C) -> Answer | None:
         if query is None:
             return gate(context, raw_query)
-        pairs = parse_qsl(raw_query, keep_blank_values=True, errors="surrogateescape")
+        pairs = query_pairs(raw_query)
         names = [name for name, _ in pairs if name in ("category", "categories")]
         if names == ["category"]:
             return gate(context, raw_query)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ __all__ = ["Event", "Gap", "encode_json", "new_event_id"]
 # Made once: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: What ``_COMPACT`` does with a string.
+_encode_string = json.encoder.encode_basestring
 
 
 def encode_json(value: Any) -> bytes:
@@ -25,22 +28,49 @@ def encode_json(value: Any) -> bytes:
     :raises ValueError: for NaN and infinities, which JSON cannot hold.
     """
     try:
+        if type(value) is str:  # the common case, without the encoder's dispatch
+            return _encode_string(value).encode("utf-8")
         return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         return _COMPACT_ASCII.encode(value).encode("ascii")
 
 
+#: How many ids' worth of random bytes :func:`new_event_id` reads at once.
+_IDS_PER_READ = 64
+#: The hex digit of a UUID's variant nibble (``10xx``) from any random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+#: Random ids not handed out yet: 32 hex digits each. Taking one is one ``next`` (atomic
+#: under the GIL), so two threads never get the same.
+_random_hex: Iterator[str] = iter(())
+
+
+def _forget_random_hex() -> None:
+    global _random_hex
+    _random_hex = iter(())
+
+
+# A forked child must not hand out the ids its parent (or a sibling) will.
+os.register_at_fork(after_in_child=_forget_random_hex)
+
+
 def new_event_id() -> str:
     """A random (version 4) UUID in canonical lower-case form, as :func:`uuid.uuid4`
-    makes it, without building a :class:`uuid.UUID` on the way."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    makes it (from :func:`os.urandom`), without building a :class:`uuid.UUID` on the way;
+    the random bytes of 64 ids are read at once."""
+    global _random_hex
+    text = next(_random_hex, None)
+    if text is None:
+        digits = os.urandom(16 * _IDS_PER_READ).hex()
+        _random_hex = iter([digits[start:start + 32] for start in range(32, len(digits), 32)])
+        text = digits[:32]
+    # Version 4 and the RFC 4122 variant in place of two of the random digits.
+    return (f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-"
+            f"{text[20:]}")
 
 
 _UNSET: Any = object()
+#: Sets an attribute of an (immutable) event while it is being made.
+_set = object.__setattr__
 
 
 class Event:
@@ -66,11 +96,11 @@ class Event:
     _json: bytes | None
 
     def __init__(self, timestamp: int, category: str, id: str, data: Any) -> None:
-        object.__setattr__(self, "timestamp", timestamp)
-        object.__setattr__(self, "category", category)
-        object.__setattr__(self, "id", id)
-        object.__setattr__(self, "_data", data)
-        object.__setattr__(self, "_json", None)
+        _set(self, "timestamp", timestamp)
+        _set(self, "category", category)
+        _set(self, "id", id)
+        _set(self, "_data", data)
+        _set(self, "_json", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"an Event is immutable: cannot set {name!r}")
@@ -107,21 +137,34 @@ class Event:
         """The event's compact JSON form, in the protocol's key order; computed once."""
         encoded = self._json
         if encoded is None:
-            encoded = b'{"timestamp":%d,"category":%s,"data":%s,"id":"%s"}' % (
-                self.timestamp,
-                encode_json(self.category),
-                encode_json(self._data),
-                self.id.encode("ascii"),
-            )
-            object.__setattr__(self, "_json", encoded)
+            encoded = _encode(self.timestamp, self.category, self.id, self._data)
+            _set(self, "_json", encoded)
         return encoded
 
     def compact(self) -> Event:
         """This event holding only its JSON form (``data`` is decoded when asked for)."""
         if self._data is _UNSET:
             return self
-        event = Event(self.timestamp, self.category, self.id, _UNSET)
-        object.__setattr__(event, "_json", self.to_json())
+        return Event._holding(self.timestamp, self.category, self.id, self.to_json())
+
+    @classmethod
+    def encoded(cls, timestamp: int, category: str, id: str, data: Any) -> Event:
+        """``Event(timestamp, category, id, data).compact()``, in one step.
+
+        :raises ValueError: for a value JSON cannot hold (NaN, infinities).
+        :raises TypeError: if *data* cannot be encoded as JSON.
+        """
+        return cls._holding(timestamp, category, id, _encode(timestamp, category, id, data))
+
+    @classmethod
+    def _holding(cls, timestamp: int, category: str, id: str, encoded: bytes) -> Event:
+        """The event holding only *encoded*, its JSON form (:meth:`to_json`)."""
+        event = cls.__new__(cls)
+        _set(event, "timestamp", timestamp)
+        _set(event, "category", category)
+        _set(event, "id", id)
+        _set(event, "_data", _UNSET)
+        _set(event, "_json", encoded)
         return event
 
     @classmethod
@@ -146,6 +189,12 @@ class Event:
         if data is None:
             raise ValueError("an event's 'data' must not be null")
         return cls(timestamp, category, event_id, data)
+
+
+def _encode(timestamp: int, category: str, id: str, data: Any) -> bytes:
+    """An event's compact JSON form, in the protocol's key order."""
+    return b'{"timestamp":%d,"category":%s,"data":%s,"id":"%s"}' % (
+        timestamp, encode_json(category), encode_json(data), id.encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)

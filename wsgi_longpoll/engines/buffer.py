@@ -72,24 +72,26 @@ class EventBuffer:
         """The sequence number of the buffered event *event_id*, or ``None``."""
         return self._seq_by_id.get(event_id)
 
-    def append(self, event: Event, seq: int, keep_after: int | None = None) -> None:
+    def append(self, event: Event, seq: int, keep_after: int | None = None) -> int:
         """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``
-        but those published after number *keep_after* (which a subscriber is still owed)."""
-        if len(self) and (
-            event.timestamp < self._events[-1].timestamp or seq <= self._seqs[-1]
-        ):
+        but those published after number *keep_after* (which a subscriber is still owed);
+        return how many were evicted."""
+        events = self._events
+        held = len(events) - self._start
+        if held and (event.timestamp < events[-1].timestamp or seq <= self._seqs[-1]):
             raise ValueError("events must be appended in timestamp and sequence order")
         self._seq_by_id[event.id] = seq
-        self._events.append(event)
+        events.append(event)
         self._seqs.append(seq)
         self.size_bytes += event_cost(event)
-        excess = len(self) - self.max_size
+        excess = held + 1 - self.max_size
+        if excess > 0 and keep_after is not None:
+            start = self._start
+            excess = min(excess, bisect_right(self._seqs, keep_after, lo=start) - start)
         if excess > 0:
-            if keep_after is not None:
-                start = self._start
-                excess = min(excess, bisect_right(self._seqs, keep_after, lo=start) - start)
-            if excess > 0:
-                self.drop_oldest(excess)
+            self.drop_oldest(excess)
+            return excess
+        return 0
 
     def expire(self, cutoff: int) -> int:
         """Drop the events with ``timestamp < cutoff``; return how many went."""

@@ -236,9 +236,9 @@ class MemoryEngine(Engine):
                         raise IdempotencyConflict(idempotency_key, category)
                     return Event(known.timestamp, category, known.id, data)
             timestamp = max(now_ms(), self._last_timestamp)
-            event = Event(timestamp, category, new_event_id(), data)
-            event.to_json()  # encode once, here: a value JSON cannot hold fails the publish
-            event = event.compact()  # and keep that form alone
+            # Encoded once, here (a value JSON cannot hold fails the publish); the event
+            # keeps that form alone.
+            event = Event.encoded(timestamp, category, new_event_id(), data)
             if category not in self._buffers and len(self._buffers) >= self.max_categories:
                 self.sweep()  # expired categories may make room
                 if len(self._buffers) >= self.max_categories:
@@ -259,7 +259,8 @@ class MemoryEngine(Engine):
                 persister.append(event)
                 if persister.wants_compaction:
                     persister.compact(self.all_events())
-            self.sweep(timestamp)
+            if self._ttl_ms is not None:
+                self.sweep(timestamp)
             if watched and self._listener is not None:
                 self._keep(category, self._last_seq, timestamp)
                 self._listener([((timestamp, self._last_seq), event)])
@@ -328,10 +329,9 @@ class MemoryEngine(Engine):
         self._key_bytes -= _key_cost(category, key)
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
-        held, size = len(buffer), buffer.size_bytes
-        buffer.append(event, seq, self._kept_after(event.category, event.timestamp)
-                      if self._kept else None)
-        self._held += len(buffer) - held
+        size = buffer.size_bytes
+        keep_after = self._kept_after(event.category, event.timestamp) if self._kept else None
+        self._held += 1 - buffer.append(event, seq, keep_after)
         self._bytes += buffer.size_bytes - size
         self._order.append((seq, event.category))
         if self.max_buffered_bytes is not None:
@@ -396,7 +396,8 @@ class MemoryEngine(Engine):
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
     ) -> ReadResult:
         with self._lock:
-            self.sweep()
+            if self._ttl_ms is not None:
+                self.sweep()
             now = (self._last_timestamp, self._last_seq)
             if since_time is None:
                 return ReadResult(position=now)
@@ -414,24 +415,35 @@ class MemoryEngine(Engine):
                 and (floor := self._floor_of_absent(category)) is not None
                 and missed(floor, since_time, last_id, last_seq)
             ]
+            events: list[Event] = []
             found: list[tuple[EventBuffer, list[tuple[Position, Event]]]] = []
             for category, buffer in buffers:
                 if buffer.missed(since_time, last_id, last_seq):
                     assert buffer.floor is not None
                     gaps.append(Gap(category, buffer.floor.timestamp, buffer.floor.id))
+                if len(buffers) == 1:  # in publish order already: no positions to merge by
+                    events = buffer.after(since_time, last_id, last_seq)
+                    if events:
+                        if self.delete_event_after_first_retrieval:
+                            self._drop_newest(buffer, len(events))
+                        else:  # the subscriber comes back after them: keep what follows
+                            self._keep(category, now[1], now_ms())
+                    continue
                 entries = buffer.entries_after(since_time, last_id, last_seq)
                 if entries:
                     found.append((buffer, entries))
-            if self.delete_event_after_first_retrieval:
-                for buffer, entries in found:
-                    self._drop_newest(buffer, len(entries))
-            elif found:  # the subscriber comes back after them: keep what follows
-                clock = now_ms()
-                for _, entries in found:
-                    self._keep(entries[-1][1].category, now[1], clock)
-            merged = merge_by_position([entries for _, entries in found])
+            if found:
+                if self.delete_event_after_first_retrieval:
+                    for buffer, entries in found:
+                        self._drop_newest(buffer, len(entries))
+                else:  # the subscriber comes back after them: keep what follows
+                    clock = now_ms()
+                    for _, entries in found:
+                        self._keep(entries[-1][1].category, now[1], clock)
+                events = [event for _, event in merge_by_position(
+                    [entries for _, entries in found])]
             position = now if since_time <= now[0] else (since_time, _LAST)
-            return ReadResult([event for _, event in merged], gaps, position)
+            return ReadResult(events, gaps, position)
 
     def events(self, category: str) -> list[Event]:
         with self._lock:

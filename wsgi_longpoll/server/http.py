@@ -88,7 +88,7 @@ class Request:
         self.query = b""
         #: ``"1.0"`` or ``"1.1"``.
         self.version = "1.1"
-        #: ``(name, value)`` as sent, in order.
+        #: ``(name, value)`` in the order sent, names in lower case.
         self.headers: list[tuple[bytes, bytes]] = []
         self.body_parts: list[bytes] = []
         self.body_size = 0
@@ -115,7 +115,7 @@ class Request:
     def header(self, name: bytes) -> bytes | None:
         """The first value of header *name* (lower case), or ``None``."""
         for key, value in self.headers:
-            if key.lower() == name:
+            if key == name:
                 return value
         return None
 
@@ -183,8 +183,9 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "address", "parser", "queue", "current", "url_parts",
-        "head_size", "header_count", "unparsed", "host", "hosts", "codings", "failure",
-        "upgraded", "busy", "keep_alive", "idle_since", "deadline", "expired", "__weakref__",
+        "head_size", "header_count", "unparsed", "host", "hosts", "valid_host", "codings",
+        "failure", "upgraded", "busy", "keep_alive", "idle_since", "deadline", "expired",
+        "__weakref__",
     )
 
     def __init__(self, server: HTTPServer, sock: socket.socket, address: Any) -> None:
@@ -203,6 +204,8 @@ class Connection:
         #: The ``Host`` value of the request being read, and how many it has.
         self.host = b""
         self.hosts = 0
+        #: The last ``Host`` value found valid (a client sends the same one each time).
+        self.valid_host: bytes | None = None
         #: Its ``Transfer-Encoding`` values, or ``None``.
         self.codings: list[bytes] | None = None
         self.failure: _Reject | None = None
@@ -244,17 +247,17 @@ class Connection:
         self.unparsed = 0
         if self.head_size > limits.max_header_bytes or self.header_count > limits.max_header_count:
             raise _Reject("400 Bad Request", "Request headers too large.")
+        name = name.lower()
         request.headers.append((name, value))
-        size = len(name)
-        if size == 4 and name.lower() == b"host":
+        if name == b"host":
             self.host = value
             self.hosts += 1
-        elif size == 17 and name.lower() == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             if self.codings is None:
                 self.codings = [value]
             else:
                 self.codings.append(value)
-        elif size == 6 and name.lower() == b"expect":
+        elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject("417 Expectation Failed", "Unsupported expectation.")
             request.expect_continue = True
@@ -273,8 +276,10 @@ class Connection:
                 raise _Reject("400 Bad Request", "More than one Host header.")
             if version == "1.1":
                 raise _Reject("400 Bad Request", "Missing Host header.")
-        elif _HOST.fullmatch(self.host) is None:
-            raise _Reject("400 Bad Request", "Invalid Host header.")
+        elif self.host != self.valid_host:
+            if _HOST.fullmatch(self.host) is None:
+                raise _Reject("400 Bad Request", "Invalid Host header.")
+            self.valid_host = self.host
         if self.codings is not None:
             self.check_codings(self.codings)
         request.method = parser.get_method()
@@ -363,10 +368,11 @@ class Connection:
         router = server.router
         limits = server.limits
         queue = self.queue
+        answered = False
         while True:
             while queue:
                 request = queue.pop(0)
-                self.busy = True
+                self.busy = answered = True
                 router.handle(self, request)
                 self.idle_since = _monotonic()
                 if not self.keep_alive or server.closing:
@@ -396,6 +402,11 @@ class Connection:
                     return
                 self.deadline = deadline  # the server's sweeper enforces it
             try:
+                if answered and current is None:
+                    # A client sends its next request once it has read the answer: wait
+                    # for it, rather than try a read that would fail (the socket's
+                    # readiness is level-triggered: nothing already there is missed).
+                    wait(read_event)
                 while True:
                     try:
                         data = raw.recv(_RECV_SIZE)
@@ -404,6 +415,7 @@ class Connection:
                         wait(read_event)  # gevent's recv would try once more first
             finally:
                 self.deadline = 0.0
+            answered = False
             if self.expired:
                 self.timed_out(self.current)
                 return
@@ -455,16 +467,20 @@ class Connection:
             connection = b"Connection: keep-alive\r\n" if request.version == "1.0" else b""
         else:
             connection = b"Connection: close\r\n"
-        length_line = b"" if length is None else b"Content-Length: %d\r\n" % length
-        return b"HTTP/1.1 %s\r\n%s%sDate: %s\r\n%s\r\n" % (
-            status, headers, length_line, http_date(), connection)
+        if length is None:
+            return b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n" % (
+                status, headers, http_date(), connection)
+        return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\nDate: %s\r\n%s\r\n" % (
+            status, headers, length, http_date(), connection)
 
     def send_response(self, request: Request, status: bytes, headers: bytes,
                       body: bytes) -> None:
         """Send a whole response (no body to HEAD)."""
         head = self.response_head(request, status, headers, len(body))
         send_all(self.sock, head if request.method == b"HEAD" else head + body)
-        self.server.log_access(self, request, status, len(body))
+        server = self.server
+        if server.access_log:
+            server.log_access(self, request, status, len(body))
 
 
 class HTTPServer(StreamServer):  # type: ignore[misc]
