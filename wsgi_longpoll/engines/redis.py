@@ -14,8 +14,14 @@ in ``XREAD`` on the streams that have local waiters and wakes them. Subscribers 
 hold a Redis connection of their own.
 
 Durability is Redis's: turn on AOF (``appendonly yes``) for acknowledged events to
-survive a Redis restart. Redis Cluster is not supported (every publish touches the one
-shared counter); Redis 6.2+ and Valkey are.
+survive a Redis restart, and ``min_replicas`` (Redis ``WAIT``) for them to survive a
+failover to a replica. A ``redis+sentinel://`` URL (see :mod:`.redis_url`) follows the
+primary that Redis Sentinel names, through failovers.
+
+Every key of one prefix carries the same hash tag (``{<prefix>}``, see
+:func:`hash_tagged`), so the keys the scripts touch together live in one slot of a Redis
+Cluster: the engine runs on the cluster's primary that holds that slot. Redis 6.2+ and
+Valkey are supported.
 """
 
 from __future__ import annotations
@@ -37,9 +43,15 @@ from gevent.event import Event as GeventEvent
 from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .._gevent import get_hub_if_exists
-from ..errors import IdempotencyConflict, OutcomeUnknown, StorageUnavailable
+from ..errors import (
+    IdempotencyConflict,
+    OutcomeUnknown,
+    ReplicationIncomplete,
+    StorageUnavailable,
+)
 from ..event import Event, Gap, encode_json
 from .base import (
     Engine,
@@ -51,8 +63,9 @@ from .base import (
     merge_by_position,
 )
 from .options import RedisOptions
+from .redis_url import SentinelURL, describe, parse_sentinel_url
 
-__all__ = ["RedisEngine", "cut_batch", "event_id", "stream_position"]
+__all__ = ["RedisEngine", "cut_batch", "event_id", "hash_tagged", "stream_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +98,11 @@ local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Returns the entry id, then a space and the digest of the data stored with the key.
 _PUBLISH = _EXPIRE + """
 local known = redis.call('GET', KEYS[5])
-if known then return known end
+if known then
+  -- written again (same value and expiry) so that a WAIT after this call covers the event
+  redis.call('SET', KEYS[5], known, 'KEEPTTL')
+  return known
+end
 local ttl = tonumber(ARGV[4])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   if ttl > 0 then
@@ -195,6 +212,18 @@ def stream_position(event_id_text: str, tag: int) -> Position | None:
     return value >> 80, value & _SEQ_MASK
 
 
+def hash_tagged(prefix: bytes) -> bytes:
+    """*prefix* as the start of every key of the engine: in a hash tag (``{prefix}``), so
+    that Redis Cluster keeps all of them in one slot.
+
+    A prefix that would give an empty tag (none, or one starting with ``}``) gets the tag
+    ``{\\xff}`` before it, which no UTF-8 prefix's tag can equal.
+    """
+    if prefix and not prefix.startswith(b"}"):
+        return b"{" + prefix + b"}"
+    return b"{\xff}" + prefix
+
+
 def _in_hub_greenlet() -> bool:
     """Whether the caller is a greenlet run by a gevent hub (not a thread's own flow)."""
     return get_hub_if_exists() is not None and gevent.getcurrent().parent is not None
@@ -205,7 +234,8 @@ class RedisEngine(Engine):
 
     The options are :class:`~.options.RedisOptions`' (and their defaults):
 
-    :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``; its query may set
+    :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``, or a
+        ``redis+sentinel://`` URL (see :mod:`.redis_url`); its query may set
         ``socket_timeout`` and ``socket_connect_timeout`` (default: :attr:`socket_timeout`).
     :param key_prefix: put before every key, so that several applications share one Redis.
     :param max_event_buffer_size: events kept per stream (exact ``MAXLEN``).
@@ -214,6 +244,9 @@ class RedisEngine(Engine):
     :param max_categories: how many categories may hold events at once, across every
         process that shares the prefix; a new one beyond pushes out the category
         published to least recently.
+    :param min_replicas: :meth:`append` returns only once this many replicas of the
+        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`), so
+        that a failover to one of them cannot lose it.
     """
 
     #: Seconds a Redis command may take before it fails with :class:`StorageUnavailable`.
@@ -222,6 +255,8 @@ class RedisEngine(Engine):
     block_ms = 5000
     #: The longest pause between reconnection attempts of the reader, in seconds.
     max_backoff = 5.0
+    #: Seconds :meth:`append` waits for ``min_replicas`` replicas to confirm an event.
+    replica_timeout = 1.0
 
     def __init__(
         self,
@@ -230,11 +265,13 @@ class RedisEngine(Engine):
         max_event_buffer_size: int = RedisOptions.max_event_buffer_size,
         event_time_to_live_seconds: float | None = RedisOptions.event_time_to_live_seconds,
         max_categories: int = RedisOptions.max_categories,
+        min_replicas: int = RedisOptions.min_replicas,
     ) -> None:
         #: The engine's options, checked.
         self.options = RedisOptions(
             url=url, key_prefix=key_prefix, max_event_buffer_size=max_event_buffer_size,
             event_time_to_live_seconds=event_time_to_live_seconds, max_categories=max_categories,
+            min_replicas=min_replicas,
         )
         if url is None:
             raise TypeError("RedisEngine needs the URL of a Redis")
@@ -243,12 +280,13 @@ class RedisEngine(Engine):
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
+        self.min_replicas = min_replicas
         self._listener: Listener | None = None
         self._ttl_ms = (
             0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
         )
-        prefix = key_prefix.encode("utf-8")
-        self._tag = zlib.crc32(prefix) & 0xFFF
+        self._tag = zlib.crc32(key_prefix.encode("utf-8")) & 0xFFF
+        prefix = hash_tagged(key_prefix.encode("utf-8"))
         self._counter_key = prefix + b"counter"
         self._categories_key = prefix + b"categories"
         self._stream_prefix = prefix + b"s:"
@@ -263,11 +301,16 @@ class RedisEngine(Engine):
     @staticmethod
     def _connect(url: str, timeout: float) -> redis.Redis:
         # One quick retry on a fresh connection (a pooled one may be stale after a Redis
-        # restart), no backoff: an unreachable Redis is reported, not waited out.
-        return redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1), health_check_interval=0,
-        )
+        # restart, or a failover), no backoff: an unreachable Redis is reported, not
+        # waited out.
+        options: dict[str, Any] = {
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1), "health_check_interval": 0,
+        }
+        sentinel_url = parse_sentinel_url(url)
+        if sentinel_url is not None:
+            return _sentinel_primary(sentinel_url, options)
+        return redis.Redis.from_url(url, **options)
 
     # -- keys and events ----------------------------------------------------------------
 
@@ -314,6 +357,8 @@ class RedisEngine(Engine):
 
     def _safe_url(self) -> str:
         kwargs = self._client.connection_pool.connection_kwargs
+        if "host" not in kwargs:  # a Sentinel's primary, or a Unix socket
+            return describe(self.url)
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
@@ -346,12 +391,16 @@ class RedisEngine(Engine):
                 self.max_event_buffer_size, self._ttl_ms, self.max_categories,
                 self._stream_prefix, self._floor_prefix,
                 int(self.idempotency_window_seconds * 1000), digest]
+        replicas = None
         try:
-            reply = self._call(self._publish_script, keys, args)
+            if self.min_replicas:
+                reply, replicas = self._call(self._publish_and_wait, keys, args)
+            else:
+                reply = self._call(self._publish_script, keys, args)
         except StorageUnavailable as error:
             # Failing to connect is "not published"; a command sent and not answered, or
             # a connection lost while waiting for the answer, may have been carried out.
-            if "connecting to" not in str(error.__cause__):
+            if not _not_sent(error.__cause__):
                 raise OutcomeUnknown(
                     f"Redis at {self._safe_url()} did not confirm the event in time: it may "
                     "have been published"
@@ -360,8 +409,32 @@ class RedisEngine(Engine):
         entry_id, _, remembered = reply.partition(b" ")
         if remembered and remembered.decode("ascii") != digest:
             raise IdempotencyConflict(idempotency_key, category)
+        if replicas is not None and replicas < self.min_replicas:
+            raise ReplicationIncomplete(
+                replicas, self.min_replicas, self.replica_timeout, self._safe_url()
+            )
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), data)
+
+    def _publish_and_wait(self, keys: list[Any], args: list[Any]) -> tuple[Any, int]:
+        """Run the publish script, then ``WAIT`` on the same connection for
+        :attr:`min_replicas` replicas to have what it wrote: the script's reply, and how
+        many replicas confirmed."""
+        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
+        script = self._publish_script
+        for attempt in (1, 2):
+            with self._client.pipeline(transaction=False) as pipeline:
+                pipeline.evalsha(script.sha, len(keys), *keys, *args)
+                pipeline.execute_command(*wait)  # type: ignore[no-untyped-call]
+                reply, replicas = pipeline.execute(raise_on_error=False)
+            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
+                self._client.script_load(script.script)  # nothing was written: run again
+                continue
+            for result in (reply, replicas):
+                if isinstance(result, Exception):
+                    raise result
+            break
+        return reply, int(replicas)
 
     def bind(self, listener: Listener) -> None:
         self._listener = listener
@@ -467,7 +540,36 @@ class RedisEngine(Engine):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()
-        self._client.close()
+        _close(self._client)
+
+
+def _sentinel_primary(url: SentinelURL, options: dict[str, Any]) -> redis.Redis:
+    """A client of the primary the sentinels of *url* name: each new connection asks them
+    where it is, so that after a failover the client writes to the promoted replica."""
+    timeouts = {name: value for name in ("socket_timeout", "socket_connect_timeout")
+                if (value := getattr(url, name)) is not None}
+    options = {**options, **timeouts}
+    sentinels = Sentinel(
+        url.sentinels,
+        sentinel_kwargs={"socket_timeout": options["socket_timeout"],
+                         "socket_connect_timeout": options["socket_connect_timeout"],
+                         "password": url.sentinel_password},
+        db=url.db, username=url.username, password=url.password, **options,
+    )
+    return sentinels.master_for(url.service_name)  # type: ignore[no-any-return]
+
+
+def _close(client: redis.Redis) -> None:
+    """Close *client*'s connections, and those to the sentinels it asks."""
+    client.close()
+    sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+    if sentinels is not None:
+        sentinels.close()
+
+
+def _not_sent(error: BaseException | None) -> bool:
+    """Whether the Redis *error* means the command never reached Redis (no connection)."""
+    return isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
 
 
 def _fields(fields: Any) -> dict[bytes, bytes]:
@@ -585,7 +687,7 @@ class _Reader:
             except Exception:  # never let the reader die: the waiters depend on it
                 logger.exception("the Redis reader failed; retrying")
                 _sleep(1.0)
-        self._client.close()
+        _close(self._client)
 
     def _read_once(self) -> None:
         engine = self.engine

@@ -223,6 +223,8 @@ class ServerOptions:
         server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
     :param redis_key_prefix: put before every Redis key, so that several applications
         share one Redis.
+    :param redis_min_replicas: answer a publish only once this many replicas of the Redis
+        primary have the event (fewer in time: 503).
     :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
         ``None``, the server's default: derived from the open-files limit (see
         :func:`default_max_waiting`).
@@ -266,6 +268,7 @@ class ServerOptions:
     max_buffered_bytes: int | None = option_from(MemoryOptions, "max_buffered_bytes")
     redis_url: str | None = option_from(RedisOptions, "url")
     redis_key_prefix: str = option_from(RedisOptions, "key_prefix")
+    redis_min_replicas: int = option_from(RedisOptions, "min_replicas")
     # The endpoints'.
     max_body_size: int = option_from(EndpointOptions, "max_body_size")
     max_categories_per_request: int = option_from(EndpointOptions, "max_categories_per_request")
@@ -402,6 +405,7 @@ class Server:
                     max_buffered_bytes=options.max_buffered_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
+                    redis_min_replicas=options.redis_min_replicas,
                 )
                 warn_if_above_open_files_limit(manager.max_waiting_subscribers)
                 middleware = LongpollMiddleware(
