@@ -131,10 +131,11 @@ class SentinelTopology:
 
     def __init__(self, executable: str, directory: Path, *, replicas: int = 1,
                  sentinels: int = 1, service: str = "longpoll",
-                 down_after_ms: int = 500) -> None:
+                 down_after_ms: int = 500, failover_timeout_ms: int = 5000) -> None:
         self._processes = _Processes(executable, directory)
         self.service = service
         self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
         self.primary_port = free_port()
         self.replica_ports = [free_port() for _ in range(replicas)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
@@ -157,7 +158,7 @@ class SentinelTopology:
         config = (
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {quorum}\n"
             f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {self.service} 5000\n"
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
         )
         for port in self.sentinel_ports:
             self._processes.start_server(port, "--sentinel", config=config)
@@ -169,9 +170,14 @@ class SentinelTopology:
         is in sync."""
         primary = self.primary() if self.sentinel_ports and wait else self.primary_port
         self._processes.start_server(port, *self._data, "--replicaof", "127.0.0.1",
-                                     str(primary))
+                                     str(self.link(port, primary)))
         if wait:
             self._wait_in_sync(port)
+
+    def link(self, replica: int, primary: int) -> int:
+        """The port the replica on *replica* reaches the primary on *primary* at: the
+        primary's own (a subclass may put something in between)."""
+        return primary
 
     def _wait_in_sync(self, port: int) -> None:
         poll(_answers(port, lambda client: client.info("replication")
