@@ -37,7 +37,6 @@ import http.client
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
