@@ -117,6 +117,11 @@ def test_a_password_in_a_refused_url_is_not_shown() -> None:
     assert found is not None and "topsecret" not in found
 
 
+def test_min_replicas_without_redis_is_refused() -> None:
+    with pytest.raises(ValueError, match="redis_min_replicas needs redis_url"):
+        LongpollManager(redis_min_replicas=1)
+
+
 # -- Redis Cluster: one hash slot per prefix -------------------------------------------
 
 

@@ -635,6 +635,8 @@ def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engin
     """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
     (the engine options, by name)."""
     if options["redis_url"] is None:
+        if options["redis_min_replicas"]:
+            raise ValueError("redis_min_replicas needs redis_url: replicas are Redis's")
         return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
     redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:
