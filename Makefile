@@ -72,3 +72,16 @@ FAILOVER_ARGS ?=
 .PHONY: bench-failover
 bench-failover: $(STAMP)
 	$(BIN)/python benchmarks/failover.py $(FAILOVER_ARGS)
+# The Redis engine against the in-memory engine, per request (issue 19): publish,
+# immediate subscribe, fan-out, two processes, a herd of re-polls. Needs wrk.
+# BENCH_ARGS="--compare-src /path/to/older/checkout" measures a second tree alternately.
+.PHONY: bench-redis
+bench-redis: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/redis_bench.py $(BENCH_ARGS)
+
+# A long-poll tier apart from the application (issue 19): a Flask app under flask run issues
+# subscribe tokens and publishes to Redis; wsgi-longpoll serve --workers 2 holds 10,000
+# subscribers. BENCH_ARGS="--subscribers 2000 --rounds 1" for a short run.
+.PHONY: bench-tier
+bench-tier: $(STAMP)
+	$(BIN)/python benchmarks/tier.py $(BENCH_ARGS)

@@ -64,6 +64,11 @@ setup(
         "redis": [
             "redis>=5",
         ],
+        # A C parser of Redis's replies, for redis-py and the hub's own connections.
+        "hiredis": [
+            "redis>=5",
+            "hiredis>=2",
+        ],
         # What LongpollWorker needs: gunicorn's gevent worker, which it extends, imports
         # packaging (gunicorn 22-23 required it; later versions list it, and the gevent
         # version they need, under their own [gevent] extra).

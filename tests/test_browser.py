@@ -863,3 +863,77 @@ def test_a_cross_origin_event_source_reconnects_through_cors(
     finally:
         browser.execute_script("window.source && window.source.close()")
         other.stop(5)
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "eventsource"])
+def test_a_token_function_gives_the_client_a_fresh_token_when_one_expires(
+    browser: WebDriver, transport: str
+) -> None:
+    from wsgi_longpoll.tokens import subscribe_token
+
+    secret = "browser-subscribe-secret-0123456789"
+    issued: list[str] = []
+    demo = DemoApp()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        request = Request(environ)
+        if request.path != "/token":
+            return demo(environ, start_response)
+        # The application's token view: the first token it hands out has expired already.
+        issued_at = time.time() - 120 if not issued else time.time()
+        issued.append(subscribe_token(secret, ["news"], 60, now=issued_at))
+        return Response(issued[-1])(environ, start_response)
+
+    server = Server(app=app, subscribe_secret=secret, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    try:
+        server.manager.publish("news", {"n": 1})
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        result = run_async(browser, """
+            const { LongpollClient } = await import("/static/longpoll.js");
+            const errors = [];
+            const client = new LongpollClient({
+              subscribeUrl: "/events", category: "news", cursor: 0, timeoutSeconds: 5,
+              transport: args[0], onError: (error) => errors.push(error.message),
+              token: () => fetch("/token").then((answer) => answer.text()),
+            });
+            const event = await new Promise((resolve) => {
+              client.onEvent = resolve;
+              client.start();
+            });
+            client.stop();
+            return { data: event.data, transport: client.transportInUse, errors };
+        """, transport)
+    finally:
+        server.stop(5)
+    assert result["data"] == {"n": 1}
+    assert result["transport"] == transport  # the stream was opened again, not given up
+    assert len(issued) == 2
+
+
+def test_a_token_refused_again_at_once_stops_the_client_saying_why(browser: WebDriver) -> None:
+    from wsgi_longpoll.tokens import category_forbidden, subscribe_token
+
+    secret = "browser-subscribe-secret-0123456789"
+    server = Server(app=DemoApp(), subscribe_secret=secret, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0"))
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/no-page-here")
+        result = run_async(browser, """
+            const { LongpollClient, SubscriptionRejected } = await import("/static/longpoll.js");
+            let calls = 0;
+            const client = new LongpollClient({
+              subscribeUrl: "/events", category: "news", timeoutSeconds: 5,
+              token: () => { calls += 1; return args[0]; },
+            });
+            const error = await new Promise((resolve) => {
+              client.onError = (error, delayMs) => { if (delayMs === null) resolve(error); };
+              client.start();
+            });
+            return { rejected: error instanceof SubscriptionRejected, status: error.status,
+                     serverError: error.serverError, calls, state: client.state };
+        """, subscribe_token(secret, ["sport"], 60))
+    finally:
+        server.stop(5)
+    assert result == {"rejected": True, "status": 403,
+                      "serverError": category_forbidden("news"), "calls": 2, "state": "stopped"}

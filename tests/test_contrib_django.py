@@ -422,3 +422,28 @@ def test_url_paths_come_from_the_settings(project: None) -> None:
     with override_settings(LONGPOLL={"PUBLISH_PATH": 5}), \
             pytest.raises(ImproperlyConfigured, match=r"LONGPOLL\['PUBLISH_PATH'\] must be"):
         url_paths()
+
+
+def test_subscribe_token_is_signed_with_the_setting_and_checked_by_the_view(
+        project: None) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from wsgi_longpoll.contrib.django import subscribe_token
+    from wsgi_longpoll.tokens import MISSING, TokenVerifier, category_forbidden
+
+    with pytest.raises(ImproperlyConfigured, match="SUBSCRIBE_SECRET"):
+        subscribe_token("user-ann", 60)
+    secret = "django-subscribe-secret-0123456789"
+    with override_settings(LONGPOLL={**LONGPOLL, "SUBSCRIBE_SECRET": secret}):
+        token = subscribe_token(["user-ann"], 60)
+        assert TokenVerifier([secret]).categories(token) == {"user-ann"}
+        ann = client("ann")
+        missing = subscribe(ann, "category=user-ann")
+        assert (missing.status_code, missing.json()["error"]) == (401, MISSING)
+        assert subscribe(ann, f"category=user-ann&token={token}").status_code == 200
+        bob = client("bob")  # the token names ann's channel: bob's view refuses him still
+        assert subscribe(bob, f"category=user-ann&token={token}").status_code == 403
+        refused = subscribe(ann, f"category=public&token={token}")
+        assert (refused.status_code, refused.json()["error"]) == (
+            403, category_forbidden("public"))

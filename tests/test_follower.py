@@ -1104,3 +1104,66 @@ def test_stop_ends_a_long_stream_at_once(stream_server: StreamServer) -> None:
     thread.join(5)
     assert not thread.is_alive()
     wait_until(lambda: manager.waiting_count("news") == 0)  # the connection was closed
+
+
+# -- subscribe tokens -------------------------------------------------------------------
+
+TOKEN_SECRET = "follower-subscribe-secret-01234"
+
+
+@pytest.fixture
+def tokened_server() -> Iterator[Server]:
+    server = Server(subscribe_secret=TOKEN_SECRET, access_log=False)
+    server.start(ServerInfo(address="127.0.0.1:0"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["long-polls", "stream"])
+def test_a_token_function_is_asked_again_when_the_token_expires(
+        tokened_server: Server, stream: bool) -> None:
+    from wsgi_longpoll.tokens import subscribe_token
+
+    issued: list[str] = []
+
+    def token() -> str:  # the first has expired already: refused, then a fresh one
+        ttl_from = time.time() - 120 if not issued else time.time()
+        issued.append(subscribe_token(TOKEN_SECRET, "news", 60, now=ttl_from))
+        return issued[-1]
+
+    tokened_server.manager.publish("news", "first")
+    follower = Follower(f"http://127.0.0.1:{tokened_server.port}/events", "news", start=0,
+                        timeout_seconds=2, token=token, stream=stream)
+    with follower:
+        assert next(iter(follower)).data == "first"
+    assert len(issued) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["long-polls", "stream"])
+def test_a_token_refused_again_at_once_ends_the_iteration(
+        tokened_server: Server, stream: bool) -> None:
+    from wsgi_longpoll.tokens import subscribe_token
+
+    calls: list[int] = []
+
+    def wrong_category() -> str:
+        calls.append(1)
+        return subscribe_token(TOKEN_SECRET, "other", 60)
+
+    follower = Follower(f"http://127.0.0.1:{tokened_server.port}/events", "news",
+                        timeout_seconds=2, token=wrong_category, stream=stream)
+    with follower, pytest.raises(SubscriptionRejected) as rejected:
+        next(iter(follower))
+    assert rejected.value.status_code == 403 and len(calls) == 2
+
+
+def test_a_token_string_goes_as_a_bearer_header(tokened_server: Server) -> None:
+    from wsgi_longpoll.tokens import subscribe_token
+
+    tokened_server.manager.publish("news", "hello")
+    follower = Follower(f"http://127.0.0.1:{tokened_server.port}/events", "news", start=0,
+                        timeout_seconds=2, token=subscribe_token(TOKEN_SECRET, "news", 60))
+    with follower:
+        assert next(iter(follower)).data == "hello"
+    with pytest.raises(ValueError, match="Authorization"):
+        Follower("http://127.0.0.1:1/events", "news", token="t", username="u", password="p")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import selectors
+import re
+import resource
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_until
+from fanout_client import read_answers
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware
 from wsgi_longpoll.server.gunicorn import find_middleware
@@ -88,9 +90,11 @@ class Gunicorn:
 
 @contextmanager
 def gunicorn(tmp_path: Path, app: str, *options: str,
-             env: dict[str, str] | None = None) -> Iterator[Gunicorn]:
+             env: dict[str, str] | None = None, open_files: int | None = None
+             ) -> Iterator[Gunicorn]:
     """Run ``gunicorn -k LongpollWorker -w 1`` (*options* may override both) on *app*, an
-    application of tests/ or of *tmp_path*; killed at the end if still running."""
+    application of tests/ or of *tmp_path*, under an open-files limit of *open_files* if
+    given; killed at the end if still running."""
     (tmp_path / "longpoll_app.py").write_text(APP)
     port = free_port()
     log = tmp_path / "gunicorn.log"
@@ -102,7 +106,10 @@ def gunicorn(tmp_path: Path, app: str, *options: str,
             [sys.executable, "-m", "gunicorn", "-k", WORKER, "-w", "1",
              "-b", f"127.0.0.1:{port}", "--chdir", str(tmp_path), "--log-level", "info",
              *options, app],
-            stdout=output, stderr=subprocess.STDOUT, env={**environ, **(env or {})})
+            stdout=output, stderr=subprocess.STDOUT, env={**environ, **(env or {})},
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE,
+                (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
     try:
         yield Gunicorn(process, f"http://127.0.0.1:{port}", log)
     finally:
@@ -223,6 +230,26 @@ def test_several_workers_on_the_in_memory_engine_refuse_to_boot(
     assert "Exception in worker process" not in output
 
 
+@pytest.mark.parametrize("app", ["middleware", "flask", "django"])
+def test_the_default_subscriber_cap_fits_the_open_files_limit_without_a_warning(
+    tmp_path: Path, app: str
+) -> None:
+    """Under ``ulimit -n 2048`` with gunicorn's 1,000 ``worker_connections``: the manager's
+    default cap comes from the limit, and the worker says what the limit allows, calmly."""
+    target, path = APPS[app]
+    with gunicorn(tmp_path, target, open_files=2048) as server:
+        wait_until(server.up, WAIT_SECONDS)
+        said = re.search(r"\[INFO\] up to 2048 connections at once, the open-files limit "
+                         r"\(ulimit -n\): (\d+) of them for waiting subscribers "
+                         r"\([^)]*max_waiting_subscribers[^)]*\) and the rest for requests "
+                         r"\(worker_connections is 1000\)\n", server.output())
+        assert said, server.output()
+        assert 2048 - 256 - 64 < int(said[1]) <= 2048 - 205, said[1]  # open files, headroom
+        assert "[WARNING]" not in server.output()
+        assert requests.get(f"{server.base}{path}", params={"category": "news", "timeout": 1},
+                            timeout=WAIT_SECONDS).status_code == 200
+
+
 def test_the_variable_lets_several_workers_boot_with_a_warning(tmp_path: Path) -> None:
     with gunicorn(tmp_path, APPS["flask"][0], "-w", "2", "-e",
                   "WSGI_LONGPOLL_ALLOW_MEMORY_MULTIPROCESS=1") as server:
@@ -272,29 +299,7 @@ class Polls:
 
     def answers(self, within: float) -> list[bytes]:
         """Every answer that came within *within* seconds (fewer: some did not)."""
-        selector = selectors.DefaultSelector()
-        received: dict[socket.socket, bytearray] = {}
-        for sock in self.sockets:
-            sock.setblocking(False)
-            received[sock] = bytearray()
-            selector.register(sock, selectors.EVENT_READ)
-        answers: list[bytes] = []
-        deadline = time.monotonic() + within
-        while received and time.monotonic() < deadline:
-            for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(65536)
-                except ConnectionError:
-                    data = b""
-                if data:
-                    received[sock] += data
-                    continue
-                answers.append(bytes(received.pop(sock)))
-                selector.unregister(sock)
-        selector.close()
-        return answers
+        return read_answers(self.sockets, within)
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -321,8 +326,10 @@ def test_waiting_polls_beyond_worker_connections_leave_room_to_publish(
     target, path = APPS[app]
     with gunicorn(tmp_path, target, "--worker-connections", "50") as server:
         wait_until(server.up, WAIT_SECONDS)
-        assert ("up to 50050 connections at once: 50 for requests (worker_connections) and "
-                "50000 for waiting subscribers (max_waiting_subscribers)") in server.output()
+        said = re.search(r"up to (\d+) connections at once: 50 for requests "
+                         r"\(worker_connections\) and (\d+) for waiting subscribers "
+                         r"\(max_waiting_subscribers\)", server.output())
+        assert said and int(said[1]) == 50 + int(said[2]), server.output()
         polls = Polls(server.base, path, 60)
         try:
             wait_until(lambda: server.waiting() == 60, WAIT_SECONDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -52,6 +53,7 @@ def test_stats_json_after_a_known_sequence() -> None:
     stats = response.json
     uptime = stats.pop("uptime_seconds")
     assert isinstance(uptime, float) and uptime >= 0
+    assert stats.pop("pid") == os.getpid()
     assert stats == {
         "categories": 2,
         "buffered_events": 3,

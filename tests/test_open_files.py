@@ -16,9 +16,8 @@ import pytest
 import requests
 from conftest import wait_until
 
-from wsgi_longpoll import LongpollManager, Server, ServerInfo
-from wsgi_longpoll import server as server_module
-from wsgi_longpoll.server import default_max_waiting
+from wsgi_longpoll import LongpollManager, Server, ServerInfo, limits
+from wsgi_longpoll.limits import default_max_waiting
 
 
 @pytest.mark.parametrize(("limit", "expected"), [
@@ -32,13 +31,13 @@ from wsgi_longpoll.server import default_max_waiting
 def test_default_max_waiting_leaves_headroom_besides_the_open_files(
     monkeypatch: pytest.MonkeyPatch, limit: int | None, expected: int
 ) -> None:
-    monkeypatch.setattr(server_module, "open_files_limit", lambda: limit)
-    monkeypatch.setattr(server_module, "_open_files_count", lambda: 10)
+    monkeypatch.setattr(limits, "open_files_limit", lambda: limit)
+    monkeypatch.setattr(limits, "_open_files_count", lambda: 10)
     assert default_max_waiting() == expected
 
 
 def test_the_server_uses_the_derived_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "_open_files_count", lambda: 10)  # as it starts
+    monkeypatch.setattr(limits, "_open_files_count", lambda: 10)  # as it starts
     server = Server(access_log=False)
     server.start(ServerInfo(address="127.0.0.1:0"))
     try:
@@ -50,16 +49,16 @@ def test_the_server_uses_the_derived_default(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_warning_at_start_when_set_above_the_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(server_module, "open_files_limit", lambda: 1000)
+    monkeypatch.setattr(limits, "open_files_limit", lambda: 1000)
     server = Server(access_log=False, max_waiting_subscribers=5000)
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.server"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
         server.start(ServerInfo(address="127.0.0.1:0"))
     server.stop()
     assert any("open-files limit" in record.getMessage() and "5000" in record.getMessage()
                for record in caplog.records)
     caplog.clear()
     quiet = Server(access_log=False, max_waiting_subscribers=500)
-    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll.server"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_longpoll"):
         quiet.start(ServerInfo(address="127.0.0.1:0"))
     quiet.stop()
     assert not any("open-files limit" in record.getMessage() for record in caplog.records)

@@ -353,3 +353,9 @@ def test_the_readme_lists_every_option_with_its_default() -> None:
     table = lines[start:start + len(options_table())]
     assert table == options_table(), "\n".join(["the README's table should be:",
                                                *options_table()])
+
+
+def test_a_redis_option_without_redis_url_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="redis_key_prefix needs redis_url"):
+        LongpollManager(redis_key_prefix="myapp:")
+    LongpollManager(redis_key_prefix=RedisOptions.key_prefix).close()  # the default: fine

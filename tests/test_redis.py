@@ -581,3 +581,219 @@ def test_redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing(
     assert [event["data"] for event in seen] == acknowledged  # every one, once, in order
     assert len(acknowledged) == 40
     json.dumps(seen)
+
+
+# -- issue 19: cooperative calls, group commit, reads without a round trip, gaps ----------
+
+
+def _script_calls(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+@pytest.fixture
+def engine(redis_server: RedisProcess, prefix: str) -> Iterator[Any]:
+    made = redis_engine.RedisEngine(redis_server.url, prefix)
+    yield made
+    made.close()
+
+
+def test_a_thousand_concurrent_commands_wait_for_a_pool_of_two(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    engine = redis_engine.RedisEngine(redis_server.url, prefix)
+    engine.pool_size = 2
+    try:
+        # 1,000 distinct reads at once from greenlets of the hub: none fails for want
+        # of a connection (redis-py's pool raised "Too many connections"), two are open.
+        reads = [gevent.spawn(engine.read, [f"c{number}"], 0, None) for number in range(1000)]
+        gevent.joinall(reads, timeout=60, raise_error=True)
+        assert all(read.successful() for read in reads)
+        client = redis.Redis.from_url(redis_server.url)
+        clients = client.client_list()
+        client.close()
+        assert len(clients) <= 2 + 2  # the pool's, the blocking client's and this one
+    finally:
+        engine.close()
+
+
+def test_concurrent_publishes_go_in_one_commit_and_each_gets_its_own_outcome(
+    engine: Any, redis_server: RedisProcess
+) -> None:
+    gevent.spawn(engine.append, "warm", 0).get(timeout=10)
+    engine.append("c", "first", "key-1")
+    client = redis.Redis.from_url(redis_server.url)
+    client.set(engine.stream_key("broken"), "not a stream")  # XADD fails: WRONGTYPE
+    client.close()
+    before = _script_calls(redis_server.url)
+    jobs = [gevent.spawn(engine.append, "c", number) for number in range(20)]
+    jobs.insert(5, gevent.spawn(engine.append, "c", "other", "key-1"))
+    jobs.insert(9, gevent.spawn(engine.append, "broken", "x"))
+    gevent.joinall(jobs, timeout=30)
+    assert _script_calls(redis_server.url) - before <= 3  # the first alone, then the rest
+    assert isinstance(jobs[5].exception, redis_engine.IdempotencyConflict)
+    assert isinstance(jobs[9].exception, StorageUnavailable)
+    assert "WRONGTYPE" in str(jobs[9].exception)
+    published = [job.value for job in jobs if job.successful()]
+    assert [event.data for event in published] == list(range(20))
+    assert engine.events("c") == [engine.events("c")[0], *published]
+
+
+def test_a_lone_publish_is_sent_at_once(engine: Any) -> None:
+    first = gevent.spawn(engine.append, "c", 1).get(timeout=10)
+    second = gevent.spawn(engine.append, "c", 2).get(timeout=10)
+    assert [event.data for event in engine.events("c")] == [1, 2]
+    assert (first.timestamp, first.id) != (second.timestamp, second.id)
+
+
+def test_identical_concurrent_reads_share_one_redis_call(
+    engine: Any, redis_server: RedisProcess
+) -> None:
+    engine.append("c", 1)
+    gevent.spawn(engine.read, ["c"], 0, None).get(timeout=10)  # a connection is open
+    before = _script_calls(redis_server.url)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # the first read waits for its answer
+    try:
+        reads = [gevent.spawn(engine.read, ["c"], 0, None) for _ in range(50)]
+        gevent.wait(reads, timeout=0.5)  # ... while the others come
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    gevent.joinall(reads, timeout=30, raise_error=True)
+    assert _script_calls(redis_server.url) - before == 1
+    assert all([event.data for event in read.value.events] == [1] for read in reads)
+    assert len({id(read.value.events) for read in reads}) == 50  # each its own list
+
+
+def test_a_poll_inside_what_the_reader_holds_is_answered_without_redis(
+    make_manager: Any, redis_server: RedisProcess
+) -> None:
+    manager = make_manager()
+    engine = manager.engine
+    zero = manager.publish("c", 0)
+    engine.watch(["c"], engine.read(["c"], None, None).position)  # as a waiting subscriber
+    published = [manager.publish("c", number) for number in range(3)]
+    wait_until(lambda: len(engine._reader._held["c"]) == 3, 10)  # the reader read them
+    before = _script_calls(redis_server.url)
+    first = published[0]
+    delivery = gevent.spawn(manager.subscribe, "c", 5, first.timestamp, first.id).get(timeout=10)
+    assert delivery.events == published[1:]
+    assert _script_calls(redis_server.url) == before
+    # A cursor older than what the reader holds reads Redis.
+    assert manager.subscribe("c", 5, 0).events == [zero, *published]
+    assert _script_calls(redis_server.url) > before
+    engine.unwatch(["c"])
+
+
+def test_a_reader_that_finds_events_pushed_out_unread_gives_their_category_a_gap(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    engine = redis_engine.RedisEngine(redis_server.url, prefix, max_categories=1)
+    batches: list[Any] = []
+    engine.bind(lambda batch, gaps=(): batches.append((list(batch), list(gaps))))
+    try:
+        start = engine.read(["a"], None, None).position
+        engine.append("a", "a1")
+        lost = engine.append("a", "a2")
+        engine.append("b", "b1")  # pushes "a" out, before any reader read it
+        kept = engine.append("a", "a3")  # pushes "b" out
+        engine.watch(["a"], start)
+        wait_until(lambda: batches, 10)
+        [(batch, gaps)] = batches
+        assert [event for _, event in batch] == [kept]
+        assert [gap for _, gap in gaps] == [Gap("a", lost.timestamp, lost.id)]
+    finally:
+        engine.close()
+
+
+def test_a_waiting_subscriber_gets_the_gap_of_events_dropped_before_the_reader_read_them(
+    make_manager: Any, redis_server: RedisProcess, prefix: str
+) -> None:
+    manager = make_manager(max_categories=1)
+    other = redis_engine.RedisEngine(redis_server.url, prefix, max_categories=1)  # a process
+    try:
+        subscriber = gevent.spawn(manager.subscribe, ["a"], 10)
+        wait_for_waiters(manager, 1)
+        # a1, b1 and a2 in one group commit of another process: b1 pushes "a" out with
+        # a1 in it before the reader could read a1; the reader finds a2 after it.
+        outcomes = other._commit([other._pending("a", "a1"), other._pending("b", "b1"),
+                                  other._pending("a", "a2")])
+        a1, a2 = (redis_engine.parse_position(outcome.split()[0]) for outcome in outcomes[::2])
+        delivery = subscriber.get(timeout=10)
+        assert delivery.gaps == [Gap("a", a1[0], redis_engine.event_id(a1, other._tag))]
+        assert [event.id for event in delivery.events] == [redis_engine.event_id(a2, other._tag)]
+    finally:
+        other.close()
+
+
+def test_a_redis_that_lost_its_data_gives_every_older_cursor_a_gap(
+    make_manager: Any, redis_server: RedisProcess
+) -> None:
+    manager = make_manager()
+    old = manager.publish("c", "old")
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    # Nothing published since: the cursor points beyond everything Redis holds.
+    empty = manager.subscribe(["c", "d"], 0, old.timestamp, old.id)
+    assert empty.events == []
+    assert sorted(gap.category for gap in empty.gaps) == ["c", "d"]
+    time.sleep(0.002)  # a later ms for the new epoch than the old event
+    new = manager.publish("c", "new")
+    delivery = manager.subscribe(["c", "d"], 0, old.timestamp, old.id)
+    assert delivery.events == [new]
+    assert sorted(gap.category for gap in delivery.gaps) == ["c", "d"]
+    # The cursor of the gap, and any later one, resumes without another.
+    gap = delivery.gaps[0]
+    again = manager.subscribe(["c"], 0, gap.since_time, gap.last_id)
+    assert again.events == [new] and again.gaps == []
+    assert manager.subscribe(["c"], 0, new.timestamp, new.id).gaps == []
+    client.close()
+
+
+def test_a_category_redis_cannot_name_is_a_400(make_manager: Any) -> None:
+    manager = make_manager()
+    app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
+    answer = app.post("/publish", b'{"category": "\\udfff", "data": 1}',
+                      content_type="application/json", status=400)
+    assert "lone surrogate" in answer.json["error"]
+    with pytest.raises(ValueError, match="lone surrogate"):
+        manager.publish("\udfff", 1)
+
+
+def test_a_frozen_redis_logs_a_bounded_number_of_lines(
+    redis_server: RedisProcess, prefix: str, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    server = Server(access_log=False, redis_url=redis_server.url + "?socket_timeout=0.2",
+                    redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=5))
+    manager = server.manager
+    assert redis_server.process is not None
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        parked = threading.Thread(target=requests.get, args=(
+            f"{base}/events?category=c&timeout=3",), kwargs={"timeout": 60}, daemon=True)
+        parked.start()
+        wait_until(lambda: manager.waiting_count() == 1, 10)
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            statuses = [
+                requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                              timeout=30).status_code
+                for number in range(50)
+            ]
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert set(statuses) <= {503, 504}
+        parked.join(30)
+    finally:
+        server.stop(5)
+    lines = [record for record in caplog.records if record.name.startswith("wsgi_longpoll")]
+    stderr = capfd.readouterr().err
+    assert len(lines) <= 20, [record.getMessage() for record in lines]
+    assert not any(record.exc_info for record in lines)
+    assert "Traceback" not in stderr

@@ -7,17 +7,27 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, multiprocess
 from .endpoints import EndpointOptions
 from .engines.options import EngineOptions, MemoryOptions, RedisOptions
 from .errors import EventsLost
 from .manager import ManagerOptions
 from .options import Option, convert, options_of
-from .server import FilePersistorInfo, Server, ServerInfo, ServerOptions
+from .server import (
+    FD_PREFIX,
+    FilePersistorInfo,
+    Server,
+    ServerInfo,
+    ServerOptions,
+    inherited_socket,
+    parse_address,
+)
+from .server.supervisor import REUSE_PORT, Supervisor, bind
 from .wsgi.answers import Hook
 from .wsgi.auth import bearer_token
 from .wsgi.cors import CORSOptions
@@ -29,6 +39,12 @@ logger = logging.getLogger("wsgi_longpoll.cli")
 
 #: The environment variable read for the publish token when --publish-token is not given.
 PUBLISH_TOKEN_ENV = "WSGI_LONGPOLL_PUBLISH_TOKEN"
+#: The environment variables read for the subscribe secrets when their flags are not
+#: given (the environment, unlike the process list, is not for every user to see).
+SECRET_ENVIRONMENT = {
+    "subscribe_secret": "WSGI_LONGPOLL_SUBSCRIBE_SECRET",
+    "subscribe_secret_previous": "WSGI_LONGPOLL_SUBSCRIBE_SECRET_PREVIOUS",
+}
 
 #: The help section of the flags of each class of options. Every option of
 #: :class:`ServerInfo` and :class:`ServerOptions` is a flag named after it
@@ -181,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                           f"given in the environment variable {PUBLISH_TOKEN_ENV}, which "
                           "other users cannot see in the process list")
     ops = sections[SECTIONS[ServerOptions]]
+    ops.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="serve from N processes that share the address, each with its "
+                     "own gevent hub (a supervisor restarts a worker that dies and drains "
+                     "them all on SIGTERM or SIGINT); more than 1 needs --redis-url, so "
+                     "that every process serves the same events")
     ops.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
                      help="seconds that requests in progress get to finish on shutdown")
     ops.add_argument("--log-level", default="INFO",
@@ -193,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _supervise(args)
+    server = _start(args, args.address)
+    if server is None:
+        return 1
+    _announce(args, server.port)
+    return _run(server, args)
+
+
+def _start(args: argparse.Namespace, address: str) -> Server | None:
+    """A server started on *address* as *args* say; ``None`` (logged) if it cannot start."""
     demo = None
     if args.demo:
         demo = DemoApp(
@@ -211,44 +243,116 @@ def _serve(args: argparse.Namespace) -> int:
         acknowledge_after_write=args.persist_ack_after_write,
     )
     info = server_info(args, bearer_token(token) if token else None)
+    info.address = address
     try:
         server = Server(server_options(args), app=demo)  # checks across options
         server.start(info, persistence)
     except (OSError, ValueError) as error:
         logger.error("cannot start: %s", error)
-        return 1
+        return None
+    return server
+
+
+def _announce(args: argparse.Namespace, port: int, workers: int = 1) -> None:
+    processes = f" ({workers} processes)" if workers > 1 else ""
+    publish = "no publish path" if args.publish_uri is None else f"publish at {args.publish_uri}"
+    print(
+        f"wsgi-longpoll: subscribe at http://{_display_host(args.address)}:{port}"
+        f"{args.subscription_uri}, {publish}{processes}; Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.demo:
+        print(
+            f"wsgi-longpoll: chat demo at http://{_display_host(args.address)}:{port}/",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _run(server: Server, args: argparse.Namespace,
+         parent_alive: Callable[[], bool] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM (a worker: SIGTERM, or its supervisor's end), then
+    drain; the exit status.
+
+    :param parent_alive: in a worker of ``--workers``: whether its supervisor still runs.
+        A worker ignores SIGINT (the supervisor passes a stop on as SIGTERM) and any signal
+        while it drains; a lone server restores the previous handlers as it drains, so that
+        a second Ctrl-C ends it at once.
+    """
 
     def request_shutdown(signum: int, frame: FrameType | None) -> None:
         raise _ShutdownRequested(signal.Signals(signum).name)
 
-    signals = (signal.SIGINT, signal.SIGTERM)
+    worker = parent_alive is not None
+    signals = (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, request_shutdown) for sig in signals}
-    print(
-        f"wsgi-longpoll: subscribe at http://{_display_host(args.address)}:{server.port}"
-        f"{args.subscription_uri}, publish at {args.publish_uri}; Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
-    if demo is not None:
-        print(
-            f"wsgi-longpoll: chat demo at http://{_display_host(args.address)}:{server.port}/",
-            file=sys.stderr,
-            flush=True,
-        )
     try:
         try:
-            server.serve_forever()
+            if parent_alive is None:
+                server.serve_forever()
+            else:
+                while server.running:
+                    time.sleep(Supervisor.parent_check_interval)
+                    if not parent_alive():
+                        logger.error("the supervisor is gone: stopping")
+                        break
         except _ShutdownRequested as reason:
             logger.info("%s received: draining for up to %.1f s", reason, args.shutdown_timeout)
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_IGN if worker else handler)
             server.stop(args.shutdown_timeout)
     except EventsLost as lost:
         logger.error("stopped, but %s", lost)
         return 1
     logger.info("stopped")
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``serve --workers N``: bind once, run N workers on the socket, drain them on a signal."""
+    if args.redis_url is None:
+        reason = multiprocess.several_processes_reason(f"--workers {args.workers}")
+        if not multiprocess.allowed():
+            logger.error("cannot start: %s Or set %s=1 if every process is meant to keep "
+                         "events of its own.", reason, multiprocess.ALLOW_VARIABLE)
+            return 1
+        logger.warning("%s Going on: %s is set.", reason, multiprocess.ALLOW_VARIABLE)
+    reuse_port = REUSE_PORT and not args.address.startswith(FD_PREFIX)
+    try:
+        server_options(args)  # refuse invalid options before any process starts
+        if args.address.startswith(FD_PREFIX):
+            held = inherited_socket(args.address)
+        else:
+            host, port = parse_address(args.address)
+            # With SO_REUSEPORT, the supervisor's socket only holds the port.
+            held = bind(host, port, backlog=None if reuse_port else 4096,
+                        reuse_port=reuse_port)
+    except (OSError, ValueError) as error:
+        logger.error("cannot start: %s", error)
+        return 1
+    port = held.getsockname()[1]
+
+    def work(ready: Callable[[], None]) -> int:
+        listener = bind(host, port, reuse_port=True) if reuse_port else held
+        server = _start(args, f"{FD_PREFIX}{listener.fileno()}")
+        if server is None:
+            return 1
+        ready()
+        return _run(server, args, parent_alive=supervisor.parent_alive)
+
+    supervisor = Supervisor(args.workers, work, shutdown_timeout=args.shutdown_timeout,
+                            on_ready=lambda: _announce(args, port, args.workers))
+    try:
+        status = supervisor.run()
+    finally:
+        held.close()
+    if status:
+        logger.error("stopped: a worker's exit status was %d", status)
+    else:
+        logger.info("stopped")
+    return status
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -278,9 +382,20 @@ def _display_host(address: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for item in options_of(EndpointOptions).values():
+        variable = SECRET_ENVIRONMENT.get(item.name)
+        if variable and getattr(args, item.attribute) is None and os.environ.get(variable):
+            try:
+                setattr(args, item.attribute, convert(item, os.environ[variable], variable))
+            except ValueError as error:
+                parser.error(str(error))
+    # Several processes log to one stream: each line says which.
+    process = "[%(process)d] " if args.workers > 1 else ""
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level,
+        format=f"%(asctime)s {process}%(levelname)s %(name)s: %(message)s",
     )
     return _serve(args)
 

@@ -51,6 +51,7 @@ from .protocol import (
     parse_subscribe_query,
 )
 from .sse import accepts_event_stream, parse_last_event_id, stream_start
+from .tokens import MIN_SECRET_BYTES, SubscribeTokenRejected, TokenVerifier
 
 __all__ = [
     "HOLD_KEY",
@@ -62,6 +63,7 @@ __all__ = [
     "RateLimitedLog",
     "RequestParts",
     "refusal",
+    "token_refusal",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,13 @@ HOOK_FORBIDDEN_ERROR = "Forbidden: rejected by the server's hook."
 CATEGORY_FORBIDDEN_ERROR = "Forbidden: not authorized for this category."
 
 
+def _secret_check(secret: str) -> str | None:
+    size = len(secret.encode("utf-8", "surrogateescape"))
+    if size < MIN_SECRET_BYTES:
+        return f"must be at least {MIN_SECRET_BYTES} bytes, not {size}"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class EndpointOptions:
     """The options of the long-poll endpoints, with their defaults, each defined once
@@ -134,6 +143,10 @@ class EndpointOptions:
         before it gets a ``: keep-alive`` comment, so that proxies keep it open.
     :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
         waits before it reconnects once the stream ends.
+    :param subscribe_secret: require a subscribe token signed with this secret (see
+        :mod:`wsgi_longpoll.tokens`) on every subscribe; ``None``: no token needed.
+    :param subscribe_secret_previous: a second secret whose tokens are still accepted,
+        while the secret is rotated.
     :raises TypeError: naming the option, for a value of the wrong type.
     :raises ValueError: naming the option that is out of range.
     """
@@ -163,11 +176,31 @@ class EndpointOptions:
         help="the 'retry:' that opens each stream: how long a browser waits before it "
         "reconnects once the stream ends",
     )
+    subscribe_secret: str | None = option(
+        None, metavar="SECRET", check=_secret_check, secret=True,
+        help="require on every subscribe a token signed with this secret (HMAC-SHA256, "
+        "at least 16 bytes; see wsgi_longpoll.tokens) naming the categories it may read; "
+        "None: no token needed",
+    )
+    subscribe_secret_previous: str | None = option(
+        None, metavar="SECRET", check=_secret_check, secret=True,
+        help="also accept tokens signed with this secret, while the subscribe secret is "
+        "rotated",
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
         if self.subscription_path is not None and self.subscription_path == self.publish_path:
             raise ValueError("subscription_path and publish_path must differ")
+        if self.subscribe_secret is None and self.subscribe_secret_previous is not None:
+            raise ValueError("subscribe_secret_previous is given without subscribe_secret")
+
+    def subscribe_secrets(self) -> tuple[str, ...]:
+        """The secrets a subscribe token may be signed with, the current one first; none
+        when tokens are not required."""
+        return tuple(secret for secret in (self.subscribe_secret,
+                                           self.subscribe_secret_previous)
+                     if secret is not None)
 
 
 class Answer:
@@ -239,19 +272,24 @@ class RequestParts:
     :param last_event_id: the ``Last-Event-ID`` header, or ``""``.
     :param idempotency_key: the ``Idempotency-Key`` header, or ``None``.
     :param body: a publish's whole body (the adapter enforces ``max_body_size``).
+    :param authorization: the ``Authorization`` header, or ``""``; read only where
+        subscribe tokens are required (:attr:`Endpoints.tokens`), so an adapter may leave
+        it out elsewhere.
     """
 
-    __slots__ = ("method", "query", "accept", "last_event_id", "idempotency_key", "body")
+    __slots__ = ("method", "query", "accept", "last_event_id", "idempotency_key", "body",
+                 "authorization")
 
     def __init__(self, method: str, query: str = "", accept: str = "",
                  last_event_id: str = "", idempotency_key: str | None = None,
-                 body: bytes = b"") -> None:
+                 body: bytes = b"", authorization: str = "") -> None:
         self.method = method
         self.query = query
         self.accept = accept
         self.last_event_id = last_event_id
         self.idempotency_key = idempotency_key
         self.body = body
+        self.authorization = authorization
 
 
 class RateLimitedLog:
@@ -314,6 +352,19 @@ def refusal(error: LongpollError, headers: Headers = JSON_HEADERS) -> Answer:
                         "The event store is unavailable. Try again later.", headers + _RETRY)
 
 
+_token_refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))
+_BEARER_CHALLENGE = SUBSCRIBE_HEADERS + [("WWW-Authenticate", 'Bearer realm="wsgi_longpoll"')]
+
+
+def token_refusal(error: SubscribeTokenRejected) -> Answer:
+    """The answer to a subscribe whose token was refused: 401 with a ``Bearer``
+    challenge when there was none, else 403; the JSON error says why."""
+    _token_refusals.log(logging.INFO, "answering %d: %s", error.status, error)
+    if error.status == 401:
+        return error_answer("401 Unauthorized", str(error), _BEARER_CHALLENGE)
+    return error_answer("403 Forbidden", str(error), SUBSCRIBE_HEADERS)
+
+
 C = TypeVar("C")
 
 #: A check run before a subscribe on the request *context* and a query string naming
@@ -359,6 +410,9 @@ class Endpoints(Generic[C]):
         self.before_publish = before_publish
         self.authorize_subscribe = authorize_subscribe
         self.authorize_publish = authorize_publish
+        secrets = self.options.subscribe_secrets()
+        #: Checks the subscribe tokens, when the options name a secret; else ``None``.
+        self.tokens = TokenVerifier(secrets) if secrets else None
 
     # -- subscribe ----------------------------------------------------------------------
 
@@ -388,6 +442,17 @@ class Endpoints(Generic[C]):
             return error_answer("405 Method Not Allowed", SUBSCRIBE_METHOD_ERROR, _SUBSCRIBE_405)
         if query is None:
             return error_answer("200 OK", str(query_error), SUBSCRIBE_HEADERS)
+        tokens = self.tokens
+        if tokens is not None:
+            token = query.token
+            if token is None:
+                scheme, _, credentials = request.authorization.partition(" ")
+                if scheme.lower() == "bearer":
+                    token = credentials.strip()
+            try:
+                tokens.check(token, query.categories)
+            except SubscribeTokenRejected as error:
+                return token_refusal(error)
         authorize = self.authorize_subscribe
         if authorize is not None:
             for category in query.categories:

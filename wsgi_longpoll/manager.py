@@ -34,6 +34,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .event import Event, Gap
+from .limits import MAX_DEFAULT_WAITING, default_max_waiting, warn_if_above_open_files_limit
 from .options import at_least, build, check_options, option, options_of
 from .protocol import validate_category
 
@@ -74,9 +75,11 @@ class ManagerOptions:
         110, check=at_least(0),
         help="the longest long-poll 'timeout' a client may ask for; 0 means the default",
     )
-    max_waiting_subscribers: int = option(
-        50_000, check=at_least(1),
-        help="subscribers that may wait at once; one more is refused (503)",
+    max_waiting_subscribers: int | None = option(
+        None, check=at_least(1),
+        help="subscribers that may wait at once; one more is refused (503). None: what the "
+        "open-files limit (ulimit -n) allows, less the files open and some headroom, at "
+        "most 50,000",
     )
 
     def __post_init__(self) -> None:
@@ -208,7 +211,9 @@ class LongpollManager:
         (in memory); the oldest events of all go first, with the gap signal. ``None``: no
         bound but the others.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
-        raises :class:`CapacityExceeded`.
+        raises :class:`CapacityExceeded`. ``None``: what the open-files limit allows (see
+        :func:`wsgi_longpoll.limits.default_max_waiting`); a value above that limit is
+        logged as a warning.
     :param redis_url: keep the events in Redis Streams at this URL instead of in this
         process (see :mod:`wsgi_longpoll.engines.redis` and ``docs/scaling.md``), so that
         every process and host pointed at it serves one event stream. Needs the
@@ -229,8 +234,8 @@ class LongpollManager:
 
     #: The default ``max_categories``.
     default_max_categories = MemoryOptions.max_categories
-    #: The default ``max_waiting_subscribers``.
-    default_max_waiting_subscribers = ManagerOptions.max_waiting_subscribers
+    #: The most ``max_waiting_subscribers`` is by default, however high the open-files limit.
+    default_max_waiting_subscribers = MAX_DEFAULT_WAITING
 
     def __init__(
         self,
@@ -243,7 +248,7 @@ class LongpollManager:
         engine: Engine | None = None,
         persister: Persister | None = None,
         max_categories: int = MemoryOptions.max_categories,
-        max_waiting_subscribers: int = ManagerOptions.max_waiting_subscribers,
+        max_waiting_subscribers: int | None = ManagerOptions.max_waiting_subscribers,
         max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
@@ -258,7 +263,12 @@ class LongpollManager:
             max_longpoll_timeout_seconds=max_longpoll_timeout_seconds,
             max_waiting_subscribers=max_waiting_subscribers,
         )
-        self.max_waiting_subscribers = max_waiting_subscribers
+        if max_waiting_subscribers is None:
+            max_waiting_subscribers = default_max_waiting()
+        else:
+            warn_if_above_open_files_limit(max_waiting_subscribers)
+        #: Subscribers that may wait at once; one more raises :class:`CapacityExceeded`.
+        self.max_waiting_subscribers: int = max_waiting_subscribers
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or ManagerOptions.max_longpoll_timeout_seconds
         )
@@ -352,15 +362,25 @@ class LongpollManager:
             self._events_published += 1
         return event
 
-    def deliver(self, batch: Sequence[tuple[Position, Event]]) -> None:
+    def deliver(
+        self, batch: Sequence[tuple[Position, Event]],
+        gaps: Sequence[tuple[Position, Gap]] = (),
+    ) -> None:
         """Hand each waiting subscriber the events of *batch* after its cursor.
 
-        The engine's listener: *batch* is in position order. Subscribers that are done
-        (:meth:`Subscriber.deliver` returned ``True``) are forgotten.
+        The engine's listener: *batch* is in position order. Each of *gaps* (events of
+        its category dropped before they could be delivered, the newest at its position)
+        goes to the subscribers whose cursor is older, with their next answer.
+        Subscribers that are done (:meth:`Subscriber.deliver` returned ``True``) are
+        forgotten.
         """
         finished: list[Subscriber] = []
         with self._lock:
             waiters = self._waiters
+            for position, gap in gaps:
+                for subscriber in waiters.get(gap.category, ()):
+                    if subscriber.cursor < position and gap not in subscriber.gaps:
+                        subscriber.gaps.append(gap)
             by_category: dict[str, list[tuple[Position, Event]]] = {}
             for entry in batch:
                 if entry[1].category in waiters:
@@ -635,8 +655,12 @@ def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engin
     """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
     (the engine options, by name)."""
     if options["redis_url"] is None:
-        if options["redis_min_replicas"]:
-            raise ValueError("redis_min_replicas needs redis_url: replicas are Redis's")
+        memory = options_of(MemoryOptions)
+        given = [name for name, item in options_of(RedisOptions).items()
+                 if name in options and name not in memory and options[name] != item.default]
+        if given:
+            raise ValueError(f"{', '.join(given)} needs redis_url: without it the events are "
+                             "kept in this process's memory")
         return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
     redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "declare_several_processes",
     "refusal",
     "several_processes",
+    "several_processes_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,20 @@ def several_processes() -> str | None:
     return None if _declared is None else _declared[0]
 
 
+def several_processes_reason(server: str) -> str:
+    """Why an in-memory engine does not serve where *server* (``"gunicorn -w 4"``,
+    ``"--workers 2"``) runs several processes, and what to do instead."""
+    one = "--workers 1" if server.startswith("--workers") else "gunicorn -w 1"
+    return (
+        f"{server} runs several processes, but the long-poll manager keeps its events "
+        "in this process's memory: a subscriber would only see the events published to "
+        "its own process, and a client resuming on another process would miss events. "
+        "Use the Redis engine, shared by every process (LongpollManager(redis_url=...); "
+        "--redis-url for wsgi-longpoll serve, LONGPOLL_REDIS_URL in Flask, "
+        f"LONGPOLL['REDIS_URL'] in Django; see docs/scaling.md), or one process ({one})."
+    )
+
+
 def refusal(
     managers: Iterable[LongpollManager], server: str, log: logging.Logger | None = None
 ) -> str | None:
@@ -102,14 +117,7 @@ def refusal(
     in_memory = [manager for manager in managers if isinstance(manager.engine, MemoryEngine)]
     if not in_memory:
         return None
-    reason = (
-        f"{server} runs several processes, but the long-poll manager keeps its events "
-        "in this process's memory: a subscriber would only see the events published to "
-        "its own process, and a client resuming on another process would miss events. "
-        "Use the Redis engine, shared by every process (LongpollManager(redis_url=...); "
-        "LONGPOLL_REDIS_URL in Flask, LONGPOLL['REDIS_URL'] in Django; see "
-        "docs/scaling.md), or one process (gunicorn -w 1)."
-    )
+    reason = several_processes_reason(server)
     refused = (f"{reason} If every process is meant to keep events of its own, set "
                f"{ALLOW_VARIABLE}=1.")
     permitted = allowed()

@@ -82,6 +82,8 @@ class _Spec:
     zero_means_none: bool = False
     #: Its name everywhere else when the field's own differs (``url`` is ``redis_url``).
     name: str | None = None
+    #: A secret: left out of the options object's ``repr`` (and so of logs and tracebacks).
+    secret: bool = False
     #: The class that defines it, and its name there, for a copy made by
     #: :func:`option_from`.
     source: type | None = None
@@ -97,6 +99,7 @@ def option(
     metavar: str | None = None,
     zero_means_none: bool = False,
     name: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """A dataclass field that is an option: its default and what else is known of it.
 
@@ -108,9 +111,10 @@ def option(
     :param zero_means_none: in a configuration value, ``0`` means ``None``.
     :param name: its name everywhere else when the field's differs: the keyword
         argument, the command line's ``--flag``, ``LONGPOLL_<NAME>``.
+    :param secret: a secret (a key): left out of the ``repr`` of the options object.
     """
-    spec = _Spec(help, check, tuple(aliases), metavar, zero_means_none, name)
-    return dataclasses.field(default=default, metadata={_SPEC: spec})
+    spec = _Spec(help, check, tuple(aliases), metavar, zero_means_none, name, secret)
+    return dataclasses.field(default=default, metadata={_SPEC: spec}, repr=not secret)
 
 
 def option_from(source: type, attribute: str, *, name: str | None = None,
@@ -126,7 +130,8 @@ def option_from(source: type, attribute: str, *, name: str | None = None,
         original.spec, name=name, source=original.owner, original=original.name,
         aliases=(*original.spec.aliases, *aliases),
     )
-    return dataclasses.field(default=original.default, metadata={_SPEC: spec})
+    return dataclasses.field(default=original.default, metadata={_SPEC: spec},
+                             repr=not spec.secret)
 
 
 _KINDS: dict[str, type] = {

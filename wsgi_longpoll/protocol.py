@@ -92,12 +92,15 @@ class SubscribeQuery:
     :param timeout: seconds to hold the request.
     :param since_time: epoch ms; events after it are wanted. ``None``: only new events.
     :param last_id: the last event the client has seen (canonical UUID), or ``None``.
+    :param token: the ``token`` parameter (a subscribe token, see
+        :mod:`wsgi_longpoll.tokens`), or ``None``.
     """
 
     categories: tuple[str, ...]
     timeout: int
     since_time: int | None
     last_id: str | None
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,7 @@ def parse_subscribe_query(
         if last_id is None:
             raise ProtocolError(LAST_ID_ERROR)
 
-    return SubscribeQuery(categories, timeout, since_time, last_id)
+    return SubscribeQuery(categories, timeout, since_time, last_id, params.get("token"))
 
 
 def _reject_constant(name: str) -> Any:

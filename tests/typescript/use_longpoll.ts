@@ -14,3 +14,5 @@ const inUse: "eventsource" | "longpoll" = client.transportInUse; console.log(inU
 new Backoff().delay(2);
 const e: Error = new PublishError("x", 0); const r = new SubscriptionRejected("x", 403);
 console.log(VERSION, api.LongpollClient === LongpollClient, globalThis.WsgiLongpoll.VERSION, e, r.serverError);
+const tokened = new LongpollClient({ subscribeUrl: "/events", category: "news", token: () => fetch("/token").then((answer) => answer.text()) });
+new LongpollClient({ subscribeUrl: "/events", category: "news", token: "a.b.c" }); tokened.stop();

@@ -244,6 +244,12 @@ class Follower:
         for *timeout_seconds* and sends the events as they come; then the follower
         reconnects from its cursor (``Last-Event-ID``). A gap is reported when the server
         sends it, before the events that follow it.
+    :param token: a subscribe token (see :mod:`wsgi_longpoll.tokens`), sent as
+        ``Authorization: Bearer <token>``, for a server that requires one; or a function
+        that returns one, called before the first request and again whenever the server
+        refuses the token (401 or 403: it expired), so that a follower runs for longer
+        than a token lasts. A token refused again at once ends the iteration
+        (:class:`SubscriptionRejected`).
     """
 
     #: The default long-poll timeout, in seconds: below the 60 s idle timeout of many
@@ -265,9 +271,15 @@ class Follower:
         on_gap: Callable[[GapDetected], object] | None = None,
         sleep: Callable[[float], object] | None = None,
         stream: bool = False,
+        token: str | Callable[[], str] | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a non-empty str, not {url!r}")
+        if token is not None and not (isinstance(token, str) or callable(token)):
+            raise TypeError(f"token must be a str or a function, not {token!r}")
+        if token is not None and username and password:
+            raise ValueError("a token and basic auth both need the Authorization header: "
+                             "give one of them")
         categories = _categories(category)
         if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int):
             raise TypeError(f"timeout_seconds must be an int, not {timeout_seconds!r}")
@@ -287,6 +299,12 @@ class Follower:
         #: Whether it reads streams of Server-Sent Events rather than long polls.
         self.stream = stream
         self._sleep = sleep
+        self._token_source = token
+        #: The token sent, once known.
+        self._token: str | None = token if isinstance(token, str) else None
+        #: Whether the token was just fetched again after a refusal (a second refusal
+        #: is final).
+        self._token_renewed = False
         self._owns_session = transport is None
         self._transport: Transport = requests.Session() if transport is None else transport
 
@@ -410,7 +428,9 @@ class Follower:
                 if response is None:
                     return
                 self._check(response)
-            except SubscriptionRejected:
+            except SubscriptionRejected as rejection:
+                if self._renew_token(rejection):
+                    continue
                 raise
             except (requests.RequestException, _Retryable) as error:
                 failures += 1
@@ -421,6 +441,7 @@ class Follower:
                 )
                 self._pause(delay)
                 continue
+            self._token_renewed = False
             if failures:
                 logger.info("polling %s for %s works again", self.url, self._names)
                 failures = 0
@@ -449,6 +470,7 @@ class Follower:
             reader = _StreamReader(self)
             try:
                 for message in reader.messages():
+                    self._token_renewed = False
                     if failures:
                         logger.info("streaming %s for %s works again", self.url, self._names)
                         failures = 0
@@ -463,7 +485,9 @@ class Follower:
                         yield event
                     if self._stopping:
                         return
-            except SubscriptionRejected:
+            except SubscriptionRejected as rejection:
+                if self._renew_token(rejection):
+                    continue
                 raise
             except (requests.RequestException, _Retryable) as error:
                 self._start_from_stream(reader.parser)
@@ -482,6 +506,29 @@ class Follower:
             # The server ended the stream (its timeout, or it drains): reconnect at once.
             self._start_from_stream(reader.parser)
             failures = 0
+
+    def _renew_token(self, rejection: SubscriptionRejected) -> bool:
+        """Whether a fresh token is worth a try after *rejection*: it refused the token
+        (401, 403), the token comes from a function, and it was not just fetched."""
+        source = self._token_source
+        if (rejection.status_code not in (401, 403) or not callable(source)
+                or self._token_renewed):
+            return False
+        logger.info("the server refused the subscribe token (%s): fetching another",
+                    rejection.error or f"HTTP {rejection.status_code}")
+        self._token = None
+        self._token_renewed = True
+        return True
+
+    def _header(self) -> dict[str, str]:
+        """The request headers: *header*'s, and the token's."""
+        fields = _header_fields(self.header)
+        source = self._token_source
+        if source is not None:
+            if self._token is None and callable(source):
+                self._token = source()
+            fields["Authorization"] = f"Bearer {self._token}"
+        return fields
 
     def _start_from_stream(self, parser: SSEParser) -> None:
         """Started from now with nothing handed out: go on from where the stream started
@@ -518,7 +565,7 @@ class Follower:
         params: list[tuple[str, str | int]] = [("category", first)]
         params.extend(("categories", category) for category in more)
         params.append(("timeout", self.timeout_seconds))
-        fields = _header_fields(self.header)
+        fields = self._header()
         fields["Accept"] = EVENT_STREAM
         fields["Cache-Control"] = "no-cache"
         cursor = self._cursor
@@ -547,13 +594,14 @@ class Follower:
     def _poll(self) -> SubscriptionResponse | None:
         """One long poll, in a daemon thread; ``None`` if :meth:`stop` came first."""
         request = self._subscription_request()
+        header: Header | None = self._header() if self._token_source is not None else self.header
         outcome: list[SubscriptionResponse | BaseException] = []
 
         def send() -> None:
             result: SubscriptionResponse | BaseException
             try:
                 result = subscription(
-                    self.url, self.header, request, self.username, self.password,
+                    self.url, header, request, self.username, self.password,
                     self._transport,
                 )
             except BaseException as error:  # handed to the waiting thread

@@ -34,6 +34,10 @@ manager is given): every option of the package under its one name, as
 ``LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS``, ``LONGPOLL_MAX_EVENT_BUFFER_SIZE``, ...
     The manager's and its engine's options; ``LONGPOLL_REDIS_URL`` keeps the events in
     Redis (extra ``[redis]``), shared by every worker.
+``LONGPOLL_SUBSCRIBE_SECRET``, ``LONGPOLL_SUBSCRIBE_SECRET_PREVIOUS``
+    Require a signed subscribe token on every subscribe, and issue them with
+    :meth:`LongPoll.subscribe_token` (see :mod:`wsgi_longpoll.tokens`): for a long-poll
+    tier apart from the application, the application may serve no long poll at all.
 ``LONGPOLL_CORS_ORIGINS``, ``LONGPOLL_CORS_ALLOW_HEADERS``, ...
     Let pages of other origins subscribe and publish (see
     :class:`~wsgi_longpoll.wsgi.cors.CORSOptions`).
@@ -61,9 +65,10 @@ defaults (127.0.0.1:5000, werkzeug's reloader in debug mode)::
 
 from __future__ import annotations
 
+import datetime
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,6 +84,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from ..event import Event
 from ..manager import LongpollManager
 from ..options import Option
+from ..tokens import subscribe_token
 from ..wsgi.middleware import LongpollMiddleware
 from . import _devserver
 from ._common import (
@@ -238,6 +244,33 @@ class LongPoll:
         Usable from views, CLI commands and background work alike.
         """
         return self.manager.publish(category, data)
+
+    def subscribe_token(self, categories: str | Iterable[str],
+                        ttl: float | datetime.timedelta, *, subject: str | None = None) -> str:
+        """A token that lets its holder subscribe to *categories* for *ttl* (seconds or a
+        :class:`~datetime.timedelta`), signed with ``LONGPOLL_SUBSCRIBE_SECRET`` of the
+        current application (or the only one).
+
+        Hand it to the page (the browser client's ``token`` option) or to a
+        :class:`~wsgi_longpoll.client.Follower`; a long-poll tier run with the same
+        secret (``wsgi-longpoll serve --subscribe-secret``), and this extension's own
+        subscribe view, let it read those categories and no other until it expires. See
+        :func:`wsgi_longpoll.tokens.subscribe_token`.
+
+        :param subject: who it is for (the ``sub`` claim), for your own logs.
+        :raises RuntimeError: if ``LONGPOLL_SUBSCRIBE_SECRET`` is not set.
+        """
+        if has_app_context():
+            state = self._state(current_app._get_current_object())  # type: ignore[attr-defined]
+        elif len(self._apps) == 1:
+            state = next(iter(self._apps.values()))
+        else:
+            raise RuntimeError("LongPoll.subscribe_token needs an application context (or "
+                               "exactly one application set up with init_app)")
+        secret = state.middleware.options.subscribe_secret
+        if secret is None:
+            raise RuntimeError("set LONGPOLL_SUBSCRIBE_SECRET to issue subscribe tokens")
+        return subscribe_token(secret, categories, ttl, subject=subject)
 
     # -- authorization ----------------------------------------------------------------
 

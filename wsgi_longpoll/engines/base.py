@@ -15,9 +15,9 @@ import hashlib
 import heapq
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..event import Event, Gap
 
@@ -35,9 +35,16 @@ __all__ = [
 #: Positions compare as tuples; ``(0, 0)`` comes before every event.
 Position = tuple[int, int]
 
-#: What an engine calls with live events: ``(position, event)`` pairs in position order
-#: across every category of the batch.
-Listener = Callable[[Sequence[tuple[Position, Event]]], None]
+class Listener(Protocol):
+    """What an engine calls with live events: ``(position, event)`` pairs in position order
+    across every category of the batch; and *gaps*, ``(position, gap)`` pairs: the newest
+    event a category dropped before it could be delivered (a shared engine's reader found
+    it gone), for the subscribers whose cursor is older."""
+
+    def __call__(
+        self, batch: Sequence[tuple[Position, Event]],
+        gaps: Sequence[tuple[Position, Gap]] = (),
+    ) -> None: ...
 
 
 def merge_by_position(

@@ -32,14 +32,19 @@ import json
 import logging
 import os
 import random
+import ssl
 import uuid
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import gevent
+import gevent.ssl
 import redis
+from gevent.event import AsyncResult
 from gevent.event import Event as GeventEvent
+from gevent.hub import Waiter
 from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -53,6 +58,7 @@ from ..errors import (
     StorageUnavailable,
 )
 from ..event import Event, Gap, encode_json
+from ..protocol import ProtocolError
 from .base import (
     Engine,
     Listener,
@@ -63,9 +69,20 @@ from .base import (
     merge_by_position,
 )
 from .options import RedisOptions
+from .redis_connections import (
+    Address,
+    CommandFailed,
+    ConnectFailed,
+    CooperativePool,
+    RedisConnection,
+    ReplyError,
+    SentinelPrimary,
+    read_only,
+)
 from .redis_url import SentinelURL, describe, parse_sentinel_url
 
-__all__ = ["RedisEngine", "cut_batch", "event_id", "hash_tagged", "stream_position"]
+__all__ = ["RedisEngine", "cooperative_address", "cut_batch", "epoch_floor", "event_id",
+           "hash_tagged", "stream_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,71 +108,120 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: counter hash, category set, stream, floor, idempotency key.
-# ARGV: category, data, buffer size, time to live in ms (0: none), max categories,
-#       prefix of the streams, prefix of the floors, idempotency window in ms, digest of
-#       the data (hex; empty for a key of our own).
-# Returns the entry id, then a space and the digest of the data stored with the key.
+# KEYS: counter hash, category set, then for each event its stream, floor and
+#       idempotency key.
+# ARGV: buffer size, time to live in ms (0: none), max categories, prefix of the streams,
+#       prefix of the floors, idempotency window in ms, then for each event its category,
+#       data and the digest of the data (hex; empty for a key of our own).
+# Returns one outcome per event, in order: the entry id, a space and the digest of the
+# data stored with the key; or "!" and the error that refused this event alone (each event
+# runs in a pcall, so one that Redis refuses fails alone, and the others are stored). A
+# known key is written again (same value, same expiry), so that a WAIT after the call
+# covers a retried event too.
+# Each entry holds its data (d), the epoch of the counter (e: the ms at which the counter
+# was made; a Redis that lost its data makes a new one) and the id of the entry before it
+# in the stream (p, or the floor when the stream was emptied): a reader that finds p
+# newer than what it read knows that events were dropped before it could read them.
 _PUBLISH = _EXPIRE + """
-local known = redis.call('GET', KEYS[5])
-if known then
-  -- written again (same value and expiry) so that a WAIT after this call covers the event
-  redis.call('SET', KEYS[5], known, 'KEEPTTL')
-  return known
+local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_categories, window = tonumber(ARGV[3]), ARGV[6]
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = string.format('%d', clock)
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
-local ttl = tonumber(ARGV[4])
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+local function remember(key, value)
   if ttl > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
-  end
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-    -- push out the category published to least recently; its floor keeps the gap signal
-    local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-    local stream = ARGV[6] .. idle
-    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    if #newest > 0 then
-      if ttl > 0 then
-        redis.call('SET', ARGV[7] .. idle, newest[1][1], 'PX', 2 * ttl)
-      else
-        redis.call('SET', ARGV[7] .. idle, newest[1][1])
-      end
-    end
-    redis.call('DEL', stream)
-    redis.call('ZREM', KEYS[2], idle)
-  end
-end
-local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
-if clock > ms then ms = clock end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms))
-if ttl > 0 then expire(KEYS[3], KEYS[4], clock - ttl, ttl) end
-local size = tonumber(ARGV[3])
-local length = redis.call('XLEN', KEYS[3])
-if length >= size then
-  local dropped = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', length - size + 1)
-  if ttl > 0 then
-    redis.call('SET', KEYS[4], dropped[#dropped][1], 'PX', 2 * ttl)
+    redis.call('SET', key, value, 'PX', 2 * ttl)
   else
-    redis.call('SET', KEYS[4], dropped[#dropped][1])
+    redis.call('SET', key, value)
   end
 end
-local id = string.format('%d-%d', ms, seq)
-redis.call('XADD', KEYS[3], 'MAXLEN', size, id, 'd', ARGV[2])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[3], 2 * ttl) end
-redis.call('ZADD', KEYS[2], clock, ARGV[1])
-local remembered = id .. ' ' .. ARGV[9]
-redis.call('SET', KEYS[5], remembered, 'PX', ARGV[8])
-return remembered
+local function publish(category, data, digest, stream, floor, idempotency)
+  local known = redis.call('GET', idempotency)
+  if known then
+    redis.call('SET', idempotency, known, 'KEEPTTL')
+    return known
+  end
+  if not redis.call('ZSCORE', KEYS[2], category) then
+    if ttl > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
+    end
+    if redis.call('ZCARD', KEYS[2]) >= max_categories then
+      -- push out the category published to least recently; its floor keeps the gap signal
+      local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+      local pushed = ARGV[4] .. idle
+      local newest = redis.call('XREVRANGE', pushed, '+', '-', 'COUNT', 1)
+      if #newest > 0 then remember(ARGV[5] .. idle, newest[1][1]) end
+      redis.call('DEL', pushed)
+      redis.call('ZREM', KEYS[2], idle)
+    end
+  end
+  local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+  if clock > ms then ms = clock end
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms))
+  if ttl > 0 then expire(stream, floor, clock - ttl, ttl) end
+  local length = redis.call('XLEN', stream)
+  local previous = ''
+  if length >= size then
+    local dropped = redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)
+    remember(floor, dropped[#dropped][1])
+  end
+  if length > 0 then
+    previous = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1][1]
+  else
+    previous = redis.call('GET', floor) or ''
+  end
+  local id = string.format('%d-%d', ms, seq)
+  redis.call('XADD', stream, 'MAXLEN', size, id, 'd', data, 'e', epoch, 'p', previous)
+  if ttl > 0 then redis.call('PEXPIRE', stream, 2 * ttl) end
+  redis.call('ZADD', KEYS[2], clock, category)
+  local remembered = id .. ' ' .. digest
+  redis.call('SET', idempotency, remembered, 'PX', window)
+  return remembered
+end
+local outcomes = {}
+for i = 1, (#ARGV - 6) / 3 do
+  local k, a = 3 * i, 3 * i + 4
+  local ok, outcome = pcall(publish, ARGV[a], ARGV[a + 1], ARGV[a + 2],
+                            KEYS[k], KEYS[k + 1], KEYS[k + 2])
+  if ok then
+    outcomes[i] = outcome
+  else
+    if type(outcome) == 'table' then outcome = outcome.err or 'error' end
+    outcomes[i] = '!' .. tostring(outcome)
+  end
+end
+return outcomes
+"""
+
+# KEYS: counter hash.
+# ARGV: the ms and seq of the newest event this process saw (published or read).
+# A counter behind that event (a failover to a replica that had not received it, a
+# restart that lost the last writes) means acknowledged events are lost: a new epoch,
+# after every position given out before, so that every cursor from before gets a gap;
+# the counter moves past the lost events, so that other processes do not count them
+# again. Returns the epoch ('' for none).
+_RESUME = _EXPIRE + """
+local counter = redis.call('HMGET', KEYS[1], 'ms', 'seq', 'epoch')
+local ms, seq = tonumber(counter[1] or '0'), tonumber(counter[2] or '0')
+local seen_ms, seen_seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+if seq >= seen_seq then return counter[3] or '' end
+local epoch = math.max(clock, seen_ms + 2, tonumber(counter[3] or '0') + 1)
+redis.call('HSET', KEYS[1], 'epoch', string.format('%d', epoch),
+           'ms', string.format('%d', math.max(ms, epoch)), 'seq', string.format('%d', seen_seq))
+return string.format('%d', epoch)
 """
 
 # KEYS: counter hash, then the streams, then their floors.
 # ARGV: start id (XRANGE form), time to live in ms (0: none), how many streams.
-# Returns the counter's position, then for each stream its entries and its floor.
+# Returns the counter's position and epoch, then for each stream its entries and its floor.
 _READ = _EXPIRE + """
 local ttl = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
-local position = redis.call('HMGET', KEYS[1], 'ms', 'seq')
-local result = {(position[1] or '0') .. '-' .. (position[2] or '0')}
+local position = redis.call('HMGET', KEYS[1], 'ms', 'seq', 'epoch')
+local result = {(position[1] or '0') .. '-' .. (position[2] or '0'), position[3] or ''}
 for i = 1, count do
   local stream, floor = KEYS[1 + i], KEYS[1 + count + i]
   if ttl > 0 then expire(stream, floor, clock - ttl, ttl) end
@@ -212,6 +278,12 @@ def stream_position(event_id_text: str, tag: int) -> Position | None:
     return value >> 80, value & _SEQ_MASK
 
 
+def epoch_floor(epoch: bytes | str) -> Position:
+    """The position just before the first event of *epoch* (a counter made at that ms):
+    every cursor older than it was given out by a Redis whose data are lost."""
+    return (max(int(epoch) - 1, 0), 0)
+
+
 def hash_tagged(prefix: bytes) -> bytes:
     """*prefix* as the start of every key of the engine: in a hash tag (``{prefix}``), so
     that Redis Cluster keeps all of them in one slot.
@@ -227,6 +299,161 @@ def hash_tagged(prefix: bytes) -> bytes:
 def _in_hub_greenlet() -> bool:
     """Whether the caller is a greenlet run by a gevent hub (not a thread's own flow)."""
     return get_hub_if_exists() is not None and gevent.getcurrent().parent is not None
+
+
+def cooperative_address(client: redis.Redis) -> Address:
+    """Where the hub's own connections go: the address of redis-py's *client* (made from
+    the URL by :meth:`RedisEngine._connect`), for :class:`RedisConnection`. For a client
+    of Sentinel's primary, all but the host and port (:class:`SentinelPrimary` finds
+    them)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    context = None
+    if issubclass(pool.connection_class, redis.SSLConnection):
+        context = gevent.ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+        requirement = kwargs.get("ssl_cert_reqs", "required")
+        if requirement in ("none", None) or requirement == ssl.CERT_NONE:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context.check_hostname = bool(kwargs.get("ssl_check_hostname", True))
+    return Address(
+        host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
+        path=kwargs.get("path"), db=int(kwargs.get("db", 0) or 0),
+        username=kwargs.get("username"), password=kwargs.get("password"),
+        ssl_context=context, timeout=float(kwargs.get("socket_timeout") or 5.0),
+        connect_timeout=float(kwargs.get("socket_connect_timeout") or 5.0),
+    )
+
+
+class _Script:
+    """A Lua script, run by its SHA1 (and loaded again when Redis forgot it)."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode("utf-8")
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+_LEAD = object()
+
+
+class _Append:
+    """One event waiting for its group commit."""
+
+    __slots__ = ("category", "key", "digest", "keys", "args", "size", "waiter", "lead")
+
+    def __init__(self, category: str, key: str, digest: str, keys: list[bytes],
+                 args: list[Any], size: int) -> None:
+        self.category = category
+        #: The idempotency key, and the digest of the data sent with it.
+        self.key = key
+        self.digest = digest
+        self.keys = keys
+        self.args = args
+        self.size = size
+        self.waiter: Waiter[Any] | None = None
+        self.lead = False
+
+
+class _HubState:
+    """What the greenlets of one hub share: their connections, the appends waiting for a
+    group commit, and the reads in progress (identical ones share one call)."""
+
+    def __init__(self, engine: RedisEngine) -> None:
+        self.engine = engine
+        self.pool = CooperativePool(
+            engine._new_connection, engine.pool_size, engine._address.timeout,
+            engine._lost,
+        )
+        self.hub = self.pool.hub
+        self.queue: list[_Append] = []
+        self.committing = False
+        self.reads: dict[Any, AsyncResult[Any]] = {}
+
+    def commit(self, item: _Append) -> Any:
+        """Publish *item* in the next group commit; its outcome (a reply or an error).
+
+        The first append when none is in progress goes at once; those that come while a
+        commit is in progress wait and go together in the next one, led by the first of
+        them.
+        """
+        if self.committing:
+            item.waiter = Waiter(self.hub)
+            self.queue.append(item)
+            try:
+                outcome = item.waiter.get()
+            except BaseException:  # killed while waiting: never strand the leadership
+                if item in self.queue:
+                    self.queue.remove(item)
+                    if item.lead:
+                        self._hand_off()
+                raise
+            if outcome is not _LEAD:
+                return outcome
+        else:
+            self.committing = True
+            self.queue.append(item)
+        batch = self._take()
+        try:
+            outcomes: list[Any] = self.engine._commit(batch, self.pool)
+        except BaseException as error:
+            unknown = OutcomeUnknown(f"the group commit was interrupted ({error!r}): the "
+                                     "event may have been published")
+            outcomes = [unknown] * len(batch)
+            raise
+        finally:
+            callback = self.hub.loop.run_callback
+            for other, outcome in zip(batch, outcomes, strict=True):
+                if other is not item and other.waiter is not None:
+                    callback(other.waiter.switch, outcome)
+            self._hand_off()
+        return outcomes[batch.index(item)]
+
+    def _take(self) -> list[_Append]:
+        queue = self.queue
+        engine = self.engine
+        count = size = 0
+        for pending in queue:
+            if count and (count >= engine.max_commit_events
+                          or size + pending.size > engine.max_commit_bytes):
+                break
+            count += 1
+            size += pending.size
+        batch = queue[:count]
+        del queue[:count]
+        return batch
+
+    def _hand_off(self) -> None:
+        if self.queue:
+            following = self.queue[0]
+            following.lead = True
+            assert following.waiter is not None
+            self.hub.loop.run_callback(following.waiter.switch, _LEAD)
+        else:
+            self.committing = False
+
+    def shared(self, key: Any, read: Callable[[], T]) -> T:
+        """``read()``, or the outcome of the identical read in progress."""
+        pending = self.reads.get(key)
+        if pending is not None:
+            return pending.get()  # type: ignore[no-any-return]
+        result: AsyncResult[Any] = AsyncResult()
+        self.reads[key] = result
+        try:
+            value = read()
+        except Exception as error:
+            result.set_exception(error)
+            raise
+        except BaseException:
+            result.set_exception(StorageUnavailable("the read was interrupted"))
+            raise
+        else:
+            result.set(value)
+            return value
+        finally:
+            del self.reads[key]
 
 
 class RedisEngine(Engine):
@@ -245,8 +472,12 @@ class RedisEngine(Engine):
         process that shares the prefix; a new one beyond pushes out the category
         published to least recently.
     :param min_replicas: :meth:`append` returns only once this many replicas of the
-        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`), so
-        that a failover to one of them cannot lose it.
+        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`, one
+        ``WAIT`` per group commit), so that a failover to one of them cannot lose it.
+
+    Commands from a greenlet of a gevent hub go on that hub's own connections
+    (:mod:`.redis_connections`: cooperative, at most :attr:`pool_size` of them, a caller
+    beyond waits); commands from any other thread go through redis-py.
     """
 
     #: Seconds a Redis command may take before it fails with :class:`StorageUnavailable`.
@@ -255,6 +486,12 @@ class RedisEngine(Engine):
     block_ms = 5000
     #: The longest pause between reconnection attempts of the reader, in seconds.
     max_backoff = 5.0
+    #: The most connections to Redis each hub opens; a command beyond waits for one.
+    pool_size = 32
+    #: The most events one group commit carries ...
+    max_commit_events = 256
+    #: ... and the most bytes of their data (one bigger event goes alone).
+    max_commit_bytes = 1 << 20
     #: Seconds :meth:`append` waits for ``min_replicas`` replicas to confirm an event.
     replica_timeout = 1.0
 
@@ -293,13 +530,36 @@ class RedisEngine(Engine):
         self._floor_prefix = prefix + b"f:"
         self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._read_script = self._client.register_script(_READ)
-        self._counts_script = self._client.register_script(_COUNTS)
+        self._address = cooperative_address(self._client)
+        sentinel_url = parse_sentinel_url(url)
+        #: Where the hub's connections find the primary, for a ``redis+sentinel://`` URL.
+        self._sentinel = None if sentinel_url is None else SentinelPrimary(
+            [Address(host, port, password=sentinel_url.sentinel_password,
+                     timeout=self._address.timeout,
+                     connect_timeout=self._address.connect_timeout)
+             for host, port in sentinel_url.sentinels],
+            sentinel_url.service_name, self._address,
+        )
+        self._where = describe(url) if sentinel_url is not None else str(self._address)
+        #: The newest position this process published or read, and whether a new
+        #: connection should check that Redis still has it (after a lost connection).
+        self._newest: Position = (0, 0)
+        self._recheck = False
+        self._resume_script = _Script(_RESUME)
+        self._publish_script = _Script(_PUBLISH)
+        self._read_script = _Script(_READ)
+        self._counts_script = _Script(_COUNTS)
+        self._hubs: weakref.WeakKeyDictionary[Any, _HubState] = weakref.WeakKeyDictionary()
+        self._hubs_lock = _allocate_lock()
+        #: The epoch of the counter last seen (see :func:`epoch_floor`).
+        self.epoch: bytes | None = None
         self._reader: _Reader | None = None
 
     @staticmethod
     def _connect(url: str, timeout: float) -> redis.Redis:
+        """redis-py's client for *url*: the reader's, and the one of callers on threads
+        without a hub. The hub's own connections go to the same address
+        (:func:`cooperative_address`)."""
         # One quick retry on a fresh connection (a pooled one may be stale after a Redis
         # restart, or a failover), no backoff: an unreachable Redis is reported, not
         # waited out.
@@ -312,13 +572,67 @@ class RedisEngine(Engine):
             return _sentinel_primary(sentinel_url, options)
         return redis.Redis.from_url(url, **options)
 
+    def _new_connection(self) -> RedisConnection:
+        """A new connection of a hub's pool: to the primary the sentinels name, or to the
+        URL's Redis; after a lost connection, first checked with :meth:`_resume`."""
+        try:
+            if self._sentinel is not None:
+                connection = self._sentinel.connect()
+            else:
+                connection = RedisConnection(self._address)
+        except ConnectFailed:
+            self._recheck = True
+            raise
+        if self._recheck:
+            try:
+                self._resume(lambda *args: connection.call(*args))
+            except (CommandFailed, ReplyError) as error:
+                connection.close()
+                raise ConnectFailed(f"connecting to {connection.address}: {error}") from error
+        return connection
+
+    def _lost(self) -> None:
+        """A connection failed, or Redis answered ``READONLY``: the next one asks the
+        sentinels again, and checks that Redis kept what this process saw."""
+        self._recheck = True
+        if self._sentinel is not None:
+            self._sentinel.forget()
+
+    def _resume(self, call: Callable[..., Any]) -> None:
+        """Check, with *call*, that the Redis connected to now holds the newest event this
+        process saw; if not (a failover to a replica that was behind, a restart that lost
+        writes), start a new epoch, so that every cursor from before gets a gap."""
+        newest = self._newest
+        if newest != (0, 0):
+            keys, args = [self._counter_key], [newest[0], newest[1]]
+            try:
+                epoch = call("EVALSHA", self._resume_script.sha, 1, *keys, *args)
+            except (ReplyError, redis.ResponseError) as error:
+                if not _no_script(error):
+                    raise
+                epoch = call("EVAL", self._resume_script.source, 1, *keys, *args)
+            if epoch:
+                if epoch != self.epoch and self.epoch is not None:
+                    logger.warning(
+                        "Redis at %s lacks events this process saw (a failover to a replica "
+                        "that was behind, or a restart): every cursor from before gets a gap",
+                        self._where)
+                self.epoch = epoch
+        self._recheck = False
+
+    def _note(self, position: Position) -> None:
+        """Remember *position* if it is the newest this process knows Redis had (see
+        :meth:`_resume`)."""
+        if position > self._newest:
+            self._newest = position
+
     # -- keys and events ----------------------------------------------------------------
 
     def stream_key(self, category: str) -> bytes:
-        return self._stream_prefix + category.encode("utf-8", "surrogateescape")
+        return self._stream_prefix + _category_bytes(category)
 
     def _floor_key(self, category: str) -> bytes:
-        return self._floor_prefix + category.encode("utf-8", "surrogateescape")
+        return self._floor_prefix + _category_bytes(category)
 
     def category_of(self, stream_key: bytes) -> str:
         return stream_key[len(self._stream_prefix):].decode("utf-8", "surrogateescape")
@@ -327,6 +641,10 @@ class RedisEngine(Engine):
         """Build the event stored as entry *entry_id* of *category*'s stream."""
         position = parse_position(entry_id)
         return Event(position[0], category, event_id(position, self._tag), json.loads(fields[b"d"]))
+
+    def gap(self, category: str, floor: Position) -> Gap:
+        """The gap signal of *category* whose newest dropped event stood at *floor*."""
+        return Gap(category, floor[0], event_id(floor, self._tag))
 
     def start_position(self, since_time: int, last_id: str | None) -> Position:
         """The position just before the first event after the cursor ``(since_time, last_id)``.
@@ -342,24 +660,68 @@ class RedisEngine(Engine):
 
     # -- commands ---------------------------------------------------------------------
 
-    def _call(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a Redis command, off the hub's thread when the hub's sockets would block."""
+    def _hub_state(self) -> _HubState | None:
+        """The calling hub's connections, or ``None`` off any hub (redis-py then)."""
+        if not _in_hub_greenlet():
+            return None
+        hub = get_hub_if_exists()
+        state = self._hubs.get(hub)
+        if state is None:
+            with self._hubs_lock:
+                state = self._hubs.get(hub)
+                if state is None:
+                    state = self._hubs[hub] = _HubState(self)
+        return state
+
+    def _call(self, *args: Any, writes: bool = False, pool: CooperativePool | None = None,
+              then: tuple[Any, ...] | None = None) -> Any:
+        """Run one Redis command: cooperatively from a hub's greenlet, else by redis-py.
+        With *then*, that command follows on the same connection, sent with the first:
+        both replies come back, an error reply as an exception instance.
+
+        :raises StorageUnavailable: naming Redis's address and what failed.
+        :raises OutcomeUnknown: with *writes*, if the command was sent and not answered.
+        """
+        if pool is None:
+            state = self._hub_state()
+            pool = state.pool if state is not None else None
         try:
-            if not is_module_patched("socket") and _in_hub_greenlet():
-                hub = get_hub_if_exists()
-                assert hub is not None
-                return hub.threadpool.apply(function, args)  # type: ignore[no-any-return]
-            return function(*args)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if pool is not None:
+                return pool.call(*args) if then is None else pool.pipeline(args, then)
+            if then is not None:
+                with self._client.pipeline(transaction=False) as pipeline:
+                    pipeline.execute_command(*args)  # type: ignore[no-untyped-call]
+                    pipeline.execute_command(*then)  # type: ignore[no-untyped-call]
+                    return pipeline.execute(raise_on_error=False)
+            return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except ConnectFailed as error:
             raise StorageUnavailable(
-                f"Redis at {self._safe_url()} is unavailable: {error}"
-            ) from error
+                f"Redis at {self._where} is unavailable: {error}") from error
+        except (CommandFailed, redis.ConnectionError, redis.TimeoutError) as error:
+            if writes and (isinstance(error, CommandFailed) or not _not_sent(error)):
+                raise OutcomeUnknown(
+                    f"Redis at {self._where} did not confirm the event in time: it may "
+                    "have been published"
+                ) from error
+            raise StorageUnavailable(
+                f"Redis at {self._where} is unavailable: {error}") from error
+        except (ReplyError, redis.ResponseError) as error:
+            if _no_script(error):
+                raise
+            raise StorageUnavailable(f"Redis at {self._where} refused: {error}") from error
+
+    def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
+              writes: bool = False, pool: CooperativePool | None = None) -> Any:
+        """Run *script* by its SHA1, loading it first if Redis does not know it."""
+        try:
+            return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
+                              writes=writes, pool=pool)
+        except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
+            return self._call("EVAL", script.source, len(keys), *keys, *args,
+                              writes=writes, pool=pool)
 
     def _safe_url(self) -> str:
-        kwargs = self._client.connection_pool.connection_kwargs
-        if "host" not in kwargs:  # a Sentinel's primary, or a Unix socket
-            return describe(self.url)
-        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        return self._where
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; return once Redis has acknowledged the ``XADD``.
@@ -367,14 +729,39 @@ class RedisEngine(Engine):
         A new category beyond ``max_categories`` pushes out the category published to
         least recently (its floor keeps the gap signal). Every append carries an
         idempotency key (a fresh one when none is given), so that the client's own retry
-        of a command whose answer was lost cannot store the event twice.
+        of a command whose answer was lost cannot store the event twice. Appends made
+        from one hub while a commit is in progress go to Redis together, in the next
+        one (a group commit); each has its own outcome.
 
         :raises TypeError: if *data* cannot be encoded as JSON.
+        :raises ValueError: if *category* cannot be a Redis key (a lone surrogate).
         :raises IdempotencyConflict: if *idempotency_key* stands for other data in
             *category*; nothing was published.
         :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
         :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
+        item = self._pending(category, data, idempotency_key)
+        state = self._hub_state()
+        outcome = self._commit([item])[0] if state is None else state.commit(item)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome.startswith(b"!"):
+            raise StorageUnavailable(
+                f"Redis at {self._where} refused the event: "
+                f"{outcome[1:].decode('utf-8', 'replace')}"
+            )
+        entry_id, _, remembered = outcome.partition(b" ")
+        if remembered and remembered.decode("ascii") != item.digest:
+            raise IdempotencyConflict(item.key, category)
+        position = parse_position(entry_id)
+        if position > self._newest:
+            self._newest = position
+        return Event(position[0], category, event_id(position, self._tag), data)
+
+    def _pending(self, category: str, data: Any, idempotency_key: str | None = None
+                 ) -> _Append:
+        """The append of *data* to *category*, ready for a group commit."""
+        name = _category_bytes(category)
         encoded = encode_json(data)
         digest = ""  # none for a key of our own: it is never sent twice
         if idempotency_key is None:
@@ -382,59 +769,82 @@ class RedisEngine(Engine):
         else:
             digest = data_digest(data).hex()
         key = self._idempotency_prefix + hashlib.sha256(
-            category.encode("utf-8", "surrogateescape") + b"\0"
-            + idempotency_key.encode("utf-8", "surrogateescape")
+            name + b"\0" + idempotency_key.encode("utf-8", "surrogateescape")
         ).hexdigest().encode("ascii")
-        keys = [self._counter_key, self._categories_key, self.stream_key(category),
-                self._floor_key(category), key]
-        args = [category.encode("utf-8", "surrogateescape"), encoded,
-                self.max_event_buffer_size, self._ttl_ms, self.max_categories,
-                self._stream_prefix, self._floor_prefix,
-                int(self.idempotency_window_seconds * 1000), digest]
-        replicas = None
-        try:
-            if self.min_replicas:
-                reply, replicas = self._call(self._publish_and_wait, keys, args)
-            else:
-                reply = self._call(self._publish_script, keys, args)
-        except StorageUnavailable as error:
-            # Failing to connect is "not published"; a command sent and not answered, or
-            # a connection lost while waiting for the answer, may have been carried out.
-            if not _not_sent(error.__cause__):
-                raise OutcomeUnknown(
-                    f"Redis at {self._safe_url()} did not confirm the event in time: it may "
-                    "have been published"
-                ) from error.__cause__
-            raise
-        entry_id, _, remembered = reply.partition(b" ")
-        if remembered and remembered.decode("ascii") != digest:
-            raise IdempotencyConflict(idempotency_key, category)
-        if replicas is not None and replicas < self.min_replicas:
-            raise ReplicationIncomplete(
-                replicas, self.min_replicas, self.replica_timeout, self._safe_url()
-            )
-        position = parse_position(entry_id)
-        return Event(position[0], category, event_id(position, self._tag), data)
+        return _Append(
+            category, idempotency_key, digest,
+            [self._stream_prefix + name, self._floor_prefix + name, key],
+            [name, encoded, digest], len(encoded),
+        )
 
-    def _publish_and_wait(self, keys: list[Any], args: list[Any]) -> tuple[Any, int]:
-        """Run the publish script, then ``WAIT`` on the same connection for
+    def _commit(self, batch: list[_Append], pool: CooperativePool | None = None) -> list[Any]:
+        """Publish *batch* in one call of the publish script: one outcome per event, a
+        reply (``bytes``) or the error that every event of the batch got."""
+        keys = [self._counter_key, self._categories_key]
+        args: list[Any] = [self.max_event_buffer_size, self._ttl_ms, self.max_categories,
+                           self._stream_prefix, self._floor_prefix,
+                           int(self.idempotency_window_seconds * 1000)]
+        for item in batch:
+            keys += item.keys
+            args += item.args
+        replicas = None
+        for attempt in (1, 2):
+            try:
+                if self.min_replicas:
+                    reply, replicas = self._publish_and_wait(keys, args, pool)
+                else:
+                    reply = self._eval(self._publish_script, keys, args, writes=True,
+                                       pool=pool)
+            except StorageUnavailable as error:
+                return [error] * len(batch)
+            outcomes = list(reply)
+            if attempt == 1 and any(read_only(outcome) for outcome in outcomes):
+                # A primary demoted to a replica (a failover) wrote nothing: once more,
+                # where the sentinels say the primary is now.
+                self._demoted(pool)
+                continue
+            break
+        if replicas is not None and replicas < self.min_replicas:
+            # Every event this call stored is unconfirmed: one WAIT covered the group.
+            short = ReplicationIncomplete(replicas, self.min_replicas, self.replica_timeout,
+                                          self._where)
+            for index, (item, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+                if outcome.startswith(b"!"):
+                    continue
+                remembered = outcome.partition(b" ")[2]
+                if not remembered or remembered.decode("ascii") == item.digest:
+                    outcomes[index] = short
+        return outcomes
+
+    def _publish_and_wait(self, keys: list[bytes], args: list[Any],
+                          pool: CooperativePool | None) -> tuple[Any, int]:
+        """Run the publish script, then ``WAIT`` on the same connection (sent with it) for
         :attr:`min_replicas` replicas to have what it wrote: the script's reply, and how
         many replicas confirmed."""
         wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
         script = self._publish_script
-        for attempt in (1, 2):
-            with self._client.pipeline(transaction=False) as pipeline:
-                pipeline.evalsha(script.sha, len(keys), *keys, *args)
-                pipeline.execute_command(*wait)  # type: ignore[no-untyped-call]
-                reply, replicas = pipeline.execute(raise_on_error=False)
-            if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
-                self._client.script_load(script.script)  # nothing was written: run again
-                continue
-            for result in (reply, replicas):
-                if isinstance(result, Exception):
-                    raise result
-            break
+        for run in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            reply, replicas = self._call(*run, len(keys), *keys, *args, writes=True,
+                                         pool=pool, then=wait)
+            if not isinstance(reply, Exception):
+                break
+            if run[0] == "EVALSHA" and _no_script(reply):
+                continue  # nothing was written: once more with the script's source
+            if read_only(reply):
+                self._demoted(pool)
+            raise StorageUnavailable(f"Redis at {self._where} refused: {reply}") from reply
+        if isinstance(replicas, Exception):  # stored, not confirmed
+            logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
+            replicas = 0
         return reply, int(replicas)
+
+    def _demoted(self, pool: CooperativePool | None) -> None:
+        """The primary was demoted to a replica: forget the connections to it."""
+        if pool is not None:
+            pool.reset()
+        else:
+            self._client.connection_pool.disconnect()
+            self._lost()
 
     def bind(self, listener: Listener) -> None:
         self._listener = listener
@@ -442,49 +852,106 @@ class RedisEngine(Engine):
     def read(
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
     ) -> ReadResult:
+        for category in categories:
+            _category_bytes(category)
+        reader = self._reader
+        if reader is not None and reader.pid != os.getpid():  # a forked copy
+            reader = None
         if since_time is None:
             # "Now" is where the reader stands in every category it follows already: no
             # round trip for the thousands of subscribers that park on a busy category.
-            reader = self._reader
             now = None
-            if reader is not None and reader.pid == os.getpid():  # not a forked copy
+            if reader is not None:
                 now = reader.newest_position(categories)
             if now is None:
-                now = self._read(categories, None, None)[2]
+                now = self._shared_read(categories, None, None)[2]
             return ReadResult(position=now)
-        events, gaps, now = self._read(categories, since_time, last_id)
+        if reader is not None and not self._ttl_ms:
+            # A cursor inside what the reader holds: answered from this process.
+            start = self.start_position(since_time, last_id)
+            held = reader.held_after(categories, start)
+            if held is not None:
+                events, position = held
+                return ReadResult(events, [], max(position, start))
+        events, gaps, now = self._shared_read(categories, since_time, last_id)
         return ReadResult(events, gaps, max(now, self.start_position(since_time, last_id)))
 
-    def _read(
+    def _shared_read(
         self, categories: Sequence[str], since_time: int | None, last_id: str | None
     ) -> tuple[list[Event], list[Gap], Position]:
+        """:meth:`_read`, shared by the identical reads of a hub's greenlets in progress."""
+        state = self._hub_state()
+        if state is None:
+            return self._read(categories, since_time, last_id)
+        events, gaps, now = state.shared(
+            (tuple(categories), since_time, last_id),
+            lambda: self._read(categories, since_time, last_id, state.pool),
+        )
+        return list(events), list(gaps), now
+
+    def _read(
+        self, categories: Sequence[str], since_time: int | None, last_id: str | None,
+        pool: CooperativePool | None = None,
+    ) -> tuple[list[Event], list[Gap], Position]:
         """The events after the cursor, the gaps, and the position of the newest event
-        published anywhere. Without *since_time*, only the position is asked for."""
+        published anywhere. Without *since_time*, only the position is asked for.
+
+        A cursor that names an event of a Redis that has lost its data since (an older
+        epoch of the counter, or a position beyond the counter) gets a gap in every
+        category, and the events of the new epoch.
+        """
         if since_time is None:
             categories = ()
             start = (0, 0)
         else:
             start = self.start_position(since_time, last_id)
+        now, epoch, entries = self._read_streams(categories, start, pool)
+        gaps = []
+        seen = None if last_id is None else stream_position(last_id, self._tag)
+        lost: Position | None = None
+        if since_time is not None and seen is not None and seen > (0, 0):
+            if seen > now:
+                lost = now
+            elif epoch and seen < epoch_floor(epoch):
+                lost = epoch_floor(epoch)
+        if lost is not None:
+            gaps = [self.gap(category, lost) for category in categories]
+            if lost < start:
+                now, epoch, entries = self._read_streams(categories, lost, pool)
+            since_time, last_id = lost[0], event_id(lost, self._tag)
+        runs = []
+        for category, (run, floor) in zip(categories, entries, strict=True):
+            runs.append(run)
+            if floor and since_time is not None and self._missed(
+                parse_position(floor), since_time, last_id
+            ):
+                gaps.append(self.gap(category, parse_position(floor)))
+        return [event for _, event in merge_by_position(runs)], gaps, now
+
+    def _read_streams(
+        self, categories: Sequence[str], start: Position, pool: CooperativePool | None
+    ) -> tuple[Position, bytes, list[tuple[list[tuple[Position, Event]], bytes]]]:
+        """The counter's position and epoch, and each category's entries after *start*
+        with its floor."""
         keys = [self._counter_key]
         keys += [self.stream_key(category) for category in categories]
         keys += [self._floor_key(category) for category in categories]
         first = f"({start[0]}-{start[1]}" if start != (0, 0) else "-"
-        reply = self._call(self._read_script, keys, [first, self._ttl_ms, len(categories)])
+        reply = self._eval(self._read_script, keys, [first, self._ttl_ms, len(categories)],
+                           pool=pool)
         now = parse_position(reply[0])
-        runs = []
-        gaps = []
+        self._note(now)
+        epoch = reply[1]
+        if epoch:
+            self.epoch = epoch
+        found = []
         for index, category in enumerate(categories):
-            entries, floor = reply[1 + 2 * index], reply[2 + 2 * index]
-            runs.append([
+            entries, floor = reply[2 + 2 * index], reply[3 + 2 * index]
+            found.append(([
                 (parse_position(entry_id), self.event(category, entry_id, _fields(fields)))
                 for entry_id, fields in entries
-            ])
-            if floor and since_time is not None and self._missed(
-                parse_position(floor), since_time, last_id
-            ):
-                position = parse_position(floor)
-                gaps.append(Gap(category, position[0], event_id(position, self._tag)))
-        return [event for _, event in merge_by_position(runs)], gaps, now
+            ], floor))
+        return now, epoch, found
 
     def _missed(self, floor: Position, since_time: int, last_id: str | None) -> bool:
         """Whether the cursor had not seen the event *floor* (the newest one dropped)."""
@@ -502,14 +969,14 @@ class RedisEngine(Engine):
 
     def counts(self) -> tuple[int, int]:
         """``(categories, buffered events)`` across every process sharing the prefix."""
-        reply = self._call(
+        reply = self._eval(
             self._counts_script, [self._categories_key],
             [self._stream_prefix, self._floor_prefix, self._ttl_ms],
         )
         return int(reply[0]), int(reply[1])
 
     def check(self) -> None:
-        self._call(self._client.ping)
+        self._call("PING")
 
     # -- the reader -------------------------------------------------------------------
 
@@ -531,21 +998,31 @@ class RedisEngine(Engine):
         if reader is not None:
             reader.unwatch(categories)
 
-    def _deliver(self, batch: list[tuple[Position, Event]]) -> None:
+    def _deliver(self, batch: list[tuple[Position, Event]],
+                 gaps: list[tuple[Position, Gap]]) -> None:
         if self._listener is not None:
-            self._listener(batch)
+            if gaps:
+                self._listener(batch, gaps)
+            else:  # a listener of its own may take the batch alone
+                self._listener(batch)
 
     def close(self) -> None:
         """Stop the reader and close the connections."""
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()
+        with self._hubs_lock:
+            states = list(self._hubs.values())
+            self._hubs.clear()
+        for state in states:
+            state.pool.close()
         _close(self._client)
 
 
 def _sentinel_primary(url: SentinelURL, options: dict[str, Any]) -> redis.Redis:
-    """A client of the primary the sentinels of *url* name: each new connection asks them
-    where it is, so that after a failover the client writes to the promoted replica."""
+    """redis-py's client of the primary the sentinels of *url* name: each new connection
+    asks them where it is, so that after a failover the client writes to the promoted
+    replica."""
     timeouts = {name: value for name in ("socket_timeout", "socket_connect_timeout")
                 if (value := getattr(url, name)) is not None}
     options = {**options, **timeouts}
@@ -567,9 +1044,32 @@ def _close(client: redis.Redis) -> None:
         sentinels.close()
 
 
+def _no_script(error: BaseException) -> bool:
+    """Whether the Redis *error* is ``NOSCRIPT`` (a script Redis does not know)."""
+    return isinstance(error, redis.exceptions.NoScriptError) or str(error).startswith(
+        "NOSCRIPT")
+
+
 def _not_sent(error: BaseException | None) -> bool:
-    """Whether the Redis *error* means the command never reached Redis (no connection)."""
-    return isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
+    """Whether the Redis *error* means the command never reached Redis: no connection,
+    no primary named by the sentinels, or a primary demoted to a replica (``READONLY``)."""
+    return (isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
+            or "previous master is now a slave" in str(error))
+
+
+def _category_bytes(category: str) -> bytes:
+    """*category* as it is named in Redis keys (a query string's undecodable bytes as
+    they came).
+
+    :raises ValueError: for a category Redis cannot name: a lone surrogate from a JSON
+        escape (``"\\udfff"``), which no byte string stands for uniquely.
+    """
+    try:
+        return category.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            "category must be valid UTF-8 to be kept in Redis: it holds a lone surrogate"
+        ) from None
 
 
 def _fields(fields: Any) -> dict[bytes, bytes]:
@@ -581,12 +1081,25 @@ def _fields(fields: Any) -> dict[bytes, bytes]:
 class _Reader:
     """One per process: blocks in ``XREAD`` on the streams that have local watchers.
 
-    Each stream is read from the oldest position watched on it. Each ``XREAD`` reply
-    goes to the engine's listener as one batch in position order across streams; when
-    a stream's reply was cut at ``count`` entries, the batch ends at the lowest position
-    such a stream reached, and the rest is read again next time, so that a subscriber
-    of several categories, whose one cursor moves to the newest event handed to it,
-    never skips an event another stream holds below that cursor.
+    Each stream is read from the oldest position watched on it. A blocking ``XREAD``
+    only says that something came (Redis 6 answers it with the one stream it woke on);
+    the entries are read by a ``XREAD`` that does not block, which reads every stream
+    at one instant. Each reply goes to the engine's listener as one batch in position
+    order across streams; when a stream's reply was cut at ``count`` entries, the batch
+    ends at the lowest position such a stream reached, and the rest is read again next
+    time, so that a subscriber of several categories, whose one cursor moves to the
+    newest event handed to it, never skips an event another stream holds below that
+    cursor.
+
+    Each entry names the one before it in its stream and the epoch of the counter: an
+    entry whose predecessor the reader never read (pushed out of a category, trimmed
+    before it could be read) or of another epoch (a Redis that lost its data) comes with
+    a gap for its category, which the listener hands to the subscribers that had not
+    seen it.
+
+    The reader also keeps the newest events of each category it follows (at most the
+    buffer size), with the position from which it holds every one: a read whose cursor
+    is inside is answered from them (:meth:`held_after`), without Redis.
     """
 
     #: Entries read per stream in one ``XREAD``.
@@ -598,23 +1111,49 @@ class _Reader:
         self._lock = _allocate_lock()
         #: For each watched stream, the position the next ``XREAD`` starts after.
         self._positions: dict[str, Position] = {}
+        #: For each watched stream, the position up to which it has been read.
+        self._through: dict[str, Position] = {}
+        #: For each watched stream, the newest events read, and the position from which
+        #: the reader holds every one (``None``: not known).
+        self._held: dict[str, list[tuple[Position, Event]]] = {}
+        self._held_from: dict[str, Position | None] = {}
+        #: For each watched stream, the epoch of the counter its entries had.
+        self._epochs: dict[str, bytes | None] = {}
         self._watchers = WatchCounts()
         self._generation = 0
         self._stopped = False
         self._started = False
         self._client_id: int | None = None
+        self._connections = 0
         self._client = engine._connect(engine.url, engine.socket_timeout + engine.block_ms / 1000)
-        self._unblocker = engine._client
         self._patched = is_module_patched("socket")
         self._work: Any = GeventEvent() if self._patched else _ThreadEvent()
 
     def newest_position(self, categories: Sequence[str]) -> Position | None:
         """The newest position read in *categories*, if every one of them is followed."""
         with self._lock:
-            known = [self._positions.get(category) for category in categories]
+            known = [self._through.get(category) for category in categories]
         if None in known:
             return None
         return max(known)  # type: ignore[type-var]
+
+    def held_after(
+        self, categories: Sequence[str], start: Position
+    ) -> tuple[list[Event], Position] | None:
+        """The events held after *start* in *categories*, and the position to wait from
+        if there are none; ``None`` unless the reader holds every event after *start*."""
+        runs = []
+        with self._lock:
+            through = []
+            for category in categories:
+                held_from = self._held_from.get(category)
+                if held_from is None or start < held_from:
+                    return None
+                through.append(self._through[category])
+                held = self._held[category]
+                if held and held[-1][0] > start:
+                    runs.append([entry for entry in held if entry[0] > start])
+        return [event for _, event in merge_by_position(runs)], min(through)
 
     def watch(self, categories: Sequence[str], after: Position) -> int | None:
         """Follow *categories* from *after* on.
@@ -623,10 +1162,16 @@ class _Reader:
             for the new positions to be read.
         """
         restart = False
+        epoch = self.engine.epoch
         with self._lock:
             self._watchers.add(categories)
             for category in categories:
                 known = self._positions.get(category)
+                if known is None:
+                    self._through[category] = after
+                    self._held[category] = []
+                    self._held_from[category] = after
+                    self._epochs[category] = epoch
                 if known is None or after < known:
                     self._positions[category] = after
                     restart = True
@@ -645,6 +1190,10 @@ class _Reader:
         with self._lock:
             for category in self._watchers.remove(categories):
                 self._positions.pop(category, None)
+                self._through.pop(category, None)
+                self._held.pop(category, None)
+                self._held_from.pop(category, None)
+                self._epochs.pop(category, None)
 
     def interrupt(self, target: int) -> None:
         """End the ``XREAD`` in progress until the reader has reached generation *target*
@@ -654,9 +1203,7 @@ class _Reader:
                 return
             client_id = self._client_id
             try:
-                if client_id is not None and self.engine._call(
-                    self._unblocker.client_unblock, client_id
-                ):
+                if client_id is not None and self.engine._call("CLIENT", "UNBLOCK", client_id):
                     return
             except StorageUnavailable:
                 return  # the reader is reconnecting, and will read the new positions
@@ -668,26 +1215,50 @@ class _Reader:
         client_id = self._client_id
         if client_id is not None:
             with contextlib.suppress(redis.RedisError):
-                self._unblocker.client_unblock(client_id)
+                self.engine._client.client_unblock(client_id)
 
     def _run(self) -> None:
         backoff = 0.05
+        failures = 0
         while not self._stopped:
             try:
                 if self._client_id is None:
-                    self._client_id = int(self._client.client_id())
+                    self._connected()
                 self._read_once()
                 backoff = 0.05
+                if failures:
+                    logger.warning("reading from Redis again after %d failures", failures)
+                    failures = 0
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 self._client_id = None
                 pause = random.uniform(0, backoff)  # full jitter
-                logger.warning("reading from Redis failed (%s); retrying in %.2f s", error, pause)
+                failures += 1
+                if failures == 1 or backoff >= self.engine.max_backoff:
+                    # the first failure, then about one line per max_backoff seconds
+                    logger.warning("reading from Redis failed (%s); retrying", error)
                 _sleep(pause)
                 backoff = min(backoff * 2, self.engine.max_backoff)
             except Exception:  # never let the reader die: the waiters depend on it
                 logger.exception("the Redis reader failed; retrying")
                 _sleep(1.0)
         _close(self._client)
+
+    def _connected(self) -> None:
+        """A new connection: check the epoch, which a Redis that lost its data changed."""
+        first = self._client_id is None and not self._connections
+        self._client_id = int(self._client.client_id())
+        self._connections += 1
+        if not first:  # perhaps another Redis (a failover), or one restarted
+            self.engine._resume(self._client.execute_command)
+        epoch: Any = self._client.hget(self.engine._counter_key, "epoch")
+        if not first and (epoch is None or epoch != self.engine.epoch):
+            # Events may be lost, unseen: hold nothing older than what is read next.
+            with self._lock:
+                for category in self._held_from:
+                    self._held_from[category] = None
+                    self._held[category] = []
+        if epoch is not None:
+            self.engine.epoch = epoch
 
     def _read_once(self) -> None:
         engine = self.engine
@@ -702,24 +1273,71 @@ class _Reader:
         streams: dict[Any, Any] = {
             engine.stream_key(category): f"{ms}-{seq}" for category, (ms, seq) in starts.items()
         }
-        reply: Any = self._client.xread(streams, count=self.count, block=engine.block_ms)
+        reply: Any = self._client.xread(streams, count=self.count)
         if not reply:
+            # Wait for something to come; then read every stream at one instant.
+            self._client.xread(streams, count=1, block=engine.block_ms)
             return
         runs = {}
+        gaps: list[tuple[Position, Gap]] = []
+        epochs = self._epochs
         for stream_key, entries in reply:
             category = engine.category_of(stream_key)
-            runs[category] = [
-                (parse_position(entry_id), engine.event(category, entry_id, fields))
-                for entry_id, fields in entries
-            ]
+            run = []
+            before = starts[category]
+            for entry_id, fields in entries:
+                position = parse_position(entry_id)
+                epoch = fields.get(b"e")
+                if epoch is not None:
+                    known = epochs.get(category)
+                    if known is not None and known != epoch:  # Redis lost its data
+                        gaps.append((epoch_floor(epoch), engine.gap(category, epoch_floor(epoch))))
+                        engine.epoch = epoch
+                    epochs[category] = epoch
+                previous = fields.get(b"p")
+                if previous:
+                    floor = parse_position(previous)
+                    if floor > before:  # entries were dropped before they could be read
+                        gaps.append((floor, engine.gap(category, floor)))
+                run.append((position, engine.event(category, entry_id, fields)))
+                before = position
+            runs[category] = run
         batch, reached = cut_batch(runs, self.count)
+        high = batch[-1][0] if batch else None
+        if high is not None:
+            engine._note(high)
+        size = engine.max_event_buffer_size
         with self._lock:
+            for floor, gap in gaps:
+                category = gap.category
+                if category in self._held_from:
+                    self._held_from[category] = floor
+                    self._held[category] = []
             # Move on only where nobody asked for an older position meanwhile.
             for category, position in reached.items():
                 if self._positions.get(category) == starts[category]:
                     self._positions[category] = position
-        if batch:
-            engine._deliver(batch)
+            for category, run in runs.items():
+                held = self._held.get(category)
+                if held is None or not run:
+                    continue
+                held_from = self._held_from[category]
+                if held_from is None:  # known again from the first entry read
+                    held_from = self._held_from[category] = run[0][0]
+                newest = held[-1][0] if held else held_from
+                held += [entry for entry in run if entry[0] > newest and (
+                    high is None or entry[0] <= high)]
+                if len(held) > size:
+                    self._held_from[category] = held[-size - 1][0]
+                    del held[:-size]
+            if high is not None:
+                for category, start in starts.items():
+                    through = self._through.get(category)
+                    if through is not None and start <= through < high:
+                        self._through[category] = high
+        gaps = [(floor, gap) for floor, gap in gaps if high is None or floor <= high]
+        if batch or gaps:
+            engine._deliver(batch, gaps)
 
 
 def cut_batch(

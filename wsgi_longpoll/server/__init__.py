@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from gevent.pool import Pool
 from ..endpoints import EndpointOptions
 from ..engines.options import MemoryOptions, RedisOptions
 from ..errors import EventsLost
+from ..limits import default_max_waiting, open_files_limit
 from ..manager import LongpollManager, ManagerOptions
 from ..options import at_least, check_options, more_than, option, option_from, subset
 from ..wsgi.answers import not_found
@@ -49,11 +51,13 @@ if TYPE_CHECKING:
     from ..engines.persist import FilePersister
 
 __all__ = [
+    "FD_PREFIX",
     "FilePersistorInfo",
     "Server",
     "ServerInfo",
     "ServerOptions",
     "default_max_waiting",
+    "inherited_socket",
     "open_files_limit",
     "parse_address",
 ]
@@ -67,6 +71,8 @@ class ServerInfo:
 
     :param address: ``":8080"`` (every interface), ``"127.0.0.1:8080"`` or
         ``"[::1]:8080"``; port 0 picks a free port (see :attr:`Server.port`).
+        ``"fd://3"`` serves a listening socket the process inherited as file descriptor
+        3 (gunicorn's form; each worker of ``wsgi-longpoll serve --workers`` gets one).
     :param timeout_seconds: the longest ``timeout`` a subscriber may ask for; 0 means 110.
     :param subscription_uri: the path of the subscribe endpoint (GET); ``None`` turns it
         off (the application's own views answer long polls: the Flask extension's and
@@ -119,6 +125,34 @@ class FilePersistorInfo:
     acknowledge_after_write: bool = False
 
 
+#: What an address that names an inherited socket starts with (``fd://3``).
+FD_PREFIX = "fd://"
+
+
+def inherited_socket(address: str) -> socket.socket:
+    """The listening socket *address* (``fd://N``) names, on a descriptor of its own.
+
+    :raises ValueError: if *address* is not ``fd://`` and a number, or the descriptor is
+        not a listening TCP socket.
+    """
+    number = address[len(FD_PREFIX):]
+    if not number.isdigit():
+        raise ValueError(f"invalid address {address!r}: expected fd:// and a number")
+    try:
+        sock = socket.socket(fileno=os.dup(int(number)))
+    except OSError as error:
+        raise ValueError(f"invalid address {address!r}: {error.strerror}") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.close()
+        raise ValueError(f"invalid address {address!r}: not a listening TCP socket")
+    sock.setblocking(False)  # shared with other processes: an accept that lost the race
+    return sock              # must not block
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """Split a Go-style listen address into ``(host, port)``; ``""`` is every interface.
 
@@ -135,61 +169,6 @@ def parse_address(address: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"invalid address {address!r}: port must be 0-65535")
     return host, port
-
-
-#: File descriptors kept free of parked polls, besides those open when the server starts:
-#: the connections of every other request (``/healthz``, ``/stats``, publishes, refused
-#: subscribers), files and Redis connections opened later.
-OPEN_FILES_HEADROOM = 256
-
-
-def open_files_limit() -> int | None:
-    """The soft limit on open file descriptors, or ``None`` if there is none."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def _open_files_count() -> int:
-    """How many file descriptors the process has open (0 where that cannot be read)."""
-    for directory in ("/proc/self/fd", "/dev/fd"):
-        try:
-            return max(len(os.listdir(directory)) - 1, 0)  # less the listing's own
-        except OSError:
-            continue
-    return 0
-
-
-def default_max_waiting() -> int:
-    """The default ``max_waiting_subscribers``: what the open-files limit allows (each
-    waiting subscriber holds a socket), less the descriptors open already and
-    :data:`OPEN_FILES_HEADROOM` (a tenth of the limit when that is small), and no more
-    than :attr:`LongpollManager.default_max_waiting_subscribers`.
-
-    So with every subscriber slot taken, the headroom is left for other requests: a
-    refused subscriber's connection (closed after its 503), ``/healthz``, ``/stats``.
-    """
-    default = LongpollManager.default_max_waiting_subscribers
-    limit = open_files_limit()
-    if limit is None:
-        return default
-    headroom = min(OPEN_FILES_HEADROOM, max(limit // 10, 1))
-    return max(1, min(default, limit - _open_files_count() - headroom))
-
-
-def warn_if_above_open_files_limit(max_waiting_subscribers: int) -> bool:
-    """Log a warning if *max_waiting_subscribers* cannot all hold a socket; whether it did."""
-    limit = open_files_limit()
-    if limit is None or max_waiting_subscribers < limit:
-        return False
-    logger.warning(
-        "max_waiting_subscribers is %d but the open-files limit (ulimit -n) is %d: "
-        "connections beyond it will be refused; raise the limit or lower the option",
-        max_waiting_subscribers, limit)
-    return True
 
 
 def _seconds(duration: float | datetime.timedelta) -> float:
@@ -234,6 +213,9 @@ class ServerOptions:
     :param sse_keepalive_seconds: how often an idle Server-Sent Events stream gets a
         keep-alive comment.
     :param sse_retry_ms: the ``retry:`` a stream tells browsers to wait before reconnecting.
+    :param subscribe_secret: require on every subscribe a token signed with this secret
+        (a long-poll tier apart from the application: see :mod:`wsgi_longpoll.tokens`).
+    :param subscribe_secret_previous: also accept tokens signed with this one (rotation).
     :param cors_origins: origins whose pages may use the endpoints across origins
         (see :class:`~wsgi_longpoll.wsgi.cors.CORSMiddleware`); empty: none.
     :param cors_allow_credentials: let those pages send cookies and HTTP authentication.
@@ -274,17 +256,16 @@ class ServerOptions:
     max_categories_per_request: int = option_from(EndpointOptions, "max_categories_per_request")
     sse_keepalive_seconds: float = option_from(EndpointOptions, "sse_keepalive_seconds")
     sse_retry_ms: int = option_from(EndpointOptions, "sse_retry_ms")
+    subscribe_secret: str | None = option_from(EndpointOptions, "subscribe_secret")
+    subscribe_secret_previous: str | None = option_from(
+        EndpointOptions, "subscribe_secret_previous")
     # CORS's.
     cors_origins: tuple[str, ...] = option_from(CORSOptions, "origins")
     cors_allow_credentials: bool = option_from(CORSOptions, "allow_credentials")
     cors_allow_headers: tuple[str, ...] = option_from(CORSOptions, "allow_headers")
     cors_max_age: int = option_from(CORSOptions, "max_age")
     # The server's own.
-    max_waiting_subscribers: int | None = option(
-        None, check=at_least(1),
-        help="subscribers that may wait at once (more: 503); None: the open-files limit "
-        "(ulimit -n) less some headroom, at most the manager's default",
-    )
+    max_waiting_subscribers: int | None = option_from(ManagerOptions, "max_waiting_subscribers")
     access_log: bool = option(True, help="log each request")
     header_timeout: float | None = option(
         30.0, check=more_than(0), zero_means_none=True,
@@ -387,7 +368,12 @@ class Server:
         with self._lock:
             if self.running:
                 raise RuntimeError("the server is already running; stop it first")
-            host, port = parse_address(server_info.address)
+            address = server_info.address
+            inherited = address.startswith(FD_PREFIX)
+            if inherited:
+                inherited_socket(address).close()  # refuse a wrong one here, at once
+            else:
+                host, port = parse_address(address)
             if server_info.timeout_seconds < 0:
                 raise ValueError("timeout_seconds must be 0 (the default, 110) or more")
             options = self.options
@@ -400,14 +386,12 @@ class Server:
                     options.delete_event_after_first_retrieval,
                     persister=persister,
                     max_categories=options.max_categories,
-                    max_waiting_subscribers=(options.max_waiting_subscribers
-                                             or default_max_waiting()),
+                    max_waiting_subscribers=options.max_waiting_subscribers,
                     max_buffered_bytes=options.max_buffered_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
                     redis_min_replicas=options.redis_min_replicas,
                 )
-                warn_if_above_open_files_limit(manager.max_waiting_subscribers)
                 middleware = LongpollMiddleware(
                     options.app or not_found,
                     manager,
@@ -419,6 +403,8 @@ class Server:
                     max_categories_per_request=options.max_categories_per_request,
                     sse_keepalive_seconds=options.sse_keepalive_seconds,
                     sse_retry_ms=options.sse_retry_ms,
+                    subscribe_secret=options.subscribe_secret,
+                    subscribe_secret_previous=options.subscribe_secret_previous,
                 )
                 router = self._make_router(middleware, manager, server_info)
                 limits = Limits(header_timeout=options.header_timeout,
@@ -426,8 +412,9 @@ class Server:
 
                 def make_server() -> HTTPServer:
                     # Built in the thread whose hub serves it: gevent objects belong to a hub.
+                    listener = inherited_socket(address) if inherited else (host, port)
                     return HTTPServer(
-                        (host, port), router, limits, access_log=options.access_log,
+                        listener, router, limits, access_log=options.access_log,
                         spawn=Pool(),  # a pool lets stop() wait for, then end, the handlers
                     )
 

@@ -38,9 +38,10 @@ from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped
 
 from .. import multiprocess
 from ..errors import MemoryEngineInSeveralProcesses
-from ..manager import LongpollManager, live_managers
+from ..limits import default_max_waiting, open_files_limit
+from ..manager import live_managers
 from ..wsgi.middleware import LongpollMiddleware
-from . import ServerOptions, open_files_limit
+from . import ServerOptions
 from .http import HTTPServer, Limits
 from .lifecycle import stop_serving
 from .longpoll import LongpollRouter
@@ -149,27 +150,30 @@ class LongpollWorker(GeventWorker):  # type: ignore[misc]
         """The most connections served at once: ``worker_connections`` for requests and
         keep-alive connections, plus every subscriber the application's managers let wait
         (their ``max_waiting_subscribers``; more are answered 503), so that waiting polls
-        never take the places of publishes and other requests. Said once, at boot."""
+        never take the places of publishes and other requests; at most the open-files
+        limit, past which no connection can be accepted anyway. Said once, at boot."""
         managers = live_managers()
         if managers:
             waiting = sum(manager.max_waiting_subscribers for manager in managers)
             whose = "max_waiting_subscribers"
-        else:  # a manager built on first use (Django's): the default limit
-            waiting = LongpollManager.default_max_waiting_subscribers
+        else:  # a manager built on first use (Django's): the default it will have
+            waiting = default_max_waiting()
             whose = "the default max_waiting_subscribers: no manager is built yet"
         requests = int(self.worker_connections)
         limit = requests + waiting
-        message = (f"up to {limit} connections at once: {requests} for "
-                   f"requests (worker_connections) and {waiting} for waiting subscribers "
-                   f"({whose})")
         open_files = open_files_limit()
-        if open_files is not None and limit > open_files:
-            self.log.warning("%s; but the open-files limit (ulimit -n) is %d: past it, new "
-                             "connections wait until others close (raise it, or lower "
-                             "max_waiting_subscribers)", message, open_files)
-        else:
-            self.log.info("%s", message)
-        return limit
+        if open_files is None or limit <= open_files:
+            self.log.info("up to %d connections at once: %d for requests "
+                          "(worker_connections) and %d for waiting subscribers (%s)",
+                          limit, requests, waiting, whose)
+            return limit
+        log = self.log.warning if waiting >= open_files else self.log.info
+        log("up to %d connections at once, the open-files limit (ulimit -n): %d of them for "
+            "waiting subscribers (%s) and the rest for requests (worker_connections is %d)%s",
+            open_files, waiting, whose, requests,
+            "; raise the limit or lower max_waiting_subscribers, or requests will wait "
+            "while subscribers do" if waiting >= open_files else "")
+        return open_files
 
     def run(self) -> None:
         connections = self._connection_limit()

@@ -57,6 +57,10 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]*\]|[0-9A-Za-z._~!$&'()*+,
                    rb"(?::[0-9]*)?")
 
 
+#: The value of a ``token`` query parameter (a subscribe token), left out of the access log.
+_TOKEN_VALUE = re.compile(rb"([?&]token=)[^&#]*")
+
+
 def http_date() -> bytes:
     """The current time as an HTTP ``Date`` value, formatted once a second."""
     global _date_cache
@@ -568,7 +572,10 @@ class HTTPServer(StreamServer):  # type: ignore[misc]
         if request is None:
             line, elapsed = "-", 0.0
         else:
-            line = (f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}"
+            target = request.target
+            if b"token=" in target:  # a subscribe token is a credential: not for logs
+                target = _TOKEN_VALUE.sub(rb"\1[redacted]", target)
+            line = (f"{request.method.decode('latin-1')} {target.decode('latin-1')}"
                     f" HTTP/{request.version}")
             elapsed = _monotonic() - request.started
         access_logger.info('%s - - [%s] "%s" %s %s %.6f', client,

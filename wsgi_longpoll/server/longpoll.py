@@ -186,6 +186,8 @@ class LongpollRouter:
                 # Only a stream reads it (Accept: text/event-stream).
                 _text(request.header(b"last-event-id")) if b"event-stream" in accept else "",
             )
+        if self.endpoints.tokens is not None:
+            parts.authorization = _text(request.header(b"authorization"))
         result = self.endpoints.subscribe(
             parts, self._context(connection, request) if self._checks else None)
         if isinstance(result, Answer):

@@ -110,6 +110,12 @@ export interface LongpollClientOptions<Data = unknown> {
   transport?: Transport;
   /** The EventSource constructor to use (default: the global one). */
   EventSource?: typeof EventSource;
+  /**
+   * A subscribe token for a server that requires one (sent as the `token` query
+   * parameter), or a function that returns one: called before the first poll and again
+   * whenever the server refuses the token (401 or 403: it expired).
+   */
+  token?: string | (() => string | Promise<string>);
 }
 
 export type Transport = "longpoll" | "eventsource" | "auto";

@@ -179,6 +179,13 @@
    *                  with `headers` or basic auth, "eventsource" throws a TypeError.
    *                  "auto": "eventsource" where it can be used, else "longpoll".
    *   EventSource    the EventSource constructor to use (default: the global one)
+   *   token          a subscribe token for a server that requires one (a long-poll tier
+   *                  run with --subscribe-secret; the application issues it), sent as the
+   *                  `token` query parameter of every poll and stream. Or a function that
+   *                  returns one (or a Promise of one), e.g. fetched from the application:
+   *                  called before the first poll and again whenever the server refuses
+   *                  the token (401 or 403: it expired); a fresh token refused at once
+   *                  stops the client with a SubscriptionRejected.
    */
   class LongpollClient {
     constructor(options) {
@@ -224,6 +231,14 @@
       this._transportInUse = this.transport !== "longpoll" && this._EventSource && !sendsHeaders
         ? "eventsource" : "longpoll";
       this._source = null;
+      if (o.token !== undefined && o.token !== null && typeof o.token !== "string" &&
+          typeof o.token !== "function") {
+        throw new TypeError("token must be a string or a function that returns one");
+      }
+      this._tokenSource = o.token === undefined ? null : o.token;
+      this._token = typeof o.token === "string" ? o.token : null;
+      // The token was just fetched again after a refusal: a second refusal is final.
+      this._tokenRenewed = false;
       this.storageKey = o.storageKey || null;
       this.storage = o.storage || (this.storageKey ? root.localStorage : null);
 
@@ -331,6 +346,7 @@
       url.searchParams.delete("categories");
       for (const category of this.categories.slice(1)) url.searchParams.append("categories", category);
       url.searchParams.set("timeout", String(timeoutSeconds));
+      if (this._token) url.searchParams.set("token", this._token);
       if (this._cursor) {
         url.searchParams.set("since_time", String(this._cursor.sinceTime));
         if (this._cursor.lastId) url.searchParams.set("last_id", this._cursor.lastId);
@@ -344,6 +360,7 @@
       url.searchParams.delete("categories");
       for (const category of this.categories.slice(1)) url.searchParams.append("categories", category);
       url.searchParams.set("timeout", String(this.timeoutSeconds));
+      if (this._token) url.searchParams.set("token", this._token);
       // Where this stream starts. When EventSource reconnects by itself, the id of the
       // last event it got (its Last-Event-ID header) takes the place of these.
       if (this._cursor) {
@@ -353,13 +370,50 @@
       return url.href;
     }
 
+    /** Ask the token function for a token, unless one is held. */
+    async _ensureToken() {
+      if (this._token === null && typeof this._tokenSource === "function") {
+        const token = await this._tokenSource();
+        if (typeof token !== "string" || token === "") {
+          throw new TypeError("the token function must return a non-empty string");
+        }
+        this._token = token;
+      }
+    }
+
+    /** Whether to fetch a token again after `error`: the server refused the token the
+     * token function gave, and it was not just fetched. */
+    _renewToken(error) {
+      if (!(error instanceof SubscriptionRejected) || (error.status !== 401 && error.status !== 403) ||
+          typeof this._tokenSource !== "function" || this._tokenRenewed) {
+        return false;
+      }
+      this._token = null;
+      this._tokenRenewed = true;
+      return true;
+    }
+
     /** Follow with an EventSource; long polls from the cursor if it fails for good. */
     _stream(generation) {
+      this._ensureToken().then(() => {
+        if (this._current(generation)) this._openStream(generation);
+      }, (error) => {
+        if (!this._current(generation)) return;
+        // No token: long polls ask again, with backoff.
+        this._transportInUse = "longpoll";
+        this._report(new RetryableError("no token: " + error.message), 0);
+        this._loop(generation).catch((failure) => this._report(failure, null));
+      });
+    }
+
+    _openStream(generation) {
       const source = new this._EventSource(this._streamUrl(),
         { withCredentials: this.credentials === "include" });
       this._source = source;
       source.onopen = () => {
-        if (this._current(generation)) this._setState("connected");
+        if (!this._current(generation)) return;
+        this._tokenRenewed = false;
+        this._setState("connected");
       };
       source.onmessage = (message) => {
         if (!this._current(generation)) return;
@@ -394,9 +448,17 @@
           return;
         }
         // CLOSED: no stream here (EventSource gives up on an error status or a JSON
-        // answer): long polls from the cursor say why, and back off.
+        // answer): long polls from the cursor say why, and back off. With a token
+        // function, the refusal may be of an expired token: one more stream, with a
+        // fresh token, first.
         source.close();
         if (this._source === source) this._source = null;
+        if (typeof this._tokenSource === "function" && !this._tokenRenewed) {
+          this._token = null;
+          this._tokenRenewed = true;
+          this._stream(generation);
+          return;
+        }
         this._transportInUse = "longpoll";
         this._report(new RetryableError("no event stream; following with long polls"), 0);
         this._loop(generation).catch((error) => this._report(error, null));
@@ -414,9 +476,11 @@
         let answer;
         const asked = this.cursor;
         try {
+          await this._ensureToken();
           answer = await this._poll(probe ? PROBE_TIMEOUT_SECONDS : this.timeoutSeconds);
         } catch (error) {
           if (!this._current(generation)) return;
+          if (this._renewToken(error)) continue;
           if (error instanceof SubscriptionRejected) {
             this.stop();
             this._report(error, null);
@@ -433,6 +497,7 @@
         if (!this._current(generation)) return;
         failures = 0;
         probe = false;
+        this._tokenRenewed = false;
         this._setState("connected");
         if (answer.events) {
           // Stopped before the last event: the rest and the gaps are left for later.
@@ -518,8 +583,15 @@
           if (RETRYABLE_STATUSES.indexOf(response.status) >= 0) {
             throw new RetryableError("HTTP " + response.status);
           }
-          throw new SubscriptionRejected("the subscription was answered HTTP " + response.status,
-            response.status);
+          let serverError = null;
+          try {
+            const refusal = await response.json();
+            if (refusal && typeof refusal.error === "string") serverError = refusal.error;
+          } catch (error) {
+            serverError = null;
+          }
+          throw new SubscriptionRejected("the subscription was answered HTTP " + response.status +
+            (serverError ? ": " + serverError : ""), response.status, serverError);
         }
         let body;
         try {

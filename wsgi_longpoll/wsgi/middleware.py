@@ -149,6 +149,12 @@ class LongpollMiddleware:
         before it gets a ``: keep-alive`` comment, so that proxies keep it open.
     :param sse_retry_ms: the ``retry:`` field that opens each stream: how long a browser
         waits before it reconnects once the stream ends.
+    :param subscribe_secret: require on every subscribe a token signed with this secret
+        (see :mod:`wsgi_longpoll.tokens`): a missing one is answered 401, an expired,
+        forged or malformed one, or one that does not name every category asked for,
+        403. ``None``: no token needed.
+    :param subscribe_secret_previous: also accept tokens signed with this secret, while
+        the secret is rotated.
 
     The options but the hooks and *client_script_path* are
     :class:`~wsgi_longpoll.endpoints.EndpointOptions`', with its defaults and checks.
@@ -179,12 +185,15 @@ class LongpollMiddleware:
         authorize_publish: Authorize | None = None,
         sse_keepalive_seconds: float = default_sse_keepalive_seconds,
         sse_retry_ms: int = default_sse_retry_ms,
+        subscribe_secret: str | None = EndpointOptions.subscribe_secret,
+        subscribe_secret_previous: str | None = EndpointOptions.subscribe_secret_previous,
     ) -> None:
         #: The paths and limits, checked.
         self.options = EndpointOptions(
             subscription_path=subscription_path, publish_path=publish_path,
             max_body_size=max_body_size, max_categories_per_request=max_categories_per_request,
             sse_keepalive_seconds=sse_keepalive_seconds, sse_retry_ms=sse_retry_ms,
+            subscribe_secret=subscribe_secret, subscribe_secret_previous=subscribe_secret_previous,
         )
         self.app = app
         self.manager = manager
@@ -273,6 +282,7 @@ class LongpollMiddleware:
             environ.get("REQUEST_METHOD", "GET"), environ.get("QUERY_STRING", ""),
             accept=environ.get("HTTP_ACCEPT", ""),
             last_event_id=environ.get("HTTP_LAST_EVENT_ID", ""),
+            authorization=environ.get("HTTP_AUTHORIZATION", ""),
         )
         result = self.endpoints.subscribe(request, RequestContext(environ))
         if isinstance(result, Answer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -68,6 +69,7 @@ def _stats_document(
         "uptime_seconds": round(uptime, 3),
         "max_categories": manager.max_categories,
         "max_waiting_subscribers": manager.max_waiting_subscribers,
+        "pid": os.getpid(),
     }
 
 
@@ -105,7 +107,8 @@ class MonitoringMiddleware:
     - *stats_path*: the statistics as a JSON object (``categories``, ``buffered_events``,
       ``waiting_subscribers``, ``events_published``, ``events_delivered``,
       ``publish_errors``, ``uptime_seconds``, ``max_categories``,
-      ``max_waiting_subscribers``).
+      ``max_waiting_subscribers``, and ``pid``: the process that answered, one of several
+      under ``gunicorn -w N`` or ``wsgi-longpoll serve --workers N``).
     - *metrics_path*: the same in the Prometheus text format, names prefixed
       ``wsgi_longpoll_`` (counters end in ``_total``).
     - *health_path*: ``200 {"status": "ok"}`` while the manager takes events,

@@ -32,12 +32,15 @@ autoreloader (see :mod:`~wsgi_longpoll.contrib.django.management.commands.runlon
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable
 from typing import Any
 
 from ...event import Event
 from ...manager import LongpollManager
+from ...tokens import subscribe_token as _subscribe_token
 
-__all__ = ["get_manager", "publish"]
+__all__ = ["get_manager", "publish", "subscribe_token"]
 
 
 def get_manager() -> LongpollManager:
@@ -59,3 +62,31 @@ def publish(category: str, data: Any) -> Event:
     :raises ValueError: if *category* is not 1 to 1024 bytes of UTF-8.
     """
     return get_manager().publish(category, data)
+
+
+def subscribe_token(categories: str | Iterable[str], ttl: float | datetime.timedelta,
+                    *, subject: str | None = None) -> str:
+    """A token that lets its holder subscribe to *categories* for *ttl* (seconds or a
+    :class:`~datetime.timedelta`), signed with ``LONGPOLL["SUBSCRIBE_SECRET"]``.
+
+    Hand it to the page (the browser client's ``token`` option) or to a
+    :class:`~wsgi_longpoll.client.Follower`; a long-poll tier run with the same secret
+    (``wsgi-longpoll serve --subscribe-secret``), and this app's own subscribe view, let
+    it read those categories and no other until it expires (see
+    :mod:`wsgi_longpoll.tokens`)::
+
+        token = subscribe_token([f"user-{request.user.pk}", "news"], ttl=3600)
+
+    :param subject: who it is for (the ``sub`` claim), for your own logs.
+    :raises django.core.exceptions.ImproperlyConfigured: if ``SUBSCRIBE_SECRET`` is not
+        set (or ``settings.LONGPOLL`` is invalid).
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .conf import current
+
+    secret = current()[0].configuration.endpoints.subscribe_secret
+    if secret is None:
+        raise ImproperlyConfigured(
+            "set LONGPOLL['SUBSCRIBE_SECRET'] to issue subscribe tokens")
+    return _subscribe_token(secret, categories, ttl, subject=subject)

@@ -14,6 +14,9 @@ case (see the README's options table and :data:`DEFAULTS`), e.g.:
     URLconf is loaded.
 ``MAX_BODY_SIZE``, ``MAX_CATEGORIES_PER_REQUEST``, ``SSE_KEEPALIVE_SECONDS``, ...
     The endpoints' options.
+``SUBSCRIBE_SECRET``, ``SUBSCRIBE_SECRET_PREVIOUS``
+    Require a signed subscribe token on every subscribe, and issue them with
+    :func:`wsgi_longpoll.contrib.django.subscribe_token` (see :mod:`wsgi_longpoll.tokens`).
 ``CORS_ORIGINS``, ``CORS_ALLOW_HEADERS``, ...
     Let pages of other origins subscribe and publish
     (see :class:`~wsgi_longpoll.wsgi.cors.CORSOptions`).
