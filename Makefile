@@ -58,6 +58,13 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Peak RSS of `serve` under a memory budget while clients publish (with Idempotency-Keys and
+# retries), park polls, stream and subscribe without reading (issue 20). BENCH_ARGS: see
+# benchmarks/memory_budget.py --help (e.g. "--budget-mib 64 --streams 0").
+.PHONY: bench-memory
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory_budget.py $(BENCH_ARGS)
+
 # Fan-out and SIGTERM of the standalone server and of the Flask and Django integrations
 # under gunicorn's LongpollWorker (issue 18). BENCH_ARGS="--quick": 1,000 subscribers.
 .PHONY: bench-frameworks

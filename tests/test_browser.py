@@ -26,6 +26,7 @@ from werkzeug.wrappers import Request, Response
 from wsgi_longpoll import FilePersistorInfo, Server, ServerInfo
 from wsgi_longpoll.client.api import PublishRequest, SubscriptionRequest, publish, subscription
 from wsgi_longpoll.client.follower import Cursor
+from wsgi_longpoll.engines import MemoryEngine
 from wsgi_longpoll.event import Event
 from wsgi_longpoll.wsgi.demo import DemoApp
 
@@ -583,10 +584,12 @@ def test_three_categories_published_concurrently_arrive_in_publish_order_once(
 )
 def test_on_gap_is_called_exactly_when_unseen_events_were_dropped(
     browser: WebDriver, engine_clock: list[int], cause: str, published_while_stopped: int,
-    dropped_unseen: int,
+    dropped_unseen: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The page stops following after the first event (a tab put away, say) while events
-    # are published to "c"; started again, it goes on from its cursor.
+    # are published to "c"; started again, it goes on from its cursor. (Without the grace
+    # that keeps the events after what it was handed: the clock does not move here.)
+    monkeypatch.setattr(MemoryEngine, "repoll_grace_seconds", 0)
     options: dict[str, Any] = (
         {"max_event_buffer_size": 3} if cause == "size" else {"event_time_to_live_seconds": 10}
     )

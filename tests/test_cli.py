@@ -145,9 +145,9 @@ def test_every_server_option_is_on_the_command_line_with_the_servers_default() -
     assert options.body_timeout == 5
     assert options.cors_origins == ("https://a.example",)
     streams = server_options(build_parser().parse_args(
-        ["serve", "--max-buffered-bytes", "0", "--sse-retry-ms", "500",
+        ["serve", "--max-memory-bytes", "0", "--sse-retry-ms", "500",
          "--sse-keepalive-seconds", "0.5"]))
-    assert (streams.max_buffered_bytes, streams.sse_retry_ms, streams.sse_keepalive_seconds) \
+    assert (streams.max_memory_bytes, streams.sse_retry_ms, streams.sse_keepalive_seconds) \
         == (None, 500, 0.5)
 
 

@@ -322,10 +322,10 @@ def test_numbers_given_as_strings_are_converted(longpoll: LongPoll) -> None:
     """As read from the environment: ``os.environ["LONGPOLL_..."]`` is a string."""
     app = create_app(longpoll, LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS="7",
                      LONGPOLL_MAX_EVENT_BUFFER_SIZE="3", LONGPOLL_EVENT_TIME_TO_LIVE_SECONDS="0",
-                     LONGPOLL_MAX_BUFFERED_BYTES="1000000")
+                     LONGPOLL_MAX_MEMORY_BYTES="1000000")
     manager = longpoll.manager
     assert (manager.max_longpoll_timeout_seconds, manager.max_event_buffer_size,
-            manager.event_time_to_live_seconds) == (7, 3, None)
+            manager.event_time_to_live_seconds, manager.max_memory_bytes) == (7, 3, None, 1000000)
     client = TestApp(app)
     client.post("/login/ann")
     refused = client.get("/events", {"category": "user-ann", "timeout": 8})

@@ -28,6 +28,7 @@ from wsgi_longpoll.client.follower import (
     GapDetected,
     SubscriptionRejected,
 )
+from wsgi_longpoll.engines import MemoryEngine
 from wsgi_longpoll.event import Event, Gap
 
 URL = "http://127.0.0.1:9/events"  # never reached: the scripted tests use an adapter
@@ -850,8 +851,10 @@ class HeldFollower:
          "three-unseen-dropped"],
 )
 def test_a_gap_is_reported_exactly_when_unseen_events_were_dropped_for_buffer_size(
-    published_while_held: int, dropped_unseen: int
+    published_while_held: int, dropped_unseen: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Without the grace that keeps the events after what the follower was handed.
+    monkeypatch.setattr(MemoryEngine, "repoll_grace_seconds", 0)
     server = Server(max_event_buffer_size=3, access_log=False)
     server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=10))
     try:

@@ -15,6 +15,7 @@ from conftest import wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
+from wsgi_longpoll.engines.buffer import event_cost
 from wsgi_longpoll.wsgi.auth import bearer_token
 from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
@@ -43,8 +44,15 @@ def known_sequence(manager: LongpollManager) -> None:
         manager.publish("a", 3)
 
 
+def held_event_bytes(manager: LongpollManager) -> int:
+    """What the events *manager* buffers cost (categories "a" and "b")."""
+    return sum(event_cost(event) for category in "ab"
+               for event in manager.buffered_events(category))
+
+
 def test_stats_json_after_a_known_sequence() -> None:
-    manager = LongpollManager(max_categories=50, max_waiting_subscribers=70)
+    manager = LongpollManager(max_categories=50, max_waiting_subscribers=70,
+                              max_memory_bytes=1 << 20)
     app = monitored(manager)
     known_sequence(manager)
     response = app.get("/stats")
@@ -61,8 +69,13 @@ def test_stats_json_after_a_known_sequence() -> None:
         "events_published": 3,
         "events_delivered": 2,
         "publish_errors": 1,
+        "buffered_event_bytes": held_event_bytes(manager),
+        "idempotency_key_bytes": 0,
+        "stream_backlog_bytes": 0,
+        "parked_answer_bytes": 0,
         "max_categories": 50,
         "max_waiting_subscribers": 70,
+        "max_memory_bytes": 1 << 20,
     }
 
 
@@ -80,7 +93,8 @@ def test_waiting_subscribers_are_counted_while_they_wait() -> None:
 
 
 def test_prometheus_text_after_a_known_sequence() -> None:
-    manager = LongpollManager(max_categories=50, max_waiting_subscribers=70)
+    manager = LongpollManager(max_categories=50, max_waiting_subscribers=70,
+                              max_memory_bytes=1 << 20)
     app = monitored(manager)
     known_sequence(manager)
     response = app.get("/metrics")
@@ -98,8 +112,13 @@ def test_prometheus_text_after_a_known_sequence() -> None:
         "wsgi_longpoll_events_published_total": "3",
         "wsgi_longpoll_events_delivered_total": "2",
         "wsgi_longpoll_publish_errors_total": "1",
+        "wsgi_longpoll_buffered_event_bytes": str(held_event_bytes(manager)),
+        "wsgi_longpoll_idempotency_key_bytes": "0",
+        "wsgi_longpoll_stream_backlog_bytes": "0",
+        "wsgi_longpoll_parked_answer_bytes": "0",
         "wsgi_longpoll_max_categories": "50",
         "wsgi_longpoll_max_waiting_subscribers": "70",
+        "wsgi_longpoll_max_memory_bytes": str(1 << 20),
     }
     # Every sample has its HELP and TYPE, and counters are typed as such.
     for name in [*samples, "wsgi_longpoll_uptime_seconds"]:

@@ -207,7 +207,7 @@ def test_every_server_option_has_its_flag() -> None:
         ("event_time_to_live_seconds", "0", None),
         ("event_time_to_live_seconds", "None", None),
         ("event_time_to_live_seconds", 60, 60),
-        ("max_buffered_bytes", 0, None),
+        ("max_memory_bytes", 0, None),
         ("delete_event_after_first_retrieval", "yes", True),
         ("delete_event_after_first_retrieval", "off", False),
         ("delete_event_after_first_retrieval", False, False),
@@ -263,7 +263,7 @@ def test_configuration_values_are_refused_by_name(name: str, given: Any, message
     [
         (MemoryOptions, {"max_event_buffer_size": "3"}, TypeError,
          "max_event_buffer_size must be an integer, not '3'"),
-        (MemoryOptions, {"max_buffered_bytes": 0}, ValueError, "max_buffered_bytes must be at"),
+        (ManagerOptions, {"max_memory_bytes": 0}, ValueError, "max_memory_bytes must be at"),
         (RedisOptions, {"url": "localhost:6379"}, ValueError, "redis_url must be a redis://"),
         (ManagerOptions, {"max_waiting_subscribers": 0}, ValueError,
          "max_waiting_subscribers must be at least 1"),
@@ -302,20 +302,27 @@ def test_the_manager_refuses_engine_options_beside_an_engine_by_name() -> None:
     engine = MemoryEngine()
     with pytest.raises(ValueError, match=r"engine= excludes .*\(redis_key_prefix\)"):
         LongpollManager(engine=engine, redis_key_prefix="other:")
-    with pytest.raises(ValueError, match=r"\(max_buffered_bytes, persister\)"):
-        LongpollManager(engine=engine, max_buffered_bytes=None, persister=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(max_categories, persister\)"):
+        LongpollManager(engine=engine, max_categories=3, persister=object())  # type: ignore[arg-type]
     # An option at its definition's default is not one given.
     assert LongpollManager(engine=engine, max_event_buffer_size=250).engine is engine
 
 
 def test_the_manager_builds_its_engine_from_the_options() -> None:
-    manager = LongpollManager(7, 3, 60, True, max_categories=5, max_buffered_bytes=None)
+    manager = LongpollManager(7, 3, 60, True, max_categories=5, max_memory_bytes=None)
     engine = manager.engine
     assert isinstance(engine, MemoryEngine)
     assert engine.options == MemoryOptions(
         max_event_buffer_size=3, event_time_to_live_seconds=60,
-        delete_event_after_first_retrieval=True, max_categories=5, max_buffered_bytes=None)
-    assert manager.options == ManagerOptions(max_longpoll_timeout_seconds=7)
+        delete_event_after_first_retrieval=True, max_categories=5)
+    assert (engine.max_buffered_bytes, engine.max_idempotency_key_bytes) == (None, None)
+    assert manager.options == ManagerOptions(max_longpoll_timeout_seconds=7,
+                                             max_memory_bytes=None)
+    # The events and the keys get their shares of the budget.
+    budgeted = LongpollManager(max_memory_bytes=8 * 1024 * 1024).engine
+    assert isinstance(budgeted, MemoryEngine)
+    assert (budgeted.max_buffered_bytes, budgeted.max_idempotency_key_bytes) \
+        == (4 * 1024 * 1024, 1024 * 1024)
     with pytest.raises(ValueError, match="redis_url must be a redis://"):
         LongpollManager(redis_url="http://127.0.0.1:6379/0")
 

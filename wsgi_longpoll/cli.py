@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from . import __version__, multiprocess
+from .budget import BudgetOptions
 from .endpoints import EndpointOptions
 from .engines.options import EngineOptions, MemoryOptions, RedisOptions
 from .errors import EventsLost
@@ -55,6 +56,7 @@ SECTIONS = {
     MemoryOptions: "events (MemoryOptions)",
     RedisOptions: "several processes and hosts (RedisOptions)",
     ManagerOptions: "subscribers (ManagerOptions)",
+    BudgetOptions: "memory (BudgetOptions)",
     EndpointOptions: "endpoints (EndpointOptions)",
     CORSOptions: "security and cross-origin use (CORSOptions)",
     ServerOptions: "the server (ServerOptions)",

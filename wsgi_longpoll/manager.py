@@ -10,9 +10,11 @@ events back through :meth:`LongpollManager.deliver`, the one delivery path of ev
 
 from __future__ import annotations
 
+import logging
 import socket
 import weakref
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,15 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from ._gevent import peer_closed
+from .backlog import StreamBacklog
+from .budget import (
+    BUFFERED_EVENTS,
+    IDEMPOTENCY_KEYS,
+    PARKED_ANSWERS,
+    STREAM_BACKLOGS,
+    BudgetOptions,
+    MemoryBudget,
+)
 from .engines.base import Engine, Position
 from .engines.memory import MemoryEngine, Persister
 from .engines.options import MemoryOptions, RedisOptions
@@ -56,6 +67,8 @@ __all__ = [
     "live_managers",
 ]
 
+logger = logging.getLogger(__name__)
+
 # A real OS lock even when the process is monkey-patched: publish may come from any OS
 # thread, and the lock is never held across a greenlet switch.
 _allocate_lock = get_original("_thread", "allocate_lock")
@@ -63,9 +76,10 @@ _get_thread_ident = get_original("_thread", "get_ident")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ManagerOptions:
+class ManagerOptions(BudgetOptions):
     """The manager's own options (its engine's are :class:`~.engines.MemoryOptions`' or
-    :class:`~.engines.RedisOptions`'), each defined once (see :mod:`wsgi_longpoll.options`).
+    :class:`~.engines.RedisOptions`'), each defined once (see :mod:`wsgi_longpoll.options`):
+    the memory budget's (:class:`~wsgi_longpoll.budget.BudgetOptions`) and these.
 
     :raises TypeError: naming the option, for a value of the wrong type.
     :raises ValueError: naming the option, for a value out of range.
@@ -117,6 +131,15 @@ class ManagerStats:
     events_delivered: int
     #: Publish calls that failed after validation (closed manager, storage errors).
     publish_errors: int
+    #: Bytes of the events buffered in this process (see :mod:`wsgi_longpoll.budget`;
+    #: ``0`` with Redis, which holds them).
+    buffered_event_bytes: int = 0
+    #: Bytes of the idempotency keys remembered in this process (``0`` with Redis).
+    idempotency_key_bytes: int = 0
+    #: Bytes that event streams were sent and their readers have not taken yet.
+    stream_backlog_bytes: int = 0
+    #: Bytes of long-poll answers their readers have not taken yet.
+    parked_answer_bytes: int = 0
 
 
 class Subscriber(ABC):
@@ -125,9 +148,18 @@ class Subscriber(ABC):
     :meth:`LongpollManager.attach` sets :attr:`categories`, :attr:`cursor` and
     :attr:`gaps`; the manager then calls :meth:`deliver` with the events after the
     cursor as they are published, until the subscriber is done or detached.
+
+    A subscriber with a :attr:`hub` is delivered to on that hub's loop, after the
+    publisher has its answer (the publisher's wait does not grow with the subscribers);
+    one without, from inside :meth:`LongpollManager.publish`.
     """
 
     __slots__ = ("categories", "cursor", "gaps")
+
+    #: The gevent hub whose loop delivers to it, or ``None``: inside the publish call.
+    #: Its :meth:`attach <LongpollManager.attach>` and :meth:`detach
+    #: <LongpollManager.detach>` must come from that hub's thread.
+    hub: Hub | None = None
 
     def __init__(self) -> None:
         #: The categories it waits on.
@@ -141,10 +173,11 @@ class Subscriber(ABC):
     def deliver(self, events: list[Event]) -> bool:
         """Take *events* (oldest first, all after the cursor).
 
-        Called with the manager's lock held, from whichever thread or greenlet published:
-        never block, never switch greenlets. Every single-category subscriber that gets
-        the same events in one delivery gets the same list object, so that an answer can
-        be encoded once (compare with ``is``).
+        Called from a callback of the subscriber's :attr:`hub` (or, without one, with the
+        manager's lock held, from whichever thread or greenlet published): never block,
+        never switch greenlets. Every single-category subscriber at the same position
+        gets the same list object in one delivery, so that an answer can be encoded once
+        (compare with ``is``).
 
         :returns: ``True`` when done waiting: the manager forgets the subscriber at once.
             ``False`` to go on receiving until :meth:`LongpollManager.detach`.
@@ -165,7 +198,7 @@ class _WaitingGreenlet(Subscriber):
         super().__init__()
         self.pending: list[Event] = []
         self.waiter = Waiter(hub)
-        self.hub = hub
+        self.hub: Hub = hub
 
     def deliver(self, events: list[Event]) -> bool:
         if not self.pending:
@@ -207,9 +240,13 @@ class LongpollManager:
         out the category idle longest that nobody waits on (its subscribers get the gap
         signal), and only when every category has waiting subscribers does publishing to
         one more raise :class:`CapacityExceeded`.
-    :param max_buffered_bytes: the most bytes of events held across every category
-        (in memory); the oldest events of all go first, with the gap signal. ``None``: no
-        bound but the others.
+    :param max_memory_bytes: the most bytes clients can make the server hold, split by
+        fixed shares between the events buffered in memory (the oldest of all go first,
+        with the gap signal), the idempotency keys remembered (the oldest are forgotten
+        first), the backlogs of event streams and the long-poll answers not yet read
+        (new subscribers are refused); see :mod:`wsgi_longpoll.budget` and
+        :attr:`budget`. ``None``: no bound but the others. With *engine*, the events and
+        keys keep to the engine's own limits.
     :param max_waiting_subscribers: how many subscribers may wait at once; one more
         raises :class:`CapacityExceeded`. ``None``: what the open-files limit allows (see
         :func:`wsgi_longpoll.limits.default_max_waiting`); a value above that limit is
@@ -249,7 +286,7 @@ class LongpollManager:
         persister: Persister | None = None,
         max_categories: int = MemoryOptions.max_categories,
         max_waiting_subscribers: int | None = ManagerOptions.max_waiting_subscribers,
-        max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
+        max_memory_bytes: int | None = ManagerOptions.max_memory_bytes,
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
         redis_min_replicas: int = RedisOptions.min_replicas,
@@ -262,6 +299,7 @@ class LongpollManager:
         self.options = ManagerOptions(
             max_longpoll_timeout_seconds=max_longpoll_timeout_seconds,
             max_waiting_subscribers=max_waiting_subscribers,
+            max_memory_bytes=max_memory_bytes,
         )
         if max_waiting_subscribers is None:
             max_waiting_subscribers = default_max_waiting()
@@ -269,11 +307,14 @@ class LongpollManager:
             warn_if_above_open_files_limit(max_waiting_subscribers)
         #: Subscribers that may wait at once; one more raises :class:`CapacityExceeded`.
         self.max_waiting_subscribers: int = max_waiting_subscribers
+        #: The memory budget: what each kind of thing clients make the server hold may
+        #: take of ``max_memory_bytes``, and what it holds (:meth:`MemoryBudget.use`).
+        self.budget = MemoryBudget(max_memory_bytes)
         self.max_longpoll_timeout_seconds = (
             max_longpoll_timeout_seconds or ManagerOptions.max_longpoll_timeout_seconds
         )
         if engine is None:
-            engine = _build_engine(engine_options, persister)
+            engine = _build_engine(engine_options, persister, self.budget)
         else:
             given = [name for name, value in engine_options.items()
                      if value != _ENGINE_OPTIONS[name].default]
@@ -286,17 +327,43 @@ class LongpollManager:
                 )
         #: Where the events are kept.
         self.engine: Engine = engine
+        self.budget.add_source(BUFFERED_EVENTS, self._buffered_event_bytes)
+        self.budget.add_source(IDEMPOTENCY_KEYS, self._idempotency_key_bytes)
         self._lock = _allocate_lock()
-        self._waiters: dict[str, dict[Subscriber, None]] = {}
+        #: The waiting subscribers by the hub that delivers to them (``None``: the
+        #: publisher, inside the publish call).
+        self._fanouts: dict[Hub | None, _Fanout] = {}
+        # An event not kept (delete after first retrieval) goes to whoever waits when it
+        # is published, not to whoever waits later.
+        self._deferred = not getattr(engine, "delete_event_after_first_retrieval", False)
         self._waiting = 0
         self._events_published = 0
         self._events_delivered = 0
         self._publish_errors = 0
         self._draining = False
         self._closed = False
+        #: The frames the streams of this manager hold for readers that are behind, and
+        #: their cap (``stream_backlog.bytes``, ``stream_backlog.max_bytes``): the
+        #: budget's share for stream backlogs.
+        self.stream_backlog = backlog = StreamBacklog()
+        stream_share = self.budget.limit(STREAM_BACKLOGS)
+        if stream_share is not None:
+            backlog.max_bytes = stream_share
+        self.budget.add_source(STREAM_BACKLOGS, lambda: backlog.bytes)
         engine.bind(self.deliver)
         with _live_lock:
             _live.add(self)
+
+    def _buffered_event_bytes(self) -> int:
+        return self.engine.buffered_bytes
+
+    def _idempotency_key_bytes(self) -> int:
+        return self.engine.idempotency_key_bytes
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        """The memory budget, in bytes; ``None``: no bound."""
+        return self.budget.max_bytes
 
     @property
     def max_event_buffer_size(self) -> int:
@@ -323,7 +390,9 @@ class LongpollManager:
     def publish(self, category: str, data: Any, *, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; the engine hands it to the waiting subscribers.
 
-        The event is stored (and handed to the persister) when this returns.
+        The event is stored (and handed to the persister) when this returns; the
+        subscribers waiting on a gevent hub get it from a callback of their hub, after
+        this returns (see :meth:`deliver`).
 
         :param category: 1 to 1024 bytes of UTF-8.
         :param data: any JSON-serialisable value except ``None``.
@@ -370,57 +439,120 @@ class LongpollManager:
 
         The engine's listener: *batch* is in position order. Each of *gaps* (events of
         its category dropped before they could be delivered, the newest at its position)
-        goes to the subscribers whose cursor is older, with their next answer.
-        Subscribers that are done (:meth:`Subscriber.deliver` returned ``True``) are
-        forgotten.
+        goes to the subscribers whose cursor is older, with their next answer (at once:
+        before the events of *batch* reach them). Subscribers without a hub
+        get them now; the others from a callback of their hub, which the first batch
+        since the last one schedules (and which takes every batch queued by then), so
+        that the publisher's answer does not wait for the fan-out and each subscriber
+        gets its events in publish order. Subscribers that are done
+        (:meth:`Subscriber.deliver` returned ``True``) are forgotten.
         """
         finished: list[Subscriber] = []
         with self._lock:
-            waiters = self._waiters
             for position, gap in gaps:
-                for subscriber in waiters.get(gap.category, ()):
-                    if subscriber.cursor < position and gap not in subscriber.gaps:
-                        subscriber.gaps.append(gap)
-            by_category: dict[str, list[tuple[Position, Event]]] = {}
-            for entry in batch:
-                if entry[1].category in waiters:
-                    by_category.setdefault(entry[1].category, []).append(entry)
-            several: dict[Subscriber, None] = {}
-            for category, entries in by_category.items():
-                first, last = entries[0][0], entries[-1][0]
-                shared: list[Event] | None = None
-                for subscriber in waiters[category]:
-                    if len(subscriber.categories) > 1:
-                        several[subscriber] = None
-                        continue
-                    cursor = subscriber.cursor
-                    if cursor >= last:
-                        continue
-                    if cursor < first:
-                        if shared is None:
-                            shared = [event for _, event in entries]
-                        events = shared
+                for fanout in self._fanouts.values():
+                    for subscriber in fanout.waiters.get(gap.category, ()):
+                        if subscriber.cursor < position and gap not in subscriber.gaps:
+                            subscriber.gaps.append(gap)
+            gone: list[_Fanout] = []
+            for hub, fanout in self._fanouts.items():
+                waiters = fanout.waiters
+                if not any(entry[1].category in waiters for entry in batch):
+                    continue
+                if hub is None:
+                    done, delivered = self._fan_out(waiters, batch)
+                    self._events_delivered += delivered
+                    finished += done
+                    continue
+                loop = hub.loop
+                if loop is None:  # a destroyed hub: nothing will ever wake its subscribers
+                    gone.append(fanout)
+                    continue
+                fanout.batches.append(batch)
+                if not fanout.scheduled:
+                    fanout.scheduled = True
+                    if hub.thread_ident == _get_thread_ident():
+                        loop.run_callback(self._flush, fanout)
                     else:
-                        events = [event for position, event in entries if position > cursor]
-                    subscriber.cursor = last
-                    self._events_delivered += len(events)
-                    if subscriber.deliver(events):
-                        finished.append(subscriber)
-            for subscriber in several:
-                cursor, categories = subscriber.cursor, subscriber.categories
-                mine = [
-                    (position, event) for position, event in batch
-                    if position > cursor and event.category in categories
-                ]
-                if mine:
-                    subscriber.cursor = mine[-1][0]
-                    self._events_delivered += len(mine)
-                    if subscriber.deliver([event for _, event in mine]):
-                        finished.append(subscriber)
+                        loop.run_callback_threadsafe(self._flush, fanout)
+            for fanout in gone:
+                finished += {subscriber: None for waiters in fanout.waiters.values()
+                             for subscriber in waiters}
             for subscriber in finished:
                 self._remove(subscriber)
         for subscriber in finished:
             self.engine.unwatch(subscriber.categories)
+
+    def _flush(self, fanout: _Fanout) -> None:
+        """Deliver what was queued for the subscribers of *fanout* (on its hub)."""
+        try:
+            with self._lock:
+                fanout.scheduled = False
+                batches, fanout.batches = fanout.batches, []
+            if not batches:
+                return
+            # Only this hub's thread adds or removes its subscribers (see Subscriber.hub):
+            # the fan-out runs without the lock, and publishers meanwhile only queue.
+            finished, delivered = self._fan_out(fanout.waiters, _merge(batches))
+            with self._lock:
+                self._events_delivered += delivered
+                for subscriber in finished:
+                    self._remove(subscriber)
+            for subscriber in finished:
+                self.engine.unwatch(subscriber.categories)
+        except Exception:  # a callback of the hub: nobody else would hear of it
+            logger.exception("delivering events failed")
+
+    def _fan_out(self, waiters: dict[str, dict[Subscriber, None]],
+                 batch: Sequence[tuple[Position, Event]]) -> tuple[list[Subscriber], int]:
+        """Hand the subscribers of *waiters* the events of *batch* (in position order)
+        after their cursor; return those that are done, and how many events went."""
+        finished: list[Subscriber] = []
+        delivered = 0
+        by_category: dict[str, list[tuple[Position, Event]]] = {}
+        for entry in batch:
+            if entry[1].category in waiters:
+                by_category.setdefault(entry[1].category, []).append(entry)
+        several: dict[Subscriber, None] = {}
+        for category, entries in by_category.items():
+            first, last = entries[0][0], entries[-1][0]
+            # The events after each position, one list for every subscriber there.
+            shared: dict[int, list[Event]] = {}
+            positions: list[Position] | None = None
+            for subscriber in list(waiters.get(category, ())):
+                if len(subscriber.categories) > 1:
+                    several[subscriber] = None
+                    continue
+                cursor = subscriber.cursor
+                if cursor >= last:
+                    continue
+                if cursor < first:
+                    start = 0
+                else:
+                    if positions is None:
+                        positions = [position for position, _ in entries]
+                    start = bisect_right(positions, cursor)
+                events = shared.get(start)
+                if events is None:
+                    events = shared[start] = [event for _, event in entries[start:]]
+                subscriber.cursor = last
+                delivered += len(events)
+                if subscriber.deliver(events):
+                    finished.append(subscriber)
+        for subscriber in several:
+            if subscriber in finished:
+                continue
+            cursor, categories = subscriber.cursor, subscriber.categories
+            mine = [
+                (position, event) for position, event in batch
+                if position > cursor and event.category in categories
+            ]
+            if mine:
+                subscriber.cursor = mine[-1][0]
+                delivered += len(mine)
+                if subscriber.deliver([event for _, event in mine]):
+                    finished.append(subscriber)
+        return finished, delivered
 
     # -- subscribing ------------------------------------------------------------------
 
@@ -442,7 +574,8 @@ class LongpollManager:
             :meth:`~Subscriber.deliver` or :meth:`~Subscriber.release`, and its owner
             calls :meth:`detach` when it stops waiting (timeout, hang-up).
         :raises ValueError: for an invalid category.
-        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already.
+        :raises CapacityExceeded: if ``max_waiting_subscribers`` are waiting already, or
+            long-poll answers not yet read fill their share of ``max_memory_bytes``.
         :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
         categories = (categories,) if isinstance(categories, str) else tuple(categories)
@@ -450,6 +583,11 @@ class LongpollManager:
             raise ValueError("at least one category is needed")
         for category in categories:
             validate_category(category)
+        if self.budget.exhausted(PARKED_ANSWERS):
+            raise CapacityExceeded(
+                f"{self.budget.held(PARKED_ANSWERS)} bytes of answers wait for their "
+                f"readers, the share of max_memory_bytes ({self.budget.max_bytes}) for them"
+            )
         found = self.engine.read(categories, since_time, last_id)
         with self._lock:
             if found.events:
@@ -466,8 +604,13 @@ class LongpollManager:
             subscriber.cursor = found.position
             subscriber.gaps = found.gaps
             self._waiting += 1
+            hub = subscriber.hub if self._deferred else None
+            fanout = self._fanouts.get(hub)
+            if fanout is None:
+                fanout = self._fanouts[hub] = _Fanout()
+            waiters = fanout.waiters
             for category in categories:
-                self._waiters.setdefault(category, {})[subscriber] = None
+                waiters.setdefault(category, {})[subscriber] = None
         try:
             self.engine.watch(categories, found.position)
         except BaseException:  # a failed, killed or timed-out watch leaves nothing behind
@@ -486,14 +629,19 @@ class LongpollManager:
     def _remove(self, subscriber: Subscriber) -> bool:
         """Forget *subscriber* (called with the lock held); whether it was waiting."""
         categories = subscriber.categories
-        if not categories or subscriber not in self._waiters.get(categories[0], ()):
+        hub = subscriber.hub if self._deferred else None
+        fanout = self._fanouts.get(hub)
+        if (not categories or fanout is None
+                or subscriber not in fanout.waiters.get(categories[0], ())):
             return False
         self._waiting -= 1
         for category in categories:
-            waiters = self._waiters[category]
+            waiters = fanout.waiters[category]
             del waiters[subscriber]
             if not waiters:
-                del self._waiters[category]
+                del fanout.waiters[category]
+        if not fanout.waiters:  # what it still has queued is for nobody
+            del self._fanouts[hub]
         return True
 
     def subscribe(
@@ -569,7 +717,8 @@ class LongpollManager:
         """How many subscribers are waiting, in *category* or in all categories."""
         with self._lock:
             if category is not None:
-                return len(self._waiters.get(category, ()))
+                return sum(len(fanout.waiters.get(category, ()))
+                           for fanout in self._fanouts.values())
             return self._waiting
 
     def stats(self) -> ManagerStats:
@@ -581,6 +730,7 @@ class LongpollManager:
         :raises StorageUnavailable: if the engine cannot be read (Redis unreachable).
         """
         categories, buffered = self.engine.counts()
+        use = self.budget.use()
         with self._lock:
             return ManagerStats(
                 categories=categories,
@@ -589,6 +739,10 @@ class LongpollManager:
                 events_published=self._events_published,
                 events_delivered=self._events_delivered,
                 publish_errors=self._publish_errors,
+                buffered_event_bytes=use.buffered_events,
+                idempotency_key_bytes=use.idempotency_keys,
+                stream_backlog_bytes=use.stream_backlogs,
+                parked_answer_bytes=use.parked_answers,
             )
 
     def check(self) -> None:
@@ -617,7 +771,8 @@ class LongpollManager:
             self._draining = True
             waiting = {
                 subscriber: None
-                for waiters in self._waiters.values()
+                for fanout in self._fanouts.values()
+                for waiters in fanout.waiters.values()
                 for subscriber in waiters
             }
         for subscriber in waiting:
@@ -631,6 +786,33 @@ class LongpollManager:
                 return
             self._closed = True
         self.engine.close()
+
+
+class _Fanout:
+    """The subscribers delivered to from one hub, and the batches queued for them."""
+
+    __slots__ = ("waiters", "batches", "scheduled")
+
+    def __init__(self) -> None:
+        #: Category to its subscribers, in the order they came.
+        self.waiters: dict[str, dict[Subscriber, None]] = {}
+        #: The engine's batches not delivered yet, in the order it handed them.
+        self.batches: list[Sequence[tuple[Position, Event]]] = []
+        #: Whether a callback of the hub is to deliver them.
+        self.scheduled = False
+
+
+def _merge(
+    batches: list[Sequence[tuple[Position, Event]]],
+) -> Sequence[tuple[Position, Event]]:
+    """The batches queued for a fan-out as one, in position order, each event once (an
+    engine's catch-up of a new watch repeats events and goes back in position)."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = [entry for batch in batches for entry in batch]
+    if all(merged[i][0] < merged[i + 1][0] for i in range(len(merged) - 1)):
+        return merged
+    return sorted(dict(merged).items())
 
 
 #: Every manager made in this process and not yet garbage-collected.
@@ -651,9 +833,10 @@ def live_managers() -> list[LongpollManager]:
     return [manager for manager in managers if not manager.closed]
 
 
-def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engine:
+def _build_engine(options: dict[str, Any], persister: Persister | None,
+                  budget: MemoryBudget) -> Engine:
     """The engine that :class:`LongpollManager`'s golongpoll-style *options* describe
-    (the engine options, by name)."""
+    (the engine options, by name), within the events' and keys' shares of *budget*."""
     if options["redis_url"] is None:
         memory = options_of(MemoryOptions)
         given = [name for name, item in options_of(RedisOptions).items()
@@ -661,7 +844,9 @@ def _build_engine(options: dict[str, Any], persister: Persister | None) -> Engin
         if given:
             raise ValueError(f"{', '.join(given)} needs redis_url: without it the events are "
                              "kept in this process's memory")
-        return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister)
+        return MemoryEngine(**asdict(build(MemoryOptions, options)), persister=persister,
+                            max_buffered_bytes=budget.limit(BUFFERED_EVENTS),
+                            max_idempotency_key_bytes=budget.limit(IDEMPOTENCY_KEYS))
     redis_options = build(RedisOptions, options)  # checked before anything is imported
     if persister is not None:
         raise ValueError(

@@ -32,7 +32,10 @@ and the ``/metrics`` view exposes ``MultiProcessCollector(CollectorRegistry())``
 Which figures are whose (see :class:`~wsgi_longpoll.manager.ManagerStats`):
 
 - **per process**, whatever the engine: ``wsgi_longpoll_waiting_subscribers`` (the long
-  polls this process holds), ``wsgi_longpoll_events_published_total`` (the events *this
+  polls this process holds), the bytes it holds for each kind of its memory budget
+  (``wsgi_longpoll_buffered_event_bytes``, ``wsgi_longpoll_idempotency_key_bytes``: ``0``
+  with Redis, which holds them; ``wsgi_longpoll_stream_backlog_bytes``,
+  ``wsgi_longpoll_parked_answer_bytes``), ``wsgi_longpoll_events_published_total`` (the events *this
   process* published: with Redis, a worker does not count its peers' publishes),
   ``wsgi_longpoll_events_delivered_total`` and ``wsgi_longpoll_publish_errors_total``. In
   multiprocess mode they are summed over the workers (gauges over the live ones);
@@ -83,6 +86,14 @@ METRICS = (
      "Events this process handed to subscribers (one event to ten counts ten)."),
     ("publish_errors", "publish_errors", "counter",
      "Publishes in this process that failed after validation."),
+    ("buffered_event_bytes", "buffered_event_bytes", "gauge",
+     "Bytes of the events buffered in this process's memory (0 with Redis)."),
+    ("idempotency_key_bytes", "idempotency_key_bytes", "gauge",
+     "Bytes of the idempotency keys remembered in this process's memory (0 with Redis)."),
+    ("stream_backlog_bytes", "stream_backlog_bytes", "gauge",
+     "Bytes this process's event streams hold that their readers have not taken yet."),
+    ("parked_answer_bytes", "parked_answer_bytes", "gauge",
+     "Bytes of this process's long-poll answers their readers have not taken yet."),
 )
 
 #: The figures global to every process when the events are in Redis.

@@ -191,6 +191,18 @@ class Engine(ABC):
     def counts(self) -> tuple[int, int]:
         """``(categories that hold events, events held)``."""
 
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes this process holds for buffered events (``0`` for an engine that
+        keeps them elsewhere, such as Redis)."""
+        return 0
+
+    @property
+    def idempotency_key_bytes(self) -> int:
+        """The bytes this process holds for idempotency keys (``0`` for an engine that
+        keeps them elsewhere, such as Redis)."""
+        return 0
+
     @abstractmethod
     def check(self) -> None:
         """Make sure that events can be stored now (for health checks).

@@ -7,7 +7,16 @@ from typing import NamedTuple
 
 from ..event import Event
 
-__all__ = ["EventBuffer", "Floor", "missed"]
+__all__ = ["EVENT_OVERHEAD_BYTES", "EventBuffer", "Floor", "event_cost", "missed"]
+
+#: About what an event costs beside its JSON: the :class:`~wsgi_longpoll.event.Event`,
+#: its id and category, its sequence number and its entries in the indexes.
+EVENT_OVERHEAD_BYTES = 480
+
+
+def event_cost(event: Event) -> int:
+    """The bytes a buffer counts for *event*: its JSON and :data:`EVENT_OVERHEAD_BYTES`."""
+    return len(event.to_json()) + EVENT_OVERHEAD_BYTES
 
 
 def _timestamp(event: Event) -> int:
@@ -49,7 +58,7 @@ class EventBuffer:
         self._seq_by_id: dict[str, int] = {}
         #: The newest event dropped for size or age, if any.
         self.floor: Floor | None = None
-        #: The bytes of the JSON form of the events held.
+        #: The bytes of the events held, as :func:`event_cost` counts them.
         self.size_bytes = 0
 
     def __len__(self) -> int:
@@ -63,8 +72,9 @@ class EventBuffer:
         """The sequence number of the buffered event *event_id*, or ``None``."""
         return self._seq_by_id.get(event_id)
 
-    def append(self, event: Event, seq: int) -> None:
-        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``."""
+    def append(self, event: Event, seq: int, keep_after: int | None = None) -> None:
+        """Add *event*, published as number *seq*, evicting the oldest beyond ``max_size``
+        but those published after number *keep_after* (which a subscriber is still owed)."""
         if len(self) and (
             event.timestamp < self._events[-1].timestamp or seq <= self._seqs[-1]
         ):
@@ -72,9 +82,14 @@ class EventBuffer:
         self._seq_by_id[event.id] = seq
         self._events.append(event)
         self._seqs.append(seq)
-        self.size_bytes += len(event.to_json())
-        if len(self) > self.max_size:
-            self.drop_oldest(len(self) - self.max_size)
+        self.size_bytes += event_cost(event)
+        excess = len(self) - self.max_size
+        if excess > 0:
+            if keep_after is not None:
+                start = self._start
+                excess = min(excess, bisect_right(self._seqs, keep_after, lo=start) - start)
+            if excess > 0:
+                self.drop_oldest(excess)
 
     def expire(self, cutoff: int) -> int:
         """Drop the events with ``timestamp < cutoff``; return how many went."""
@@ -120,7 +135,7 @@ class EventBuffer:
         position = len(self._events) - min(count, len(self))
         for event in self._events[position:]:
             del self._seq_by_id[event.id]
-            self.size_bytes -= len(event.to_json())
+            self.size_bytes -= event_cost(event)
         del self._events[position:]
         del self._seqs[position:]
 
@@ -159,7 +174,7 @@ class EventBuffer:
         events = self._events
         for event in events[self._start : end]:
             del self._seq_by_id[event.id]
-            self.size_bytes -= len(event.to_json())
+            self.size_bytes -= event_cost(event)
         newest = events[end - 1]
         self.floor = Floor(newest.timestamp, self._seqs[end - 1], newest.id)
         # The dead prefix is never read again: let its events go now, not when it is cut.

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from gevent.monkey import get_original
 
+from ..budget import BUFFERED_EVENTS, IDEMPOTENCY_KEYS, BudgetOptions, share
 from ..errors import CapacityExceeded, IdempotencyConflict
 from ..event import Event, Gap, new_event_id
 from ..protocol import MAX_TIMESTAMP, now_ms
@@ -42,6 +43,14 @@ _LAST = 1 << 63
 
 #: How many skipped events :meth:`MemoryEngine._restore` logs one by one.
 _LOGGED_SKIPPED_EVENTS = 20
+
+#: About what a remembered idempotency key costs beside its category and its own text:
+#: the table's entry, its key tuple, what it stands for (see :class:`_Remembered`).
+KEY_OVERHEAD_BYTES = 480
+
+
+def _key_cost(category: str, key: str) -> int:
+    return len(category) + len(key) + KEY_OVERHEAD_BYTES
 
 
 class _Remembered(NamedTuple):
@@ -105,15 +114,26 @@ class MemoryEngine(Engine):
     :param delete_event_after_first_retrieval: an event served from a buffer is removed
         from it, and an event published to a watched category is handed to its watchers
         and not kept (golongpoll's option).
-    :param max_buffered_bytes: the most bytes of events (their JSON form) held across
-        every category; beyond it the oldest events of all go first, and subscribers who
-        had not seen them get the gap signal. ``None``: no bound but the others.
+    :param max_buffered_bytes: the most bytes of events held across every category
+        (their JSON form and about :data:`~.buffer.EVENT_OVERHEAD_BYTES` each); beyond it
+        the oldest events of all go first, and subscribers who had not seen them get the
+        gap signal. ``None``: no bound but the others. The default is the events' share of
+        ``max_memory_bytes``' (see :mod:`wsgi_longpoll.budget`), which is what a
+        :class:`~wsgi_longpoll.manager.LongpollManager` gives the engine it builds.
+    :param max_idempotency_key_bytes: the most bytes of idempotency keys remembered
+        (about :data:`KEY_OVERHEAD_BYTES` each, with the key and its category); beyond it
+        the oldest are forgotten first (a retry of a forgotten key publishes again).
+        ``None``: no bound but :attr:`max_idempotency_keys`. The default is the keys'
+        share of ``max_memory_bytes``'.
     """
 
     #: How often, at most, every category is swept for expired events, in ms.
     sweep_interval_ms = 1000
-    #: The default ``max_buffered_bytes``: 256 MiB.
-    default_max_buffered_bytes = MemoryOptions.max_buffered_bytes
+    #: The default ``max_buffered_bytes``: the events' share of the default budget.
+    default_max_buffered_bytes = share(BudgetOptions.max_memory_bytes, BUFFERED_EVENTS)
+    #: The default ``max_idempotency_key_bytes``: the keys' share of the default budget.
+    default_max_idempotency_key_bytes = share(BudgetOptions.max_memory_bytes,
+                                              IDEMPOTENCY_KEYS)
     #: How many idempotency keys are remembered at most (the oldest are forgotten first).
     max_idempotency_keys = 100_000
     #: How many floors of categories pushed out by ``max_categories`` are kept, each for
@@ -123,6 +143,12 @@ class MemoryEngine(Engine):
     #: that has none of its own: a cursor older than it, in such a category, is given
     #: the gap (one that may have lost nothing: told rather than not).
     max_kept_floors = 10_000
+    #: How long, in seconds, a subscriber handed events has to come back for the next
+    #: ones: meanwhile its category keeps the events after them beyond
+    #: ``max_event_buffer_size`` (``max_buffered_bytes`` and the time to live still
+    #: apply), so that on a hot channel a re-poll that comes in time meets no eviction.
+    #: ``0``: none (the size alone decides).
+    repoll_grace_seconds = 30.0
     #: How far ahead of the clock a restored event's timestamp may be, in seconds.
     #: Timestamps never go back, so such an event holds every new event's timestamp at
     #: its own until the clock catches up; one further ahead is skipped with a warning.
@@ -136,17 +162,22 @@ class MemoryEngine(Engine):
         persister: Persister | None = None,
         delete_event_after_first_retrieval: bool = (
             MemoryOptions.delete_event_after_first_retrieval),
-        max_buffered_bytes: int | None = MemoryOptions.max_buffered_bytes,
+        max_buffered_bytes: int | None = default_max_buffered_bytes,
+        max_idempotency_key_bytes: int | None = default_max_idempotency_key_bytes,
     ) -> None:
+        for name, value in (("max_buffered_bytes", max_buffered_bytes),
+                            ("max_idempotency_key_bytes", max_idempotency_key_bytes)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or at least 1, not {value!r}")
         #: The engine's options, checked.
         self.options = MemoryOptions(
             max_event_buffer_size=max_event_buffer_size,
             event_time_to_live_seconds=event_time_to_live_seconds,
             max_categories=max_categories,
             delete_event_after_first_retrieval=delete_event_after_first_retrieval,
-            max_buffered_bytes=max_buffered_bytes,
         )
         self.max_buffered_bytes = max_buffered_bytes
+        self.max_idempotency_key_bytes = max_idempotency_key_bytes
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
@@ -170,8 +201,14 @@ class MemoryEngine(Engine):
         #: what ``max_buffered_bytes`` drops first.
         self._order: deque[tuple[int, str]] = deque()
         self._watched = WatchCounts()
-        #: ``(category, idempotency key)`` to what it stands for, oldest first.
+        #: What each category keeps beyond its size for the subscribers handed events
+        #: lately, oldest first: ``[made, until, seq]`` (epoch ms; the events after
+        #: number ``seq`` are kept until then).
+        self._kept: dict[str, deque[list[int]]] = {}
+        #: ``(category, idempotency key)`` to what it stands for, oldest first, and the
+        #: bytes they cost (see :func:`_key_cost`).
         self._keys: dict[tuple[str, str], _Remembered] = {}
+        self._key_bytes = 0
         self._listener: Listener | None = None
         #: The position of the newest event: timestamps never go back, and the sequence
         #: numbers every event across every category in publish order.
@@ -224,12 +261,12 @@ class MemoryEngine(Engine):
                     persister.compact(self.all_events())
             self.sweep(timestamp)
             if watched and self._listener is not None:
+                self._keep(category, self._last_seq, timestamp)
                 self._listener([((timestamp, self._last_seq), event)])
             if idempotency_key is not None:
                 expires = timestamp + int(self.idempotency_window_seconds * 1000)
-                self._keys[category, idempotency_key] = _Remembered(
-                    expires, timestamp, event.id, digest
-                )
+                self._remember(category, idempotency_key,
+                               _Remembered(expires, timestamp, event.id, digest))
         if self.persister is not None:
             self.persister.wait_written(event)  # without the lock: it may wait for the disk
         return event
@@ -239,15 +276,61 @@ class MemoryEngine(Engine):
         keys = self._keys
         now = now_ms()
         # Every key lives as long as the window: the oldest expire first.
-        while keys and (
-            next(iter(keys.values())).expires < now or len(keys) > self.max_idempotency_keys
-        ):
-            del keys[next(iter(keys))]
+        while keys and next(iter(keys.values())).expires < now:
+            self._forget_oldest_key()
         return keys.get((category, key))
+
+    def _keep(self, category: str, seq: int, now: int) -> None:
+        """Keep the events of *category* after number *seq* (handed out: their
+        subscribers come back after it) for ``repoll_grace_seconds`` from *now*."""
+        if self.repoll_grace_seconds <= 0:
+            return
+        until = now + int(self.repoll_grace_seconds * 1000)
+        kept = self._kept.get(category)
+        if kept is None:
+            if len(self._kept) > 2 * len(self._buffers) + 1024:
+                for name in list(self._kept):
+                    self._kept_after(name, now)
+            self._kept[category] = deque([[now, until, seq]])
+        elif now - kept[-1][0] < 1000:  # one entry a second: the oldest seq, kept longer
+            kept[-1][1] = until
+        else:
+            kept.append([now, until, seq])
+
+    def _kept_after(self, category: str, now: int) -> int | None:
+        """The number after which *category*'s events are kept beyond its size, if any."""
+        kept = self._kept.get(category)
+        if kept is None:
+            return None
+        while kept and kept[0][1] < now:
+            kept.popleft()
+        if not kept:
+            del self._kept[category]
+            return None
+        return kept[0][2]
+
+    def _remember(self, category: str, key: str, remembered: _Remembered) -> None:
+        """Remember *key* (new in *category*); forget the oldest keys beyond
+        :attr:`max_idempotency_keys` and ``max_idempotency_key_bytes``."""
+        keys = self._keys
+        keys[category, key] = remembered
+        self._key_bytes += _key_cost(category, key)
+        limit = self.max_idempotency_key_bytes
+        while len(keys) > 1 and (
+            len(keys) > self.max_idempotency_keys
+            or (limit is not None and self._key_bytes > limit)
+        ):
+            self._forget_oldest_key()
+
+    def _forget_oldest_key(self) -> None:
+        category, key = next(iter(self._keys))
+        del self._keys[category, key]
+        self._key_bytes -= _key_cost(category, key)
 
     def _store(self, buffer: EventBuffer, event: Event, seq: int) -> None:
         held, size = len(buffer), buffer.size_bytes
-        buffer.append(event, seq)
+        buffer.append(event, seq, self._kept_after(event.category, event.timestamp)
+                      if self._kept else None)
         self._held += len(buffer) - held
         self._bytes += buffer.size_bytes - size
         self._order.append((seq, event.category))
@@ -342,6 +425,10 @@ class MemoryEngine(Engine):
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
                     self._drop_newest(buffer, len(entries))
+            elif found:  # the subscriber comes back after them: keep what follows
+                clock = now_ms()
+                for _, entries in found:
+                    self._keep(entries[-1][1].category, now[1], clock)
             merged = merge_by_position([entries for _, entries in found])
             position = now if since_time <= now[0] else (since_time, _LAST)
             return ReadResult([event for _, event in merged], gaps, position)
@@ -357,8 +444,14 @@ class MemoryEngine(Engine):
 
     @property
     def buffered_bytes(self) -> int:
-        """The bytes of the events held (their JSON form), across every category."""
+        """The bytes of the events held across every category (their JSON form and about
+        :data:`~.buffer.EVENT_OVERHEAD_BYTES` each)."""
         return self._bytes
+
+    @property
+    def idempotency_key_bytes(self) -> int:
+        """The bytes of the idempotency keys remembered (see :data:`KEY_OVERHEAD_BYTES`)."""
+        return self._key_bytes
 
     def check(self) -> None:
         if self.persister is not None:
@@ -378,6 +471,10 @@ class MemoryEngine(Engine):
             if self.delete_event_after_first_retrieval:
                 for buffer, entries in found:
                     self._drop_newest(buffer, len(entries))
+            else:
+                clock = now_ms()
+                for _, entries in found:
+                    self._keep(entries[-1][1].category, self._last_seq, clock)
             if self._listener is not None:
                 self._listener(merge_by_position([entries for _, entries in found]))
 

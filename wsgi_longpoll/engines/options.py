@@ -52,12 +52,6 @@ class MemoryOptions(EngineOptions):
         help="remove an event from its buffer once it has been served (golongpoll's "
         "option; not with Redis)",
     )
-    max_buffered_bytes: int | None = option(
-        256 * 1024 * 1024, check=at_least(1), zero_means_none=True,
-        help="the most bytes of events (their JSON) held in memory across every category; "
-        "beyond it the oldest of all go first, with the gap signal; None (or 0): no bound "
-        "but the others (not with Redis)",
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -196,8 +196,10 @@ class ServerOptions:
     :param delete_event_after_first_retrieval: remove events once served.
     :param max_categories: categories that may hold events at once (a new one pushes out
         the one idle longest that nobody waits on; only when all have subscribers: 503).
-    :param max_buffered_bytes: the most bytes of events held in memory (the oldest of all
-        go first); ``None``: no bound. Not used with Redis.
+    :param max_memory_bytes: the most bytes clients can make the server hold: buffered
+        events, idempotency keys, stream backlogs and unread answers, each within its
+        share (see :mod:`wsgi_longpoll.budget` and ``docs/deploying.md``); ``None``: no
+        bound but the others.
     :param redis_url: keep the events in Redis at this URL, shared with every other
         server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
     :param redis_key_prefix: put before every Redis key, so that several applications
@@ -247,10 +249,11 @@ class ServerOptions:
     delete_event_after_first_retrieval: bool = option_from(
         MemoryOptions, "delete_event_after_first_retrieval")
     max_categories: int = option_from(MemoryOptions, "max_categories")
-    max_buffered_bytes: int | None = option_from(MemoryOptions, "max_buffered_bytes")
     redis_url: str | None = option_from(RedisOptions, "url")
     redis_key_prefix: str = option_from(RedisOptions, "key_prefix")
     redis_min_replicas: int = option_from(RedisOptions, "min_replicas")
+    # The manager's (and its budget's).
+    max_memory_bytes: int | None = option_from(ManagerOptions, "max_memory_bytes")
     # The endpoints'.
     max_body_size: int = option_from(EndpointOptions, "max_body_size")
     max_categories_per_request: int = option_from(EndpointOptions, "max_categories_per_request")
@@ -387,7 +390,7 @@ class Server:
                     persister=persister,
                     max_categories=options.max_categories,
                     max_waiting_subscribers=options.max_waiting_subscribers,
-                    max_buffered_bytes=options.max_buffered_bytes,
+                    max_memory_bytes=options.max_memory_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
                     redis_min_replicas=options.redis_min_replicas,

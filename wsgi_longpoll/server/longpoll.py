@@ -14,12 +14,14 @@ cookie, CORS) go with the answer.
 A long poll with nothing to answer yet is a :class:`ParkedPoll`: a
 :class:`~wsgi_longpoll.manager.Subscriber` holding its connection. The manager's
 :meth:`~ParkedPoll.deliver` writes the answer to the socket at once, without blocking,
-from whatever greenlet or thread published; subscribers handed the same events share one
-encoded answer. Only a partial write (a full socket buffer) is left to the connection's
-greenlet. While parked, that greenlet waits on the socket, which wakes it for the next
-request (the answer already written) or the client's end of file (a hang-up, or a
-half-close whose answer is still owed: see :class:`ParkedPoll`), and on a timer for the
-protocol's timeout answer.
+from a callback of the server's hub after the publisher has its answer; subscribers
+handed the same events share one encoded answer (one response, whatever their HTTP
+version and keep-alive), and so do re-polls that find the same events in the buffer.
+Only a partial write (a full socket buffer) is left to the connection's greenlet. While
+parked, that greenlet waits on the socket, which wakes it for the next request (the
+answer already written) or the client's end of file (a hang-up, or a half-close whose
+answer is still owed: see :class:`ParkedPoll`), and on a timer for the protocol's
+timeout answer.
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from .._gevent import peek, peer_closed, raw_socket, read_watcher
+from ..backlog import Frame
+from ..budget import PARKED_ANSWERS
 from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
 from ..event import Event
 from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Subscriber
 from ..protocol import events_body, now_ms, timeout_body
 from ..sse import KEEP_ALIVE, batch_body
 from ..wsgi.middleware import LongpollMiddleware, RequestContext
-from .http import Connection, Request, send_all
+from .http import Connection, Request, http_date, send_all
 from .wsgi import WSGIBridge, make_environ
 
 if TYPE_CHECKING:
@@ -62,7 +66,55 @@ _monotonic = get_original("time", "monotonic")
 _get_thread_ident = get_original("_thread", "get_ident")
 
 #: Why a parked connection's greenlet woke.
-_READABLE, _TIMER, _WAKE, _CHECK = 1, 2, 3, 4
+_READABLE, _TIMER, _WAKE, _CHECK, _WRITABLE = 1, 2, 3, 4, 5
+
+#: The most frames one write of a stream's backlog hands the kernel (``IOV_MAX`` is 1024).
+_FRAMES_PER_WRITE = 512
+
+
+class _Encodings:
+    """The encodings made last, kept while they are small: a fan-out (or the re-polls of
+    a hot channel, which come back together) finds the answer it shares here."""
+
+    __slots__ = ("entries", "size")
+
+    #: Beyond either, the encodings kept are dropped (but the newest).
+    max_entries = 64
+    max_bytes = 1024 * 1024
+
+    def __init__(self) -> None:
+        self.entries: dict[object, Any] = {}
+        self.size = 0
+
+    def get(self, key: object) -> Any:
+        return self.entries.get(key)
+
+    def put(self, key: object, value: Any, size: int) -> None:
+        entries = self.entries
+        if len(entries) >= self.max_entries or self.size + size > self.max_bytes:
+            entries.clear()
+            self.size = 0
+        entries[key] = value
+        self.size += size
+
+
+class _Encoded:
+    """One encoding of a list of events: a long poll's answer body and the whole responses
+    made of it (one per set of header lines, HTTP version and keep-alive), or a stream's
+    frames."""
+
+    __slots__ = ("events", "body", "date", "responses", "chunk", "plain")
+
+    def __init__(self, events: list[Event], body: bytes) -> None:
+        #: The list encoded (kept, so that its identity stays its own).
+        self.events = events
+        self.body = body
+        #: The ``Date`` of the responses kept.
+        self.date = b""
+        self.responses: dict[tuple[bytes, str, bool], bytes] = {}
+        #: A stream's write of :attr:`body`: as a chunk (HTTP/1.1), and as it is (1.0).
+        self.chunk: Frame | None = None
+        self.plain: Frame | None = None
 
 
 def _path_bytes(path: str | None) -> bytes | None:
@@ -114,7 +166,7 @@ class LongpollRouter:
         self.native = native and middleware is not None
         self._checks = False
         if middleware is not None:
-            self.managers.add(middleware.manager)
+            self._add_manager(middleware.manager)
             endpoints = self.endpoints = middleware.endpoints
             options = endpoints.options
             self.subscription_path = _path_bytes(options.subscription_path)
@@ -122,10 +174,17 @@ class LongpollRouter:
             self.max_body_size = options.max_body_size
             self._checks = any((endpoints.before_subscription, endpoints.before_publish,
                                 endpoints.authorize_subscribe, endpoints.authorize_publish))
-        #: The last answer encoded for a delivery: ``(events, head, response, body)``.
-        self.answer_cache: tuple[Any, bytes, bytes, bytes] = (None, b"", b"", b"")
-        #: The last stream write encoded for a delivery: ``(events, body)``.
-        self.stream_cache: tuple[Any, bytes] = (None, b"")
+        #: The answers encoded last: by the identity of a delivery's list of events, and
+        #: by what an answer from the buffer holds (see :meth:`park`).
+        self.encodings = _Encodings()
+        #: The encoding of the delivery answered last (the list of events it encodes
+        #: is a new one for each delivery).
+        self.delivered: _Encoded | None = None
+
+    def _add_manager(self, manager: LongpollManager) -> None:
+        if manager in self.managers:
+            return
+        self.managers.add(manager)
 
     def _route(self, path: bytes) -> bytes:
         return unquote_to_bytes(path) if b"%" in path else path
@@ -211,7 +270,7 @@ class LongpollRouter:
         """Answer *hold* on *connection*: at once if events are there, else from the
         publisher. *extra* are header lines to send with it (an application's own)."""
         if manager is not self._parked_on:  # a WeakSet's add makes a weak reference
-            self.managers.add(manager)
+            self._add_manager(manager)
             self._parked_on = manager
         if hold.stream:
             self._stream(connection, request, manager, hold, extra)
@@ -223,13 +282,36 @@ class LongpollRouter:
             self.refuse(connection, request, error, extra)
             return
         if delivery is not None:
-            if delivery.events:
-                body = events_body(delivery.events, delivery.gaps)
+            events = delivery.events
+            budget = manager.budget
+            if events and not delivery.gaps and request.method != b"HEAD":
+                # Re-polls at the same position (a hot channel's subscribers come back
+                # together) share one encoding: the same first and last event and count,
+                # in the same categories, are the same events.
+                key = (hold.categories, events[0].id, events[-1].id, len(events))
+                encoded = self.encoded(key, events)
+                budget.hold(PARKED_ANSWERS, encoded.body)  # until the reader takes it
+                try:
+                    send_all(connection.sock, self.response(poll, encoded))
+                finally:
+                    budget.release(PARKED_ANSWERS, encoded.body)
+                connection.server.log_access(connection, request, _OK, len(encoded.body))
+                return
+            if events:
+                body = events_body(events, delivery.gaps)
             else:
                 body = timeout_body(now_ms(), delivery.gaps)
-            connection.send_response(request, _OK, poll.head, body)
+            budget.hold(PARKED_ANSWERS, body)  # until the reader takes it
+            try:
+                connection.send_response(request, _OK, poll.head, body)
+            finally:
+                budget.release(PARKED_ANSWERS, body)
             return
-        poll.wait(hold.timeout)
+        try:
+            poll.wait(hold.timeout)
+        finally:
+            if poll.held is not None:  # no delivery once the wait is over: it is final
+                manager.budget.release(PARKED_ANSWERS, poll.held)
 
     def refuse(self, connection: Connection, request: Request,
                error: CapacityExceeded | StorageUnavailable, extra: bytes) -> None:
@@ -239,27 +321,71 @@ class LongpollRouter:
         connection.keep_alive = request.keep_alive = False
         self.send(connection, request, refusal(error, SUBSCRIBE_HEADERS), extra)
 
+    def encoded(self, key: object, events: list[Event]) -> _Encoded:
+        """The encoding of *events*, shared by every answer made under *key* (what
+        identifies the events)."""
+        encodings = self.encodings
+        encoded: _Encoded | None = encodings.get(key)
+        if encoded is None:
+            encoded = _Encoded(events, events_body(events))
+            encodings.put(key, encoded, len(encoded.body))
+        return encoded
+
+    @staticmethod
+    def response(poll: ParkedPoll, encoded: _Encoded, *, dated: bool = True) -> bytes:
+        """The whole response of *poll* with *encoded*'s body: made once for every poll
+        with the same header lines, HTTP version and keep-alive (``Connection: close``
+        and HTTP/1.0 polls share theirs as keep-alive ones do); once a second, for its
+        ``Date``, unless not *dated* (the responses of one delivery)."""
+        connection, request = poll.connection, poll.request
+        keep_alive = request.keep_alive and not connection.server.closing
+        if dated:
+            date = http_date()
+            if encoded.date != date:
+                encoded.date = date
+                encoded.responses.clear()
+        key = (poll.head, request.version, keep_alive)
+        response = encoded.responses.get(key)
+        if response is None:
+            if len(encoded.responses) >= 16:  # heads of their own (session cookies)
+                encoded.responses.clear()
+            body = encoded.body
+            response = encoded.responses[key] = (
+                connection.response_head(request, _OK, poll.head, len(body)) + body)
+        connection.keep_alive = keep_alive
+        return response
+
     def encode(self, poll: ParkedPoll, events: list[Event]) -> bytes:
         """The whole response of *poll* to *events*, encoded once for every poll that
-        gets the same list in one delivery with the same headers (and no gaps); the body
-        alone is shared by those whose headers differ (a session cookie of their own)."""
-        connection, request = poll.connection, poll.request
+        gets the same list in one delivery (and no gaps; see :meth:`response`)."""
         if poll.gaps:
+            connection = poll.connection
             body = events_body(events, poll.gaps)
-            return connection.response_head(request, _OK, poll.head, len(body)) + body
-        cached_events, head, response, body = self.answer_cache
-        if cached_events is not events:
-            body = events_body(events)
-            head = response = b""
-            self.answer_cache = (events, head, response, body)
-        if request.version != "1.1" or not request.keep_alive or connection.server.closing:
-            return connection.response_head(request, _OK, poll.head, len(body)) + body
-        if head == poll.head and response:
-            connection.keep_alive = True
-            return response
-        response = connection.response_head(request, _OK, poll.head, len(body)) + body
-        self.answer_cache = (events, poll.head, response, body)
-        return response
+            return connection.response_head(poll.request, _OK, poll.head, len(body)) + body
+        encoded = self.delivered
+        if encoded is None or encoded.events is not events:
+            # By the list's identity: the encoding kept holds it, so no other list
+            # can have its id meanwhile.
+            encoded = self.delivered = self.encoded(id(events), events)
+        return self.response(poll, encoded, dated=False)
+
+    def stream_frame(self, events: list[Event], chunked: bool) -> Frame:
+        """The write of *events* to a stream, one :class:`~wsgi_longpoll.backlog.Frame`
+        for every stream that gets the same list in one delivery."""
+        key = ("stream", id(events))  # the encoding kept holds the list (see encode)
+        encodings = self.encodings
+        encoded: _Encoded | None = encodings.get(key)
+        if encoded is None:
+            encoded = _Encoded(events, batch_body(events))
+            encodings.put(key, encoded, len(encoded.body))
+        if chunked:
+            if encoded.chunk is None:
+                body = encoded.body
+                encoded.chunk = Frame(b"%x\r\n%s\r\n" % (len(body), body))
+            return encoded.chunk
+        if encoded.plain is None:
+            encoded.plain = Frame(encoded.body)
+        return encoded.plain
 
     def _stream(self, connection: Connection, request: Request, manager: LongpollManager,
                 hold: Hold, extra: bytes) -> None:
@@ -299,8 +425,7 @@ class LongpollRouter:
             return
         # Registered: the gaps its read found go first, then what was delivered meanwhile.
         if stream.gaps:
-            with stream.lock:
-                stream.pending = frame(batch_body([], stream.gaps)) + stream.pending
+            stream.offer(Frame(frame(batch_body([], stream.gaps))), first=True)
         stream.run(hold.timeout, hold.keepalive)
 
 
@@ -323,7 +448,7 @@ class ParkedPoll(Subscriber):
     """
 
     __slots__ = ("router", "manager", "connection", "request", "head", "answered", "pending",
-                 "broken", "waiter", "hub", "watching", "deferred", "answer")
+                 "broken", "waiter", "hub", "watching", "deferred", "answer", "held")
 
     #: Seconds between the looks for a reset after the head is written to a client that
     #: shut its side (about 6 s in all: a reset comes a round trip after the head).
@@ -339,17 +464,22 @@ class ParkedPoll(Subscriber):
         self.connection = connection
         self.request = request
         self.answered = False
-        #: What is left to write after a partial write.
-        self.pending = b""
+        #: What is left to write after a partial write (a view of the answer, which
+        #: every poll of a delivery may share).
+        self.pending: bytes | memoryview = b""
         self.broken = False
         self.waiter: Waiter | None = None
-        self.hub: Hub | None = None
+        #: The hub of the connection's greenlet, which delivers to it.
+        self.hub: Hub = gevent.get_hub()
         #: Whether the socket wakes the greenlet after the answer (else deliver must).
         self.watching = True
         #: The client shut its side: the greenlet writes the answer (its head is out).
         self.deferred = False
         #: The events to answer with when :attr:`deferred` (``[]``: the timeout answer).
         self.answer: list[Event] | None = None
+        #: The answer :attr:`pending` is part of, held in the memory budget (parked
+        #: answers) until the poll is done.
+        self.held: bytes | None = None
 
     def _claim(self) -> bool:
         with _claim_lock:
@@ -391,7 +521,10 @@ class ParkedPoll(Subscriber):
             self._wake()
             return
         if sent < len(data):
-            self.pending = data[sent:]
+            self.pending = memoryview(data)[sent:]  # not a copy: the answer may be shared
+            # Held until the greenlet writes it: released when the poll is done (park).
+            self.held = data
+            self.manager.budget.hold(PARKED_ANSWERS, data)
             self._wake()
             return
         connection = self.connection
@@ -410,7 +543,7 @@ class ParkedPoll(Subscriber):
 
     def _wake(self) -> None:
         waiter, hub = self.waiter, self.hub
-        if waiter is None or hub is None:
+        if waiter is None:
             return  # not waiting yet: it looks at its state before it waits
         if hub.thread_ident == _get_thread_ident():
             hub.loop.run_callback(waiter.switch, _WAKE)
@@ -420,7 +553,7 @@ class ParkedPoll(Subscriber):
     def wait(self, timeout: float) -> None:
         """Park until answered, timed out, hung up on or released (the greenlet's part)."""
         connection = self.connection
-        hub = gevent.get_hub()
+        hub = self.hub
         loop = hub.loop
         waiter = Waiter(hub)
         deadline = _monotonic() + max(timeout, 0.0)
@@ -433,7 +566,7 @@ class ParkedPoll(Subscriber):
         request = self.request
         request.headers = []  # what a parked poll holds on to is what it costs: only
         request.body_parts = []  # the version, keep-alive and method are needed now
-        self.waiter, self.hub = waiter, hub
+        self.waiter = waiter
         # With the next request read already, the socket will not wake the greenlet:
         # the answer must.
         self.watching = not (connection.queue or connection.current is not None
@@ -484,7 +617,7 @@ class ParkedPoll(Subscriber):
             return
         if self.pending:
             pending, self.pending = self.pending, b""
-            send_all(connection.sock, pending)
+            connection.sock.sendall(pending)  # gevent waits for the socket to drain
         connection.keep_alive = request.keep_alive and not connection.server.closing
         connection.server.log_access(connection, request, _OK, None)
 
@@ -537,10 +670,14 @@ class ParkedPoll(Subscriber):
             check.close()
         events = self.answer
         body = events_body(events, self.gaps) if events else timeout_body(now_ms(), self.gaps)
+        budget = self.manager.budget
+        budget.hold(PARKED_ANSWERS, body)
         try:
             send_all(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
         except OSError:
             return False
+        finally:
+            budget.release(PARKED_ANSWERS, body)
         connection.server.log_access(connection, request, _OK, len(body))
         return True
 
@@ -548,14 +685,21 @@ class ParkedPoll(Subscriber):
 class ParkedStream(Subscriber):
     """A Server-Sent Events stream on its connection, written to from the publisher.
 
-    Each delivery is written without blocking (one encoding for every stream that gets
-    the same events); what the socket does not take waits in :attr:`pending`, in order,
-    for the connection's greenlet, which also writes the keep-alive comments, ends the
-    stream at its timeout or when the manager drains, and notices a hang-up.
+    Each delivery is one write of every event published since the last (the manager
+    batches what was published while it fanned out), made without blocking, of one
+    :class:`~wsgi_longpoll.backlog.Frame` shared by every stream at the same position.
+    What the socket does not take waits in the stream's backlog, in order, the frames
+    themselves and not copies, for the connection's greenlet, which writes the whole
+    backlog in one ``sendmsg`` when the socket drains; it also writes the keep-alive
+    comments, ends the stream at its timeout or when the manager drains, and notices a
+    hang-up. A stream more than :attr:`max_pending` bytes behind is ended, and so are the
+    streams furthest behind while every backlog together holds more than the manager's
+    :attr:`~wsgi_longpoll.backlog.StreamBacklog.max_bytes`; their readers reconnect with
+    ``Last-Event-ID``.
     """
 
-    __slots__ = ("router", "manager", "connection", "chunked", "pending", "flushing", "ended",
-                 "lock", "waiter", "hub")
+    __slots__ = ("router", "manager", "connection", "chunked", "frames", "offset", "behind",
+                 "started", "ended", "broken", "lock", "waiter", "hub", "backlog")
 
     #: The most a slow reader may leave unread before its stream is ended.
     max_pending = 8 * 1024 * 1024
@@ -568,14 +712,23 @@ class ParkedStream(Subscriber):
         self.connection = connection
         #: HTTP/1.1: each write is a chunk; HTTP/1.0: the body ends with the connection.
         self.chunked = request.version != "1.0"
-        self.pending = b""
-        #: Whether the greenlet is writing :attr:`pending` (others then append to it);
-        #: so too until the stream's head is out (see :meth:`run`).
-        self.flushing = True
+        #: The backlog: what is owed to the reader, oldest first, and how much of the
+        #: first frame is written.
+        self.frames: list[Frame] = []
+        self.offset = 0
+        #: The bytes of the backlog not written yet.
+        self.behind = 0
+        #: Whether the greenlet wrote the stream's head: deliveries may write at once.
+        self.started = False
         self.ended = False
+        #: Ended with a write cut short (its reader too far behind, a failed socket): no
+        #: more is written, not even the end of the body.
+        self.broken = False
         self.lock = _allocate_lock()
         self.waiter: Waiter | None = None
-        self.hub: Hub | None = None
+        #: The hub of the connection's greenlet, which delivers to it.
+        self.hub: Hub = gevent.get_hub()
+        self.backlog = manager.stream_backlog
 
     def frame(self, data: bytes) -> bytes:
         """*data* as one write of this stream's body (a chunk, on HTTP/1.1)."""
@@ -587,48 +740,91 @@ class ParkedStream(Subscriber):
         return b"0\r\n\r\n" if self.chunked else b""
 
     def deliver(self, events: list[Event]) -> bool:
-        if not self.chunked:
-            self.offer(batch_body(events))
-            return self.ended
-        router = self.router
-        cached, body = router.stream_cache
-        if cached is not events:
-            body = self.frame(batch_body(events))
-            router.stream_cache = (events, body)
-        self.offer(body)
+        self.offer(self.router.stream_frame(events, self.chunked))
         return self.ended
 
     def release(self) -> None:
         self.ended = True
         self._wake()
 
-    def offer(self, data: bytes) -> None:
-        """Write *data* after what is pending, without blocking."""
+    def offer(self, frame: Frame, *, first: bool = False) -> None:
+        """Write *frame* after the backlog (before it, *first*, while the greenlet has not
+        started), without blocking."""
+        data = frame.data
         with self.lock:
             if self.ended:
                 return
-            if not (self.pending or self.flushing):
-                sock = self.connection.sock
+            sent = 0
+            if self.started and not self.frames:
                 try:
-                    sent = raw_socket(sock).send(data)
+                    sent = raw_socket(self.connection.sock).send(data)
                 except BlockingIOError:
-                    sent = 0
+                    pass
                 except OSError:
-                    self.ended = True
+                    self.ended = self.broken = True
                     sent = len(data)
-                data = data[sent:]
-            if data:
-                self.pending += data
-                if len(self.pending) > self.max_pending:
-                    logger.warning("ending an event stream whose reader is %d bytes behind",
-                                   len(self.pending))
-                    self.ended = True
-        if data or self.ended:
-            self._wake()
+                if sent == len(data):
+                    if self.ended:
+                        self._wake()
+                    return
+                self.offset = sent
+            if first:
+                self.frames.insert(0, frame)
+            else:
+                self.frames.append(frame)
+            self.behind += len(data) - sent
+            self.backlog.hold(self, frame)
+            too_far = self.behind > self.max_pending
+        if too_far:
+            logger.warning("ending an event stream whose reader is %d bytes behind",
+                           self.behind)
+            self.cut()
+            return
+        self.backlog.enforce()
+        self._wake()
+
+    def cut(self) -> None:
+        """End the stream now, its backlog unwritten (its reader is too far behind)."""
+        with self.lock:
+            self.ended = self.broken = True
+            frames, self.frames = self.frames, []
+            self.offset = self.behind = 0
+        self.backlog.release(self, frames, True)
+        self._wake()
+
+    def _write_backlog(self, raw: Any) -> bool:
+        """Write what the socket takes of the backlog, in one ``sendmsg``; whether it
+        took all that was asked (else it is full)."""
+        with self.lock:
+            frames = self.frames[:_FRAMES_PER_WRITE]
+            offset = self.offset
+        if not frames:
+            return True
+        buffers = [memoryview(frame.data) for frame in frames]
+        buffers[0] = buffers[0][offset:]
+        try:
+            sent = raw.sendmsg(buffers)
+        except BlockingIOError:
+            return False
+        written: list[Frame] = []
+        with self.lock:
+            if self.broken:  # cut meanwhile (from another thread)
+                return True
+            self.behind -= sent
+            sent += self.offset
+            for frame in frames:
+                if sent < len(frame.data):
+                    break
+                sent -= len(frame.data)
+                written.append(frame)
+            del self.frames[:len(written)]
+            self.offset = sent
+            self.backlog.release(self, written, not self.frames)
+        return self.offset == 0 and len(written) == len(frames)
 
     def _wake(self) -> None:
         waiter, hub = self.waiter, self.hub
-        if waiter is None or hub is None:
+        if waiter is None:
             return
         if hub.thread_ident == _get_thread_ident():
             hub.loop.run_callback(waiter.switch, _WAKE)
@@ -636,51 +832,65 @@ class ParkedStream(Subscriber):
             hub.loop.run_callback_threadsafe(waiter.switch, _WAKE)
 
     def run(self, timeout: float, keepalive: float) -> None:
-        """The greenlet's part: write what is pending, keep the stream alive, end it."""
+        """The greenlet's part: write the backlog, keep the stream alive, end it."""
         connection = self.connection
-        hub = gevent.get_hub()
+        hub = self.hub
         loop = hub.loop
         waiter = Waiter(hub)
         sock = connection.sock
+        raw = raw_socket(sock)
         io = read_watcher(sock, loop)
         io.start(waiter.switch, _READABLE)
-        self.waiter, self.hub = waiter, hub
+        writable = None  # made when the socket is first full
+        self.waiter = waiter
         deadline = _monotonic() + timeout
+        with self.lock:
+            self.started = True
         try:
             while not self.ended:
-                with self.lock:
-                    data, self.pending = self.pending, b""
-                    self.flushing = bool(data)
-                if data:
-                    send_all(sock, data)
-                    with self.lock:
-                        self.flushing = False
-                    continue
+                full = False
+                if self.frames:
+                    if self._write_backlog(raw):
+                        continue
+                    full = True
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     break
-                timer = loop.timer(min(remaining, keepalive))
+                if full:
+                    if writable is None:
+                        writable = loop.io(raw.fileno(), 2)
+                    writable.start(waiter.switch, _WRITABLE)
+                timer = loop.timer(remaining if full else min(remaining, keepalive))
                 timer.start(waiter.switch, _TIMER)
                 try:
                     reason = waiter.get()
                 finally:
                     timer.close()
+                    if writable is not None:
+                        writable.stop()
                 waiter.clear()
                 if reason == _READABLE:
                     if peer_closed(sock):
                         break
                     io.stop()  # a pipelined request: it will not be answered
-                elif reason == _TIMER and _monotonic() < deadline:
-                    self.offer(self.frame(KEEP_ALIVE))
+                elif reason == _TIMER and not full and _monotonic() < deadline:
+                    self.offer(Frame(self.frame(KEEP_ALIVE)))
         except OSError:
-            pass
+            self.broken = True
         finally:
             with self.lock:
-                broken, self.ended = self.ended and self.pending, True
+                # Ended on time, on drain or on hang-up with a backlog: its end unwritten.
+                broken = self.broken or bool(self.frames)
+                self.ended = True
+                frames, self.frames = self.frames, []
+                self.behind = 0
+            self.backlog.release(self, frames, True)
             io.stop()
+            if writable is not None:
+                writable.close()
             self.waiter = None
             self.manager.detach(self)
             connection.keep_alive = False
         if not broken:  # ended on time, on drain or on hang-up: say the body is over
             with contextlib.suppress(OSError):
-                send_all(sock, self.pending + self.last)
+                send_all(sock, self.last)

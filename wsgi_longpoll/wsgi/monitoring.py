@@ -2,7 +2,8 @@
 
 Each endpoint is off until given a path. The statistics say how many categories,
 buffered events and waiting subscribers there are, how many events were published and
-delivered, how many publishes failed, and the uptime; the health check answers a load
+delivered, how many publishes failed, the bytes held by each kind of the memory budget
+(:mod:`wsgi_longpoll.budget`), and the uptime; the health check answers a load
 balancer with 200 while the manager takes events and 503 once it is closed.
 """
 
@@ -53,6 +54,14 @@ _METRICS = (
      "Events handed to subscribers (one event to ten subscribers counts ten)."),
     ("publish_errors", "wsgi_longpoll_publish_errors_total", "counter",
      "Publishes that failed after validation (closed manager, capacity, storage)."),
+    ("buffered_event_bytes", "wsgi_longpoll_buffered_event_bytes", "gauge",
+     "Bytes of the events buffered in this process's memory."),
+    ("idempotency_key_bytes", "wsgi_longpoll_idempotency_key_bytes", "gauge",
+     "Bytes of the idempotency keys remembered in this process's memory."),
+    ("stream_backlog_bytes", "wsgi_longpoll_stream_backlog_bytes", "gauge",
+     "Bytes event streams were sent that their readers have not taken yet."),
+    ("parked_answer_bytes", "wsgi_longpoll_parked_answer_bytes", "gauge",
+     "Bytes of long-poll answers their readers have not taken yet."),
 )
 
 
@@ -66,9 +75,14 @@ def _stats_document(
         "events_published": stats.events_published,
         "events_delivered": stats.events_delivered,
         "publish_errors": stats.publish_errors,
+        "buffered_event_bytes": stats.buffered_event_bytes,
+        "idempotency_key_bytes": stats.idempotency_key_bytes,
+        "stream_backlog_bytes": stats.stream_backlog_bytes,
+        "parked_answer_bytes": stats.parked_answer_bytes,
         "uptime_seconds": round(uptime, 3),
         "max_categories": manager.max_categories,
         "max_waiting_subscribers": manager.max_waiting_subscribers,
+        "max_memory_bytes": manager.max_memory_bytes,
         "pid": os.getpid(),
     }
 
@@ -95,6 +109,12 @@ def prometheus_text(manager: LongpollManager, stats: ManagerStats, uptime: float
         "# TYPE wsgi_longpoll_max_waiting_subscribers gauge",
         f"wsgi_longpoll_max_waiting_subscribers {manager.max_waiting_subscribers}",
     ]
+    if manager.max_memory_bytes is not None:
+        lines += [
+            "# HELP wsgi_longpoll_max_memory_bytes The memory budget, in bytes.",
+            "# TYPE wsgi_longpoll_max_memory_bytes gauge",
+            f"wsgi_longpoll_max_memory_bytes {manager.max_memory_bytes}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -106,9 +126,11 @@ class MonitoringMiddleware:
 
     - *stats_path*: the statistics as a JSON object (``categories``, ``buffered_events``,
       ``waiting_subscribers``, ``events_published``, ``events_delivered``,
-      ``publish_errors``, ``uptime_seconds``, ``max_categories``,
-      ``max_waiting_subscribers``, and ``pid``: the process that answered, one of several
-      under ``gunicorn -w N`` or ``wsgi-longpoll serve --workers N``).
+      ``publish_errors``, the bytes held by each kind of the memory budget
+      (``buffered_event_bytes``, ``idempotency_key_bytes``, ``stream_backlog_bytes``,
+      ``parked_answer_bytes``), ``uptime_seconds``, ``max_categories``,
+      ``max_waiting_subscribers``, ``max_memory_bytes``, and ``pid``: the process that
+      answered, one of several under ``gunicorn -w N`` or ``wsgi-longpoll serve --workers N``).
     - *metrics_path*: the same in the Prometheus text format, names prefixed
       ``wsgi_longpoll_`` (counters end in ``_total``).
     - *health_path*: ``200 {"status": "ok"}`` while the manager takes events,
