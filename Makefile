@@ -74,6 +74,14 @@ bench-memory: $(STAMP)
 bench-frameworks: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_frameworks.py $(BENCH_ARGS)
 
+# Acknowledged events a Redis failover loses, with and without --redis-min-replicas
+# (issue 19): a primary, 2 replicas and 3 sentinels of the test's redis-server, the primary
+# SIGKILLed under load. FAILOVER_ARGS="--rounds 5" for more rounds.
+FAILOVER_ARGS ?=
+
+.PHONY: bench-failover
+bench-failover: $(STAMP)
+	$(BIN)/python benchmarks/failover.py $(FAILOVER_ARGS)
 # The Redis engine against the in-memory engine, per request (issue 19): publish,
 # immediate subscribe, fan-out, two processes, a herd of re-polls. Needs wrk.
 # BENCH_ARGS="--compare-src /path/to/older/checkout" measures a second tree alternately.

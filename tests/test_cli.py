@@ -175,7 +175,8 @@ def test_a_list_option_given_replaces_its_default(
     [
         (["--max-body-size", "many"], "--max-body-size: the value must be an integer"),
         (["--cors-origins", "app.example"], "invalid origin 'app.example'"),
-        (["--redis-url", "http://127.0.0.1:6379"], "must be a redis://, rediss:// or unix://"),
+        (["--redis-url", "http://127.0.0.1:6379"],
+         "must be a redis://, rediss://, unix:// or redis+sentinel://"),
     ],
     ids=["not-a-number", "not-an-origin", "not-a-redis-url"],
 )

@@ -354,7 +354,8 @@ def test_event_stream_is_streamed_and_authorized(project: None) -> None:
         ({"MAX_LONGPOLL_TIMEOUT_SECONDS": "soon"},
          "LONGPOLL['MAX_LONGPOLL_TIMEOUT_SECONDS'] must be an integer, not 'soon'"),
         ({"REDIS_URL": "http://127.0.0.1:6379/0"},
-         "LONGPOLL['REDIS_URL'] must be a redis://, rediss:// or unix:// URL"),
+         "LONGPOLL['REDIS_URL'] must be a redis://, rediss://, unix:// or redis+sentinel:// "
+         "URL"),
         ({"MAX_BODY_SIZE": 0}, "LONGPOLL['MAX_BODY_SIZE'] must be at least 1, not 0"),
         ({"CORS_ORIGINS": ["app.example.com"]},
          "LONGPOLL['CORS_ORIGINS'] has an invalid origin 'app.example.com'"),

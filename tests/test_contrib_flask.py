@@ -339,7 +339,8 @@ def test_numbers_given_as_strings_are_converted(longpoll: LongPoll) -> None:
          "LONGPOLL_MAX_LONGPOLL_TIMEOUT_SECONDS must be an integer, not 'soon'"),
         ({"LONGPOLL_MAX_BODY_SIZE": 0}, "LONGPOLL_MAX_BODY_SIZE must be at least 1, not 0"),
         ({"LONGPOLL_REDIS_URL": "http://127.0.0.1:6379/0"},
-         "LONGPOLL_REDIS_URL must be a redis://, rediss:// or unix:// URL"),
+         "LONGPOLL_REDIS_URL must be a redis://, rediss://, unix:// or redis\\+sentinel:// "
+         "URL"),
         ({"LONGPOLL_CORS_ORIGINS": "*", "LONGPOLL_CORS_ALLOW_CREDENTIALS": "true"},
          "cors_allow_credentials needs a list of origins"),
     ],

@@ -242,7 +242,8 @@ def test_configuration_values_are_converted(name: str, given: Any, expected: Any
         ("delete_event_after_first_retrieval", "maybe", "KEY must be True or False"),
         ("delete_event_after_first_retrieval", 1, "KEY must be True or False, not 1"),
         ("redis_url", "http://127.0.0.1:6379/0",
-         "KEY must be a redis://, rediss:// or unix:// URL, not 'http://127.0.0.1:6379/0'"),
+         "KEY must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+         "not 'http://127.0.0.1:6379/0'"),
         ("redis_url", "http://user:secret@redis.example/0", "'http://user:***@redis.example/0'"),
         ("cors_origins", "app.example.com", "KEY has an invalid origin 'app.example.com'"),
         ("cors_origins", [1], "KEY must be a list of strings, not [1]"),

@@ -31,6 +31,7 @@ from .errors import (
     LongpollError,
     ManagerClosed,
     OutcomeUnknown,
+    ReplicationIncomplete,
     StorageUnavailable,
 )
 from .manager import LongpollManager
@@ -39,6 +40,7 @@ from .protocol import (
     OUTCOME_UNKNOWN_ERROR,
     PUBLISH_METHOD_ERROR,
     PUBLISH_SUCCESS_BODY,
+    REPLICATION_INCOMPLETE_ERROR,
     SUBSCRIBE_METHOD_ERROR,
     ProtocolError,
     error_body,
@@ -326,7 +328,8 @@ _refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))
 
 def refusal(error: LongpollError, headers: Headers = JSON_HEADERS) -> Answer:
     """The answer to a manager's refusal *error*: 503 (with ``Retry-After`` when the same
-    request may succeed in a moment), or 504 when a publish's outcome is unknown.
+    request may succeed in a moment), or 504 when a publish's outcome is unknown; 503 when
+    the event is stored but too few replicas confirmed it (``redis_min_replicas``).
 
     Logged, at most once per 10 s with a count, since refusals come in floods when the
     server is at capacity or its store is down.
@@ -338,6 +341,10 @@ def refusal(error: LongpollError, headers: Headers = JSON_HEADERS) -> Answer:
                             headers + _RETRY)
     if isinstance(error, ManagerClosed):
         return error_answer("503 Service Unavailable", "The server is shutting down.", headers)
+    if isinstance(error, ReplicationIncomplete):
+        _refusals.log(logging.ERROR, "answering 503: %s", error)
+        return error_answer("503 Service Unavailable", REPLICATION_INCOMPLETE_ERROR,
+                            headers + _RETRY)
     if isinstance(error, OutcomeUnknown):
         _refusals.log(logging.ERROR, "answering 504: %s", error)
         return error_answer("504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR, headers)

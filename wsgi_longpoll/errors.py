@@ -14,6 +14,7 @@ __all__ = [
     "ManagerClosed",
     "MemoryEngineInSeveralProcesses",
     "OutcomeUnknown",
+    "ReplicationIncomplete",
     "StorageUnavailable",
 ]
 
@@ -45,6 +46,34 @@ class OutcomeUnknown(StorageUnavailable):
 
     Retry with the same idempotency key to publish it at most once.
     """
+
+
+class ReplicationIncomplete(OutcomeUnknown):
+    """The primary stored the event, but fewer of its replicas than asked for confirmed
+    it in time (``redis_min_replicas``): it is published and may be delivered, yet a
+    failover before the replicas catch up may lose it.
+
+    Retry with the same idempotency key: the retry publishes nothing new, and succeeds
+    once enough replicas have the event.
+
+    :param confirmed: how many replicas confirmed it.
+    :param required: how many were asked for.
+    :param timeout_seconds: how long they were waited for.
+    :param where: the Redis, as shown in messages.
+    """
+
+    def __init__(self, confirmed: int, required: int, timeout_seconds: float,
+                 where: str) -> None:
+        super().__init__(
+            f"Redis at {where} stored the event, but only {confirmed} of the {required} "
+            f"replicas asked for (redis_min_replicas) confirmed it within "
+            f"{timeout_seconds:g} s: it is published and may be delivered, yet a failover "
+            "before the replicas catch up may lose it"
+        )
+        #: How many replicas confirmed the event.
+        self.confirmed = confirmed
+        #: How many were asked for.
+        self.required = required
 
 
 class MemoryEngineInSeveralProcesses(LongpollError, RuntimeError):

@@ -41,6 +41,7 @@ from .errors import (
     IdempotencyConflict,
     ManagerClosed,
     OutcomeUnknown,
+    ReplicationIncomplete,
     StorageUnavailable,
 )
 from .event import Event, Gap
@@ -60,6 +61,7 @@ __all__ = [
     "ManagerOptions",
     "ManagerStats",
     "OutcomeUnknown",
+    "ReplicationIncomplete",
     "StorageUnavailable",
     "Subscriber",
     "live_managers",
@@ -256,6 +258,10 @@ class LongpollManager:
         and *delete_event_after_first_retrieval*.
     :param redis_key_prefix: put before every Redis key, so that several applications
         share one Redis.
+    :param redis_min_replicas: with Redis, a publish returns only once this many replicas
+        of the primary have the event (Redis ``WAIT``), so that a failover to one of them
+        loses no event :meth:`publish` returned; fewer in time raise
+        :class:`ReplicationIncomplete`.
 
     ``publish`` is safe from any thread or greenlet. A subscriber waits on the gevent hub
     of its own thread. The in-memory manager starts no thread or greenlet of its own;
@@ -283,6 +289,7 @@ class LongpollManager:
         max_memory_bytes: int | None = ManagerOptions.max_memory_bytes,
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
+        redis_min_replicas: int = RedisOptions.min_replicas,
     ) -> None:
         # The engine's options, by name: the parameters are named after them.
         engine_options = {
@@ -405,6 +412,9 @@ class LongpollManager:
         :raises OutcomeUnknown: (a :class:`StorageUnavailable`) if the engine did not
             confirm in time: the event may be published; retry with the same
             *idempotency_key* to publish it at most once.
+        :raises ReplicationIncomplete: (an :class:`OutcomeUnknown`) with
+            ``redis_min_replicas``, if too few replicas confirmed the event in time: it is
+            published, but a failover may lose it; retry with the same *idempotency_key*.
         """
         validate_category(category)
         if data is None:

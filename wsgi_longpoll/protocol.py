@@ -21,6 +21,7 @@ __all__ = [
     "MAX_CATEGORY_BYTES",
     "MAX_TIMESTAMP",
     "OUTCOME_UNKNOWN_ERROR",
+    "REPLICATION_INCOMPLETE_ERROR",
     "ProtocolError",
     "PublishBody",
     "SubscribeQuery",
@@ -71,6 +72,11 @@ IDEMPOTENCY_KEY_ERROR = (
 OUTCOME_UNKNOWN_ERROR = (
     "The event store did not confirm the event in time: it may have been published. "
     "Retry with the same Idempotency-Key header to publish it at most once."
+)
+REPLICATION_INCOMPLETE_ERROR = (
+    "The event store kept the event but could not copy it to enough replicas in time: it "
+    "may be delivered, and may be lost if the store fails over. Retry with the same "
+    "Idempotency-Key header to publish it at most once."
 )
 
 

@@ -7,9 +7,9 @@ the framework integrations know every option.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from ..options import at_least, check_options, option
+from .redis_url import url_problem
 
 __all__ = ["EngineOptions", "MemoryOptions", "RedisOptions"]
 
@@ -54,28 +54,25 @@ class MemoryOptions(EngineOptions):
     )
 
 
-def _redis_url(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # a port that is not a number
-        parts, password = None, None
-    if parts is not None and parts.scheme in ("redis", "rediss", "unix"):
-        return None
-    shown = url.replace(f":{password}@", ":***@") if password else url
-    return f"must be a redis://, rediss:// or unix:// URL, not {shown!r}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class RedisOptions(EngineOptions):
     """The options of :class:`~wsgi_longpoll.engines.redis.RedisEngine`."""
 
     url: str | None = option(
-        None, name="redis_url", check=_redis_url, metavar="URL",
-        help="keep the events in Redis Streams at this URL (e.g. redis://127.0.0.1:6379/0), "
-        "shared by every process and host pointed at it; None: in this process's memory",
+        None, name="redis_url", check=url_problem, metavar="URL",
+        help="keep the events in Redis Streams at this URL (e.g. redis://127.0.0.1:6379/0, "
+        "or redis+sentinel://host:26379,host:26379/service_name for the primary Sentinel "
+        "watches), shared by every process and host pointed at it; None: in this process's "
+        "memory",
     )
     key_prefix: str = option(
         "wsgi_longpoll:", name="redis_key_prefix", metavar="PREFIX",
         help="put before every Redis key, so that several applications share one Redis",
+    )
+    min_replicas: int = option(
+        0, name="redis_min_replicas", check=at_least(0), metavar="K",
+        help="acknowledge a publish only once K replicas of the Redis primary have it "
+        "(Redis WAIT), so that a failover loses no acknowledged event; too few in time: "
+        "503, the event stored on the primary but perhaps not kept by a failover; 0: "
+        "once the primary has it",
     )

@@ -14,8 +14,14 @@ in ``XREAD`` on the streams that have local waiters and wakes them. Subscribers 
 hold a Redis connection of their own.
 
 Durability is Redis's: turn on AOF (``appendonly yes``) for acknowledged events to
-survive a Redis restart. Redis Cluster is not supported (every publish touches the one
-shared counter); Redis 6.2+ and Valkey are.
+survive a Redis restart, and ``min_replicas`` (Redis ``WAIT``) for them to survive a
+failover to a replica. A ``redis+sentinel://`` URL (see :mod:`.redis_url`) follows the
+primary that Redis Sentinel names, through failovers.
+
+Every key of one prefix carries the same hash tag (``{<prefix>}``, see
+:func:`hash_tagged`), so the keys the scripts touch together live in one slot of a Redis
+Cluster: the engine runs on the cluster's primary that holds that slot. Redis 6.2+ and
+Valkey are supported.
 """
 
 from __future__ import annotations
@@ -42,9 +48,15 @@ from gevent.hub import Waiter
 from gevent.monkey import get_original, is_module_patched
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .._gevent import get_hub_if_exists
-from ..errors import IdempotencyConflict, OutcomeUnknown, StorageUnavailable
+from ..errors import (
+    IdempotencyConflict,
+    OutcomeUnknown,
+    ReplicationIncomplete,
+    StorageUnavailable,
+)
 from ..event import Event, Gap, encode_json
 from ..protocol import ProtocolError
 from .base import (
@@ -64,10 +76,13 @@ from .redis_connections import (
     CooperativePool,
     RedisConnection,
     ReplyError,
+    SentinelPrimary,
+    read_only,
 )
+from .redis_url import SentinelURL, describe, parse_sentinel_url
 
 __all__ = ["RedisEngine", "cooperative_address", "cut_batch", "epoch_floor", "event_id",
-           "stream_position"]
+           "hash_tagged", "stream_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +115,9 @@ local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #       data and the digest of the data (hex; empty for a key of our own).
 # Returns one outcome per event, in order: the entry id, a space and the digest of the
 # data stored with the key; or "!" and the error that refused this event alone (each event
-# runs in a pcall, so one that Redis refuses fails alone, and the others are stored).
+# runs in a pcall, so one that Redis refuses fails alone, and the others are stored). A
+# known key is written again (same value, same expiry), so that a WAIT after the call
+# covers a retried event too.
 # Each entry holds its data (d), the epoch of the counter (e: the ms at which the counter
 # was made; a Redis that lost its data makes a new one) and the id of the entry before it
 # in the stream (p, or the floor when the stream was emptied): a reader that finds p
@@ -122,7 +139,10 @@ local function remember(key, value)
 end
 local function publish(category, data, digest, stream, floor, idempotency)
   local known = redis.call('GET', idempotency)
-  if known then return known end
+  if known then
+    redis.call('SET', idempotency, known, 'KEEPTTL')
+    return known
+  end
   if not redis.call('ZSCORE', KEYS[2], category) then
     if ttl > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
@@ -174,6 +194,24 @@ for i = 1, (#ARGV - 6) / 3 do
   end
 end
 return outcomes
+"""
+
+# KEYS: counter hash.
+# ARGV: the ms and seq of the newest event this process saw (published or read).
+# A counter behind that event (a failover to a replica that had not received it, a
+# restart that lost the last writes) means acknowledged events are lost: a new epoch,
+# after every position given out before, so that every cursor from before gets a gap;
+# the counter moves past the lost events, so that other processes do not count them
+# again. Returns the epoch ('' for none).
+_RESUME = _EXPIRE + """
+local counter = redis.call('HMGET', KEYS[1], 'ms', 'seq', 'epoch')
+local ms, seq = tonumber(counter[1] or '0'), tonumber(counter[2] or '0')
+local seen_ms, seen_seq = tonumber(ARGV[1]), tonumber(ARGV[2])
+if seq >= seen_seq then return counter[3] or '' end
+local epoch = math.max(clock, seen_ms + 2, tonumber(counter[3] or '0') + 1)
+redis.call('HSET', KEYS[1], 'epoch', string.format('%d', epoch),
+           'ms', string.format('%d', math.max(ms, epoch)), 'seq', string.format('%d', seen_seq))
+return string.format('%d', epoch)
 """
 
 # KEYS: counter hash, then the streams, then their floors.
@@ -246,6 +284,18 @@ def epoch_floor(epoch: bytes | str) -> Position:
     return (max(int(epoch) - 1, 0), 0)
 
 
+def hash_tagged(prefix: bytes) -> bytes:
+    """*prefix* as the start of every key of the engine: in a hash tag (``{prefix}``), so
+    that Redis Cluster keeps all of them in one slot.
+
+    A prefix that would give an empty tag (none, or one starting with ``}``) gets the tag
+    ``{\\xff}`` before it, which no UTF-8 prefix's tag can equal.
+    """
+    if prefix and not prefix.startswith(b"}"):
+        return b"{" + prefix + b"}"
+    return b"{\xff}" + prefix
+
+
 def _in_hub_greenlet() -> bool:
     """Whether the caller is a greenlet run by a gevent hub (not a thread's own flow)."""
     return get_hub_if_exists() is not None and gevent.getcurrent().parent is not None
@@ -253,7 +303,9 @@ def _in_hub_greenlet() -> bool:
 
 def cooperative_address(client: redis.Redis) -> Address:
     """Where the hub's own connections go: the address of redis-py's *client* (made from
-    the URL by :meth:`RedisEngine._connect`), for :class:`RedisConnection`."""
+    the URL by :meth:`RedisEngine._connect`), for :class:`RedisConnection`. For a client
+    of Sentinel's primary, all but the host and port (:class:`SentinelPrimary` finds
+    them)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     context = None
@@ -312,8 +364,8 @@ class _HubState:
     def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
         self.pool = CooperativePool(
-            lambda: RedisConnection(engine._address),
-            engine.pool_size, engine._address.timeout,
+            engine._new_connection, engine.pool_size, engine._address.timeout,
+            engine._lost,
         )
         self.hub = self.pool.hub
         self.queue: list[_Append] = []
@@ -409,7 +461,8 @@ class RedisEngine(Engine):
 
     The options are :class:`~.options.RedisOptions`' (and their defaults):
 
-    :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``; its query may set
+    :param url: a redis-py URL, e.g. ``redis://127.0.0.1:6379/0``, or a
+        ``redis+sentinel://`` URL (see :mod:`.redis_url`); its query may set
         ``socket_timeout`` and ``socket_connect_timeout`` (default: :attr:`socket_timeout`).
     :param key_prefix: put before every key, so that several applications share one Redis.
     :param max_event_buffer_size: events kept per stream (exact ``MAXLEN``).
@@ -418,6 +471,9 @@ class RedisEngine(Engine):
     :param max_categories: how many categories may hold events at once, across every
         process that shares the prefix; a new one beyond pushes out the category
         published to least recently.
+    :param min_replicas: :meth:`append` returns only once this many replicas of the
+        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`, one
+        ``WAIT`` per group commit), so that a failover to one of them cannot lose it.
 
     Commands from a greenlet of a gevent hub go on that hub's own connections
     (:mod:`.redis_connections`: cooperative, at most :attr:`pool_size` of them, a caller
@@ -436,6 +492,8 @@ class RedisEngine(Engine):
     max_commit_events = 256
     #: ... and the most bytes of their data (one bigger event goes alone).
     max_commit_bytes = 1 << 20
+    #: Seconds :meth:`append` waits for ``min_replicas`` replicas to confirm an event.
+    replica_timeout = 1.0
 
     def __init__(
         self,
@@ -444,11 +502,13 @@ class RedisEngine(Engine):
         max_event_buffer_size: int = RedisOptions.max_event_buffer_size,
         event_time_to_live_seconds: float | None = RedisOptions.event_time_to_live_seconds,
         max_categories: int = RedisOptions.max_categories,
+        min_replicas: int = RedisOptions.min_replicas,
     ) -> None:
         #: The engine's options, checked.
         self.options = RedisOptions(
             url=url, key_prefix=key_prefix, max_event_buffer_size=max_event_buffer_size,
             event_time_to_live_seconds=event_time_to_live_seconds, max_categories=max_categories,
+            min_replicas=min_replicas,
         )
         if url is None:
             raise TypeError("RedisEngine needs the URL of a Redis")
@@ -457,12 +517,13 @@ class RedisEngine(Engine):
         self.max_event_buffer_size = max_event_buffer_size
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
+        self.min_replicas = min_replicas
         self._listener: Listener | None = None
         self._ttl_ms = (
             0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
         )
-        prefix = key_prefix.encode("utf-8")
-        self._tag = zlib.crc32(prefix) & 0xFFF
+        self._tag = zlib.crc32(key_prefix.encode("utf-8")) & 0xFFF
+        prefix = hash_tagged(key_prefix.encode("utf-8"))
         self._counter_key = prefix + b"counter"
         self._categories_key = prefix + b"categories"
         self._stream_prefix = prefix + b"s:"
@@ -470,6 +531,21 @@ class RedisEngine(Engine):
         self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
         self._address = cooperative_address(self._client)
+        sentinel_url = parse_sentinel_url(url)
+        #: Where the hub's connections find the primary, for a ``redis+sentinel://`` URL.
+        self._sentinel = None if sentinel_url is None else SentinelPrimary(
+            [Address(host, port, password=sentinel_url.sentinel_password,
+                     timeout=self._address.timeout,
+                     connect_timeout=self._address.connect_timeout)
+             for host, port in sentinel_url.sentinels],
+            sentinel_url.service_name, self._address,
+        )
+        self._where = describe(url) if sentinel_url is not None else str(self._address)
+        #: The newest position this process published or read, and whether a new
+        #: connection should check that Redis still has it (after a lost connection).
+        self._newest: Position = (0, 0)
+        self._recheck = False
+        self._resume_script = _Script(_RESUME)
         self._publish_script = _Script(_PUBLISH)
         self._read_script = _Script(_READ)
         self._counts_script = _Script(_COUNTS)
@@ -485,11 +561,70 @@ class RedisEngine(Engine):
         without a hub. The hub's own connections go to the same address
         (:func:`cooperative_address`)."""
         # One quick retry on a fresh connection (a pooled one may be stale after a Redis
-        # restart), no backoff: an unreachable Redis is reported, not waited out.
-        return redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1), health_check_interval=0,
-        )
+        # restart, or a failover), no backoff: an unreachable Redis is reported, not
+        # waited out.
+        options: dict[str, Any] = {
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1), "health_check_interval": 0,
+        }
+        sentinel_url = parse_sentinel_url(url)
+        if sentinel_url is not None:
+            return _sentinel_primary(sentinel_url, options)
+        return redis.Redis.from_url(url, **options)
+
+    def _new_connection(self) -> RedisConnection:
+        """A new connection of a hub's pool: to the primary the sentinels name, or to the
+        URL's Redis; after a lost connection, first checked with :meth:`_resume`."""
+        try:
+            if self._sentinel is not None:
+                connection = self._sentinel.connect()
+            else:
+                connection = RedisConnection(self._address)
+        except ConnectFailed:
+            self._recheck = True
+            raise
+        if self._recheck:
+            try:
+                self._resume(lambda *args: connection.call(*args))
+            except (CommandFailed, ReplyError) as error:
+                connection.close()
+                raise ConnectFailed(f"connecting to {connection.address}: {error}") from error
+        return connection
+
+    def _lost(self) -> None:
+        """A connection failed, or Redis answered ``READONLY``: the next one asks the
+        sentinels again, and checks that Redis kept what this process saw."""
+        self._recheck = True
+        if self._sentinel is not None:
+            self._sentinel.forget()
+
+    def _resume(self, call: Callable[..., Any]) -> None:
+        """Check, with *call*, that the Redis connected to now holds the newest event this
+        process saw; if not (a failover to a replica that was behind, a restart that lost
+        writes), start a new epoch, so that every cursor from before gets a gap."""
+        newest = self._newest
+        if newest != (0, 0):
+            keys, args = [self._counter_key], [newest[0], newest[1]]
+            try:
+                epoch = call("EVALSHA", self._resume_script.sha, 1, *keys, *args)
+            except (ReplyError, redis.ResponseError) as error:
+                if not _no_script(error):
+                    raise
+                epoch = call("EVAL", self._resume_script.source, 1, *keys, *args)
+            if epoch:
+                if epoch != self.epoch and self.epoch is not None:
+                    logger.warning(
+                        "Redis at %s lacks events this process saw (a failover to a replica "
+                        "that was behind, or a restart): every cursor from before gets a gap",
+                        self._where)
+                self.epoch = epoch
+        self._recheck = False
+
+    def _note(self, position: Position) -> None:
+        """Remember *position* if it is the newest this process knows Redis had (see
+        :meth:`_resume`)."""
+        if position > self._newest:
+            self._newest = position
 
     # -- keys and events ----------------------------------------------------------------
 
@@ -538,8 +673,11 @@ class RedisEngine(Engine):
                     state = self._hubs[hub] = _HubState(self)
         return state
 
-    def _call(self, *args: Any, writes: bool = False, pool: CooperativePool | None = None) -> Any:
+    def _call(self, *args: Any, writes: bool = False, pool: CooperativePool | None = None,
+              then: tuple[Any, ...] | None = None) -> Any:
         """Run one Redis command: cooperatively from a hub's greenlet, else by redis-py.
+        With *then*, that command follows on the same connection, sent with the first:
+        both replies come back, an error reply as an exception instance.
 
         :raises StorageUnavailable: naming Redis's address and what failed.
         :raises OutcomeUnknown: with *writes*, if the command was sent and not answered.
@@ -549,25 +687,28 @@ class RedisEngine(Engine):
             pool = state.pool if state is not None else None
         try:
             if pool is not None:
-                return pool.call(*args)
+                return pool.call(*args) if then is None else pool.pipeline(args, then)
+            if then is not None:
+                with self._client.pipeline(transaction=False) as pipeline:
+                    pipeline.execute_command(*args)  # type: ignore[no-untyped-call]
+                    pipeline.execute_command(*then)  # type: ignore[no-untyped-call]
+                    return pipeline.execute(raise_on_error=False)
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         except ConnectFailed as error:
             raise StorageUnavailable(
-                f"Redis at {self._address} is unavailable: {error}") from error
+                f"Redis at {self._where} is unavailable: {error}") from error
         except (CommandFailed, redis.ConnectionError, redis.TimeoutError) as error:
-            if writes and (isinstance(error, CommandFailed) or "connecting to" not in str(error)):
+            if writes and (isinstance(error, CommandFailed) or not _not_sent(error)):
                 raise OutcomeUnknown(
-                    f"Redis at {self._address} did not confirm the event in time: it may "
+                    f"Redis at {self._where} did not confirm the event in time: it may "
                     "have been published"
                 ) from error
             raise StorageUnavailable(
-                f"Redis at {self._address} is unavailable: {error}") from error
+                f"Redis at {self._where} is unavailable: {error}") from error
         except (ReplyError, redis.ResponseError) as error:
-            if isinstance(error, redis.exceptions.NoScriptError) or str(error).startswith(
-                "NOSCRIPT"
-            ):
+            if _no_script(error):
                 raise
-            raise StorageUnavailable(f"Redis at {self._address} refused: {error}") from error
+            raise StorageUnavailable(f"Redis at {self._where} refused: {error}") from error
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
               writes: bool = False, pool: CooperativePool | None = None) -> Any:
@@ -580,7 +721,7 @@ class RedisEngine(Engine):
                               writes=writes, pool=pool)
 
     def _safe_url(self) -> str:
-        return str(self._address)
+        return self._where
 
     def append(self, category: str, data: Any, idempotency_key: str | None = None) -> Event:
         """Publish *data* to *category*; return once Redis has acknowledged the ``XADD``.
@@ -606,13 +747,15 @@ class RedisEngine(Engine):
             raise outcome
         if outcome.startswith(b"!"):
             raise StorageUnavailable(
-                f"Redis at {self._address} refused the event: "
+                f"Redis at {self._where} refused the event: "
                 f"{outcome[1:].decode('utf-8', 'replace')}"
             )
         entry_id, _, remembered = outcome.partition(b" ")
         if remembered and remembered.decode("ascii") != item.digest:
             raise IdempotencyConflict(item.key, category)
         position = parse_position(entry_id)
+        if position > self._newest:
+            self._newest = position
         return Event(position[0], category, event_id(position, self._tag), data)
 
     def _pending(self, category: str, data: Any, idempotency_key: str | None = None
@@ -644,11 +787,64 @@ class RedisEngine(Engine):
         for item in batch:
             keys += item.keys
             args += item.args
-        try:
-            reply = self._eval(self._publish_script, keys, args, writes=True, pool=pool)
-        except StorageUnavailable as error:
-            return [error] * len(batch)
-        return list(reply)
+        replicas = None
+        for attempt in (1, 2):
+            try:
+                if self.min_replicas:
+                    reply, replicas = self._publish_and_wait(keys, args, pool)
+                else:
+                    reply = self._eval(self._publish_script, keys, args, writes=True,
+                                       pool=pool)
+            except StorageUnavailable as error:
+                return [error] * len(batch)
+            outcomes = list(reply)
+            if attempt == 1 and any(read_only(outcome) for outcome in outcomes):
+                # A primary demoted to a replica (a failover) wrote nothing: once more,
+                # where the sentinels say the primary is now.
+                self._demoted(pool)
+                continue
+            break
+        if replicas is not None and replicas < self.min_replicas:
+            # Every event this call stored is unconfirmed: one WAIT covered the group.
+            short = ReplicationIncomplete(replicas, self.min_replicas, self.replica_timeout,
+                                          self._where)
+            for index, (item, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+                if outcome.startswith(b"!"):
+                    continue
+                remembered = outcome.partition(b" ")[2]
+                if not remembered or remembered.decode("ascii") == item.digest:
+                    outcomes[index] = short
+        return outcomes
+
+    def _publish_and_wait(self, keys: list[bytes], args: list[Any],
+                          pool: CooperativePool | None) -> tuple[Any, int]:
+        """Run the publish script, then ``WAIT`` on the same connection (sent with it) for
+        :attr:`min_replicas` replicas to have what it wrote: the script's reply, and how
+        many replicas confirmed."""
+        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
+        script = self._publish_script
+        for run in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            reply, replicas = self._call(*run, len(keys), *keys, *args, writes=True,
+                                         pool=pool, then=wait)
+            if not isinstance(reply, Exception):
+                break
+            if run[0] == "EVALSHA" and _no_script(reply):
+                continue  # nothing was written: once more with the script's source
+            if read_only(reply):
+                self._demoted(pool)
+            raise StorageUnavailable(f"Redis at {self._where} refused: {reply}") from reply
+        if isinstance(replicas, Exception):  # stored, not confirmed
+            logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
+            replicas = 0
+        return reply, int(replicas)
+
+    def _demoted(self, pool: CooperativePool | None) -> None:
+        """The primary was demoted to a replica: forget the connections to it."""
+        if pool is not None:
+            pool.reset()
+        else:
+            self._client.connection_pool.disconnect()
+            self._lost()
 
     def bind(self, listener: Listener) -> None:
         self._listener = listener
@@ -744,6 +940,7 @@ class RedisEngine(Engine):
         reply = self._eval(self._read_script, keys, [first, self._ttl_ms, len(categories)],
                            pool=pool)
         now = parse_position(reply[0])
+        self._note(now)
         epoch = reply[1]
         if epoch:
             self.epoch = epoch
@@ -819,7 +1016,45 @@ class RedisEngine(Engine):
             self._hubs.clear()
         for state in states:
             state.pool.close()
-        self._client.close()
+        _close(self._client)
+
+
+def _sentinel_primary(url: SentinelURL, options: dict[str, Any]) -> redis.Redis:
+    """redis-py's client of the primary the sentinels of *url* name: each new connection
+    asks them where it is, so that after a failover the client writes to the promoted
+    replica."""
+    timeouts = {name: value for name in ("socket_timeout", "socket_connect_timeout")
+                if (value := getattr(url, name)) is not None}
+    options = {**options, **timeouts}
+    sentinels = Sentinel(
+        url.sentinels,
+        sentinel_kwargs={"socket_timeout": options["socket_timeout"],
+                         "socket_connect_timeout": options["socket_connect_timeout"],
+                         "password": url.sentinel_password},
+        db=url.db, username=url.username, password=url.password, **options,
+    )
+    return sentinels.master_for(url.service_name)  # type: ignore[no-any-return]
+
+
+def _close(client: redis.Redis) -> None:
+    """Close *client*'s connections, and those to the sentinels it asks."""
+    client.close()
+    sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+    if sentinels is not None:
+        sentinels.close()
+
+
+def _no_script(error: BaseException) -> bool:
+    """Whether the Redis *error* is ``NOSCRIPT`` (a script Redis does not know)."""
+    return isinstance(error, redis.exceptions.NoScriptError) or str(error).startswith(
+        "NOSCRIPT")
+
+
+def _not_sent(error: BaseException | None) -> bool:
+    """Whether the Redis *error* means the command never reached Redis: no connection,
+    no primary named by the sentinels, or a primary demoted to a replica (``READONLY``)."""
+    return (isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
+            or "previous master is now a slave" in str(error))
 
 
 def _category_bytes(category: str) -> bytes:
@@ -1006,13 +1241,15 @@ class _Reader:
             except Exception:  # never let the reader die: the waiters depend on it
                 logger.exception("the Redis reader failed; retrying")
                 _sleep(1.0)
-        self._client.close()
+        _close(self._client)
 
     def _connected(self) -> None:
         """A new connection: check the epoch, which a Redis that lost its data changed."""
         first = self._client_id is None and not self._connections
         self._client_id = int(self._client.client_id())
         self._connections += 1
+        if not first:  # perhaps another Redis (a failover), or one restarted
+            self.engine._resume(self._client.execute_command)
         epoch: Any = self._client.hget(self.engine._counter_key, "epoch")
         if not first and (epoch is None or epoch != self.engine.epoch):
             # Events may be lost, unseen: hold nothing older than what is read next.
@@ -1067,6 +1304,8 @@ class _Reader:
             runs[category] = run
         batch, reached = cut_batch(runs, self.count)
         high = batch[-1][0] if batch else None
+        if high is not None:
+            engine._note(high)
         size = engine.max_event_buffer_size
         with self._lock:
             for floor, gap in gaps:

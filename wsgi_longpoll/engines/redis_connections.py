@@ -14,6 +14,10 @@ bound: a herd of 1,000 re-polls became 503s).
 
 The replies are parsed by ``hiredis`` when it is installed (the ``hiredis`` extra), else
 by :func:`parse_reply`.
+
+:class:`SentinelPrimary` finds the primary that Redis Sentinel names (``redis+sentinel://``
+URLs), for the pool's new connections, and asks again once a connection to it failed or
+it answered ``READONLY`` (a failover).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from __future__ import annotations
 import importlib
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gevent
@@ -44,13 +48,24 @@ __all__ = [
     "CooperativePool",
     "RedisConnection",
     "ReplyError",
+    "SentinelPrimary",
     "pack_command",
     "parse_reply",
+    "read_only",
 ]
 
 
 class ReplyError(Exception):
     """Redis answered a command with an error (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+def read_only(error: BaseException | bytes | str) -> bool:
+    """Whether *error* (a reply, or its text) is Redis's ``READONLY``: the server is a
+    replica now (a failover demoted it), and wrote nothing."""
+    if isinstance(error, bytes):  # a script's outcome: "!@user_script: 48: -READONLY ..."
+        return error.startswith(b"!") and b"READONLY" in error
+    text = error if isinstance(error, str) else str(error)
+    return text.startswith("READONLY") or "-READONLY" in text
 
 
 class ConnectFailed(OSError):
@@ -234,6 +249,20 @@ class RedisConnection:
             raise reply
         return reply
 
+    def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send *commands* in one write and return their replies, in order; an error reply
+        comes as a :class:`ReplyError` instance, not raised.
+
+        :raises CommandFailed: if the connection failed or timed out; close it.
+        """
+        try:
+            self._sock.sendall(b"".join(pack_command(*command) for command in commands))
+            return [self._read_reply() for _ in commands]
+        except (OSError, ssl.SSLError) as error:
+            failure = CommandFailed(str(error) or type(error).__name__)
+            failure.closed = isinstance(error, ConnectionError)
+            raise failure from error
+
     def _read_reply(self) -> Any:
         reader = self._reader
         if reader is not None:
@@ -281,14 +310,22 @@ class CooperativePool:
     :param size: the most connections open at once.
     :param wait_timeout: the longest a caller waits for a free connection before
         :class:`ConnectFailed` (nothing was sent).
+    :param lost: called when a connection failed, was found closed, or answered
+        ``READONLY``: Redis may be elsewhere now (a :class:`SentinelPrimary` forgets it).
+
+    A ``READONLY`` answer (the server was demoted to a replica by a failover; nothing was
+    written) closes every idle connection, and the command goes once more on a new one.
     """
 
     def __init__(
-        self, connect: Callable[[], RedisConnection], size: int, wait_timeout: float
+        self, connect: Callable[[], RedisConnection], size: int, wait_timeout: float,
+        lost: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._lost = lost
         self._idle: list[RedisConnection] = []
         self._slots = Semaphore(size)
+        self._generation = 0
         self.size = size
         self.wait_timeout = wait_timeout
         self.hub = gevent.get_hub()
@@ -300,6 +337,33 @@ class CooperativePool:
         :raises ConnectFailed: if no connection could be had: the command was not sent.
         :raises CommandFailed: if the command's connection failed: it may have run.
         """
+        try:
+            return self._run(lambda connection: connection.call(*args))
+        except ReplyError as error:
+            if not read_only(error):
+                raise
+            self.reset()
+            return self._run(lambda connection: connection.call(*args))
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run *commands* on one connection, sent in one write: their replies, an error
+        reply as a :class:`ReplyError` instance.
+
+        :raises ConnectFailed: if no connection could be had: nothing was sent.
+        :raises CommandFailed: if the connection failed: the commands may have run.
+        """
+        replies: list[Any] = self._run(lambda connection: connection.call_many(commands))
+        return replies
+
+    def reset(self) -> None:
+        """Forget the connections: Redis is elsewhere now (the idle ones close now, those
+        in use when their call ends)."""
+        self._generation += 1
+        self.close()
+        if self._lost is not None:
+            self._lost()
+
+    def _run(self, command: Callable[[RedisConnection], Any]) -> Any:
         slots = self._slots
         if not slots.acquire(timeout=self.wait_timeout):
             raise ConnectFailed(
@@ -315,36 +379,143 @@ class CooperativePool:
                     break
                 connection.close()
                 connection = None
+                if self._lost is not None:
+                    self._lost()
             if connection is not None:
                 try:
-                    return self._call(connection, args)
+                    return self._call(connection, command)
                 except CommandFailed as error:
                     # A pooled connection Redis had closed (a restart not seen yet): once
                     # more on a new one. The engine's commands may run twice (reads, and
                     # publishes made idempotent by their keys).
                     if not error.closed:
                         raise
-            return self._call(self._connect(), args)
+            return self._call(self._connect(), command)
         finally:
             slots.release()
 
-    def _call(self, connection: RedisConnection, args: tuple[Any, ...]) -> Any:
+    def _call(self, connection: RedisConnection,
+              command: Callable[[RedisConnection], Any]) -> Any:
+        generation = self._generation
         try:
-            reply = connection.call(*args)
+            reply = command(connection)
         except CommandFailed:
             connection.close()
+            if self._lost is not None:
+                self._lost()
             raise
         except BaseException as error:
             if isinstance(error, ReplyError):
-                self._idle.append(connection)
+                self._keep(connection, generation)
             else:  # killed mid-command: the reply may be pending on it
                 connection.close()
             raise
-        self._idle.append(connection)
+        self._keep(connection, generation)
         return reply
+
+    def _keep(self, connection: RedisConnection, generation: int) -> None:
+        if generation == self._generation:
+            self._idle.append(connection)
+        else:  # taken before a reset: to where Redis was
+            connection.close()
 
     def close(self) -> None:
         """Close the idle connections (those in use close when their call ends)."""
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+class SentinelPrimary:
+    """Where the primary that Redis Sentinel monitors as *service_name* is, for new
+    connections.
+
+    The address is asked of the sentinels once and kept; a connection to it that fails,
+    or finds a server that is not a primary (``ROLE``), makes it ask again, and so does
+    :meth:`forget` (called by the pool when a connection was lost or answered
+    ``READONLY``). During a failover the sentinels still name the old primary until they
+    promote a replica: a new connection meanwhile fails with :class:`ConnectFailed`.
+
+    :param sentinels: the sentinels' addresses (with their password, if any).
+    :param service_name: the name they monitor the primary under.
+    :param template: the primary's address but for its host and port (database,
+        credentials, TLS, timeouts).
+    """
+
+    def __init__(self, sentinels: Sequence[Address], service_name: str,
+                 template: Address) -> None:
+        self.sentinels = list(sentinels)
+        self.service_name = service_name
+        self.template = template
+        #: The primary's address last named by a sentinel, ``None`` until asked.
+        self.primary: Address | None = None
+
+    def forget(self) -> None:
+        """Ask the sentinels again before the next connection."""
+        self.primary = None
+
+    def connect(self) -> RedisConnection:
+        """A new connection to the primary, checked with ``ROLE``.
+
+        :raises ConnectFailed: if no sentinel names a primary, or it cannot be reached,
+            or it is not a primary (yet).
+        """
+        address = self.primary
+        if address is not None:
+            try:
+                return self._checked(address)
+            except ConnectFailed:
+                self.primary = None
+        address = self.primary = self.locate()
+        try:
+            return self._checked(address)
+        except ConnectFailed:
+            self.primary = None
+            raise
+
+    def _checked(self, address: Address) -> RedisConnection:
+        connection = RedisConnection(address)
+        try:
+            role = connection.call("ROLE")
+        except (CommandFailed, ReplyError) as error:
+            connection.close()
+            raise ConnectFailed(f"connecting to {address}: ROLE failed: {error}") from error
+        if not role or role[0] != b"master":
+            connection.close()
+            kind = role[0].decode("ascii", "replace") if role else "?"
+            raise ConnectFailed(
+                f"connecting to {address}, named by the sentinels as the primary of "
+                f"{self.service_name!r}: it is a {kind} (a failover in progress)"
+            )
+        return connection
+
+    def locate(self) -> Address:
+        """The primary's address, as the first sentinel that answers names it.
+
+        :raises ConnectFailed: if none does.
+        """
+        problems = []
+        for index, sentinel in enumerate(self.sentinels):
+            try:
+                connection = RedisConnection(sentinel)
+            except ConnectFailed as error:
+                problems.append(str(error))
+                continue
+            try:
+                reply = connection.call("SENTINEL", "get-master-addr-by-name",
+                                        self.service_name)
+            except (CommandFailed, ReplyError) as error:
+                problems.append(f"sentinel {sentinel}: {error}")
+                continue
+            finally:
+                connection.close()
+            if not reply:
+                problems.append(f"sentinel {sentinel} monitors no {self.service_name!r}")
+                continue
+            if index:  # ask the one that answered first next time
+                self.sentinels.insert(0, self.sentinels.pop(index))
+            return replace(self.template, host=reply[0].decode("utf-8"), port=int(reply[1]))
+        raise ConnectFailed(
+            f"connecting to the primary of {self.service_name!r}: no sentinel named it "
+            f"({'; '.join(problems)})"
+        )

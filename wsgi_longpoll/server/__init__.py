@@ -204,6 +204,8 @@ class ServerOptions:
         server pointed at it (see ``docs/scaling.md``); ``None``: in this process.
     :param redis_key_prefix: put before every Redis key, so that several applications
         share one Redis.
+    :param redis_min_replicas: answer a publish only once this many replicas of the Redis
+        primary have the event (fewer in time: 503).
     :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
         ``None``, the server's default: derived from the open-files limit (see
         :func:`default_max_waiting`).
@@ -249,6 +251,7 @@ class ServerOptions:
     max_categories: int = option_from(MemoryOptions, "max_categories")
     redis_url: str | None = option_from(RedisOptions, "url")
     redis_key_prefix: str = option_from(RedisOptions, "key_prefix")
+    redis_min_replicas: int = option_from(RedisOptions, "min_replicas")
     # The manager's (and its budget's).
     max_memory_bytes: int | None = option_from(ManagerOptions, "max_memory_bytes")
     # The endpoints'.
@@ -390,6 +393,7 @@ class Server:
                     max_memory_bytes=options.max_memory_bytes,
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
+                    redis_min_replicas=options.redis_min_replicas,
                 )
                 middleware = LongpollMiddleware(
                     options.app or not_found,

@@ -41,7 +41,7 @@ without ``django.contrib.auth``'s middleware.
 
 A value given as a string (from the environment, say) is converted to the option's type;
 one that does not fit, an unknown key and a Redis URL that is not ``redis://``,
-``rediss://`` or ``unix://`` are refused by name by the system check
+``rediss://``, ``unix://`` or ``redis+sentinel://`` are refused by name by the system check
 ``wsgi_longpoll.E001`` (``manage.py check``) and by the first request.
 
 The settings are read once; Django's ``setting_changed`` signal (``override_settings`` in
