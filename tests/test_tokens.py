@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import wait_until
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
@@ -318,6 +319,9 @@ def test_the_access_log_leaves_the_token_out(caplog: pytest.LogCaptureFixture) -
             requests.get(f"http://127.0.0.1:{server.port}/events",
                          params={"category": "news", "timeout": 1, "token": token},
                          timeout=WAIT_SECONDS)
+            # The line is logged once the answer is sent: maybe after the client read it.
+            wait_until(lambda: any(record.name == "wsgi_longpoll.access"
+                                   for record in caplog.records))
     finally:
         server.stop()
     lines = [record.getMessage() for record in caplog.records
