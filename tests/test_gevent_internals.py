@@ -8,9 +8,18 @@ import struct
 
 import gevent
 import gevent.socket
+import pytest
 from gevent.server import StreamServer
 
-from wsgi_longpoll._gevent import pause_accepting, peek, peer_closed, raw_socket, read_watcher
+from wsgi_longpoll._gevent import (
+    pause_accepting,
+    peek,
+    peer_closed,
+    raw_socket,
+    read_watcher,
+    send_all,
+    wait_readable,
+)
 
 
 def _pair() -> tuple[gevent.socket.socket, gevent.socket.socket]:
@@ -105,3 +114,32 @@ def test_pause_accepting_stops_then_resumes_accepting() -> None:
             assert client.recv(1) == b""  # accepted, then closed by the handler
     finally:
         server.close()
+
+
+def test_wait_readable_waits_on_the_sockets_watcher_for_its_timeout() -> None:
+    left, right = _pair()
+    with left, right:
+        left.settimeout(0.05)
+        with pytest.raises(socket.timeout):
+            wait_readable(left)  # nothing sent: the socket's own timeout ends the wait
+        gevent.spawn_later(0.01, right.sendall, b"x")
+        left.settimeout(5)
+        wait_readable(left)
+        assert raw_socket(left).recv(1) == b"x"
+
+
+def test_send_all_sends_what_the_socket_buffer_cannot_take_at_once() -> None:
+    left, right = _pair()
+    with left, right:
+        data = bytes(range(256)) * 40_000  # 10 MB: more than the socket buffers hold
+        received = bytearray()
+
+        def read() -> None:
+            while len(received) < len(data):
+                received.extend(right.recv(1 << 20))
+
+        reader = gevent.spawn(read)
+        with gevent.Timeout(30):
+            send_all(left, data)
+            reader.get()
+        assert received == data

@@ -621,6 +621,33 @@ def test_a_thousand_concurrent_commands_wait_for_a_pool_of_two(
         engine.close()
 
 
+@pytest.mark.parametrize("checked_after", [0.0, 3600.0], ids=["checked", "recently-used"])
+def test_a_pooled_connection_redis_closed_is_replaced_and_the_publish_goes_once(
+    engine: Any, redis_server: RedisProcess, checked_after: float, monkeypatch: Any
+) -> None:
+    # An idle connection is checked before use once it has been idle for a while; one
+    # used recently is not, and a call on it that finds it closed goes once more on a new
+    # one. Either way the publish succeeds, once.
+    monkeypatch.setattr(redis_engine.CooperativePool, "checked_after", checked_after)
+    lost: list[bool] = []
+    gevent.spawn(engine.append, "c", 1).get(timeout=10)
+    state = engine._hubs[gevent.get_hub()]
+    state.pool._lost = lambda: lost.append(True)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        mine = client.client_id()
+        pooled = [entry["id"] for entry in client.client_list()
+                  if int(entry["id"]) != mine and entry["cmd"] in ("eval", "evalsha")]
+        assert len(pooled) == 1
+        client.client_kill_filter(_id=pooled[0])
+        second = gevent.spawn(engine.append, "c", 2).get(timeout=10)
+    finally:
+        client.close()
+    assert second.data == 2
+    assert [event.data for event in engine.events("c")] == [1, 2]
+    assert lost  # Redis may be elsewhere now (a Sentinel asks again)
+
+
 def test_concurrent_publishes_go_in_one_commit_and_each_gets_its_own_outcome(
     engine: Any, redis_server: RedisProcess
 ) -> None:

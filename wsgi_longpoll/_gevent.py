@@ -15,7 +15,7 @@ from typing import Any
 from gevent._hub_local import get_hub_if_exists
 
 __all__ = ["get_hub_if_exists", "pause_accepting", "peek", "peer_closed", "raw_socket",
-           "read_watcher"]
+           "read_watcher", "send_all", "wait_readable"]
 
 
 def raw_socket(sock: Any) -> Any:
@@ -28,6 +28,28 @@ def read_watcher(sock: Any, loop: Any) -> Any:
     *loop* for any other socket."""
     watcher = getattr(sock, "_read_event", None)
     return watcher if watcher is not None else loop.io(sock.fileno(), 1)
+
+
+def wait_readable(sock: Any) -> None:
+    """Wait until gevent's *sock* is readable, on its own read watcher, for at most its
+    timeout: what its ``recv`` does after a read that would block, without trying that read
+    first (worth it when nothing can be there yet, such as just after sending a request).
+
+    :raises TimeoutError: (``socket.timeout``) after the socket's timeout.
+    """
+    sock._wait(sock._read_event)
+
+
+def send_all(sock: Any, data: bytes) -> None:
+    """Send all of *data* on gevent's (plain, not TLS) *sock*: straight to the non-blocking
+    socket, and only what it did not take through gevent (which waits for the socket to
+    drain), saving gevent's own first steps (a ``getsockopt`` call among them)."""
+    try:
+        sent = raw_socket(sock).send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def pause_accepting(server: Any, seconds: float) -> None:

@@ -57,7 +57,7 @@ from ..errors import (
     ReplicationIncomplete,
     StorageUnavailable,
 )
-from ..event import Event, Gap, encode_json
+from ..event import Event, Gap, encode_json, new_event_id
 from ..protocol import ProtocolError
 from .base import (
     Engine,
@@ -263,8 +263,8 @@ def event_id(position: Position, tag: int) -> str:
     and 62 bits of seq: canonical lower-case, unique per Redis and prefix.
     """
     ms, seq = position
-    value = (ms << 80) | (8 << 76) | (tag << 64) | (0b10 << 62) | (seq & _SEQ_MASK)
-    return str(uuid.UUID(int=value))
+    text = "%032x" % ((ms << 80) | (8 << 76) | (tag << 64) | (0b10 << 62) | (seq & _SEQ_MASK))
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def stream_position(event_id_text: str, tag: int) -> Position | None:
@@ -765,7 +765,7 @@ class RedisEngine(Engine):
         encoded = encode_json(data)
         digest = ""  # none for a key of our own: it is never sent twice
         if idempotency_key is None:
-            idempotency_key = uuid.uuid4().hex
+            idempotency_key = new_event_id()  # random: unique in every process
         else:
             digest = data_digest(data).hex()
         key = self._idempotency_prefix + hashlib.sha256(

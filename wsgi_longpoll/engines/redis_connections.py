@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +34,9 @@ import gevent
 from gevent import socket as gsocket
 from gevent.lock import Semaphore
 
-from .._gevent import raw_socket
+from .._gevent import raw_socket, send_all, wait_readable
+
+_monotonic = time.monotonic
 
 hiredis: Any
 try:  # the hiredis extra, when installed
@@ -195,6 +198,12 @@ class RedisConnection:
             self._sock = self._open()
         except (OSError, ssl.SSLError) as error:
             raise ConnectFailed(f"connecting to {address}: {error}") from error
+        #: Whether the socket is plain (not TLS): then it is written and read directly.
+        self._plain = address.ssl_context is None
+        #: Whether a command was sent whose reply has not been read from yet.
+        self._sent = False
+        #: When the connection was last used (:func:`time.monotonic`).
+        self.used_at = _monotonic()
         setup: list[tuple[Any, ...]] = []
         if address.password is not None:
             if address.username is not None:
@@ -239,7 +248,7 @@ class RedisConnection:
         :raises CommandFailed: if the connection failed or timed out; close it.
         """
         try:
-            self._sock.sendall(pack_command(*args))
+            self._send(pack_command(*args))
             reply = self._read_reply()
         except (OSError, ssl.SSLError) as error:
             failure = CommandFailed(str(error) or type(error).__name__)
@@ -256,22 +265,46 @@ class RedisConnection:
         :raises CommandFailed: if the connection failed or timed out; close it.
         """
         try:
-            self._sock.sendall(b"".join(pack_command(*command) for command in commands))
+            self._send(b"".join(pack_command(*command) for command in commands))
             return [self._read_reply() for _ in commands]
         except (OSError, ssl.SSLError) as error:
             failure = CommandFailed(str(error) or type(error).__name__)
             failure.closed = isinstance(error, ConnectionError)
             raise failure from error
 
+    def _send(self, data: bytes) -> None:
+        if self._plain:
+            send_all(self._sock, data)
+        else:
+            self._sock.sendall(data)
+        self._sent = True
+        self.used_at = _monotonic()
+
+    def _receive(self) -> bytes:
+        """What Redis sent next (waiting for it, for at most the socket's timeout)."""
+        if not self._plain:
+            data: bytes = self._sock.recv(65536)
+        else:
+            if self._sent:  # a round trip away: wait, rather than try a read that would fail
+                self._sent = False
+                wait_readable(self._sock)
+            raw = raw_socket(self._sock)
+            while True:
+                try:
+                    data = raw.recv(65536)
+                    break
+                except BlockingIOError:
+                    wait_readable(self._sock)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        return data
+
     def _read_reply(self) -> Any:
         reader = self._reader
         if reader is not None:
             reply = reader.gets()
             while reply is False:
-                data = self._sock.recv(65536)
-                if not data:
-                    raise ConnectionError("Redis closed the connection")
-                reader.feed(data)
+                reader.feed(self._receive())
                 reply = reader.gets()
             return reply
         buffer = self._buffer
@@ -284,10 +317,7 @@ class RedisConnection:
                 else:
                     del buffer[:end]
                     return reply
-            data = self._sock.recv(65536)
-            if not data:
-                raise ConnectionError("Redis closed the connection")
-            buffer += data
+            buffer += self._receive()
 
     def stale(self) -> bool:
         """Whether the idle connection was closed by Redis (a restart, a timeout of its
@@ -316,6 +346,12 @@ class CooperativePool:
     A ``READONLY`` answer (the server was demoted to a replica by a failover; nothing was
     written) closes every idle connection, and the command goes once more on a new one.
     """
+
+    #: Seconds after its last use from which an idle connection is checked before it is
+    #: used (:meth:`RedisConnection.stale`: a syscall); a busy pool skips the check. A call
+    #: on a connection Redis closed in the meantime (a restart) fails before it reaches a
+    #: Redis and goes once more on a new connection, as a stale one found by the check.
+    checked_after = 1.0
 
     def __init__(
         self, connect: Callable[[], RedisConnection], size: int, wait_timeout: float,
@@ -373,9 +409,10 @@ class CooperativePool:
         try:
             idle = self._idle
             connection = None
+            now = _monotonic()
             while idle:
                 connection = idle.pop()
-                if not connection.stale():
+                if now - connection.used_at < self.checked_after or not connection.stale():
                     break
                 connection.close()
                 connection = None

@@ -36,7 +36,7 @@ import httptools
 from gevent import get_hub
 from gevent.server import StreamServer
 
-from .._gevent import pause_accepting, raw_socket, read_watcher
+from .._gevent import pause_accepting, raw_socket, read_watcher, send_all
 from ..endpoints import JSON_HEADERS
 from ..protocol import PUBLISH_BODY_ERROR, error_body
 
@@ -165,17 +165,6 @@ class _Reject(Exception):
         self.status = status
         self.message = message
         self.json_errors = json_errors
-
-
-def send_all(sock: Any, data: bytes) -> None:
-    """Send all of *data*: straight to the non-blocking socket, and only what it did not
-    take through gevent (which waits for the socket to drain)."""
-    try:
-        sent = raw_socket(sock).send(data)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
 
 
 class Connection:

@@ -37,7 +37,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from .._gevent import peek, peer_closed, raw_socket, read_watcher
+from .._gevent import peek, peer_closed, raw_socket, read_watcher, send_all
 from ..backlog import Frame
 from ..budget import PARKED_ANSWERS
 from ..endpoints import SUBSCRIBE_HEADERS, Answer, Endpoints, Hold, RequestParts, refusal
@@ -46,7 +46,7 @@ from ..manager import CapacityExceeded, LongpollManager, StorageUnavailable, Sub
 from ..protocol import events_body, now_ms, timeout_body
 from ..sse import KEEP_ALIVE, batch_body
 from ..wsgi.middleware import LongpollMiddleware, RequestContext
-from .http import Connection, Request, http_date, send_all
+from .http import Connection, Request, http_date
 from .wsgi import WSGIBridge, make_environ
 
 if TYPE_CHECKING:

@@ -17,8 +17,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from .._gevent import send_all
 from ..endpoints import HOLD_KEY, Hold
-from .http import Connection, Request, send_all
+from .http import Connection, Request
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
