@@ -10,10 +10,13 @@ alternately, ``--rounds`` times), then measures with ``wrk -t1`` (BENCHMARKS.md)
 - **publish latency at one connection**, ``-c1``: wrk's mean latency (a lone publish must
   not wait for a group commit);
 - **immediate subscribe** of 6 events, ``-c50`` (``since_time=0``);
-- **fan-out** to ``--subscribers`` parked subscribers: server CPU per answer, on Redis and
-  in memory;
-- **two processes** on one Redis (``-c25`` on each at once): publishes/s in all, and the
-  server CPU per publish of each process;
+- **fan-out** to ``--subscribers`` parked subscribers, ``--fanouts`` times on a fresh
+  process: server CPU per answer, on Redis and in memory (``/proc`` counts CPU in ticks of
+  10 ms, so one fan-out to 5,000 measures to 2 us; the mean of several is finer);
+- **two processes**: ``serve --workers 2`` on one Redis and one port, under one wrk at the
+  same ``-c50`` (the same load, which the kernel spreads over the workers) and at ``-c100``
+  (the same load per process): publishes/s in all, and the server CPU per publish of the
+  workers, beside one process's at ``-c50`` measured the same way;
 - **herd**: ``--herd`` subscribers parked with keep-alive get a fan-out and all re-poll at
   once with their cursors; the statuses of the re-polls (no 503 expected).
 
@@ -127,6 +130,50 @@ def servers(count: int, redis_url: str | None, src: Path, prefix: str) -> Iterat
                 process.kill()
 
 
+@contextlib.contextmanager
+def workers(count: int, redis_url: str, src: Path, prefix: str) -> Iterator[tuple[str, list[int]]]:
+    """``serve --workers`` *count* from the source tree *src*: its URL and the workers'
+    process ids."""
+    port = _free_port()
+    command = [sys.executable, "-m", "wsgi_longpoll", "serve", "--address",
+               f"127.0.0.1:{port}", "--no-access-log", "--no-demo", "--log-level", "WARNING",
+               "--redis-url", redis_url, "--redis-key-prefix", prefix,
+               "--workers", str(count)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=dict(
+        os.environ, PYTHONPATH=str(src)), cwd=src)
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if b"http://" in line:
+                break
+        else:
+            raise RuntimeError("the workers did not start")
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        if count == 1:
+            pids = [process.pid]
+        else:
+            with open(f"/proc/{process.pid}/task/{process.pid}/children", encoding="ascii") as f:
+                pids = [int(pid) for pid in f.read().split()]
+        yield f"http://127.0.0.1:{port}", pids
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def workers_rate(url: str, pids: list[int], connections: int, duration: float
+                 ) -> dict[str, float]:
+    """Publishes/s and server CPU per publish (us; all *pids* together) under wrk."""
+    wrk(f"{url}/publish", connections, 1, POST_LUA)  # warm up
+    before = [cpu(pid) for pid in pids]
+    requests, seconds, errors, _ = wrk(f"{url}/publish", connections, duration, POST_LUA)
+    used = sum(cpu(pid) - start for pid, start in zip(pids, before, strict=True))
+    return {"per_second": requests / seconds, "errors": errors,
+            "server_us": used / max(requests, 1) * 1e6}
+
+
 def cpu(pid: int) -> float:
     return loadgen.server_cpu_seconds(pid)
 
@@ -182,8 +229,13 @@ def _wait_waiting(targets: list[Target], count: int) -> None:
         time.sleep(0.1)
 
 
-def fanout(target: Target, subscribers: int) -> float:
-    """Server CPU per answer (us) of one publish to *subscribers* parked subscribers."""
+def fanout(target: Target, subscribers: int, times: int = 1) -> float:
+    """Server CPU per answer (us) of a publish to *subscribers* parked subscribers, the
+    mean of *times* fan-outs."""
+    return sum(_fanout(target, subscribers) for _ in range(times)) / times
+
+
+def _fanout(target: Target, subscribers: int) -> float:
     assert target.pid is not None
     category = f"fan-{time.monotonic_ns()}"
     request = target.subscribe_request(category, 60, close=True)
@@ -283,35 +335,25 @@ def measure(src: Path, url: str, redis_pid: int, args: argparse.Namespace,
             loadgen.publish_once(target, "bench-sub", f"event {number}")
         path = "/events?category=bench-sub&timeout=1&since_time=0"
         figures["subscribe"] = rate(target, path, 50, duration, None, redis_pid)
-        figures["fanout_us"] = fanout(target, args.subscribers)
         figures["herd"] = dict(sorted(herd(target, args.herd).items()))
-    with servers(2, url, src, prefix) as targets:
-        results: list[dict[str, float]] = []
-
-        def run(target: Target) -> None:
-            results.append(rate(target, "/publish", 25, duration, POST_LUA, None))
-
-        threads = [threading.Thread(target=run, args=(target,)) for target in targets]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        figures["two_processes"] = {
-            "per_second": sum(result["per_second"] for result in results),
-            "server_us": [round(result["server_us"], 1) for result in results],
-        }
+    with servers(1, url, src, prefix) as targets:  # a fresh process, as in memory below
+        figures["fanout_us"] = fanout(targets[0], args.subscribers, args.fanouts)
+    for count, connections in ((1, 50), (2, 50), (2, 100)):
+        with workers(count, url, src, prefix) as (base, pids):
+            figures[f"workers_{count}_c{connections}"] = workers_rate(
+                base, pids, connections, duration)
     if not args.skip_memory:
         with servers(1, None, src, prefix) as targets:
             rate(targets[0], "/publish", 50, 1, POST_LUA, None)
             figures["memory_publish"] = rate(targets[0], "/publish", 50, duration, POST_LUA,
                                              None)
-            figures["memory_fanout_us"] = fanout(targets[0], args.subscribers)
+        with servers(1, None, src, prefix) as targets:
+            figures["memory_fanout_us"] = fanout(targets[0], args.subscribers, args.fanouts)
     return figures
 
 
 def report(figures: dict[str, Any]) -> None:
     publish, single, subscribe = figures["publish"], figures["publish_c1"], figures["subscribe"]
-    two = figures["two_processes"]
     print(f"## {figures['tree']}")
     print(f"- publish -c50: {publish['per_second']:,.0f}/s, server {publish['server_us']:.1f} us,"
           f" Redis {publish['redis_us']:.1f} us per publish, {publish['errors']} errors")
@@ -323,8 +365,15 @@ def report(figures: dict[str, Any]) -> None:
     print(f"- fan-out, server CPU per answer: Redis {figures['fanout_us']:.1f} us"
           + (f", in memory {figures['memory_fanout_us']:.1f} us"
              if "memory_fanout_us" in figures else ""))
-    print(f"- two processes, publish: {two['per_second']:,.0f}/s in all, server "
-          f"{' / '.join(str(value) for value in two['server_us'])} us per publish")
+    one = figures["workers_1_c50"]
+    print(f"- publish, 1 process -c50: {one['per_second']:,.0f}/s, server "
+          f"{one['server_us']:.1f} us per publish")
+    for connections in (50, 100):
+        two = figures[f"workers_2_c{connections}"]
+        print(f"- publish, serve --workers 2 -c{connections}: {two['per_second']:,.0f}/s, "
+              f"server {two['server_us']:.1f} us per publish per process "
+              f"({two['server_us'] / one['server_us']:.2f}x one process at -c50), "
+              f"{two['errors'] + one['errors']} errors")
     print(f"- herd of re-polls, statuses: {figures['herd']} (0: closed, -1: no answer)")
     if "memory_publish" in figures:
         memory = figures["memory_publish"]
@@ -343,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--fanouts", type=int, default=5,
+                        help="fan-outs to measure (the mean is reported)")
     parser.add_argument("--herd", type=int, default=1000)
     parser.add_argument("--skip-memory", action="store_true",
                         help="leave out the in-memory figures")
