@@ -399,6 +399,42 @@ def test_serve_checks_tokens_with_secrets_from_the_environment() -> None:
         assert process.wait(WAIT_SECONDS) == 0
 
 
+@pytest.mark.parametrize("arguments, environment, warned", [
+    ([], {}, True),
+    (["--publish-token", "publisher-secret"], {}, False),
+    ([], {"WSGI_LONGPOLL_PUBLISH_TOKEN": "publisher-secret"}, False),
+    (["--publish-uri", ""], {}, False),
+], ids=["open", "token", "token-from-environment", "no-publish-path"])
+def test_a_tier_with_an_open_publish_path_says_so_at_startup(
+    arguments: list[str], environment: dict[str, str], warned: bool
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    variables = {key: value for key, value in os.environ.items()
+                 if key != "WSGI_LONGPOLL_PUBLISH_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "127.0.0.1:0",
+         "--no-access-log", "--no-demo", "--subscribe-secret", SECRET, *arguments],
+        stderr=subprocess.PIPE, text=True, env={**variables, **environment})
+    lines = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the warning comes before the address line
+            lines.append(line)
+            if "subscribe at http://" in line:
+                break
+    finally:
+        process.terminate()
+        assert process.wait(WAIT_SECONDS) == 0
+    assert any("subscribe at http://" in line for line in lines), lines
+    warning = [line for line in lines if "anyone who reaches this server can publish" in line]
+    assert bool(warning) is warned, lines
+    if warned:
+        assert "--publish-token" in warning[0] and "at /publish" in warning[0]
+
+
 @pytest.mark.parametrize("arguments, environment", [
     (["--subscribe-secret", "short"], {}),
     ([], {"WSGI_LONGPOLL_SUBSCRIBE_SECRET": "short"}),

@@ -221,8 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = _start(args, args.address)
     if server is None:
         return 1
-    _announce(args, server.port)
-    return _run(server, args)
+    return _run(server, args, ready=lambda: _announce(args, server.port))
 
 
 def _start(args: argparse.Namespace, address: str) -> Server | None:
@@ -256,6 +255,14 @@ def _start(args: argparse.Namespace, address: str) -> Server | None:
 
 
 def _announce(args: argparse.Namespace, port: int, workers: int = 1) -> None:
+    if (args.subscribe_secret and args.publish_uri is not None
+            and not (args.publish_token or os.environ.get(PUBLISH_TOKEN_ENV))):
+        logger.warning(
+            "subscribers need a token (--subscribe-secret), but anyone who reaches this "
+            "server can publish at %s: guard it with --publish-token, or turn it off with "
+            "--publish-uri '' when the application publishes to Redis itself",
+            args.publish_uri,
+        )
     processes = f" ({workers} processes)" if workers > 1 else ""
     publish = "no publish path" if args.publish_uri is None else f"publish at {args.publish_uri}"
     print(
@@ -273,7 +280,8 @@ def _announce(args: argparse.Namespace, port: int, workers: int = 1) -> None:
 
 
 def _run(server: Server, args: argparse.Namespace,
-         parent_alive: Callable[[], bool] | None = None) -> int:
+         parent_alive: Callable[[], bool] | None = None,
+         ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT or SIGTERM (a worker: SIGTERM, or its supervisor's end), then
     drain; the exit status.
 
@@ -281,6 +289,7 @@ def _run(server: Server, args: argparse.Namespace,
         A worker ignores SIGINT (the supervisor passes a stop on as SIGTERM) and any signal
         while it drains; a lone server restores the previous handlers as it drains, so that
         a second Ctrl-C ends it at once.
+    :param ready: called once the stop signals are handled (to say the server is ready).
     """
 
     def request_shutdown(signum: int, frame: FrameType | None) -> None:
@@ -291,6 +300,8 @@ def _run(server: Server, args: argparse.Namespace,
     previous = {sig: signal.signal(sig, request_shutdown) for sig in signals}
     try:
         try:
+            if ready is not None:  # said once a stop signal drains the server
+                ready()
             if parent_alive is None:
                 server.serve_forever()
             else:
