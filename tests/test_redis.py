@@ -670,6 +670,42 @@ def test_concurrent_publishes_go_in_one_commit_and_each_gets_its_own_outcome(
     assert engine.events("c") == [engine.events("c")[0], *published]
 
 
+def test_a_group_commit_chains_each_entry_to_the_one_before_and_trims_as_single_publishes(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    # One script call publishes every event below: each entry must still name the entry
+    # before it in its stream (what the reader checks for gaps), the buffer size and the
+    # category bound must hold as if each event had come alone, and the floor must name
+    # the newest entry dropped.
+    engine = redis_engine.RedisEngine(redis_server.url, prefix, max_event_buffer_size=4,
+                                      max_categories=2)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        gevent.spawn(engine.append, "old", 0).get(timeout=10)
+        gevent.spawn(engine.append, "a", "first").get(timeout=10)
+        before = _script_calls(redis_server.url)
+        order = [("a", n) for n in range(3)] + [("b", "b0")] + [("a", n) for n in range(3, 7)]
+        jobs = [gevent.spawn(engine.append, category, data) for category, data in order]
+        gevent.joinall(jobs, timeout=30, raise_error=True)
+        assert _script_calls(redis_server.url) - before <= 2  # the first alone, the rest
+        assert [event.data for event in engine.events("a")] == [3, 4, 5, 6]
+        assert [event.data for event in engine.events("b")] == ["b0"]
+        assert engine.events("old") == []  # pushed out by "b": 2 categories at most
+        entries = client.xrange(engine.stream_key("a"))
+        previous = [fields[b"p"] for _, fields in entries]
+        ids = [entry_id for entry_id, _ in entries]
+        assert previous[1:] == ids[:-1]
+        dropped = [job.value for job in jobs if job.value.data == 2][0]
+        floor = client.get(engine._floor_key("a"))
+        assert floor is not None
+        assert redis_engine.parse_position(floor) == redis_engine.stream_position(
+            dropped.id, engine._tag)
+        assert redis_engine.parse_position(previous[0]) == redis_engine.parse_position(floor)
+    finally:
+        client.close()
+        engine.close()
+
+
 def test_a_lone_publish_is_sent_at_once(engine: Any) -> None:
     first = gevent.spawn(engine.append, "c", 1).get(timeout=10)
     second = gevent.spawn(engine.append, "c", 2).get(timeout=10)

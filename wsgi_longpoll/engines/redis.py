@@ -130,6 +130,16 @@ if not epoch then
   epoch = string.format('%d', clock)
   redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
+-- The clock is one for the whole call, so the ms of every event is too.
+local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+if clock > ms then
+  ms = clock
+  redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms))
+end
+-- What this call knows of each stream it published to: its length and newest entry, so
+-- that the next event of the group to the same stream reads neither, and whether its
+-- expiry and its category's score (this call's clock) are set yet.
+local streams = {}
 local function remember(key, value)
   if ttl > 0 then
     redis.call('SET', key, value, 'PX', 2 * ttl)
@@ -143,40 +153,48 @@ local function publish(category, data, digest, stream, floor, idempotency)
     redis.call('SET', idempotency, known, 'KEEPTTL')
     return known
   end
-  if not redis.call('ZSCORE', KEYS[2], category) then
-    if ttl > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
+  local state = streams[stream]
+  if not state then
+    if not redis.call('ZSCORE', KEYS[2], category) then
+      if ttl > 0 then
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', clock - 2 * ttl))
+      end
+      if redis.call('ZCARD', KEYS[2]) >= max_categories then
+        -- push out the category published to least recently; its floor keeps the gap signal
+        local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+        local pushed = ARGV[4] .. idle
+        local newest = redis.call('XREVRANGE', pushed, '+', '-', 'COUNT', 1)
+        if #newest > 0 then remember(ARGV[5] .. idle, newest[1][1]) end
+        redis.call('DEL', pushed)
+        redis.call('ZREM', KEYS[2], idle)
+        streams[pushed] = nil
+      end
     end
-    if redis.call('ZCARD', KEYS[2]) >= max_categories then
-      -- push out the category published to least recently; its floor keeps the gap signal
-      local idle = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-      local pushed = ARGV[4] .. idle
-      local newest = redis.call('XREVRANGE', pushed, '+', '-', 'COUNT', 1)
-      if #newest > 0 then remember(ARGV[5] .. idle, newest[1][1]) end
-      redis.call('DEL', pushed)
-      redis.call('ZREM', KEYS[2], idle)
+    if ttl > 0 then expire(stream, floor, clock - ttl, ttl) end
+    local length = redis.call('XLEN', stream)
+    local last = ''
+    if length > 0 then
+      last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1][1]
+    else
+      last = redis.call('GET', floor) or ''
     end
+    state = {length = length, last = last, fresh = true}
+    streams[stream] = state
   end
-  local ms = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
-  if clock > ms then ms = clock end
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('HSET', KEYS[1], 'ms', string.format('%d', ms))
-  if ttl > 0 then expire(stream, floor, clock - ttl, ttl) end
-  local length = redis.call('XLEN', stream)
-  local previous = ''
-  if length >= size then
-    local dropped = redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)
+  if state.length >= size then
+    local dropped = redis.call('XRANGE', stream, '-', '+', 'COUNT', state.length - size + 1)
     remember(floor, dropped[#dropped][1])
   end
-  if length > 0 then
-    previous = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1][1]
-  else
-    previous = redis.call('GET', floor) or ''
-  end
   local id = string.format('%d-%d', ms, seq)
-  redis.call('XADD', stream, 'MAXLEN', size, id, 'd', data, 'e', epoch, 'p', previous)
-  if ttl > 0 then redis.call('PEXPIRE', stream, 2 * ttl) end
-  redis.call('ZADD', KEYS[2], clock, category)
+  redis.call('XADD', stream, 'MAXLEN', size, id, 'd', data, 'e', epoch, 'p', state.last)
+  if state.fresh then  -- the clock is one for the call: once per stream is enough
+    if ttl > 0 then redis.call('PEXPIRE', stream, 2 * ttl) end
+    redis.call('ZADD', KEYS[2], clock, category)
+    state.fresh = false
+  end
+  state.length = math.min(state.length + 1, size)
+  state.last = id
   local remembered = id .. ' ' .. digest
   redis.call('SET', idempotency, remembered, 'PX', window)
   return remembered
@@ -191,6 +209,7 @@ for i = 1, (#ARGV - 6) / 3 do
   else
     if type(outcome) == 'table' then outcome = outcome.err or 'error' end
     outcomes[i] = '!' .. tostring(outcome)
+    streams[KEYS[k]] = nil  -- what failed may have been half done: read it again
   end
 end
 return outcomes
