@@ -797,3 +797,81 @@ def test_a_frozen_redis_logs_a_bounded_number_of_lines(
     assert len(lines) <= 20, [record.getMessage() for record in lines]
     assert not any(record.exc_info for record in lines)
     assert "Traceback" not in stderr
+
+
+# -- issue 19, loose ends ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["flushall", "newest-lost"])
+def test_a_redis_that_lost_data_under_a_waiting_subscriber_gives_it_a_gap(
+    redis_server: RedisProcess, prefix: str, loss: str
+) -> None:
+    """The reader's connection is killed after Redis lost data (emptied, or the newest
+    event lost with the counter, as a restart or a failover loses the last writes): the
+    reader reconnects, checks the epoch, and the waiting subscriber, and any older
+    cursor, get a gap, not a silent skip."""
+    server = Server(access_log=False, redis_url=redis_server.url, redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    manager = server.manager
+    assert manager is not None
+    engine: Any = manager.engine
+    base = f"http://127.0.0.1:{server.port}"
+    other = LongpollManager(redis_url=redis_server.url, redis_key_prefix=prefix)  # a process
+    client = redis.Redis.from_url(redis_server.url)
+    answers: list[Any] = []
+    try:
+        for number in range(3):
+            requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                          timeout=30).raise_for_status()
+        events = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": 1}).json()["events"]
+        first, last = events[1], events[2]
+        waiting = threading.Thread(target=lambda: answers.append(requests.get(
+            f"{base}/events", timeout=30, params={
+                "category": "c", "timeout": 20, "since_time": last["timestamp"],
+                "last_id": last["id"]}).json()))
+        waiting.start()
+        wait_until(lambda: manager.waiting_count() == 1, 10)
+        connections = engine._reader._connections
+        if loss == "flushall":
+            client.flushall()
+        else:
+            position = redis_engine.stream_position(last["id"], engine._tag)
+            client.xdel(engine.stream_key("c"), "%d-%d" % position)
+            client.hincrby(engine._counter_key, "seq", -1)
+        client.client_kill_filter(_type="normal", skipme=True)
+        wait_until(lambda: engine._reader._connections > connections, 10)
+        other.publish("c", "new")
+        waiting.join(30)
+        older = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": first["timestamp"], "last_id": first["id"]}).json()
+    finally:
+        client.close()
+        other.close()
+        server.stop(5)
+    [answer] = answers
+    assert [gap["category"] for gap in answer.get("gaps", [])] == ["c"], answer
+    assert [event["data"] for event in answer["events"]] == ["new"]
+    assert [gap["category"] for gap in older.get("gaps", [])] == ["c"], older
+    assert [event["data"] for event in older["events"]] == ["new"]
+
+
+def test_the_reader_waits_out_its_blocking_read_when_the_url_sets_a_shorter_timeout(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    engine = redis_engine.RedisEngine(redis_server.url + "?socket_timeout=0.2", prefix)
+    engine.block_ms = 600
+    client = redis.Redis.from_url(redis_server.url)
+
+    def xreads() -> int:
+        stats = client.info("commandstats").get("cmdstat_xread", {})
+        return int(stats.get("calls", 0))
+
+    try:
+        engine.watch(["c"], engine.read(["c"], None, None).position)
+        before = xreads()
+        wait_until(lambda: xreads() >= before + 4, 10)  # two blocking reads ended
+        assert engine._reader._connections == 1
+    finally:
+        client.close()
+        engine.close()

@@ -556,21 +556,39 @@ class RedisEngine(Engine):
         self._reader: _Reader | None = None
 
     @staticmethod
-    def _connect(url: str, timeout: float) -> redis.Redis:
+    def _connect(url: str, timeout: float, *, retries: int = 1, longer: float = 0.0,
+                 on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
         """redis-py's client for *url*: the reader's, and the one of callers on threads
         without a hub. The hub's own connections go to the same address
-        (:func:`cooperative_address`)."""
-        # One quick retry on a fresh connection (a pooled one may be stale after a Redis
-        # restart, or a failover), no backoff: an unreachable Redis is reported, not
-        # waited out.
+        (:func:`cooperative_address`).
+
+        :param timeout: seconds for a reply and for connecting, unless the URL says.
+        :param retries: how many times redis-py sends a command again on a new
+            connection when its connection failed (a pooled one may be stale after a
+            Redis restart, or a failover); at once: an unreachable Redis is reported,
+            not waited out.
+        :param longer: seconds a reply may take beyond the timeout (a blocking command).
+        :param on_connect: called with each new connection, once it is set up.
+        """
         options: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 1), "health_check_interval": 0,
+            "retry": Retry(NoBackoff(), retries), "health_check_interval": 0,
         }
+        if on_connect is not None:
+            def set_up(connection: Any) -> None:
+                connection.on_connect()
+                on_connect(connection)
+
+            options["redis_connect_func"] = set_up
         sentinel_url = parse_sentinel_url(url)
         if sentinel_url is not None:
-            return _sentinel_primary(sentinel_url, options)
-        return redis.Redis.from_url(url, **options)
+            client = _sentinel_primary(sentinel_url, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
+        if longer:
+            kwargs = client.connection_pool.connection_kwargs
+            kwargs["socket_timeout"] = float(kwargs.get("socket_timeout") or timeout) + longer
+        return client
 
     def _new_connection(self) -> RedisConnection:
         """A new connection of a hub's pool: to the primary the sentinels name, or to the
@@ -1124,8 +1142,16 @@ class _Reader:
         self._stopped = False
         self._started = False
         self._client_id: int | None = None
+        #: How many times the reader connected, and had checked Redis (:meth:`_connected`).
+        self._connects = 0
         self._connections = 0
-        self._client = engine._connect(engine.url, engine.socket_timeout + engine.block_ms / 1000)
+        self._checked = 0
+        # No retry by redis-py on a new connection: every new connection is checked
+        # first; a blocking XREAD's reply may take block_ms beyond the socket timeout.
+        self._client = engine._connect(
+            engine.url, engine.socket_timeout, retries=0, longer=engine.block_ms / 1000,
+            on_connect=self._connect_made,
+        )
         self._patched = is_module_patched("socket")
         self._work: Any = GeventEvent() if self._patched else _ThreadEvent()
 
@@ -1243,14 +1269,27 @@ class _Reader:
                 _sleep(1.0)
         _close(self._client)
 
+    def _connect_made(self, connection: Any) -> None:
+        """redis-py made a new connection for the reader."""
+        self._connects += 1
+
+    def _check_connection(self) -> None:
+        """Whether every command since :meth:`_connected` went on the connection it
+        checked; if not (redis-py connected again, to a Redis that may have lost data),
+        :raises redis.ConnectionError: so that the reader checks the new one."""
+        if self._connects != self._checked:
+            raise redis.ConnectionError("the connection to Redis was made again")
+
     def _connected(self) -> None:
         """A new connection: check the epoch, which a Redis that lost its data changed."""
         first = self._client_id is None and not self._connections
         self._client_id = int(self._client.client_id())
+        self._checked = self._connects
         self._connections += 1
         if not first:  # perhaps another Redis (a failover), or one restarted
             self.engine._resume(self._client.execute_command)
         epoch: Any = self._client.hget(self.engine._counter_key, "epoch")
+        self._check_connection()
         if not first and (epoch is None or epoch != self.engine.epoch):
             # Events may be lost, unseen: hold nothing older than what is read next.
             with self._lock:
@@ -1274,6 +1313,7 @@ class _Reader:
             engine.stream_key(category): f"{ms}-{seq}" for category, (ms, seq) in starts.items()
         }
         reply: Any = self._client.xread(streams, count=self.count)
+        self._check_connection()
         if not reply:
             # Wait for something to come; then read every stream at one instant.
             self._client.xread(streams, count=1, block=engine.block_ms)
