@@ -484,3 +484,51 @@ def test_with_min_replicas_a_failover_loses_no_acknowledged_event(
         server.stop(5)
     assert publisher.other == []
     assert set(publisher.acknowledged) <= set(stored(sentinels, new, prefix, "load"))
+
+
+@pytest.mark.parametrize("refused", ["script", "event"])
+def test_with_min_replicas_a_demoted_primary_is_tried_once_more_where_the_primary_is(
+    executable: str, tmp_path: Path, prefix: str, refused: str
+) -> None:
+    """READONLY from a primary demoted by ``REPLICAOF``, whether at the top of the publish
+    script (its first write: the counter's epoch, before any publish) or for each event
+    in it, sends the publish once more on a new connection, where the primary is then
+    (here the same server, promoted again when the engine forgets its connections)."""
+    topology = sentinel_topology(executable, tmp_path, replicas=1, sentinels=0)
+    url = f"redis://127.0.0.1:{topology.primary_port}/0"
+    server = Server(access_log=False, redis_url=url, redis_key_prefix=prefix,
+                    redis_min_replicas=1)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    base = f"http://127.0.0.1:{server.port}"
+    primary = topology.client(topology.primary_port)
+    assert server.manager is not None
+    engine: Any = server.manager.engine
+    engine.replica_timeout = 10.0
+    lost = engine._lost
+    promotions: list[int] = []
+
+    def promoted_again() -> None:  # as the sentinels would name the new primary
+        primary.execute_command("REPLICAOF", "NO", "ONE")
+        promotions.append(1)
+        lost()
+
+    engine._lost = promoted_again
+    try:
+        if refused == "event":  # the counter has its epoch: the events' writes refuse
+            requests.post(f"{base}/publish", json={"category": "c", "data": 0},
+                          timeout=30).raise_for_status()
+        else:  # a connection in the pool, and no counter yet
+            requests.get(f"{base}/events", timeout=30,
+                         params={"category": "c", "timeout": 1, "since_time": 1})
+        primary.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody: read only
+        answer = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
+                               timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert promotions == [1]
+        events = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": 1}).json()["events"]
+        assert [event["data"] for event in events] == ([0, 1] if refused == "event" else [1])
+    finally:
+        primary.close()
+        server.stop(5)
+        topology.stop()

@@ -730,13 +730,25 @@ class RedisEngine(Engine):
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
               writes: bool = False, pool: CooperativePool | None = None) -> Any:
-        """Run *script* by its SHA1, loading it first if Redis does not know it."""
-        try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
-                              writes=writes, pool=pool)
-        except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
-            return self._call("EVAL", script.source, len(keys), *keys, *args,
-                              writes=writes, pool=pool)
+        """Run *script* by its SHA1, loading it first if Redis does not know it.
+
+        A script that only reads, answered ``READONLY`` (it trims expired events), runs
+        once more where the primary is now (see :meth:`_demoted`); a publish is retried
+        by :meth:`_commit`.
+        """
+        for attempt in (1, 2):
+            try:
+                try:
+                    return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
+                                      writes=writes, pool=pool)
+                except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
+                    return self._call("EVAL", script.source, len(keys), *keys, *args,
+                                      writes=writes, pool=pool)
+            except StorageUnavailable as error:
+                if writes or attempt == 2 or not _demoted_primary(error):
+                    raise
+                self._demoted(pool)
+        raise AssertionError("unreachable")
 
     def _safe_url(self) -> str:
         return self._where
@@ -805,23 +817,20 @@ class RedisEngine(Engine):
         for item in batch:
             keys += item.keys
             args += item.args
-        replicas = None
         for attempt in (1, 2):
+            # A primary demoted to a replica (a failover) wrote nothing, whether Redis
+            # refused the script (READONLY at its top) or each event in it: once more,
+            # where the sentinels say the primary is now.
             try:
-                if self.min_replicas:
-                    reply, replicas = self._publish_and_wait(keys, args, pool)
-                else:
-                    reply = self._eval(self._publish_script, keys, args, writes=True,
-                                       pool=pool)
+                reply, replicas = self._publish(keys, args, pool)
             except StorageUnavailable as error:
-                return [error] * len(batch)
-            outcomes = list(reply)
-            if attempt == 1 and any(read_only(outcome) for outcome in outcomes):
-                # A primary demoted to a replica (a failover) wrote nothing: once more,
-                # where the sentinels say the primary is now.
-                self._demoted(pool)
-                continue
-            break
+                if attempt == 2 or not _demoted_primary(error):
+                    return [error] * len(batch)
+            else:
+                outcomes = list(reply)
+                if attempt == 2 or not any(read_only(outcome) for outcome in outcomes):
+                    break
+            self._demoted(pool)
         if replicas is not None and replicas < self.min_replicas:
             # Every event this call stored is unconfirmed: one WAIT covered the group.
             short = ReplicationIncomplete(replicas, self.min_replicas, self.replica_timeout,
@@ -834,13 +843,15 @@ class RedisEngine(Engine):
                     outcomes[index] = short
         return outcomes
 
-    def _publish_and_wait(self, keys: list[bytes], args: list[Any],
-                          pool: CooperativePool | None) -> tuple[Any, int]:
-        """Run the publish script, then ``WAIT`` on the same connection (sent with it) for
-        :attr:`min_replicas` replicas to have what it wrote: the script's reply, and how
-        many replicas confirmed."""
-        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
+    def _publish(self, keys: list[bytes], args: list[Any], pool: CooperativePool | None
+                 ) -> tuple[Any, int | None]:
+        """Run the publish script; with :attr:`min_replicas`, then ``WAIT`` on the same
+        connection (sent with it) for that many replicas to have what it wrote: the
+        script's reply, and how many replicas confirmed (``None`` without ``WAIT``)."""
         script = self._publish_script
+        if not self.min_replicas:
+            return self._eval(script, keys, args, writes=True, pool=pool), None
+        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
         for run in (("EVALSHA", script.sha), ("EVAL", script.source)):
             reply, replicas = self._call(*run, len(keys), *keys, *args, writes=True,
                                          pool=pool, then=wait)
@@ -848,11 +859,10 @@ class RedisEngine(Engine):
                 break
             if run[0] == "EVALSHA" and _no_script(reply):
                 continue  # nothing was written: once more with the script's source
-            if read_only(reply):
-                self._demoted(pool)
             raise StorageUnavailable(f"Redis at {self._where} refused: {reply}") from reply
-        if isinstance(replicas, Exception):  # stored, not confirmed
-            logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
+        if isinstance(replicas, Exception):  # stored, not confirmed; or a replica now
+            if not any(read_only(outcome) for outcome in reply):
+                logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
             replicas = 0
         return reply, int(replicas)
 
@@ -1073,6 +1083,16 @@ def _not_sent(error: BaseException | None) -> bool:
     no primary named by the sentinels, or a primary demoted to a replica (``READONLY``)."""
     return (isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
             or "previous master is now a slave" in str(error))
+
+
+def _demoted_primary(error: StorageUnavailable) -> bool:
+    """Whether Redis refused a command with ``READONLY``: a primary demoted to a replica
+    (a failover), which wrote nothing."""
+    cause = error.__cause__
+    if cause is None or isinstance(error, OutcomeUnknown):
+        return False
+    return isinstance(cause, redis.ReadOnlyError) or (
+        isinstance(cause, (ReplyError, redis.ResponseError)) and read_only(cause))
 
 
 def _category_bytes(category: str) -> bytes:

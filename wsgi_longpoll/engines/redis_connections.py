@@ -310,11 +310,11 @@ class CooperativePool:
     :param size: the most connections open at once.
     :param wait_timeout: the longest a caller waits for a free connection before
         :class:`ConnectFailed` (nothing was sent).
-    :param lost: called when a connection failed, was found closed, or answered
-        ``READONLY``: Redis may be elsewhere now (a :class:`SentinelPrimary` forgets it).
+    :param lost: called when a connection failed, was found closed, or :meth:`reset`:
+        Redis may be elsewhere now (a :class:`SentinelPrimary` forgets it).
 
-    A ``READONLY`` answer (the server was demoted to a replica by a failover; nothing was
-    written) closes every idle connection, and the command goes once more on a new one.
+    The engine resets the pool when Redis answered ``READONLY`` (the server was demoted
+    to a replica by a failover; nothing was written), and sends the command once more.
     """
 
     def __init__(
@@ -337,13 +337,7 @@ class CooperativePool:
         :raises ConnectFailed: if no connection could be had: the command was not sent.
         :raises CommandFailed: if the command's connection failed: it may have run.
         """
-        try:
-            return self._run(lambda connection: connection.call(*args))
-        except ReplyError as error:
-            if not read_only(error):
-                raise
-            self.reset()
-            return self._run(lambda connection: connection.call(*args))
+        return self._run(lambda connection: connection.call(*args))
 
     def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Run *commands* on one connection, sent in one write: their replies, an error
