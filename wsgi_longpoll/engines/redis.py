@@ -472,8 +472,10 @@ class RedisEngine(Engine):
         process that shares the prefix; a new one beyond pushes out the category
         published to least recently.
     :param min_replicas: :meth:`append` returns only once this many replicas of the
-        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`, one
-        ``WAIT`` per group commit), so that a failover to one of them cannot lose it.
+        primary have the event (Redis ``WAIT``, one per group commit), so that a failover
+        to one of them cannot lose it.
+    :param replica_timeout: the longest :meth:`append` waits for them, in seconds; the
+        reply is waited for this long beyond the socket timeout.
 
     Commands from a greenlet of a gevent hub go on that hub's own connections
     (:mod:`.redis_connections`: cooperative, at most :attr:`pool_size` of them, a caller
@@ -492,8 +494,6 @@ class RedisEngine(Engine):
     max_commit_events = 256
     #: ... and the most bytes of their data (one bigger event goes alone).
     max_commit_bytes = 1 << 20
-    #: Seconds :meth:`append` waits for ``min_replicas`` replicas to confirm an event.
-    replica_timeout = 1.0
 
     def __init__(
         self,
@@ -503,12 +503,13 @@ class RedisEngine(Engine):
         event_time_to_live_seconds: float | None = RedisOptions.event_time_to_live_seconds,
         max_categories: int = RedisOptions.max_categories,
         min_replicas: int = RedisOptions.min_replicas,
+        replica_timeout: float = RedisOptions.replica_timeout,
     ) -> None:
         #: The engine's options, checked.
         self.options = RedisOptions(
             url=url, key_prefix=key_prefix, max_event_buffer_size=max_event_buffer_size,
             event_time_to_live_seconds=event_time_to_live_seconds, max_categories=max_categories,
-            min_replicas=min_replicas,
+            min_replicas=min_replicas, replica_timeout=replica_timeout,
         )
         if url is None:
             raise TypeError("RedisEngine needs the URL of a Redis")
@@ -518,6 +519,7 @@ class RedisEngine(Engine):
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
         self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self._listener: Listener | None = None
         self._ttl_ms = (
             0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
@@ -531,6 +533,10 @@ class RedisEngine(Engine):
         self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
         self._address = cooperative_address(self._client)
+        #: redis-py's client for a publish followed by ``WAIT`` (from threads without a
+        #: hub): its replies are waited for ``replica_timeout`` longer.
+        self._waiting_client = None if not min_replicas else self._connect(
+            url, self.socket_timeout, longer=replica_timeout)
         sentinel_url = parse_sentinel_url(url)
         #: Where the hub's connections find the primary, for a ``redis+sentinel://`` URL.
         self._sentinel = None if sentinel_url is None else SentinelPrimary(
@@ -694,8 +700,9 @@ class RedisEngine(Engine):
     def _call(self, *args: Any, writes: bool = False, pool: CooperativePool | None = None,
               then: tuple[Any, ...] | None = None) -> Any:
         """Run one Redis command: cooperatively from a hub's greenlet, else by redis-py.
-        With *then*, that command follows on the same connection, sent with the first:
-        both replies come back, an error reply as an exception instance.
+        With *then* (``WAIT``), that command follows on the same connection, sent with
+        the first: both replies come back, an error reply as an exception instance; they
+        are waited for :attr:`replica_timeout` beyond the socket timeout.
 
         :raises StorageUnavailable: naming Redis's address and what failed.
         :raises OutcomeUnknown: with *writes*, if the command was sent and not answered.
@@ -705,9 +712,13 @@ class RedisEngine(Engine):
             pool = state.pool if state is not None else None
         try:
             if pool is not None:
-                return pool.call(*args) if then is None else pool.pipeline(args, then)
+                if then is None:
+                    return pool.call(*args)
+                return pool.pipeline(args, then,
+                                     timeout=self._address.timeout + self.replica_timeout)
             if then is not None:
-                with self._client.pipeline(transaction=False) as pipeline:
+                client = self._waiting_client or self._client
+                with client.pipeline(transaction=False) as pipeline:
                     pipeline.execute_command(*args)  # type: ignore[no-untyped-call]
                     pipeline.execute_command(*then)  # type: ignore[no-untyped-call]
                     return pipeline.execute(raise_on_error=False)
@@ -872,6 +883,8 @@ class RedisEngine(Engine):
             pool.reset()
         else:
             self._client.connection_pool.disconnect()
+            if self._waiting_client is not None:
+                self._waiting_client.connection_pool.disconnect()
             self._lost()
 
     def bind(self, listener: Listener) -> None:
@@ -1045,6 +1058,8 @@ class RedisEngine(Engine):
         for state in states:
             state.pool.close()
         _close(self._client)
+        if self._waiting_client is not None:
+            _close(self._waiting_client)
 
 
 def _sentinel_primary(url: SentinelURL, options: dict[str, Any]) -> redis.Redis:

@@ -249,15 +249,23 @@ class RedisConnection:
             raise reply
         return reply
 
-    def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def call_many(self, commands: Sequence[tuple[Any, ...]],
+                  timeout: float | None = None) -> list[Any]:
         """Send *commands* in one write and return their replies, in order; an error reply
         comes as a :class:`ReplyError` instance, not raised.
 
+        :param timeout: seconds for each reply, if not the connection's (a command that
+            blocks, such as ``WAIT``).
         :raises CommandFailed: if the connection failed or timed out; close it.
         """
         try:
+            if timeout is not None:
+                self._sock.settimeout(timeout)
             self._sock.sendall(b"".join(pack_command(*command) for command in commands))
-            return [self._read_reply() for _ in commands]
+            replies = [self._read_reply() for _ in commands]
+            if timeout is not None:
+                self._sock.settimeout(self.timeout)
+            return replies
         except (OSError, ssl.SSLError) as error:
             failure = CommandFailed(str(error) or type(error).__name__)
             failure.closed = isinstance(error, ConnectionError)
@@ -339,14 +347,16 @@ class CooperativePool:
         """
         return self._run(lambda connection: connection.call(*args))
 
-    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+    def pipeline(self, *commands: tuple[Any, ...], timeout: float | None = None) -> list[Any]:
         """Run *commands* on one connection, sent in one write: their replies, an error
         reply as a :class:`ReplyError` instance.
 
+        :param timeout: seconds for each reply, if not the connection's.
         :raises ConnectFailed: if no connection could be had: nothing was sent.
         :raises CommandFailed: if the connection failed: the commands may have run.
         """
-        replies: list[Any] = self._run(lambda connection: connection.call_many(commands))
+        replies: list[Any] = self._run(
+            lambda connection: connection.call_many(commands, timeout))
         return replies
 
     def reset(self) -> None:
