@@ -29,7 +29,7 @@ from webtest import TestApp
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
 from wsgi_longpoll.errors import OutcomeUnknown, StorageUnavailable
 from wsgi_longpoll.event import Event, Gap
-from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR
+from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR, storage_refused_error
 from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 redis = pytest.importorskip("redis")
@@ -836,15 +836,16 @@ def test_a_redis_that_lost_data_under_a_waiting_subscriber_gives_it_a_gap(
         if loss == "flushall":
             client.flushall()
         else:
-            position = redis_engine.stream_position(last["id"], engine._tag)
-            client.xdel(engine.stream_key("c"), "%d-%d" % position)
+            ms, seq = redis_engine.stream_position(last["id"], engine._tag)
+            client.xdel(engine.stream_key("c"), f"{ms}-{seq}")
             client.hincrby(engine._counter_key, "seq", -1)
         client.client_kill_filter(_type="normal", skipme=True)
         wait_until(lambda: engine._reader._connections > connections, 10)
         other.publish("c", "new")
         waiting.join(30)
         older = requests.get(f"{base}/events", timeout=30, params={
-            "category": "c", "timeout": 1, "since_time": first["timestamp"], "last_id": first["id"]}).json()
+            "category": "c", "timeout": 1, "since_time": first["timestamp"],
+            "last_id": first["id"]}).json()
     finally:
         client.close()
         other.close()
@@ -875,3 +876,136 @@ def test_the_reader_waits_out_its_blocking_read_when_the_url_sets_a_shorter_time
     finally:
         client.close()
         engine.close()
+
+
+@pytest.fixture
+def redis_http(redis_server: RedisProcess, prefix: str) -> Iterator[Any]:
+    """A ``Server`` on the Redis of the test, its base URL, and a client of that Redis."""
+    server = Server(access_log=False, redis_url=redis_server.url, redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield server, f"http://127.0.0.1:{server.port}", client
+    finally:
+        client.close()
+        server.stop(5)
+
+
+def _published(base: str) -> list[Any]:
+    answer = requests.get(f"{base}/events", timeout=30,
+                          params={"category": "c", "timeout": 1, "since_time": 1}).json()
+    return [event["data"] for event in answer.get("events", [])]
+
+
+def _refused_by_redis(answer: requests.Response, port: int, message: str) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"error": storage_refused_error(f"127.0.0.1:{port}", message)}
+    assert answer.headers["Retry-After"]
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+                   most: int) -> None:
+    lines = [record for record in caplog.records if record.name.startswith("wsgi_longpoll")]
+    assert len(lines) <= most, [record.getMessage() for record in lines]
+    assert not any(record.exc_info for record in lines)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+
+
+@pytest.mark.parametrize("refused", ["events", "script"])
+def test_a_redis_out_of_memory_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess, refused: str,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``maxmemory`` reached with ``noeviction``: each event refused in the script, or the
+    whole script (its first write, the counter's epoch, after FLUSHALL)."""
+    server, base, client = redis_http
+    publish = {"category": "c", "data": "kept"}
+    requests.post(f"{base}/publish", json=publish, timeout=30).raise_for_status()
+    if refused == "script":
+        client.flushall()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        answers = [requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                                 timeout=30) for number in range(20)]
+    finally:
+        client.config_set("maxmemory", 0)
+    for answer in answers:
+        _refused_by_redis(answer, redis_server.port, OOM)
+    assert _published(base) == (["kept"] if refused == "events" else [])
+    requests.post(f"{base}/publish", json=publish, timeout=30).raise_for_status()
+    _no_tracebacks(caplog, capfd, most=1)
+
+
+def test_a_redis_url_naming_a_read_only_replica_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A subscriber waits meanwhile: the reader's blocking read is ended by the change of
+    role ("UNBLOCKED"), which it logs without a traceback; it gets the event published
+    once the server is a primary again."""
+    server, base, client = redis_http
+    parked: list[Any] = []
+    waiting = threading.Thread(target=lambda: parked.append(requests.get(
+        f"{base}/events", params={"category": "c", "timeout": 20}, timeout=30).json()))
+    waiting.start()
+    wait_until(lambda: server.manager.waiting_count() == 1, 10)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody: read only
+    try:
+        answers = [requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                                 timeout=30) for number in range(5)]
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    for answer in answers:
+        _refused_by_redis(answer, redis_server.port,
+                          "READONLY You can't write against a read only replica.")
+    requests.post(f"{base}/publish", json={"category": "c", "data": "after"},
+                  timeout=30).raise_for_status()
+    waiting.join(30)
+    assert [[event["data"] for event in answer["events"]] for answer in parked] == [["after"]]
+    _no_tracebacks(caplog, capfd, most=3)
+
+
+def test_a_redis_busy_with_a_script_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    server, base, client = redis_http
+    client.config_set("lua-time-limit", 50)
+    busy = redis.Redis.from_url(redis_server.url)
+
+    def loop() -> None:
+        with contextlib.suppress(redis.RedisError):  # killed
+            busy.eval("while true do end", 0)
+
+    looping = threading.Thread(target=loop)
+    looping.start()
+
+    def answers_busy() -> bool:
+        try:
+            client.ping()
+        except redis.ResponseError as error:
+            return str(error).startswith("BUSY")
+        return False
+
+    try:
+        wait_until(answers_busy, 10)
+        publish = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
+                                timeout=30)
+        subscribe = requests.get(f"{base}/events", params={"category": "c", "timeout": 1},
+                                 timeout=30)
+    finally:
+        client.script_kill()
+        looping.join(10)
+        busy.close()
+    message = ("BUSY Redis is busy running a script. You can only call SCRIPT KILL or "
+               "SHUTDOWN NOSAVE.")
+    _refused_by_redis(publish, redis_server.port, message)
+    _refused_by_redis(subscribe, redis_server.port, message)
+    requests.post(f"{base}/publish", json={"category": "c", "data": 2},
+                  timeout=30).raise_for_status()
+    assert _published(base) == [2]
+    _no_tracebacks(caplog, capfd, most=2)

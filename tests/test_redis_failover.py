@@ -22,10 +22,10 @@ from redis_topology import ClusterTopology, SentinelTopology, redis_executable
 from webtest import TestApp
 
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
-from wsgi_longpoll.server import ServerOptions
 from wsgi_longpoll.engines.redis_url import SentinelURL, describe, parse_sentinel_url, url_problem
 from wsgi_longpoll.errors import OutcomeUnknown, ReplicationIncomplete, StorageUnavailable
 from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR, REPLICATION_INCOMPLETE_ERROR
+from wsgi_longpoll.server import ServerOptions
 
 redis = pytest.importorskip("redis")
 redis_engine = pytest.importorskip("wsgi_longpoll.engines.redis")

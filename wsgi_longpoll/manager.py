@@ -42,6 +42,7 @@ from .errors import (
     ManagerClosed,
     OutcomeUnknown,
     ReplicationIncomplete,
+    StorageRefused,
     StorageUnavailable,
 )
 from .event import Event, Gap
@@ -62,6 +63,7 @@ __all__ = [
     "ManagerStats",
     "OutcomeUnknown",
     "ReplicationIncomplete",
+    "StorageRefused",
     "StorageUnavailable",
     "Subscriber",
     "live_managers",

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import re
 import ssl
 import uuid
 import weakref
@@ -55,6 +56,7 @@ from ..errors import (
     IdempotencyConflict,
     OutcomeUnknown,
     ReplicationIncomplete,
+    StorageRefused,
     StorageUnavailable,
 )
 from ..event import Event, Gap, encode_json
@@ -737,7 +739,7 @@ class RedisEngine(Engine):
         except (ReplyError, redis.ResponseError) as error:
             if _no_script(error):
                 raise
-            raise StorageUnavailable(f"Redis at {self._where} refused: {error}") from error
+            raise StorageRefused(self._where, redis_message(error)) from error
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
               writes: bool = False, pool: CooperativePool | None = None) -> Any:
@@ -779,6 +781,8 @@ class RedisEngine(Engine):
         :raises IdempotencyConflict: if *idempotency_key* stands for other data in
             *category*; nothing was published.
         :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
+        :raises StorageRefused: (a :class:`StorageUnavailable`) if Redis answered with an
+            error (out of memory, a read-only replica, busy); nothing was published.
         :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
         item = self._pending(category, data, idempotency_key)
@@ -786,11 +790,9 @@ class RedisEngine(Engine):
         outcome = self._commit([item])[0] if state is None else state.commit(item)
         if isinstance(outcome, BaseException):
             raise outcome
-        if outcome.startswith(b"!"):
-            raise StorageUnavailable(
-                f"Redis at {self._where} refused the event: "
-                f"{outcome[1:].decode('utf-8', 'replace')}"
-            )
+        if outcome.startswith(b"!"):  # Redis refused this event alone
+            raise StorageRefused(self._where, redis_message(outcome[1:].decode(
+                "utf-8", "replace")))
         entry_id, _, remembered = outcome.partition(b" ")
         if remembered and remembered.decode("ascii") != item.digest:
             raise IdempotencyConflict(item.key, category)
@@ -870,7 +872,7 @@ class RedisEngine(Engine):
                 break
             if run[0] == "EVALSHA" and _no_script(reply):
                 continue  # nothing was written: once more with the script's source
-            raise StorageUnavailable(f"Redis at {self._where} refused: {reply}") from reply
+            raise StorageRefused(self._where, redis_message(reply)) from reply
         if isinstance(replicas, Exception):  # stored, not confirmed; or a replica now
             if not any(read_only(outcome) for outcome in reply):
                 logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
@@ -1103,11 +1105,33 @@ def _not_sent(error: BaseException | None) -> bool:
 def _demoted_primary(error: StorageUnavailable) -> bool:
     """Whether Redis refused a command with ``READONLY``: a primary demoted to a replica
     (a failover), which wrote nothing."""
-    cause = error.__cause__
-    if cause is None or isinstance(error, OutcomeUnknown):
-        return False
-    return isinstance(cause, redis.ReadOnlyError) or (
-        isinstance(cause, (ReplyError, redis.ResponseError)) and read_only(cause))
+    return isinstance(error, StorageRefused) and read_only(error.reply)
+
+
+#: The codes redis-py takes off the errors it has a class for.
+_ERROR_CODES = {redis.exceptions.OutOfMemoryError: "OOM", redis.ReadOnlyError: "READONLY",
+                redis.exceptions.NoPermissionError: "NOPERM",
+                redis.exceptions.ExecAbortError: "EXECABORT"}
+_SCRIPT_ERROR = re.compile(
+    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?")
+
+
+def redis_message(error: BaseException | str) -> str:
+    """Redis's own message in the error reply *error*, with its code (``OOM ...``,
+    ``READONLY ...``, ``BUSY ...``) and without what Lua wraps around an error inside a
+    script (``@user_script: 48: -``)."""
+    text = str(error).strip()
+    if not isinstance(error, str):
+        code = getattr(error, "status_code", None) or next(
+            (code for kind, code in _ERROR_CODES.items() if isinstance(error, kind)), None)
+        if code and not text.startswith(code):
+            text = f"{code} {text}"
+    while True:
+        shorter = _SCRIPT_ERROR.sub("", text, count=1)
+        if shorter == text:
+            break
+        text = shorter
+    return text.strip()[:500]
 
 
 def _category_bytes(category: str) -> bytes:
@@ -1290,7 +1314,9 @@ class _Reader:
                 if failures:
                     logger.warning("reading from Redis again after %d failures", failures)
                     failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+                # A lost connection, or an error reply (Redis busy with a script; a primary
+                # demoted: "UNBLOCKED"): the connection is checked again after a pause.
                 self._client_id = None
                 pause = random.uniform(0, backoff)  # full jitter
                 failures += 1
