@@ -427,6 +427,10 @@ def test_an_error_answer_is_surfaced(server: RecordingApp) -> None:
     assert (response.status_code, response.events, response.error) == (200, [], TIMEOUT_ERROR)
 
 
+#: The refusal of each answer below: its JSON error, or its plain text; not HTML.
+refusals = {403: "forbidden", 405: "Invalid HTTP Method. Only GET allowed."}
+
+
 @pytest.mark.parametrize(
     ("status", "body", "headers"),
     [
@@ -446,6 +450,7 @@ def test_other_statuses_are_returned_not_raised(
     response = send_subscription(server.base_url)
 
     assert (response.status_code, response.events, response.error) == (status, [], None)
+    assert response.refusal == refusals.get(status)
     for name, value in headers.items():
         assert response.header[name] == value
 

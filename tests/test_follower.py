@@ -1170,3 +1170,55 @@ def test_a_token_string_goes_as_a_bearer_header(tokened_server: Server) -> None:
         assert next(iter(follower)).data == "hello"
     with pytest.raises(ValueError, match="Authorization"):
         Follower("http://127.0.0.1:1/events", "news", token="t", username="u", password="p")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["long-polls", "stream"])
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_a_rejection_names_its_status_and_the_servers_message(
+        tokened_server: Server, status: int, stream: bool) -> None:
+    from wsgi_longpoll.tokens import subscribe_token
+
+    url = f"http://127.0.0.1:{tokened_server.port}/events"
+    options: dict[str, Any] = {"timeout_seconds": 5, "stream": stream}
+    if status == 400:
+        options["header"] = {"X-Padding": "x" * 100_000}  # headers too large
+    if status in (400, 403):
+        options["token"] = subscribe_token(TOKEN_SECRET, "other", 60)
+    if status == 404:
+        url = url.replace("/events", "/nothing")
+    headers = {"Accept": "text/event-stream"} if stream else {}
+    raw = requests.get(url, params={"category": "news", "timeout": 5,
+                                    "token": options.get("token")},
+                       headers={**headers, **options.get("header", {})}, timeout=30)
+    assert raw.status_code == status
+    message = raw.json()["error"] if status != 400 else raw.text.strip()
+    with Follower(url, "news", **options) as follower, pytest.raises(
+            SubscriptionRejected) as rejected:
+        next(iter(follower))
+    assert (rejected.value.status_code, rejected.value.error) == (status, message)
+    assert f"HTTP {status}" in str(rejected.value) and message in str(rejected.value)
+
+
+def test_a_503_is_retried_saying_the_servers_message(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="wsgi_longpoll.client.follower")
+    server = Server(access_log=False, max_waiting_subscribers=1)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    url = f"http://127.0.0.1:{server.port}/events"
+    waiting = threading.Thread(target=requests.get, args=(url,), kwargs={
+        "params": {"category": "news", "timeout": 10}, "timeout": 30})
+    try:
+        waiting.start()
+        wait_until(lambda: server.manager is not None and server.manager.waiting_count() == 1)
+        raw = requests.get(url, params={"category": "news", "timeout": 5}, timeout=30)
+        assert raw.status_code == 503
+        follower = Follower(url, "news", timeout_seconds=5,
+                            sleep=lambda delay: follower.stop())
+        with follower:
+            assert list(follower) == []
+    finally:
+        server.stop(5)
+        waiting.join(30)
+    [line] = [record.getMessage() for record in caplog.records
+              if record.name == "wsgi_longpoll.client.follower"]
+    assert f"HTTP 503: {raw.json()['error']}" in line

@@ -29,7 +29,7 @@ from webtest import TestApp
 from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInfo
 from wsgi_longpoll.errors import OutcomeUnknown, StorageUnavailable
 from wsgi_longpoll.event import Event, Gap
-from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR
+from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR, storage_refused_error
 from wsgi_longpoll.wsgi.monitoring import MonitoringMiddleware
 
 redis = pytest.importorskip("redis")
@@ -860,3 +860,215 @@ def test_a_frozen_redis_logs_a_bounded_number_of_lines(
     assert len(lines) <= 20, [record.getMessage() for record in lines]
     assert not any(record.exc_info for record in lines)
     assert "Traceback" not in stderr
+
+
+# -- issue 19, loose ends ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["flushall", "newest-lost"])
+def test_a_redis_that_lost_data_under_a_waiting_subscriber_gives_it_a_gap(
+    redis_server: RedisProcess, prefix: str, loss: str
+) -> None:
+    """The reader's connection is killed after Redis lost data (emptied, or the newest
+    event lost with the counter, as a restart or a failover loses the last writes): the
+    reader reconnects, checks the epoch, and the waiting subscriber, and any older
+    cursor, get a gap, not a silent skip."""
+    server = Server(access_log=False, redis_url=redis_server.url, redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    manager = server.manager
+    assert manager is not None
+    engine: Any = manager.engine
+    base = f"http://127.0.0.1:{server.port}"
+    other = LongpollManager(redis_url=redis_server.url, redis_key_prefix=prefix)  # a process
+    client = redis.Redis.from_url(redis_server.url)
+    answers: list[Any] = []
+    try:
+        for number in range(3):
+            requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                          timeout=30).raise_for_status()
+        events = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": 1}).json()["events"]
+        first, last = events[1], events[2]
+        waiting = threading.Thread(target=lambda: answers.append(requests.get(
+            f"{base}/events", timeout=30, params={
+                "category": "c", "timeout": 20, "since_time": last["timestamp"],
+                "last_id": last["id"]}).json()))
+        waiting.start()
+        wait_until(lambda: manager.waiting_count() == 1, 10)
+        connections = engine._reader._connections
+        if loss == "flushall":
+            client.flushall()
+        else:
+            ms, seq = redis_engine.stream_position(last["id"], engine._tag)
+            client.xdel(engine.stream_key("c"), f"{ms}-{seq}")
+            client.hincrby(engine._counter_key, "seq", -1)
+        client.client_kill_filter(_type="normal", skipme=True)
+        wait_until(lambda: engine._reader._connections > connections, 10)
+        other.publish("c", "new")
+        waiting.join(30)
+        older = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": first["timestamp"],
+            "last_id": first["id"]}).json()
+    finally:
+        client.close()
+        other.close()
+        server.stop(5)
+    [answer] = answers
+    assert [gap["category"] for gap in answer.get("gaps", [])] == ["c"], answer
+    assert [event["data"] for event in answer["events"]] == ["new"]
+    assert [gap["category"] for gap in older.get("gaps", [])] == ["c"], older
+    assert [event["data"] for event in older["events"]] == ["new"]
+
+
+def test_the_reader_waits_out_its_blocking_read_when_the_url_sets_a_shorter_timeout(
+    redis_server: RedisProcess, prefix: str
+) -> None:
+    engine = redis_engine.RedisEngine(redis_server.url + "?socket_timeout=0.2", prefix)
+    engine.block_ms = 600
+    client = redis.Redis.from_url(redis_server.url)
+
+    def xreads() -> int:
+        stats = client.info("commandstats").get("cmdstat_xread", {})
+        return int(stats.get("calls", 0))
+
+    try:
+        engine.watch(["c"], engine.read(["c"], None, None).position)
+        before = xreads()
+        wait_until(lambda: xreads() >= before + 4, 10)  # two blocking reads ended
+        assert engine._reader._connections == 1
+    finally:
+        client.close()
+        engine.close()
+
+
+@pytest.fixture
+def redis_http(redis_server: RedisProcess, prefix: str) -> Iterator[Any]:
+    """A ``Server`` on the Redis of the test, its base URL, and a client of that Redis."""
+    server = Server(access_log=False, redis_url=redis_server.url, redis_key_prefix=prefix)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield server, f"http://127.0.0.1:{server.port}", client
+    finally:
+        client.close()
+        server.stop(5)
+
+
+def _published(base: str) -> list[Any]:
+    answer = requests.get(f"{base}/events", timeout=30,
+                          params={"category": "c", "timeout": 1, "since_time": 1}).json()
+    return [event["data"] for event in answer.get("events", [])]
+
+
+def _refused_by_redis(answer: requests.Response, port: int, message: str) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"error": storage_refused_error(f"127.0.0.1:{port}", message)}
+    assert answer.headers["Retry-After"]
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+                   most: int) -> None:
+    lines = [record for record in caplog.records if record.name.startswith("wsgi_longpoll")]
+    assert len(lines) <= most, [record.getMessage() for record in lines]
+    assert not any(record.exc_info for record in lines)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+
+
+@pytest.mark.parametrize("refused", ["events", "script"])
+def test_a_redis_out_of_memory_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess, refused: str,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``maxmemory`` reached with ``noeviction``: each event refused in the script, or the
+    whole script (its first write, the counter's epoch, after FLUSHALL)."""
+    server, base, client = redis_http
+    publish = {"category": "c", "data": "kept"}
+    requests.post(f"{base}/publish", json=publish, timeout=30).raise_for_status()
+    if refused == "script":
+        client.flushall()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        answers = [requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                                 timeout=30) for number in range(20)]
+    finally:
+        client.config_set("maxmemory", 0)
+    for answer in answers:
+        _refused_by_redis(answer, redis_server.port, OOM)
+    assert _published(base) == (["kept"] if refused == "events" else [])
+    requests.post(f"{base}/publish", json=publish, timeout=30).raise_for_status()
+    _no_tracebacks(caplog, capfd, most=1)
+
+
+def test_a_redis_url_naming_a_read_only_replica_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A subscriber waits meanwhile: the reader's blocking read is ended by the change of
+    role ("UNBLOCKED"), which it logs without a traceback; it gets the event published
+    once the server is a primary again."""
+    server, base, client = redis_http
+    parked: list[Any] = []
+    waiting = threading.Thread(target=lambda: parked.append(requests.get(
+        f"{base}/events", params={"category": "c", "timeout": 20}, timeout=30).json()))
+    waiting.start()
+    wait_until(lambda: server.manager.waiting_count() == 1, 10)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody: read only
+    try:
+        answers = [requests.post(f"{base}/publish", json={"category": "c", "data": number},
+                                 timeout=30) for number in range(5)]
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    for answer in answers:
+        _refused_by_redis(answer, redis_server.port,
+                          "READONLY You can't write against a read only replica.")
+    requests.post(f"{base}/publish", json={"category": "c", "data": "after"},
+                  timeout=30).raise_for_status()
+    waiting.join(30)
+    assert [[event["data"] for event in answer["events"]] for answer in parked] == [["after"]]
+    _no_tracebacks(caplog, capfd, most=3)
+
+
+def test_a_redis_busy_with_a_script_is_a_503_naming_redis_and_its_message(
+    redis_http: Any, redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    server, base, client = redis_http
+    client.config_set("lua-time-limit", 50)
+    busy = redis.Redis.from_url(redis_server.url)
+
+    def loop() -> None:
+        with contextlib.suppress(redis.RedisError):  # killed
+            busy.eval("while true do end", 0)
+
+    looping = threading.Thread(target=loop)
+    looping.start()
+
+    def answers_busy() -> bool:
+        try:
+            client.ping()
+        except redis.ResponseError as error:
+            return str(error).startswith("BUSY")
+        return False
+
+    try:
+        wait_until(answers_busy, 10)
+        publish = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
+                                timeout=30)
+        subscribe = requests.get(f"{base}/events", params={"category": "c", "timeout": 1},
+                                 timeout=30)
+    finally:
+        client.script_kill()
+        looping.join(10)
+        busy.close()
+    message = ("BUSY Redis is busy running a script. You can only call SCRIPT KILL or "
+               "SHUTDOWN NOSAVE.")
+    _refused_by_redis(publish, redis_server.port, message)
+    _refused_by_redis(subscribe, redis_server.port, message)
+    requests.post(f"{base}/publish", json={"category": "c", "data": 2},
+                  timeout=30).raise_for_status()
+    assert _published(base) == [2]
+    _no_tracebacks(caplog, capfd, most=2)

@@ -25,6 +25,7 @@ from wsgi_longpoll import LongpollManager, LongpollMiddleware, Server, ServerInf
 from wsgi_longpoll.engines.redis_url import SentinelURL, describe, parse_sentinel_url, url_problem
 from wsgi_longpoll.errors import OutcomeUnknown, ReplicationIncomplete, StorageUnavailable
 from wsgi_longpoll.protocol import OUTCOME_UNKNOWN_ERROR, REPLICATION_INCOMPLETE_ERROR
+from wsgi_longpoll.server import ServerOptions
 
 redis = pytest.importorskip("redis")
 redis_engine = pytest.importorskip("wsgi_longpoll.engines.redis")
@@ -121,6 +122,15 @@ def test_a_password_in_a_refused_url_is_not_shown() -> None:
 def test_min_replicas_without_redis_is_refused() -> None:
     with pytest.raises(ValueError, match="redis_min_replicas needs redis_url"):
         LongpollManager(redis_min_replicas=1)
+
+
+def test_the_replica_timeout_is_an_option_of_redis() -> None:
+    with pytest.raises(ValueError, match="redis_replica_timeout needs redis_url"):
+        LongpollManager(redis_replica_timeout=2)
+    with pytest.raises(ValueError, match="redis_replica_timeout must be more than 0"):
+        LongpollManager(redis_url="redis://127.0.0.1:1/0", redis_replica_timeout=0)
+    assert ServerOptions(redis_url="redis://127.0.0.1:1/0",
+                         redis_replica_timeout=2.5).redis_replica_timeout == 2.5
 
 
 # -- Redis Cluster: one hash slot per prefix -------------------------------------------
@@ -403,8 +413,7 @@ def test_min_replicas_acknowledges_once_a_replica_has_the_event_and_says_when_no
     sentinels: SentinelTopology, prefix: str
 ) -> None:
     manager = LongpollManager(redis_url=sentinels.url, redis_key_prefix=prefix,
-                              redis_min_replicas=1)
-    manager.engine.replica_timeout = 0.2  # type: ignore[attr-defined]
+                              redis_min_replicas=1, redis_replica_timeout=0.2)
     app = TestApp(LongpollMiddleware(lambda environ, start_response: [], manager))
     replica = sentinels.replica_ports[0]
     try:
@@ -436,8 +445,8 @@ def _calls(client: Any, command: str) -> int:
 def test_one_wait_covers_a_group_commit_and_a_shortfall_refuses_every_event_of_it(
     sentinels: SentinelTopology, prefix: str
 ) -> None:
-    engine = redis_engine.RedisEngine(sentinels.url, prefix, min_replicas=1)
-    engine.replica_timeout = 0.2
+    engine = redis_engine.RedisEngine(sentinels.url, prefix, min_replicas=1,
+                                      replica_timeout=0.2)
     primary = sentinels.client(sentinels.primary_port)
     try:
         in_hub(engine.append, "warm", 0)
@@ -484,3 +493,80 @@ def test_with_min_replicas_a_failover_loses_no_acknowledged_event(
         server.stop(5)
     assert publisher.other == []
     assert set(publisher.acknowledged) <= set(stored(sentinels, new, prefix, "load"))
+
+
+@pytest.mark.parametrize("refused", ["script", "event"])
+def test_with_min_replicas_a_demoted_primary_is_tried_once_more_where_the_primary_is(
+    executable: str, tmp_path: Path, prefix: str, refused: str
+) -> None:
+    """READONLY from a primary demoted by ``REPLICAOF``, whether at the top of the publish
+    script (its first write: the counter's epoch, before any publish) or for each event
+    in it, sends the publish once more on a new connection, where the primary is then
+    (here the same server, promoted again when the engine forgets its connections)."""
+    topology = sentinel_topology(executable, tmp_path, replicas=1, sentinels=0)
+    url = f"redis://127.0.0.1:{topology.primary_port}/0"
+    server = Server(access_log=False, redis_url=url, redis_key_prefix=prefix,
+                    redis_min_replicas=1, redis_replica_timeout=10)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    base = f"http://127.0.0.1:{server.port}"
+    primary = topology.client(topology.primary_port)
+    assert server.manager is not None
+    engine: Any = server.manager.engine
+    lost = engine._lost
+    promotions: list[int] = []
+
+    def promoted_again() -> None:  # as the sentinels would name the new primary
+        primary.execute_command("REPLICAOF", "NO", "ONE")
+        promotions.append(1)
+        lost()
+
+    engine._lost = promoted_again
+    try:
+        if refused == "event":  # the counter has its epoch: the events' writes refuse
+            requests.post(f"{base}/publish", json={"category": "c", "data": 0},
+                          timeout=30).raise_for_status()
+        else:  # a connection in the pool, and no counter yet
+            requests.get(f"{base}/events", timeout=30,
+                         params={"category": "c", "timeout": 1, "since_time": 1})
+        primary.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody: read only
+        answer = requests.post(f"{base}/publish", json={"category": "c", "data": 1},
+                               timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert promotions == [1]
+        events = requests.get(f"{base}/events", timeout=30, params={
+            "category": "c", "timeout": 1, "since_time": 1}).json()["events"]
+        assert [event["data"] for event in events] == ([0, 1] if refused == "event" else [1])
+    finally:
+        primary.close()
+        server.stop(5)
+        topology.stop()
+
+
+@pytest.mark.parametrize("hub", [True, False], ids=["server", "thread"])
+def test_the_wait_for_replicas_outlasts_a_shorter_socket_timeout(
+    redis_server: RedisProcess, prefix: str, hub: bool
+) -> None:
+    """No replica: ``WAIT`` answers 0 after ``redis_replica_timeout``, longer than the
+    URL's socket timeout; the publish is refused as unconfirmed (503), not as unknown."""
+    options: dict[str, Any] = {
+        "redis_url": redis_server.url + "?socket_timeout=0.2", "redis_key_prefix": prefix,
+        "redis_min_replicas": 1, "redis_replica_timeout": 0.8,
+    }
+    if hub:
+        server = Server(access_log=False, **options)
+        server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+        try:
+            answer = requests.post(f"http://127.0.0.1:{server.port}/publish", timeout=30,
+                                   json={"category": "c", "data": 1})
+        finally:
+            server.stop(5)
+        assert (answer.status_code, answer.json()) == (
+            503, {"error": REPLICATION_INCOMPLETE_ERROR})
+    else:
+        manager = LongpollManager(**options)
+        try:
+            with pytest.raises(ReplicationIncomplete, match="within 0.8 s"):
+                manager.publish("c", 1)
+            assert [event.data for event in manager.buffered_events("c")] == [1]
+        finally:
+            manager.close()

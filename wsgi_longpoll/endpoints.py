@@ -32,6 +32,7 @@ from .errors import (
     ManagerClosed,
     OutcomeUnknown,
     ReplicationIncomplete,
+    StorageRefused,
     StorageUnavailable,
 )
 from .manager import LongpollManager
@@ -50,6 +51,7 @@ from .protocol import (
     parse_publish_body,
     parse_subscribe_query,
     query_pairs,
+    storage_refused_error,
 )
 from .sse import accepts_event_stream, parse_last_event_id, stream_start
 from .tokens import MIN_SECRET_BYTES, SubscribeTokenRejected, TokenVerifier
@@ -329,7 +331,8 @@ _refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))
 def refusal(error: LongpollError, headers: Headers = JSON_HEADERS) -> Answer:
     """The answer to a manager's refusal *error*: 503 (with ``Retry-After`` when the same
     request may succeed in a moment), or 504 when a publish's outcome is unknown; 503 when
-    the event is stored but too few replicas confirmed it (``redis_min_replicas``).
+    the event is stored but too few replicas confirmed it (``redis_min_replicas``), or
+    the store answered with an error (its address and message in the answer).
 
     Logged, at most once per 10 s with a count, since refusals come in floods when the
     server is at capacity or its store is down.
@@ -348,6 +351,10 @@ def refusal(error: LongpollError, headers: Headers = JSON_HEADERS) -> Answer:
     if isinstance(error, OutcomeUnknown):
         _refusals.log(logging.ERROR, "answering 504: %s", error)
         return error_answer("504 Gateway Timeout", OUTCOME_UNKNOWN_ERROR, headers)
+    if isinstance(error, StorageRefused):
+        _refusals.log(logging.ERROR, "answering 503: %s", error)
+        return error_answer("503 Service Unavailable",
+                            storage_refused_error(error.where, error.reply), headers + _RETRY)
     _refusals.log(logging.ERROR, "answering 503: %s", error)
     return error_answer("503 Service Unavailable",
                         "The event store is unavailable. Try again later.", headers + _RETRY)

@@ -15,6 +15,7 @@ __all__ = [
     "MemoryEngineInSeveralProcesses",
     "OutcomeUnknown",
     "ReplicationIncomplete",
+    "StorageRefused",
     "StorageUnavailable",
 ]
 
@@ -39,6 +40,23 @@ class StorageUnavailable(LongpollError, RuntimeError):
 
     A publish that raises this was not acknowledged; it may be retried.
     """
+
+
+class StorageRefused(StorageUnavailable):
+    """The store answered a command with an error: Redis out of memory (``OOM``), a
+    read-only replica (``READONLY``), busy with a script (``BUSY``). Nothing was stored
+    (for a publish); the same call may succeed once the store's problem is solved.
+
+    :param where: the store, as shown in messages (Redis's address).
+    :param reply: the store's own message.
+    """
+
+    def __init__(self, where: str, reply: str) -> None:
+        super().__init__(f"Redis at {where} answered: {reply}")
+        #: The store, as shown in messages.
+        self.where = where
+        #: The store's own message.
+        self.reply = reply
 
 
 class OutcomeUnknown(StorageUnavailable):

@@ -42,6 +42,7 @@ from .errors import (
     ManagerClosed,
     OutcomeUnknown,
     ReplicationIncomplete,
+    StorageRefused,
     StorageUnavailable,
 )
 from .event import Event, Gap
@@ -62,6 +63,7 @@ __all__ = [
     "ManagerStats",
     "OutcomeUnknown",
     "ReplicationIncomplete",
+    "StorageRefused",
     "StorageUnavailable",
     "Subscriber",
     "live_managers",
@@ -262,6 +264,8 @@ class LongpollManager:
         of the primary have the event (Redis ``WAIT``), so that a failover to one of them
         loses no event :meth:`publish` returned; fewer in time raise
         :class:`ReplicationIncomplete`.
+    :param redis_replica_timeout: how long, in seconds, a publish waits for
+        *redis_min_replicas* replicas to confirm it.
 
     ``publish`` is safe from any thread or greenlet. A subscriber waits on the gevent hub
     of its own thread. The in-memory manager starts no thread or greenlet of its own;
@@ -290,6 +294,7 @@ class LongpollManager:
         redis_url: str | None = RedisOptions.url,
         redis_key_prefix: str = RedisOptions.key_prefix,
         redis_min_replicas: int = RedisOptions.min_replicas,
+        redis_replica_timeout: float = RedisOptions.replica_timeout,
     ) -> None:
         # The engine's options, by name: the parameters are named after them.
         engine_options = {

@@ -33,6 +33,7 @@ __all__ = [
     "parse_publish_body",
     "parse_subscribe_query",
     "query_pairs",
+    "storage_refused_error",
     "timeout_body",
     "validate_category",
 ]
@@ -124,6 +125,15 @@ def idempotency_conflict_error(key: str) -> str:
         f"Idempotency-Key {key!r} was already used in this category for another event "
         "(other data): use a new key for a new event."
     )
+
+
+def storage_refused_error(where: str, reply: str) -> str:
+    """The message of a ``503``: the event store at *where* answered with the error
+    *reply* (Redis out of memory, a read-only replica, busy with a script)."""
+    reply = reply.strip()
+    if not reply.endswith("."):
+        reply += "."
+    return f"The event store is unavailable: Redis at {where} answered: {reply} Try again later."
 
 
 def timeout_error(max_timeout: int) -> str:

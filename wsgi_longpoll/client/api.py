@@ -141,7 +141,8 @@ class SubscriptionResponse:
     :param events: the events, oldest first; empty on a timeout, an error or any status
         but 200.
     :param error: the message of a ``{"error": ...}`` answer of status 200 (an invalid
-        request), else ``None``. Other statuses are not decoded: look at *status_code*.
+        request), else ``None``. Other statuses are not decoded: look at *status_code*
+        (and *refusal*).
     :param timestamp: the server's clock (epoch milliseconds) in a long-poll timeout
         answer, else ``None``.
     :param gaps: one :class:`~wsgi_longpoll.event.Gap` for each category that dropped
@@ -150,6 +151,9 @@ class SubscriptionResponse:
         always from golongpoll. The answer's events already start from the oldest event
         still buffered: go on from the last event, or, if none came, from the gap's
         cursor.
+    :param refusal: the server's message in an answer of another status than 200 (a
+        refusal: 400, 401, 403, 404, 503): the ``error`` of its JSON body, or its short
+        ``text/plain`` body; else ``None``. (Not in golongpoll's client.)
     """
 
     header: Mapping[str, str]
@@ -158,6 +162,7 @@ class SubscriptionResponse:
     error: str | None = None
     timestamp: int | None = None
     gaps: list[Gap] = field(default_factory=list)
+    refusal: str | None = None
 
 
 def subscription(
@@ -221,7 +226,8 @@ def subscription(
         params=params,
     )
     if response.status_code != 200:
-        return SubscriptionResponse(response.headers, response.status_code)
+        return SubscriptionResponse(response.headers, response.status_code,
+                                    refusal=_error_message(response))
     events, error, timestamp, gaps = _decode_subscription_body(response)
     return SubscriptionResponse(
         response.headers, response.status_code, events, error, timestamp, gaps
@@ -382,6 +388,26 @@ def _extra_categories(categories: Sequence[str]) -> list[str]:
         if not isinstance(category, str):
             raise TypeError(f"categories must hold str, not {category!r}")
     return extra
+
+
+def _error_message(response: requests.Response) -> str | None:
+    """The server's message in an answer that is not events: the ``error`` of a JSON
+    body, or (of another status than 200) a short ``text/plain`` body; else ``None``."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if response.status_code != 200 and content_type == "text/plain":
+        text = response.text.strip()
+        return text[:_MAX_ERROR_TEXT] if text else None
+    return None
+
+
+#: The most characters of a plain-text refusal kept as its message.
+_MAX_ERROR_TEXT = 200
 
 
 def _decode_subscription_body(

@@ -58,6 +58,7 @@ from .api import (
     SubscriptionRequest,
     SubscriptionResponse,
     Transport,
+    _error_message,
     _header_fields,
     _session_for,
     _with_local_host,
@@ -78,15 +79,17 @@ class SubscriptionRejected(ClientError):
 
     Raised by the follower's iterator for a ``{"error": ...}`` answer (an invalid category
     or timeout) and for an answer whose status is neither 200 nor one of
-    :data:`RETRYABLE_STATUSES` (a hook's 401 or 403, a 404 for a wrong URL). The message
-    says which; :attr:`status_code` and :attr:`error` hold the details.
+    :data:`RETRYABLE_STATUSES` (a hook's or a token's 401 or 403, a 404 for a wrong URL,
+    a 400). The message says which, with the server's own message;
+    :attr:`status_code` and :attr:`error` hold them.
     """
 
     def __init__(self, message: str, status_code: int, error: str | None = None) -> None:
         super().__init__(message)
         #: The answer's HTTP status.
         self.status_code = status_code
-        #: The server's error message (of a 200 ``{"error": ...}`` answer), or ``None``.
+        #: The server's message: the ``error`` of its JSON body (or its short plain-text
+        #: body), or ``None`` when it gave none.
         self.error = error
 
 
@@ -625,20 +628,9 @@ class Follower:
 
     def _check(self, response: SubscriptionResponse) -> None:
         """Raise for an answer that is not events or a timeout."""
-        if response.error is not None:
-            raise SubscriptionRejected(
-                f"the server rejected the subscription to {self._names}: {response.error}",
-                response.status_code,
-                response.error,
-            )
         status = response.status_code
-        if status in RETRYABLE_STATUSES:
-            raise _Retryable(f"HTTP {status}")
-        if status != 200:
-            raise SubscriptionRejected(
-                f"the server answered HTTP {status} to the subscription to {self._names}",
-                status,
-            )
+        _refused(status, response.error if status == 200 else response.refusal,
+                 f"the subscription to {self._names}")
 
     def _pause(self, delay: float) -> None:
         if self._sleep is not None:
@@ -853,24 +845,28 @@ class _StreamReader:
         content_type = response.headers.get("Content-Type", "")
         if status == 200 and content_type.split(";")[0].strip() == EVENT_STREAM:
             return
-        body = response.content
-        error: str | None = None
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            error = json.loads(body)["error"]
-        if status in RETRYABLE_STATUSES:
-            raise _Retryable(f"HTTP {status}")
-        if isinstance(error, str):
-            raise SubscriptionRejected(
-                f"the server rejected the stream of {follower._names}: {error}", status, error
-            )
-        if status != 200:
-            raise SubscriptionRejected(
-                f"the server answered HTTP {status} to the stream of {follower._names}", status
-            )
+        _refused(status, _error_message(response), f"the stream of {follower._names}")
         raise InvalidResponse(
             f"the server answered a stream request with {content_type or 'no Content-Type'}, "
             f"not {EVENT_STREAM} (is it this package's server?)"
         )
+
+
+def _refused(status: int, error: str | None, what: str) -> None:
+    """Raise for an answer of *status* with the server's message *error* to *what* (the
+    subscription to ...), unless it is a 200 without an error.
+
+    :raises _Retryable: for one of :data:`RETRYABLE_STATUSES`.
+    :raises SubscriptionRejected: for any other status but 200, or a 200 with an error.
+    """
+    if status in RETRYABLE_STATUSES:
+        raise _Retryable(f"HTTP {status}" if error is None else f"HTTP {status}: {error}")
+    if status == 200 and error is None:
+        return
+    message = (f"the server rejected {what}" if status == 200
+               else f"the server answered HTTP {status} to {what}")
+    raise SubscriptionRejected(message if error is None else f"{message}: {error}",
+                               status, error)
 
 
 def _hang_up(response: requests.Response) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import at_least, check_options, option
+from ..options import at_least, check_options, more_than, option
 from .redis_url import url_problem
 
 __all__ = ["EngineOptions", "MemoryOptions", "RedisOptions"]
@@ -75,4 +75,10 @@ class RedisOptions(EngineOptions):
         "(Redis WAIT), so that a failover loses no acknowledged event; too few in time: "
         "503, the event stored on the primary but perhaps not kept by a failover; 0: "
         "once the primary has it",
+    )
+    replica_timeout: float = option(
+        1.0, name="redis_replica_timeout", check=more_than(0), metavar="SECONDS",
+        help="how long a publish waits for redis_min_replicas replicas to confirm it "
+        "(Redis WAIT), in seconds; the reply is waited for this long beyond the socket "
+        "timeout",
     )

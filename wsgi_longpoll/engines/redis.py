@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import re
 import ssl
 import uuid
 import weakref
@@ -55,6 +56,7 @@ from ..errors import (
     IdempotencyConflict,
     OutcomeUnknown,
     ReplicationIncomplete,
+    StorageRefused,
     StorageUnavailable,
 )
 from ..event import Event, Gap, encode_json, new_event_id
@@ -491,8 +493,10 @@ class RedisEngine(Engine):
         process that shares the prefix; a new one beyond pushes out the category
         published to least recently.
     :param min_replicas: :meth:`append` returns only once this many replicas of the
-        primary have the event (Redis ``WAIT``, for at most :attr:`replica_timeout`, one
-        ``WAIT`` per group commit), so that a failover to one of them cannot lose it.
+        primary have the event (Redis ``WAIT``, one per group commit), so that a failover
+        to one of them cannot lose it.
+    :param replica_timeout: the longest :meth:`append` waits for them, in seconds; the
+        reply is waited for this long beyond the socket timeout.
 
     Commands from a greenlet of a gevent hub go on that hub's own connections
     (:mod:`.redis_connections`: cooperative, at most :attr:`pool_size` of them, a caller
@@ -511,8 +515,6 @@ class RedisEngine(Engine):
     max_commit_events = 256
     #: ... and the most bytes of their data (one bigger event goes alone).
     max_commit_bytes = 1 << 20
-    #: Seconds :meth:`append` waits for ``min_replicas`` replicas to confirm an event.
-    replica_timeout = 1.0
 
     def __init__(
         self,
@@ -522,12 +524,13 @@ class RedisEngine(Engine):
         event_time_to_live_seconds: float | None = RedisOptions.event_time_to_live_seconds,
         max_categories: int = RedisOptions.max_categories,
         min_replicas: int = RedisOptions.min_replicas,
+        replica_timeout: float = RedisOptions.replica_timeout,
     ) -> None:
         #: The engine's options, checked.
         self.options = RedisOptions(
             url=url, key_prefix=key_prefix, max_event_buffer_size=max_event_buffer_size,
             event_time_to_live_seconds=event_time_to_live_seconds, max_categories=max_categories,
-            min_replicas=min_replicas,
+            min_replicas=min_replicas, replica_timeout=replica_timeout,
         )
         if url is None:
             raise TypeError("RedisEngine needs the URL of a Redis")
@@ -537,6 +540,7 @@ class RedisEngine(Engine):
         self.event_time_to_live_seconds = event_time_to_live_seconds or None
         self.max_categories = max_categories
         self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self._listener: Listener | None = None
         self._ttl_ms = (
             0 if not event_time_to_live_seconds else int(event_time_to_live_seconds * 1000)
@@ -550,6 +554,10 @@ class RedisEngine(Engine):
         self._idempotency_prefix = prefix + b"i:"
         self._client = self._connect(url, self.socket_timeout)
         self._address = cooperative_address(self._client)
+        #: redis-py's client for a publish followed by ``WAIT`` (from threads without a
+        #: hub): its replies are waited for ``replica_timeout`` longer.
+        self._waiting_client = None if not min_replicas else self._connect(
+            url, self.socket_timeout, longer=replica_timeout)
         sentinel_url = parse_sentinel_url(url)
         #: Where the hub's connections find the primary, for a ``redis+sentinel://`` URL.
         self._sentinel = None if sentinel_url is None else SentinelPrimary(
@@ -575,21 +583,39 @@ class RedisEngine(Engine):
         self._reader: _Reader | None = None
 
     @staticmethod
-    def _connect(url: str, timeout: float) -> redis.Redis:
+    def _connect(url: str, timeout: float, *, retries: int = 1, longer: float = 0.0,
+                 on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
         """redis-py's client for *url*: the reader's, and the one of callers on threads
         without a hub. The hub's own connections go to the same address
-        (:func:`cooperative_address`)."""
-        # One quick retry on a fresh connection (a pooled one may be stale after a Redis
-        # restart, or a failover), no backoff: an unreachable Redis is reported, not
-        # waited out.
+        (:func:`cooperative_address`).
+
+        :param timeout: seconds for a reply and for connecting, unless the URL says.
+        :param retries: how many times redis-py sends a command again on a new
+            connection when its connection failed (a pooled one may be stale after a
+            Redis restart, or a failover); at once: an unreachable Redis is reported,
+            not waited out.
+        :param longer: seconds a reply may take beyond the timeout (a blocking command).
+        :param on_connect: called with each new connection, once it is set up.
+        """
         options: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 1), "health_check_interval": 0,
+            "retry": Retry(NoBackoff(), retries), "health_check_interval": 0,
         }
+        if on_connect is not None:
+            def set_up(connection: Any) -> None:
+                connection.on_connect()
+                on_connect(connection)
+
+            options["redis_connect_func"] = set_up
         sentinel_url = parse_sentinel_url(url)
         if sentinel_url is not None:
-            return _sentinel_primary(sentinel_url, options)
-        return redis.Redis.from_url(url, **options)
+            client = _sentinel_primary(sentinel_url, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
+        if longer:
+            kwargs = client.connection_pool.connection_kwargs
+            kwargs["socket_timeout"] = float(kwargs.get("socket_timeout") or timeout) + longer
+        return client
 
     def _new_connection(self) -> RedisConnection:
         """A new connection of a hub's pool: to the primary the sentinels name, or to the
@@ -695,8 +721,9 @@ class RedisEngine(Engine):
     def _call(self, *args: Any, writes: bool = False, pool: CooperativePool | None = None,
               then: tuple[Any, ...] | None = None) -> Any:
         """Run one Redis command: cooperatively from a hub's greenlet, else by redis-py.
-        With *then*, that command follows on the same connection, sent with the first:
-        both replies come back, an error reply as an exception instance.
+        With *then* (``WAIT``), that command follows on the same connection, sent with
+        the first: both replies come back, an error reply as an exception instance; they
+        are waited for :attr:`replica_timeout` beyond the socket timeout.
 
         :raises StorageUnavailable: naming Redis's address and what failed.
         :raises OutcomeUnknown: with *writes*, if the command was sent and not answered.
@@ -706,9 +733,13 @@ class RedisEngine(Engine):
             pool = state.pool if state is not None else None
         try:
             if pool is not None:
-                return pool.call(*args) if then is None else pool.pipeline(args, then)
+                if then is None:
+                    return pool.call(*args)
+                return pool.pipeline(args, then,
+                                     timeout=self._address.timeout + self.replica_timeout)
             if then is not None:
-                with self._client.pipeline(transaction=False) as pipeline:
+                client = self._waiting_client or self._client
+                with client.pipeline(transaction=False) as pipeline:
                     pipeline.execute_command(*args)  # type: ignore[no-untyped-call]
                     pipeline.execute_command(*then)  # type: ignore[no-untyped-call]
                     return pipeline.execute(raise_on_error=False)
@@ -727,17 +758,29 @@ class RedisEngine(Engine):
         except (ReplyError, redis.ResponseError) as error:
             if _no_script(error):
                 raise
-            raise StorageUnavailable(f"Redis at {self._where} refused: {error}") from error
+            raise StorageRefused(self._where, redis_message(error)) from error
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
               writes: bool = False, pool: CooperativePool | None = None) -> Any:
-        """Run *script* by its SHA1, loading it first if Redis does not know it."""
-        try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
-                              writes=writes, pool=pool)
-        except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
-            return self._call("EVAL", script.source, len(keys), *keys, *args,
-                              writes=writes, pool=pool)
+        """Run *script* by its SHA1, loading it first if Redis does not know it.
+
+        A script that only reads, answered ``READONLY`` (it trims expired events), runs
+        once more where the primary is now (see :meth:`_demoted`); a publish is retried
+        by :meth:`_commit`.
+        """
+        for attempt in (1, 2):
+            try:
+                try:
+                    return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
+                                      writes=writes, pool=pool)
+                except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
+                    return self._call("EVAL", script.source, len(keys), *keys, *args,
+                                      writes=writes, pool=pool)
+            except StorageUnavailable as error:
+                if writes or attempt == 2 or not _demoted_primary(error):
+                    raise
+                self._demoted(pool)
+        raise AssertionError("unreachable")
 
     def _safe_url(self) -> str:
         return self._where
@@ -757,6 +800,8 @@ class RedisEngine(Engine):
         :raises IdempotencyConflict: if *idempotency_key* stands for other data in
             *category*; nothing was published.
         :raises StorageUnavailable: if Redis cannot be reached; nothing was published.
+        :raises StorageRefused: (a :class:`StorageUnavailable`) if Redis answered with an
+            error (out of memory, a read-only replica, busy); nothing was published.
         :raises OutcomeUnknown: if Redis did not answer in time: the event may be stored.
         """
         item = self._pending(category, data, idempotency_key)
@@ -764,11 +809,9 @@ class RedisEngine(Engine):
         outcome = self._commit([item])[0] if state is None else state.commit(item)
         if isinstance(outcome, BaseException):
             raise outcome
-        if outcome.startswith(b"!"):
-            raise StorageUnavailable(
-                f"Redis at {self._where} refused the event: "
-                f"{outcome[1:].decode('utf-8', 'replace')}"
-            )
+        if outcome.startswith(b"!"):  # Redis refused this event alone
+            raise StorageRefused(self._where, redis_message(outcome[1:].decode(
+                "utf-8", "replace")))
         entry_id, _, remembered = outcome.partition(b" ")
         if remembered and remembered.decode("ascii") != item.digest:
             raise IdempotencyConflict(item.key, category)
@@ -806,23 +849,20 @@ class RedisEngine(Engine):
         for item in batch:
             keys += item.keys
             args += item.args
-        replicas = None
         for attempt in (1, 2):
+            # A primary demoted to a replica (a failover) wrote nothing, whether Redis
+            # refused the script (READONLY at its top) or each event in it: once more,
+            # where the sentinels say the primary is now.
             try:
-                if self.min_replicas:
-                    reply, replicas = self._publish_and_wait(keys, args, pool)
-                else:
-                    reply = self._eval(self._publish_script, keys, args, writes=True,
-                                       pool=pool)
+                reply, replicas = self._publish(keys, args, pool)
             except StorageUnavailable as error:
-                return [error] * len(batch)
-            outcomes = list(reply)
-            if attempt == 1 and any(read_only(outcome) for outcome in outcomes):
-                # A primary demoted to a replica (a failover) wrote nothing: once more,
-                # where the sentinels say the primary is now.
-                self._demoted(pool)
-                continue
-            break
+                if attempt == 2 or not _demoted_primary(error):
+                    return [error] * len(batch)
+            else:
+                outcomes = list(reply)
+                if attempt == 2 or not any(read_only(outcome) for outcome in outcomes):
+                    break
+            self._demoted(pool)
         if replicas is not None and replicas < self.min_replicas:
             # Every event this call stored is unconfirmed: one WAIT covered the group.
             short = ReplicationIncomplete(replicas, self.min_replicas, self.replica_timeout,
@@ -835,13 +875,15 @@ class RedisEngine(Engine):
                     outcomes[index] = short
         return outcomes
 
-    def _publish_and_wait(self, keys: list[bytes], args: list[Any],
-                          pool: CooperativePool | None) -> tuple[Any, int]:
-        """Run the publish script, then ``WAIT`` on the same connection (sent with it) for
-        :attr:`min_replicas` replicas to have what it wrote: the script's reply, and how
-        many replicas confirmed."""
-        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
+    def _publish(self, keys: list[bytes], args: list[Any], pool: CooperativePool | None
+                 ) -> tuple[Any, int | None]:
+        """Run the publish script; with :attr:`min_replicas`, then ``WAIT`` on the same
+        connection (sent with it) for that many replicas to have what it wrote: the
+        script's reply, and how many replicas confirmed (``None`` without ``WAIT``)."""
         script = self._publish_script
+        if not self.min_replicas:
+            return self._eval(script, keys, args, writes=True, pool=pool), None
+        wait = ("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
         for run in (("EVALSHA", script.sha), ("EVAL", script.source)):
             reply, replicas = self._call(*run, len(keys), *keys, *args, writes=True,
                                          pool=pool, then=wait)
@@ -849,11 +891,10 @@ class RedisEngine(Engine):
                 break
             if run[0] == "EVALSHA" and _no_script(reply):
                 continue  # nothing was written: once more with the script's source
-            if read_only(reply):
-                self._demoted(pool)
-            raise StorageUnavailable(f"Redis at {self._where} refused: {reply}") from reply
-        if isinstance(replicas, Exception):  # stored, not confirmed
-            logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
+            raise StorageRefused(self._where, redis_message(reply)) from reply
+        if isinstance(replicas, Exception):  # stored, not confirmed; or a replica now
+            if not any(read_only(outcome) for outcome in reply):
+                logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
             replicas = 0
         return reply, int(replicas)
 
@@ -863,6 +904,8 @@ class RedisEngine(Engine):
             pool.reset()
         else:
             self._client.connection_pool.disconnect()
+            if self._waiting_client is not None:
+                self._waiting_client.connection_pool.disconnect()
             self._lost()
 
     def bind(self, listener: Listener) -> None:
@@ -1036,6 +1079,8 @@ class RedisEngine(Engine):
         for state in states:
             state.pool.close()
         _close(self._client)
+        if self._waiting_client is not None:
+            _close(self._waiting_client)
 
 
 def _sentinel_primary(url: SentinelURL, options: dict[str, Any]) -> redis.Redis:
@@ -1074,6 +1119,38 @@ def _not_sent(error: BaseException | None) -> bool:
     no primary named by the sentinels, or a primary demoted to a replica (``READONLY``)."""
     return (isinstance(error, MasterNotFoundError) or "connecting to" in str(error)
             or "previous master is now a slave" in str(error))
+
+
+def _demoted_primary(error: StorageUnavailable) -> bool:
+    """Whether Redis refused a command with ``READONLY``: a primary demoted to a replica
+    (a failover), which wrote nothing."""
+    return isinstance(error, StorageRefused) and read_only(error.reply)
+
+
+#: The codes redis-py takes off the errors it has a class for.
+_ERROR_CODES = {redis.exceptions.OutOfMemoryError: "OOM", redis.ReadOnlyError: "READONLY",
+                redis.exceptions.NoPermissionError: "NOPERM",
+                redis.exceptions.ExecAbortError: "EXECABORT"}
+_SCRIPT_ERROR = re.compile(
+    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?")
+
+
+def redis_message(error: BaseException | str) -> str:
+    """Redis's own message in the error reply *error*, with its code (``OOM ...``,
+    ``READONLY ...``, ``BUSY ...``) and without what Lua wraps around an error inside a
+    script (``@user_script: 48: -``)."""
+    text = str(error).strip()
+    if not isinstance(error, str):
+        code = getattr(error, "status_code", None) or next(
+            (code for kind, code in _ERROR_CODES.items() if isinstance(error, kind)), None)
+        if code and not text.startswith(code):
+            text = f"{code} {text}"
+    while True:
+        shorter = _SCRIPT_ERROR.sub("", text, count=1)
+        if shorter == text:
+            break
+        text = shorter
+    return text.strip()[:500]
 
 
 def _category_bytes(category: str) -> bytes:
@@ -1143,8 +1220,16 @@ class _Reader:
         self._stopped = False
         self._started = False
         self._client_id: int | None = None
+        #: How many times the reader connected, and had checked Redis (:meth:`_connected`).
+        self._connects = 0
         self._connections = 0
-        self._client = engine._connect(engine.url, engine.socket_timeout + engine.block_ms / 1000)
+        self._checked = 0
+        # No retry by redis-py on a new connection: every new connection is checked
+        # first; a blocking XREAD's reply may take block_ms beyond the socket timeout.
+        self._client = engine._connect(
+            engine.url, engine.socket_timeout, retries=0, longer=engine.block_ms / 1000,
+            on_connect=self._connect_made,
+        )
         self._patched = is_module_patched("socket")
         self._work: Any = GeventEvent() if self._patched else _ThreadEvent()
 
@@ -1248,7 +1333,9 @@ class _Reader:
                 if failures:
                     logger.warning("reading from Redis again after %d failures", failures)
                     failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as error:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+                # A lost connection, or an error reply (Redis busy with a script; a primary
+                # demoted: "UNBLOCKED"): the connection is checked again after a pause.
                 self._client_id = None
                 pause = random.uniform(0, backoff)  # full jitter
                 failures += 1
@@ -1262,14 +1349,27 @@ class _Reader:
                 _sleep(1.0)
         _close(self._client)
 
+    def _connect_made(self, connection: Any) -> None:
+        """redis-py made a new connection for the reader."""
+        self._connects += 1
+
+    def _check_connection(self) -> None:
+        """Whether every command since :meth:`_connected` went on the connection it
+        checked; if not (redis-py connected again, to a Redis that may have lost data),
+        :raises redis.ConnectionError: so that the reader checks the new one."""
+        if self._connects != self._checked:
+            raise redis.ConnectionError("the connection to Redis was made again")
+
     def _connected(self) -> None:
         """A new connection: check the epoch, which a Redis that lost its data changed."""
         first = self._client_id is None and not self._connections
         self._client_id = int(self._client.client_id())
+        self._checked = self._connects
         self._connections += 1
         if not first:  # perhaps another Redis (a failover), or one restarted
             self.engine._resume(self._client.execute_command)
         epoch: Any = self._client.hget(self.engine._counter_key, "epoch")
+        self._check_connection()
         if not first and (epoch is None or epoch != self.engine.epoch):
             # Events may be lost, unseen: hold nothing older than what is read next.
             with self._lock:
@@ -1293,6 +1393,7 @@ class _Reader:
             engine.stream_key(category): f"{ms}-{seq}" for category, (ms, seq) in starts.items()
         }
         reply: Any = self._client.xread(streams, count=self.count)
+        self._check_connection()
         if not reply:
             # Wait for something to come; then read every stream at one instant.
             self._client.xread(streams, count=1, block=engine.block_ms)

@@ -258,15 +258,23 @@ class RedisConnection:
             raise reply
         return reply
 
-    def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def call_many(self, commands: Sequence[tuple[Any, ...]],
+                  timeout: float | None = None) -> list[Any]:
         """Send *commands* in one write and return their replies, in order; an error reply
         comes as a :class:`ReplyError` instance, not raised.
 
+        :param timeout: seconds for each reply, if not the connection's (a command that
+            blocks, such as ``WAIT``).
         :raises CommandFailed: if the connection failed or timed out; close it.
         """
         try:
+            if timeout is not None:
+                self._sock.settimeout(timeout)
             self._send(b"".join(pack_command(*command) for command in commands))
-            return [self._read_reply() for _ in commands]
+            replies = [self._read_reply() for _ in commands]
+            if timeout is not None:
+                self._sock.settimeout(self.timeout)
+            return replies
         except (OSError, ssl.SSLError) as error:
             failure = CommandFailed(str(error) or type(error).__name__)
             failure.closed = isinstance(error, ConnectionError)
@@ -340,11 +348,11 @@ class CooperativePool:
     :param size: the most connections open at once.
     :param wait_timeout: the longest a caller waits for a free connection before
         :class:`ConnectFailed` (nothing was sent).
-    :param lost: called when a connection failed, was found closed, or answered
-        ``READONLY``: Redis may be elsewhere now (a :class:`SentinelPrimary` forgets it).
+    :param lost: called when a connection failed, was found closed, or :meth:`reset`:
+        Redis may be elsewhere now (a :class:`SentinelPrimary` forgets it).
 
-    A ``READONLY`` answer (the server was demoted to a replica by a failover; nothing was
-    written) closes every idle connection, and the command goes once more on a new one.
+    The engine resets the pool when Redis answered ``READONLY`` (the server was demoted
+    to a replica by a failover; nothing was written), and sends the command once more.
     """
 
     #: Seconds after its last use from which an idle connection is checked before it is
@@ -373,22 +381,18 @@ class CooperativePool:
         :raises ConnectFailed: if no connection could be had: the command was not sent.
         :raises CommandFailed: if the command's connection failed: it may have run.
         """
-        try:
-            return self._run(lambda connection: connection.call(*args))
-        except ReplyError as error:
-            if not read_only(error):
-                raise
-            self.reset()
-            return self._run(lambda connection: connection.call(*args))
+        return self._run(lambda connection: connection.call(*args))
 
-    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+    def pipeline(self, *commands: tuple[Any, ...], timeout: float | None = None) -> list[Any]:
         """Run *commands* on one connection, sent in one write: their replies, an error
         reply as a :class:`ReplyError` instance.
 
+        :param timeout: seconds for each reply, if not the connection's.
         :raises ConnectFailed: if no connection could be had: nothing was sent.
         :raises CommandFailed: if the connection failed: the commands may have run.
         """
-        replies: list[Any] = self._run(lambda connection: connection.call_many(commands))
+        replies: list[Any] = self._run(
+            lambda connection: connection.call_many(commands, timeout))
         return replies
 
     def reset(self) -> None:

@@ -206,6 +206,7 @@ class ServerOptions:
         share one Redis.
     :param redis_min_replicas: answer a publish only once this many replicas of the Redis
         primary have the event (fewer in time: 503).
+    :param redis_replica_timeout: how long a publish waits for them, in seconds.
     :param max_waiting_subscribers: subscribers that may wait at once (more: 503);
         ``None``, the server's default: derived from the open-files limit (see
         :func:`default_max_waiting`).
@@ -252,6 +253,7 @@ class ServerOptions:
     redis_url: str | None = option_from(RedisOptions, "url")
     redis_key_prefix: str = option_from(RedisOptions, "key_prefix")
     redis_min_replicas: int = option_from(RedisOptions, "min_replicas")
+    redis_replica_timeout: float = option_from(RedisOptions, "replica_timeout")
     # The manager's (and its budget's).
     max_memory_bytes: int | None = option_from(ManagerOptions, "max_memory_bytes")
     # The endpoints'.
@@ -394,6 +396,7 @@ class Server:
                     redis_url=options.redis_url,
                     redis_key_prefix=options.redis_key_prefix,
                     redis_min_replicas=options.redis_min_replicas,
+                    redis_replica_timeout=options.redis_replica_timeout,
                 )
                 middleware = LongpollMiddleware(
                     options.app or not_found,
