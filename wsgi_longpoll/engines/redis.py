@@ -1116,13 +1116,15 @@ _ERROR_CODES = {redis.exceptions.OutOfMemoryError: "OOM", redis.ReadOnlyError: "
                 redis.exceptions.NoPermissionError: "NOPERM",
                 redis.exceptions.MasterDownError: "MASTERDOWN"}
 _SCRIPT_ERROR = re.compile(
-    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?")
+    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?"
+    r"| script: \w+, on @user_script:\d+\.$")  # the last: how Redis 7 says where
 
 
 def _redis_message(error: BaseException | str) -> str:
     """Redis's own message in the error reply *error*, with its code (``OOM ...``,
-    ``READONLY ...``, ``BUSY ...``) and without what Lua wraps around an error inside a
-    script (``@user_script: 48: -``)."""
+    ``READONLY ...``, ``BUSY ...``) and without what Redis wraps around an error inside a
+    script (``@user_script: 48: -`` before it in Redis 6, ``script: <sha1>, on
+    @user_script:48.`` after it in Redis 7)."""
     text = str(error).strip()
     if not isinstance(error, str):
         code = getattr(error, "status_code", None) or next(
