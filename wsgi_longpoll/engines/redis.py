@@ -758,7 +758,7 @@ class RedisEngine(Engine):
         except (ReplyError, redis.ResponseError) as error:
             if _no_script(error):
                 raise
-            raise StorageRefused(self._where, redis_message(error)) from error
+            raise StorageRefused(self._where, _redis_message(error)) from error
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any], *,
               writes: bool = False, pool: CooperativePool | None = None) -> Any:
@@ -768,19 +768,22 @@ class RedisEngine(Engine):
         once more where the primary is now (see :meth:`_demoted`); a publish is retried
         by :meth:`_commit`.
         """
-        for attempt in (1, 2):
-            try:
-                try:
-                    return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      writes=writes, pool=pool)
-                except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
-                    return self._call("EVAL", script.source, len(keys), *keys, *args,
-                                      writes=writes, pool=pool)
-            except StorageUnavailable as error:
-                if writes or attempt == 2 or not _demoted_primary(error):
-                    raise
-                self._demoted(pool)
-        raise AssertionError("unreachable")
+        try:
+            return self._eval_once(script, keys, args, writes, pool)
+        except StorageUnavailable as error:
+            if writes or not _demoted_primary(error):
+                raise
+        self._demoted(pool)
+        return self._eval_once(script, keys, args, writes, pool)
+
+    def _eval_once(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any],
+                   writes: bool, pool: CooperativePool | None) -> Any:
+        try:
+            return self._call("EVALSHA", script.sha, len(keys), *keys, *args,
+                              writes=writes, pool=pool)
+        except (ReplyError, redis.ResponseError):  # NOSCRIPT: a restarted Redis
+            return self._call("EVAL", script.source, len(keys), *keys, *args,
+                              writes=writes, pool=pool)
 
     def _safe_url(self) -> str:
         return self._where
@@ -810,7 +813,7 @@ class RedisEngine(Engine):
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome.startswith(b"!"):  # Redis refused this event alone
-            raise StorageRefused(self._where, redis_message(outcome[1:].decode(
+            raise StorageRefused(self._where, _redis_message(outcome[1:].decode(
                 "utf-8", "replace")))
         entry_id, _, remembered = outcome.partition(b" ")
         if remembered and remembered.decode("ascii") != item.digest:
@@ -891,7 +894,7 @@ class RedisEngine(Engine):
                 break
             if run[0] == "EVALSHA" and _no_script(reply):
                 continue  # nothing was written: once more with the script's source
-            raise StorageRefused(self._where, redis_message(reply)) from reply
+            raise StorageRefused(self._where, _redis_message(reply)) from reply
         if isinstance(replicas, Exception):  # stored, not confirmed; or a replica now
             if not any(read_only(outcome) for outcome in reply):
                 logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
@@ -1130,15 +1133,17 @@ def _demoted_primary(error: StorageUnavailable) -> bool:
 #: The codes redis-py takes off the errors it has a class for.
 _ERROR_CODES = {redis.exceptions.OutOfMemoryError: "OOM", redis.ReadOnlyError: "READONLY",
                 redis.exceptions.NoPermissionError: "NOPERM",
-                redis.exceptions.ExecAbortError: "EXECABORT"}
+                redis.exceptions.MasterDownError: "MASTERDOWN"}
 _SCRIPT_ERROR = re.compile(
-    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?")
+    r"^(?:ERR )?Error running script \(call to [^)]*\): |^(?:@user_script: ?\d+: )+-?"
+    r"| script: \w+, on @user_script:\d+\.$")  # the last: how Redis 7 says where
 
 
-def redis_message(error: BaseException | str) -> str:
+def _redis_message(error: BaseException | str) -> str:
     """Redis's own message in the error reply *error*, with its code (``OOM ...``,
-    ``READONLY ...``, ``BUSY ...``) and without what Lua wraps around an error inside a
-    script (``@user_script: 48: -``)."""
+    ``READONLY ...``, ``BUSY ...``) and without what Redis wraps around an error inside a
+    script (``@user_script: 48: -`` before it in Redis 6, ``script: <sha1>, on
+    @user_script:48.`` after it in Redis 7)."""
     text = str(error).strip()
     if not isinstance(error, str):
         code = getattr(error, "status_code", None) or next(
@@ -1354,9 +1359,12 @@ class _Reader:
         self._connects += 1
 
     def _check_connection(self) -> None:
-        """Whether every command since :meth:`_connected` went on the connection it
-        checked; if not (redis-py connected again, to a Redis that may have lost data),
-        :raises redis.ConnectionError: so that the reader checks the new one."""
+        """Make sure every command since :meth:`_connected` went on the connection it
+        checked.
+
+        :raises redis.ConnectionError: if redis-py connected again meanwhile (to a Redis
+            that may have lost data), so that the reader checks the new connection.
+        """
         if self._connects != self._checked:
             raise redis.ConnectionError("the connection to Redis was made again")
 
