@@ -91,9 +91,11 @@ def free_port() -> int:
 class RedisProcess:
     """A redis-server of our own: AOF on (fsync always), no RDB snapshots."""
 
-    def __init__(self, executable: str, directory: Path) -> None:
+    def __init__(self, executable: str, directory: Path, *extra: str) -> None:
         self.executable = executable
         self.directory = directory
+        #: More command-line arguments (``--requirepass``, ``--rename-command``, ...).
+        self.extra = extra
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -105,7 +107,8 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--daemonize", "no", "--logfile", "redis.log"],
+             "--appendfsync", "always", "--daemonize", "no", "--logfile", "redis.log",
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         import redis
@@ -115,6 +118,8 @@ class RedisProcess:
         def answers() -> bool:
             try:
                 return bool(client.ping())
+            except redis.AuthenticationError:  # --requirepass: it answers
+                return True
             except redis.RedisError:
                 return False
 

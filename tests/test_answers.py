@@ -10,7 +10,7 @@ import pytest
 from webtest import TestApp
 from werkzeug.wrappers import Request, Response
 
-from wsgi_longpoll import LongpollManager, LongpollMiddleware, endpoints
+from wsgi_longpoll import LongpollManager, LongpollMiddleware, logs
 from wsgi_longpoll.wsgi.answers import RateLimitedLog, error_response, not_found, run_hook
 
 
@@ -60,7 +60,7 @@ def test_a_repeated_message_is_logged_once_per_interval(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(endpoints.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
     log = RateLimitedLog(logging.getLogger("test.flood"), interval=10)
     with caplog.at_level(logging.WARNING, logger="test.flood"):
         for n in range(1000):

@@ -570,3 +570,58 @@ def test_the_wait_for_replicas_outlasts_a_shorter_socket_timeout(
             assert [event.data for event in manager.buffered_events("c")] == [1]
         finally:
             manager.close()
+
+
+@pytest.fixture
+def password_redis(executable: str, tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(executable, tmp_path, "--requirepass", "a-password")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.mark.parametrize("hub", [True, False], ids=["server", "thread"])
+def test_a_redis_that_wants_a_password_is_a_503_saying_so_not_an_unknown_outcome(
+    password_redis: RedisProcess, prefix: str, hub: bool
+) -> None:
+    """A URL without the password Redis requires: nothing runs, so a publish is refused
+    (503, naming Redis's NOAUTH), never "may have been published" (504)."""
+    options: dict[str, Any] = {"redis_url": password_redis.url, "redis_key_prefix": prefix}
+    if hub:
+        server = Server(access_log=False, **options)
+        server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+        try:
+            answer = requests.post(f"http://127.0.0.1:{server.port}/publish", timeout=30,
+                                   json={"category": "c", "data": 1})
+        finally:
+            server.stop(5)
+        assert answer.status_code == 503
+        assert "NOAUTH" in answer.json()["error"]
+    else:
+        manager = LongpollManager(**options)
+        try:
+            with pytest.raises(StorageUnavailable, match="NOAUTH") as refused:
+                manager.publish("c", 1)
+            assert not isinstance(refused.value, OutcomeUnknown)
+        finally:
+            manager.close()
+
+
+def test_a_redis_that_refuses_wait_says_so_once_per_interval(
+    executable: str, tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(executable, tmp_path, "--rename-command", "WAIT", "hidden-wait")
+    server.start()
+    engine = redis_engine.RedisEngine(server.url, prefix, min_replicas=1)
+    try:
+        caplog.set_level("WARNING", logger="wsgi_longpoll.engines.redis")
+        for number in range(20):
+            with pytest.raises(ReplicationIncomplete):
+                gevent.spawn(engine.append, "c", number).get(timeout=10)
+        assert [event.data for event in engine.events("c")] == list(range(20))  # stored
+        refusals = [record for record in caplog.records if "refused WAIT" in record.message]
+        assert len(refusals) == 1
+        assert "unknown command" in refusals[0].getMessage()
+    finally:
+        engine.close()
+        server.kill()

@@ -19,7 +19,6 @@ the same categories.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -35,6 +34,7 @@ from .errors import (
     StorageRefused,
     StorageUnavailable,
 )
+from .logs import RateLimitedLog
 from .manager import LongpollManager
 from .options import at_least, check_options, more_than, option
 from .protocol import (
@@ -293,36 +293,6 @@ class RequestParts:
         self.idempotency_key = idempotency_key
         self.body = body
         self.authorization = authorization
-
-
-class RateLimitedLog:
-    """Logs a repeated message once per *interval*, saying how many were left out.
-
-    An attacker who makes the server refuse thousands of requests a second must not also
-    fill its logs with a line for each.
-
-    :param logger: where to log.
-    :param interval: the least time between two lines, in seconds.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next = 0.0
-        self._left_out = 0
-
-    def log(self, level: int, message: str, *args: object) -> None:
-        """Log *message* (``%`` formatted with *args*) unless one was logged lately."""
-        now = time.monotonic()
-        if now < self._next:
-            self._left_out += 1
-            return
-        self._next = now + self.interval
-        if self._left_out:
-            message += " (and %d more like it in the last %.0f s)"
-            args = (*args, self._left_out, self.interval)
-            self._left_out = 0
-        self.logger.log(level, message, *args)
 
 
 _refusals = RateLimitedLog(logging.getLogger("wsgi_longpoll.refusals"))

@@ -60,6 +60,7 @@ from ..errors import (
     StorageUnavailable,
 )
 from ..event import Event, Gap, encode_json, new_event_id
+from ..logs import RateLimitedLog
 from ..protocol import ProtocolError
 from .base import (
     Engine,
@@ -79,6 +80,7 @@ from .redis_connections import (
     RedisConnection,
     ReplyError,
     SentinelPrimary,
+    SetupRefused,
     read_only,
 )
 from .redis_url import SentinelURL, describe, parse_sentinel_url
@@ -87,6 +89,8 @@ __all__ = ["RedisEngine", "cooperative_address", "cut_batch", "epoch_floor", "ev
            "hash_tagged", "stream_position"]
 
 logger = logging.getLogger(__name__)
+#: A Redis that refuses ``WAIT`` refuses it for every publish: one line per 10 s.
+_wait_refusals = RateLimitedLog(logger)
 
 _start_new_thread = get_original("_thread", "start_new_thread")
 _allocate_lock = get_original("_thread", "allocate_lock")
@@ -744,9 +748,15 @@ class RedisEngine(Engine):
                     pipeline.execute_command(*then)  # type: ignore[no-untyped-call]
                     return pipeline.execute(raise_on_error=False)
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except SetupRefused as error:
+            raise StorageRefused(self._where, _redis_message(error.reply)) from error
         except ConnectFailed as error:
             raise StorageUnavailable(
                 f"Redis at {self._where} is unavailable: {error}") from error
+        except (redis.AuthenticationError, redis.BusyLoadingError) as error:
+            # Refused before it ran (NOAUTH, LOADING), though redis-py calls these
+            # connection errors.
+            raise StorageRefused(self._where, _redis_message(error)) from error
         except (CommandFailed, redis.ConnectionError, redis.TimeoutError) as error:
             if writes and (isinstance(error, CommandFailed) or not _not_sent(error)):
                 raise OutcomeUnknown(
@@ -897,7 +907,8 @@ class RedisEngine(Engine):
             raise StorageRefused(self._where, _redis_message(reply)) from reply
         if isinstance(replicas, Exception):  # stored, not confirmed; or a replica now
             if not any(read_only(outcome) for outcome in reply):
-                logger.warning("Redis at %s refused WAIT: %s", self._where, replicas)
+                _wait_refusals.log(logging.WARNING, "Redis at %s refused WAIT: %s",
+                                   self._where, replicas)
             replicas = 0
         return reply, int(replicas)
 

@@ -52,6 +52,7 @@ __all__ = [
     "RedisConnection",
     "ReplyError",
     "SentinelPrimary",
+    "SetupRefused",
     "pack_command",
     "parse_reply",
     "read_only",
@@ -73,6 +74,18 @@ def read_only(error: BaseException | bytes | str) -> bool:
 
 class ConnectFailed(OSError):
     """No connection to Redis could be made: no command was sent."""
+
+
+class SetupRefused(ConnectFailed):
+    """Redis refused to set a new connection up (``NOAUTH``, a wrong password, a database
+    it does not have): no command was sent, and none will be until that is fixed.
+
+    :param reply: Redis's own message.
+    """
+
+    def __init__(self, message: str, reply: str) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class CommandFailed(OSError):
@@ -212,12 +225,17 @@ class RedisConnection:
                 setup.append(("AUTH", address.password))
         if address.db:
             setup.append(("SELECT", address.db))
+        if not setup:  # a Redis that wants a password says so now (NOAUTH), clearly
+            setup.append(("PING",))
         try:
             for command in setup:
                 self.call(*command)
-        except (CommandFailed, ReplyError) as error:
+        except CommandFailed as error:
             self.close()
             raise ConnectFailed(f"connecting to {address}: {error}") from error
+        except ReplyError as error:
+            self.close()
+            raise SetupRefused(f"connecting to {address}: {error}", str(error)) from error
 
     def _open(self) -> Any:
         address = self.address
