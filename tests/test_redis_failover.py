@@ -542,6 +542,17 @@ def test_with_min_replicas_a_demoted_primary_is_tried_once_more_where_the_primar
         topology.stop()
 
 
+def publish_over_http(options: dict[str, Any]) -> requests.Response:
+    """The answer of a ``Server`` with *options* to one publish."""
+    server = Server(access_log=False, **options)
+    server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
+    try:
+        return requests.post(f"http://127.0.0.1:{server.port}/publish", timeout=30,
+                             json={"category": "c", "data": 1})
+    finally:
+        server.stop(5)
+
+
 @pytest.mark.parametrize("hub", [True, False], ids=["server", "thread"])
 def test_the_wait_for_replicas_outlasts_a_shorter_socket_timeout(
     redis_server: RedisProcess, prefix: str, hub: bool
@@ -553,13 +564,7 @@ def test_the_wait_for_replicas_outlasts_a_shorter_socket_timeout(
         "redis_min_replicas": 1, "redis_replica_timeout": 0.8,
     }
     if hub:
-        server = Server(access_log=False, **options)
-        server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
-        try:
-            answer = requests.post(f"http://127.0.0.1:{server.port}/publish", timeout=30,
-                                   json={"category": "c", "data": 1})
-        finally:
-            server.stop(5)
+        answer = publish_over_http(options)
         assert (answer.status_code, answer.json()) == (
             503, {"error": REPLICATION_INCOMPLETE_ERROR})
     else:
@@ -588,13 +593,7 @@ def test_a_redis_that_wants_a_password_is_a_503_saying_so_not_an_unknown_outcome
     (503, naming Redis's NOAUTH), never "may have been published" (504)."""
     options: dict[str, Any] = {"redis_url": password_redis.url, "redis_key_prefix": prefix}
     if hub:
-        server = Server(access_log=False, **options)
-        server.start(ServerInfo(address="127.0.0.1:0", timeout_seconds=30))
-        try:
-            answer = requests.post(f"http://127.0.0.1:{server.port}/publish", timeout=30,
-                                   json={"category": "c", "data": 1})
-        finally:
-            server.stop(5)
+        answer = publish_over_http(options)
         assert answer.status_code == 503
         assert "NOAUTH" in answer.json()["error"]
     else:
