@@ -38,29 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 from loadgen import Target  # noqa: E402
-from redis_bench import _free_port, _redis_executable  # noqa: E402
-
-
-@contextlib.contextmanager
-def redis_server(directory: str) -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [_redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
+from redis_bench import redis_server  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -173,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with servers(1, None) as targets:
         rows.append(("in-memory, 1 process", publish_rate(targets, args.duration),
                      fanout_ms(targets, args.subscribers)))
-    with tempfile.TemporaryDirectory() as directory, redis_server(directory) as url:
+    with tempfile.TemporaryDirectory() as directory, redis_server(directory) as (url, _):
         for count in args.processes:
             with servers(count, url) as targets:
                 rows.append((f"Redis, {count} process{'es' if count > 1 else ''}",

@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
+from bench_cpu import parse_wrk  # noqa: E402
 from loadgen import Target  # noqa: E402
 
 POST_LUA = HERE / "post.lua"
@@ -186,19 +187,12 @@ def wrk(url: str, connections: int, duration: float, script: Path | None = None
         command += ["-s", str(script)]
     output = subprocess.run(command + [url], capture_output=True, text=True, check=True,
                             timeout=duration + 60).stdout
-    match = re.search(r"([0-9]+) requests in ([0-9.]+)(m?s)", output)
-    if match is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    seconds = float(match[2]) / (1000 if match[3] == "ms" else 1)
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) ([0-9]+)", output))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", output)
-    if non_2xx:
-        errors += int(non_2xx[1])
+    requests, seconds, errors = parse_wrk(output)
     latency = re.search(r"Latency\s+([0-9.]+)(us|ms|s)", output)
     mean_us = 0.0
     if latency:
         mean_us = float(latency[1]) * {"us": 1, "ms": 1000, "s": 1_000_000}[latency[2]]
-    return int(match[1]), seconds, errors, mean_us
+    return requests, seconds, errors, mean_us
 
 
 def rate(target: Target, path: str, connections: int, duration: float,

@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
-from bench_redis import redis_server  # noqa: E402
+from redis_bench import redis_server  # noqa: E402
 
 WAIT_SECONDS = 120.0
 
@@ -215,7 +215,7 @@ def main() -> None:
         sys.exit(f"the open-files limit ({limit}) is too low for {args.subscribers} "
                  "subscribers: raise ulimit -n")
     secret = secrets.token_urlsafe(32)
-    with redis_server(tempfile_directory()) as redis_url:
+    with redis_server(tempfile_directory()) as (redis_url, _):
         environment = {**os.environ, "WSGI_LONGPOLL_SUBSCRIBE_SECRET": secret,
                        "TIER_REDIS_URL": redis_url, "FLASK_APP": str(HERE / "apps" / "tier_app.py")}
         tier = [sys.executable, "-m", "wsgi_longpoll", "serve", "--address", "127.0.0.1:0",

@@ -375,8 +375,8 @@ class CooperativePool:
 
     #: Seconds after its last use from which an idle connection is checked before it is
     #: used (:meth:`RedisConnection.stale`: a syscall); a busy pool skips the check. A call
-    #: on a connection Redis closed in the meantime (a restart) fails before it reaches a
-    #: Redis and goes once more on a new connection, as a stale one found by the check.
+    #: on a connection Redis closed in the meantime (a restart) finds it closed and goes
+    #: once more on a new connection, as one the check found stale would.
     checked_after = 1.0
 
     def __init__(
