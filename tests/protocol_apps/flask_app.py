@@ -11,6 +11,7 @@ from . import (
     MAX_CATEGORIES_PER_REQUEST,
     MAX_EVENT_BUFFER_SIZE,
     MAX_TIMEOUT_SECONDS,
+    REDIS_URL,
     may_read,
 )
 
@@ -21,6 +22,7 @@ app.config.update(
     LONGPOLL_MAX_EVENT_BUFFER_SIZE=MAX_EVENT_BUFFER_SIZE,
     LONGPOLL_MAX_BODY_SIZE=MAX_BODY_SIZE,
     LONGPOLL_MAX_CATEGORIES_PER_REQUEST=MAX_CATEGORIES_PER_REQUEST,
+    LONGPOLL_REDIS_URL=REDIS_URL,
 )
 longpoll.init_app(app)
 longpoll.authorize_subscribe(may_read)
