@@ -213,7 +213,8 @@ class RedisConnection:
             raise ConnectFailed(f"connecting to {address}: {error}") from error
         #: Whether the socket is plain (not TLS): then it is written and read directly.
         self._plain = address.ssl_context is None
-        #: Whether a command was sent whose reply has not been read from yet.
+        #: Whether a command was sent on the plain socket whose reply has not been read
+        #: from yet.
         self._sent = False
         #: When the connection was last used (:func:`time.monotonic`).
         self.used_at = _monotonic()
@@ -301,9 +302,9 @@ class RedisConnection:
     def _send(self, data: bytes) -> None:
         if self._plain:
             send_all(self._sock, data)
+            self._sent = True
         else:
             self._sock.sendall(data)
-        self._sent = True
         self.used_at = _monotonic()
 
     def _receive(self) -> bytes:
